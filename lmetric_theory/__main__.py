@@ -1,0 +1,5 @@
+import sys
+
+from lmetric_theory.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``lmetric-theory`` CLI (I/O layer; one module per command)."""

@@ -1,0 +1,804 @@
+"""Derivations (sympy) of every result of the product-vs-linear theory.
+
+Nothing here is a typed-in final formula: each expression is obtained from the score
+definitions with ``solve``, ``expand``, ``factor``, ``cancel`` or ``apart``; the
+identities that tie the pieces together are listed in :attr:`Derivation.identities`
+and proved in the tests with ``simplify(lhs - rhs) == 0``.
+
+Conventions: lower score wins; instance 1 and instance 2 form a pair; ``P`` in
+tokens, ``B`` in requests (or KV blocks), ``lam`` in tokens per batch slot.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import sympy as sp
+
+from lmetric_theory.definitions import DEFAULT_B0, DEFAULT_P0, BDefinition, PDefinition
+
+__all__ = [
+    "SYMBOLS",
+    "Degenerate",
+    "Derivation",
+    "Formula",
+    "Identity",
+    "Region",
+    "Result",
+    "derive",
+]
+
+# ----------------------------------------------------------------------------- symbols
+
+P_1, P_2, B_1, B_2 = sp.symbols("P_1 P_2 B_1 B_2", nonnegative=True)
+p_0, b_0 = sp.symbols("p_0 b_0", real=True)
+lam = sp.Symbol("lam", nonnegative=True)
+lam_lo, lam_hi = sp.symbols("lam_lo lam_hi", nonnegative=True)
+k_P, k_B = sp.symbols("k_P k_B", positive=True)
+
+#: Every symbol the emitted expressions use, by name (pass as ``local_dict`` to
+#: ``sympy.parse_expr`` to get back identical objects).
+SYMBOLS: dict[str, sp.Symbol] = {
+    s.name: s for s in (P_1, P_2, B_1, B_2, p_0, b_0, lam, lam_lo, lam_hi, k_P, k_B)
+}
+
+
+def product_score(P: sp.Expr, B: sp.Expr, p0: sp.Expr = p_0, b0: sp.Expr = b_0) -> sp.Expr:
+    """Symbolic LMetric score ``(P + p0) * (B + b0)``."""
+    return (P + p0) * (B + b0)
+
+
+def linear_score(P: sp.Expr, B: sp.Expr, rate: sp.Expr = lam) -> sp.Expr:
+    """Symbolic linear score ``P + rate * B``."""
+    return P + rate * B
+
+
+# ------------------------------------------------------------------------ result types
+
+
+@dataclass(frozen=True, slots=True)
+class Formula:
+    """One displayed expression: ``label = expr`` (or ``label: expr`` for relations).
+
+    Attributes
+    ----------
+    key : str
+        Machine name (used as JSON key where the JSON layout has no fixed key).
+    label : str
+        Plain-text left-hand side, e.g. ``"S_1 - S_2"``; empty for a bare relation.
+    latex_label : str
+        LaTeX of the left-hand side.
+    expr : sympy.Basic
+        The expression or relation.
+    """
+
+    key: str
+    label: str
+    latex_label: str
+    expr: sp.Basic
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A derived identity ``lhs == rhs`` (tests prove ``simplify(lhs - rhs) == 0``)."""
+
+    name: str
+    lhs: sp.Expr
+    rhs: sp.Expr
+    statement: str
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """One part of the disagreement region in the plane of instance 2's state.
+
+    ``P_2`` ranges over the open interval ``(P2_lower, P2_upper)`` and ``B_2`` over
+    ``(B2_lower, B2_upper)``; inside, the product favours ``product_favours`` and
+    ``linear(lam)`` favours ``linear_favours`` (instance number 1 or 2).
+    """
+
+    name: str
+    bounded: bool
+    P2_lower: sp.Expr
+    P2_upper: sp.Expr
+    B2_lower: sp.Expr
+    B2_upper: sp.Expr
+    product_favours: int
+    linear_favours: int
+    statement: str
+
+
+@dataclass(frozen=True, slots=True)
+class Degenerate:
+    """A degenerate case of the product score.
+
+    Attributes
+    ----------
+    name : str
+    condition : sympy relation
+        When the case occurs.
+    value_of : sympy expression
+        The score (or score difference) the case is about.
+    value : sympy expression
+        What ``value_of`` becomes under ``condition`` (derived by substitution).
+    reachable_when : sympy relation or None
+        Offsets for which the case occurs with nonnegative ``P``/``B``; ``None`` when
+        it occurs for every offset.
+    removed_by : sympy relation or None
+        Offsets that remove the case; ``None`` when no offset does.
+    statement : str
+        Routing meaning.
+    """
+
+    name: str
+    condition: sp.Basic
+    value_of: sp.Expr
+    value: sp.Expr
+    reachable_when: sp.Basic | None
+    removed_by: sp.Basic | None
+    statement: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One numbered result of the theory, for rendering (item letter as in the issue)."""
+
+    key: str
+    item: str
+    title: str
+    statement: str
+    formulas: tuple[Formula, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """Everything :func:`derive` obtains, as named sympy expressions plus statements.
+
+    Pair quantities refer to instance 1 and instance 2; for the geometry, instance 1
+    is fixed and ``(P_2, B_2)`` is the plane. See the module docstring of
+    :mod:`lmetric_theory.symbolic.core` for conventions.
+    """
+
+    # (a) definitions
+    S_1: sp.Expr
+    S_2: sp.Expr
+    C_1: sp.Expr
+    C_2: sp.Expr
+    p_definitions: tuple[str, ...]
+    b_definitions: tuple[str, ...]
+    default_p0: int
+    default_b0: int
+    # (b) scale invariance
+    prefill_rescale_remainder: sp.Expr
+    batch_rescale_remainder: sp.Expr
+    prefill_offset_for_invariance: sp.Expr
+    batch_offset_for_invariance: sp.Expr
+    prefill_rescale_equivalent_p0: sp.Expr
+    batch_rescale_equivalent_b0: sp.Expr
+    linear_lam_after_prefill_rescale: sp.Expr
+    lambda_eff_ratio_after_prefill_rescale: sp.Expr
+    # (c) pairwise identity
+    pairwise_lhs: sp.Expr
+    pairwise_rhs: sp.Expr
+    prefill_weight: sp.Expr
+    batch_weight: sp.Expr
+    lambda_eff: sp.Expr
+    # (d) break-even rate and disagreement
+    lambda_star: sp.Expr
+    conflict_condition: sp.Basic
+    disagreement_lhs: sp.Expr
+    disagreement_rhs: sp.Expr
+    disagreement_condition: sp.Basic
+    disagreement_between: sp.Basic
+    # (e) geometry
+    hyperbola_B2: sp.Expr
+    line_B2: sp.Expr
+    intersections: tuple[tuple[sp.Expr, sp.Expr], ...]
+    second_P2: sp.Expr
+    second_B2: sp.Expr
+    gap: sp.Expr
+    tangent_lam: sp.Expr
+    regions: tuple[Region, ...]
+    # (f) N instances
+    n_pair_condition: sp.Basic
+    n_statement: str
+    n_ties_statement: str
+    # (g) degenerate cases
+    degenerate: tuple[Degenerate, ...]
+    # (h) regret
+    regret: sp.Expr
+    regret_via_star: sp.Expr
+    regret_decomposition: sp.Expr
+    regret_bound: sp.Expr
+    # (i) robust band
+    band_hull_lo: sp.Expr
+    band_hull_hi: sp.Expr
+    band_disagrees_condition: sp.Basic
+    band_hull_condition: sp.Basic
+    band_agrees_strictly_condition: sp.Basic
+    band_boundary_rule: str
+    # all identities (tests prove each) and the rendering order
+    identities: tuple[Identity, ...]
+    results: tuple[Result, ...]
+
+    def result(self, key: str) -> Result:
+        """The result with JSON key ``key`` (``KeyError`` listing valid keys otherwise)."""
+        for r in self.results:
+            if r.key == key:
+                return r
+        raise KeyError(f"unknown result {key!r}; valid: {', '.join(r.key for r in self.results)}")
+
+
+# -------------------------------------------------------------------------- helpers
+
+
+def _solve_one(equation: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
+    """The unique solution of ``equation == 0`` for ``symbol`` (solved over an
+    assumption-free real dummy so sympy does not drop solutions of unknown sign)."""
+    x = sp.Dummy(symbol.name, real=True)
+    sols = sp.solve(equation.subs(symbol, x), x)
+    if len(sols) != 1:  # pragma: no cover - a derivation bug, not an input error
+        raise RuntimeError(f"expected one solution for {symbol}, got {sols}")
+    return sp.factor(sols[0])
+
+
+def _split_terms(expr: sp.Expr, var: sp.Symbol) -> sp.Expr:
+    """Partial fractions in ``var`` with each term factored (the readable form)."""
+    return sp.Add(*[sp.factor(t) for t in sp.Add.make_args(sp.apart(sp.cancel(expr), var))])
+
+
+# ------------------------------------------------------------------------- derivation
+
+
+@functools.cache
+def derive() -> Derivation:
+    """Derive every result (cached: the first call takes about a second, later ones
+    return the same object).
+
+    Returns
+    -------
+    Derivation
+        Named sympy expressions, regions, degenerate cases, identities and the
+        plain-language statements of results (a)-(i).
+    """
+    S_1, S_2 = product_score(P_1, B_1), product_score(P_2, B_2)
+    C_1, C_2 = linear_score(P_1, B_1), linear_score(P_2, B_2)
+    dP, dB = P_1 - P_2, B_1 - B_2
+    identities: list[Identity] = []
+
+    # ---------------------------------------------------------------- (c) pairwise
+    # Write each pair as mean +- half difference and collect the difference terms.
+    mP, mB, hP, hB = sp.symbols("m_P m_B d_P d_B", real=True)
+    centred = {P_1: mP + hP / 2, P_2: mP - hP / 2, B_1: mB + hB / 2, B_2: mB - hB / 2}
+    poly = sp.Poly(sp.expand((S_1 - S_2).subs(centred)), hP, hB)
+    if set(poly.as_dict()) != {(1, 0), (0, 1)}:  # pragma: no cover - derivation bug
+        raise RuntimeError(f"S_1 - S_2 is not linear in the differences: {poly}")
+    means = {mP: (P_1 + P_2) / 2, mB: (B_1 + B_2) / 2}
+    prefill_weight = poly.coeff_monomial(hP).subs(means)  # mean(B) + b0
+    batch_weight = poly.coeff_monomial(hB).subs(means)  # mean(P) + p0
+    pairwise_rhs = prefill_weight * dP + batch_weight * dB
+    lambda_eff = sp.factor(sp.cancel(batch_weight / prefill_weight))
+    identities += [
+        Identity(
+            "pairwise_identity", S_1 - S_2, pairwise_rhs,
+            "S_1 - S_2 = (mean(B) + b0)(P_1 - P_2) + (mean(P) + p0)(B_1 - B_2).",
+        ),
+        Identity(
+            "product_is_linear_at_lambda_eff", S_1 - S_2,
+            prefill_weight * linear_score(P_1, B_1, lambda_eff)
+            - prefill_weight * linear_score(P_2, B_2, lambda_eff),
+            "For each pair the product ranks like linear(lambda_eff), scaled by "
+            "mean(B) + b0 > 0.",
+        ),
+    ]
+
+    # ------------------------------------------------------------- (d) break-even
+    rate = sp.Dummy("rate", real=True)
+    linear_diff_at = sp.Lambda(rate, linear_score(P_1, B_1, rate) - linear_score(P_2, B_2, rate))
+    lambda_star = _solve_one(linear_diff_at(rate), rate)
+    conflict_rhs = sp.factor(sp.expand(lambda_star * dB**2))
+    conflict_condition = sp.StrictLessThan(sp.factor(-conflict_rhs), 0)
+    disagreement_lhs = (S_1 - S_2) * (C_1 - C_2)
+    disagreement_rhs = (
+        prefill_weight * dB**2 * (lam - lambda_star) * (lambda_eff - lambda_star)
+    )
+    identities += [
+        Identity(
+            "linear_difference_factors", C_1 - C_2, dB * (lam - lambda_star),
+            "C_1 - C_2 = (B_1 - B_2)(lam - lambda_star): linear(lam) flips at lambda_star.",
+        ),
+        Identity(
+            "conflict_sign", lambda_star * dB**2, conflict_rhs,
+            "lambda_star > 0 exactly when (P_1 - P_2)(B_1 - B_2) < 0 (a conflicting pair).",
+        ),
+        Identity(
+            "disagreement_factors", disagreement_lhs, disagreement_rhs,
+            "(S_1 - S_2)(C_1 - C_2) = (mean(B) + b0)(B_1 - B_2)^2 (lam - lambda_star)"
+            "(lambda_eff - lambda_star).",
+        ),
+    ]
+
+    # -------------------------------------------------------------- (e) geometry
+    hyperbola_B2 = _split_terms(_solve_one(S_2 - S_1, B_2), P_2)
+    line_B2 = _split_terms(_solve_one(C_2 - C_1, B_2), lam)
+    X, Y = sp.Dummy("X", real=True), sp.Dummy("Y", real=True)
+    sols = sp.solve(
+        [(S_2 - S_1).subs({P_2: X, B_2: Y}), (C_2 - C_1).subs({P_2: X, B_2: Y})],
+        [X, Y],
+        dict=True,
+    )
+    intersections = tuple(
+        (sp.factor(s[X]), _split_terms(s[Y], lam)) for s in sols
+    )
+    others = [pt for pt in intersections if sp.simplify(pt[0] - P_1) != 0]
+    if len(intersections) != 2 or len(others) != 1:  # pragma: no cover - derivation bug
+        raise RuntimeError(f"unexpected intersections {intersections}")
+    intersections = ((P_1, B_1), others[0])
+    second_P2, second_B2 = sp.expand(others[0][0]), others[0][1]
+    gap = sp.factor(sp.together(hyperbola_B2 - line_B2))
+    tangent_lam = _solve_one(second_P2 - P_1, lam)
+    # Which side of each curve favours which instance: S_2 - S_1 and C_2 - C_1
+    # factor through B_2 minus the curve.
+    s_side = sp.factor(sp.cancel((S_2 - S_1) / (B_2 - hyperbola_B2)))  # P_2 + p_0 > 0
+    c_side = sp.factor(sp.cancel((C_2 - C_1) / (B_2 - line_B2)))  # lam > 0
+    identities += [
+        Identity(
+            "hyperbola_is_product_isocurve", S_2.subs(B_2, hyperbola_B2), S_1,
+            "Every point of the hyperbola has the product score of instance 1.",
+        ),
+        Identity(
+            "line_is_linear_isoline", C_2.subs(B_2, line_B2), C_1,
+            "Every point of the line has the linear score of instance 1.",
+        ),
+        Identity(
+            "product_side_of_hyperbola", S_2 - S_1, s_side * (B_2 - hyperbola_B2),
+            "S_2 - S_1 = (P_2 + p0)(B_2 - hyperbola): above the hyperbola the product "
+            "favours instance 1.",
+        ),
+        Identity(
+            "linear_side_of_line", C_2 - C_1, c_side * (B_2 - line_B2),
+            "C_2 - C_1 = lam (B_2 - line): above the line linear(lam) favours instance 1.",
+        ),
+        Identity(
+            "second_intersection_on_hyperbola",
+            product_score(second_P2, second_B2), S_1,
+            "The second intersection has the product score of instance 1.",
+        ),
+        Identity(
+            "second_intersection_on_line",
+            linear_score(second_P2, second_B2), C_1,
+            "The second intersection has the linear score of instance 1.",
+        ),
+        Identity(
+            "gap_factors", hyperbola_B2 - line_B2, gap,
+            "hyperbola - line = (P_2 - P_1)(P_2 - P_2*) / (lam (P_2 + p0)).",
+        ),
+    ]
+    product_above = 1 if s_side.subs({P_2: 1 - p_0}) > 0 else 2  # P_2 + p0 = 1 > 0
+    linear_above = 1 if c_side.subs(lam, 1) > 0 else 2
+    below = {1: 2, 2: 1}
+    lo_x, hi_x = sp.Min(P_1, second_P2), sp.Max(P_1, second_P2)
+    regions = (
+        Region(
+            "lens", True, lo_x, hi_x, hyperbola_B2, line_B2,
+            product_above, below[linear_above],
+            "Bounded lens between instance 1 and the second intersection, above the "
+            "hyperbola and below the line: the product keeps instance 1, linear(lam) "
+            "moves to instance 2 (the product over-weights instance 2's batch).",
+        ),
+        Region(
+            "left", False, -p_0, lo_x, line_B2, hyperbola_B2,
+            below[product_above], linear_above,
+            "Unbounded part left of both intersections (fewer prefill tokens on 2), above "
+            "the line and below the hyperbola: the product moves to instance 2, "
+            "linear(lam) keeps instance 1.",
+        ),
+        Region(
+            "right", False, hi_x, sp.oo, line_B2, hyperbola_B2,
+            below[product_above], linear_above,
+            "Unbounded part right of both intersections (more prefill tokens on 2, small "
+            "batch), above the line and below the hyperbola: the product moves to "
+            "instance 2, linear(lam) keeps instance 1.",
+        ),
+    )
+
+    # ------------------------------------------------------------------ (h) regret
+    regret = sp.expand(C_1 - C_2)
+    regret_via_star = sp.factor(dB) * (lam - lambda_star)
+    regret_decomposition = (lam - lambda_eff) * dB + (S_1 - S_2) / prefill_weight
+    regret_bound = (lam - lambda_eff) * sp.factor(dB)
+    identities += [
+        Identity(
+            "regret_via_lambda_star", regret, regret_via_star,
+            "Regret = (B_1 - B_2)(lam - lambda_star).",
+        ),
+        Identity(
+            "regret_decomposition", regret, regret_decomposition,
+            "Regret = (lam - lambda_eff)(B_1 - B_2) + (S_1 - S_2)/(mean(B) + b0); the "
+            "last term is <= 0 when the product chose 1.",
+        ),
+    ]
+
+    # ------------------------------------------------------- (b) scale invariance
+    def pair_diff(P_scale: sp.Expr, B_scale: sp.Expr) -> sp.Expr:
+        return product_score(P_scale * P_1, B_scale * B_1) - product_score(
+            P_scale * P_2, B_scale * B_2
+        )
+
+    prefill_rescale_remainder = sp.factor(sp.expand(pair_diff(k_P, 1) - k_P * pair_diff(1, 1)))
+    batch_rescale_remainder = sp.factor(sp.expand(pair_diff(1, k_B) - k_B * pair_diff(1, 1)))
+    (sol_p,) = sp.solve(sp.Poly(prefill_rescale_remainder, B_1, B_2).coeffs(), p_0, dict=True)
+    (sol_b,) = sp.solve(sp.Poly(batch_rescale_remainder, P_1, P_2).coeffs(), b_0, dict=True)
+    prefill_offset_for_invariance = sol_p[p_0]
+    batch_offset_for_invariance = sol_b[b_0]
+    q = sp.Dummy("q", real=True)
+    prefill_rescale_equivalent_p0 = _solve_one(
+        sp.expand(product_score(k_P * P_1, B_1) - k_P * product_score(P_1, B_1, q)), q
+    )
+    batch_rescale_equivalent_b0 = _solve_one(
+        sp.expand(product_score(P_1, k_B * B_1) - k_B * product_score(P_1, B_1, p_0, q)), q
+    )
+    linear_lam_after_prefill_rescale = _solve_one(
+        sp.expand(linear_score(k_P * P_1, B_1) - k_P * linear_score(P_1, B_1, q)), q
+    )
+    lambda_eff_ratio_after_prefill_rescale = sp.factor(
+        sp.cancel(
+            lambda_eff.subs({P_1: k_P * P_1, P_2: k_P * P_2, p_0: prefill_offset_for_invariance})
+            / lambda_eff.subs(p_0, prefill_offset_for_invariance)
+        )
+    )
+    identities += [
+        Identity(
+            "prefill_rescale_remainder", pair_diff(k_P, 1) - k_P * pair_diff(1, 1),
+            prefill_rescale_remainder,
+            "Rescaling P by k_P changes S_1 - S_2 by k_P-times plus p0 (1 - k_P)(B_1 - B_2).",
+        ),
+        Identity(
+            "batch_rescale_remainder", pair_diff(1, k_B) - k_B * pair_diff(1, 1),
+            batch_rescale_remainder,
+            "Rescaling B by k_B changes S_1 - S_2 by k_B-times plus b0 (1 - k_B)(P_1 - P_2).",
+        ),
+        Identity(
+            "prefill_rescale_is_offset_change", product_score(k_P * P_1, B_1),
+            k_P * product_score(P_1, B_1, prefill_rescale_equivalent_p0),
+            "Rescaling P by k_P ranks like the original with offset p0 / k_P.",
+        ),
+        Identity(
+            "batch_rescale_is_offset_change", product_score(P_1, k_B * B_1),
+            k_B * product_score(P_1, B_1, p_0, batch_rescale_equivalent_b0),
+            "Rescaling B by k_B ranks like the original with offset b0 / k_B.",
+        ),
+        Identity(
+            "linear_needs_retuning", linear_score(k_P * P_1, B_1),
+            k_P * linear_score(P_1, B_1, linear_lam_after_prefill_rescale),
+            "Rescaling P by k_P ranks linear(lam) like linear(lam / k_P): lam must be re-tuned.",
+        ),
+    ]
+
+    # ------------------------------------------------------- (g) degenerate cases
+    x = sp.Dummy("x", real=True)
+    p_zero = _solve_one(product_score(x, B_1), x)  # P_1 = -p0
+    b_zero = _solve_one(product_score(P_1, x), x)  # B_1 = -b0
+    p_reach = sp.solve(p_zero >= 0, p_0)  # a nonnegative P reaches it iff p0 <= 0
+    b_reach = sp.solve(b_zero >= 0, b_0)
+    tie_B2 = hyperbola_B2
+    degenerate = (
+        Degenerate(
+            "prefill_zero",
+            sp.Eq(P_1, p_zero),
+            S_1,
+            S_1.subs(P_1, p_zero),
+            p_reach,
+            sp.StrictGreaterThan(p_0, 0),
+            "P_i + p0 = 0 makes S_i = 0 whatever the batch: with p0 = 0 a request whose "
+            "prompt is fully cached on i (P_i = 0) goes to i however loaded it is (a "
+            "hot-spot). A nonnegative P reaches it only when p0 <= 0; any p0 > 0 removes it.",
+        ),
+        Degenerate(
+            "batch_zero",
+            sp.Eq(B_1, b_zero),
+            S_1,
+            S_1.subs(B_1, b_zero),
+            b_reach,
+            sp.StrictGreaterThan(b_0, 0),
+            "B_i + b0 = 0 makes S_i = 0 whatever the cache: with b0 = 0 every idle "
+            "instance scores 0, so idle instances tie and prefix-cache hits are ignored "
+            "among them. Reached only when b0 <= 0; b0 > 0 (the default b0 = 1) removes it.",
+        ),
+        Degenerate(
+            "product_tie",
+            sp.Eq(B_2, tie_B2),
+            S_1 - S_2,
+            sp.cancel((S_1 - S_2).subs(B_2, tie_B2)),
+            None,
+            None,
+            "S_1 = S_2 on the iso-hyperbola through instance 1; with integer P and B such "
+            "ties are real events (e.g. (P, B) = (100, 1) and (50, 3) with b0 = 1). No "
+            "offset removes them; the predicates compare exactly and break ties by lowest "
+            "index, and a tie is never counted as a disagreement.",
+        ),
+        Degenerate(
+            "linear_tie",
+            sp.Eq(lam, lambda_star),
+            C_1 - C_2,
+            sp.cancel((C_1 - C_2).subs(lam, lambda_star)),
+            None,
+            None,
+            "linear(lam) ties exactly at lam = lambda_star (a boundary of every "
+            "disagreement interval); not a disagreement.",
+        ),
+        Degenerate(
+            "equal_batches",
+            sp.Eq(B_1, B_2),
+            S_1 - S_2,
+            sp.factor((S_1 - S_2).subs(B_2, B_1)),
+            None,
+            None,
+            "Equal batches: lambda_star is undefined, both scores rank by P alone in the "
+            "same direction, so the pair never disagrees.",
+        ),
+        Degenerate(
+            "lambda_eff_undefined",
+            sp.Eq(sp.denom(lambda_eff), 0),
+            S_1 - S_2,
+            sp.factor((S_1 - S_2).subs(B_2, _solve_one(sp.denom(lambda_eff), B_2))),
+            b_reach,
+            sp.StrictGreaterThan(b_0, 0),
+            "mean(B) + b0 = 0 (only with b0 <= 0; with b0 = 0 both instances idle): the "
+            "product then weights only the batch difference and lambda_eff is undefined; "
+            "b0 > 0 removes it.",
+        ),
+    )
+
+    # ------------------------------------------------------------- (i) robust band
+    d_at = sp.Lambda(rate, (S_1 - S_2) * linear_diff_at(rate))
+    band_disagrees_condition = sp.Or(
+        sp.StrictLessThan(d_at(lam_lo), 0), sp.StrictLessThan(d_at(lam_hi), 0)
+    )
+    band_agrees_strictly_condition = sp.And(
+        sp.StrictGreaterThan(d_at(lam_lo), 0), sp.StrictGreaterThan(d_at(lam_hi), 0)
+    )
+    band_hull_lo = sp.Min(lam_lo, lambda_eff)
+    band_hull_hi = sp.Max(lam_hi, lambda_eff)
+    band_hull_condition = sp.And(
+        sp.Ne(B_1, B_2),
+        sp.Ne(lambda_star, lambda_eff),
+        sp.StrictLessThan(band_hull_lo, lambda_star),
+        sp.StrictLessThan(lambda_star, band_hull_hi),
+    )
+    band_boundary_rule = (
+        "With lam_lo <= lam_hi and mean(B) + b0 > 0: some lam in [lam_lo, lam_hi] "
+        "strictly disagrees with the product iff B_1 != B_2 and lambda_star lies in the "
+        "OPEN interval (min(lam_lo, lambda_eff), max(lam_hi, lambda_eff)) and "
+        "lambda_star != lambda_eff. Boundaries: lambda_star equal to a band end that is "
+        "a hull end means linear(lam) only ties there (no disagreement); lambda_star = "
+        "lambda_eff means the product ties (no disagreement for any lam). Equivalently, "
+        "division-free: (S_1 - S_2)(C_1 - C_2) < 0 at lam_lo or at lam_hi. The product's "
+        "choice is strictly the linear choice for every lam in the band iff "
+        "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and lambda_star is "
+        "outside the CLOSED hull (or B_1 = B_2)."
+    )
+
+    # ------------------------------------------------------------ (f) N instances
+    n_pair_condition = sp.StrictLessThan(disagreement_lhs, 0)
+    n_statement = (
+        "Among N instances let i* be the product's choice and j* the linear(lam) choice. "
+        "When all scores are distinct, i* != j* exactly when the pair (i*, j*) disagrees "
+        "as in (d) - lambda_star(i*, j*) strictly between lam and lambda_eff(i*, j*) - so "
+        "one O(N) pass (two argmins, one pair test) decides it; no pair other than "
+        "(i*, j*) matters, and the regret of the decision is that pair's regret."
+    )
+    n_ties_statement = (
+        "With ties and lowest-index tie-breaking, i* != j* exactly when S_i* <= S_j* and "
+        "C_j* <= C_i* with at least one strict: a strict pair disagreement, or a "
+        "tie-break disagreement (S_i* = S_j*, i.e. lambda_star = lambda_eff; or "
+        "C_i* = C_j*, i.e. lambda_star = lam) that a different tie-break would remove. "
+        "'No instance is optimal for both scores' is stronger than a strict pair "
+        "disagreement when scores tie: check it in O(N) as 'no k with S_k = min S and "
+        "C_k = min C'."
+    )
+
+    # -------------------------------------------------------------- rendering order
+    F = Formula
+    results = (
+        Result(
+            "definitions", "a", "Definitions",
+            "Lower score wins. The product (LMetric) score multiplies the prefill tokens the "
+            "request would cost on instance i by its batch size, each with an offset; the "
+            "linear score adds them with an exchange rate lam (prefill tokens per batch "
+            "slot). P counts the request's uncached tokens ('uncached') or queued prefill "
+            "plus uncached ('queued+uncached'); B counts running or in-flight requests. "
+            "Defaults p0 = 0, b0 = 1. Every result below holds for either definition.",
+            (
+                F("S_i", "S_i", "S_i", product_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
+                F("C_i", "C_i", "C_i", linear_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
+            ),
+        ),
+        Result(
+            "scale_invariance", "b", "Scale invariance (when the hyperparameters cancel)",
+            "Rescaling P by k_P (tokens vs KV blocks) keeps every product choice iff p0 = 0; "
+            "rescaling B by k_B (requests vs KV blocks) keeps them iff b0 = 0. Otherwise the "
+            "rescaled product ranks like the original with offset p0/k_P (or b0/k_B), so "
+            "with the public default b0 = 1 the unit of B matters. The linear score always "
+            "needs lam re-tuned to lam/k_P, while the product's implicit rate lambda_eff "
+            "follows the unit of P by itself (ratio k_P when p0 = 0).",
+            (
+                F("prefill_remainder", "(S'_1 - S'_2) - k_P (S_1 - S_2)",
+                  r"(S'_1 - S'_2) - k_P (S_1 - S_2)", prefill_rescale_remainder),
+                F("prefill_offset", "p_0 for invariance", r"p_0^{\mathrm{inv}}",
+                  prefill_offset_for_invariance),
+                F("equivalent_p0", "equivalent p_0 after P -> k_P P",
+                  r"p_0^{\mathrm{equiv}}", prefill_rescale_equivalent_p0),
+                F("batch_remainder", "(S'_1 - S'_2) - k_B (S_1 - S_2)",
+                  r"(S'_1 - S'_2) - k_B (S_1 - S_2)", batch_rescale_remainder),
+                F("batch_offset", "b_0 for invariance", r"b_0^{\mathrm{inv}}",
+                  batch_offset_for_invariance),
+                F("equivalent_b0", "equivalent b_0 after B -> k_B B",
+                  r"b_0^{\mathrm{equiv}}", batch_rescale_equivalent_b0),
+                F("linear_lam", "linear lam after P -> k_P P", r"\lambda'",
+                  linear_lam_after_prefill_rescale),
+                F("lambda_eff_ratio", "lambda_eff ratio after P -> k_P P (p_0 = 0)",
+                  r"\lambda_{\mathrm{eff}}' / \lambda_{\mathrm{eff}}",
+                  lambda_eff_ratio_after_prefill_rescale),
+            ),
+        ),
+        Result(
+            "pairwise_identity", "c", "Pairwise identity and the effective exchange rate",
+            "For every pair, the product's difference is a linear score difference whose "
+            "weights are the pair's mean batch (+ b0) and mean prefill (+ p0): the product "
+            "chooses exactly as linear(lambda_eff) would, with a rate that adapts to the "
+            "state - more prefill-tolerant when instances hold many tokens, more "
+            "batch-averse when batches are small.",
+            (
+                F("lhs", "S_1 - S_2", "S_1 - S_2", S_1 - S_2),
+                F("rhs", "S_1 - S_2", "S_1 - S_2", pairwise_rhs),
+                F("lambda_eff", "lambda_eff", r"\lambda_{\mathrm{eff}}", lambda_eff),
+            ),
+        ),
+        Result(
+            "disagreement", "d", "Break-even rate and exact disagreement condition",
+            "A conflicting pair (one instance needs fewer prefill tokens, the other has the "
+            "smaller batch) has a break-even rate lambda_star > 0 at which linear(lam) "
+            "changes its choice; a dominated pair has lambda_star <= 0 (or none) and never "
+            "disagrees. Product and linear(lam) strictly disagree exactly when lambda_star "
+            "lies strictly between lam and lambda_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
+            "Ties are separate: lam = lambda_star is a linear tie, lambda_eff = "
+            "lambda_star a product tie, B_1 = B_2 leaves both ranking by P; none is a "
+            "disagreement.",
+            (
+                F("lambda_star", "lambda_star", r"\lambda^{*}", lambda_star),
+                F("conflict", "conflicting pair", r"\text{conflict}", conflict_condition),
+                F("disagreement_lhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
+                  disagreement_lhs),
+                F("disagreement_rhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
+                  disagreement_rhs),
+                F("disagreement", "strict disagreement", r"\text{disagree}",
+                  sp.StrictLessThan(
+                      (lam - lambda_star) * (lambda_eff - lambda_star), 0)),
+            ),
+        ),
+        Result(
+            "geometry", "e", "Geometry in the plane of instance 2's state",
+            "Fix instance 1. In the (P_2, B_2) plane the product's iso-curve through "
+            "instance 1 is a hyperbola (asymptotes P_2 = -p0, B_2 = -b0) and linear(lam)'s "
+            "is a line of slope -1/lam. They meet at instance 1 and at one second point; "
+            "they touch when lam = (P_1 + p0)/(B_1 + b0). Between the two points the line "
+            "lies above the hyperbola (bounded lens: product keeps 1, linear moves to 2); "
+            "outside them the hyperbola lies above the line (two unbounded parts: product "
+            "moves to 2, linear keeps 1). Above both curves both keep 1; below both, both "
+            "move to 2. Only the part with P_2, B_2 >= 0 is reachable.",
+            (
+                F("hyperbola", "B_2 (product iso-curve)", r"B_2^{\mathrm{prod}}",
+                  hyperbola_B2),
+                F("line", "B_2 (linear iso-line)", r"B_2^{\mathrm{lin}}", line_B2),
+                F("second_P2", "P_2 (second intersection)", r"P_2^{\times}", second_P2),
+                F("second_B2", "B_2 (second intersection)", r"B_2^{\times}", second_B2),
+                F("gap", "hyperbola - line", r"B_2^{\mathrm{prod}} - B_2^{\mathrm{lin}}",
+                  gap),
+                F("tangent", "lam (tangent, empty lens)", r"\lambda_{\mathrm{tangent}}",
+                  tangent_lam),
+            ),
+        ),
+        Result(
+            "n_instances", "f", "N instances: one pair decides",
+            n_statement + " " + n_ties_statement,
+            (F("pair", "pair (i*, j*) disagrees", r"\text{disagree}(i^*, j^*)",
+               n_pair_condition),),
+        ),
+        Result(
+            "degenerate_cases", "g", "Degenerate cases and which offsets remove them",
+            " ".join(d.statement for d in degenerate),
+            tuple(
+                F(d.name, d.name.replace("_", " "), r"\text{" + d.name.replace("_", r"\_") + "}",
+                  d.condition)
+                for d in degenerate
+            ),
+        ),
+        Result(
+            "regret", "h", "Regret of following the product",
+            "When the product picks 1 and linear(lam) - the reference - picks 2, following "
+            "the product costs (P_1 - P_2) + lam (B_1 - B_2) >= 0 prefill-token "
+            "equivalents. It equals (B_1 - B_2)(lam - lambda_star) and is at most "
+            "(lam - lambda_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
+            "the reference rate, the more a disagreement can cost.",
+            (
+                F("regret", "regret", r"\mathrm{regret}", regret),
+                F("via_star", "regret", r"\mathrm{regret}", regret_via_star),
+                F("decomposition", "regret", r"\mathrm{regret}", regret_decomposition),
+                F("bound", "regret <=", r"\mathrm{regret} \le", regret_bound),
+            ),
+        ),
+        Result(
+            "robust_band", "i", "Robust band of exchange rates",
+            "If the right rate is only known to lie in [lam_lo, lam_hi], the product's "
+            "choice agrees with linear(lam) for every lam in the band iff lambda_star lies "
+            "outside the hull of {lam_lo, lam_hi, lambda_eff}. " + band_boundary_rule,
+            (
+                F("hull_lo", "hull low end", r"\underline{h}", band_hull_lo),
+                F("hull_hi", "hull high end", r"\overline{h}", band_hull_hi),
+                F("disagrees", "some lam in band disagrees", r"\exists\lambda",
+                  band_disagrees_condition),
+                F("hull_rule", "some lam in band disagrees", r"\exists\lambda",
+                  band_hull_condition),
+                F("agrees_strictly", "strict agreement on the whole band",
+                  r"\forall\lambda", band_agrees_strictly_condition),
+            ),
+        ),
+    )
+
+    return Derivation(
+        S_1=S_1,
+        S_2=S_2,
+        C_1=C_1,
+        C_2=C_2,
+        p_definitions=tuple(m.value for m in PDefinition),
+        b_definitions=tuple(m.value for m in BDefinition),
+        default_p0=DEFAULT_P0,
+        default_b0=DEFAULT_B0,
+        prefill_rescale_remainder=prefill_rescale_remainder,
+        batch_rescale_remainder=batch_rescale_remainder,
+        prefill_offset_for_invariance=prefill_offset_for_invariance,
+        batch_offset_for_invariance=batch_offset_for_invariance,
+        prefill_rescale_equivalent_p0=prefill_rescale_equivalent_p0,
+        batch_rescale_equivalent_b0=batch_rescale_equivalent_b0,
+        linear_lam_after_prefill_rescale=linear_lam_after_prefill_rescale,
+        lambda_eff_ratio_after_prefill_rescale=lambda_eff_ratio_after_prefill_rescale,
+        pairwise_lhs=S_1 - S_2,
+        pairwise_rhs=pairwise_rhs,
+        prefill_weight=prefill_weight,
+        batch_weight=batch_weight,
+        lambda_eff=lambda_eff,
+        lambda_star=lambda_star,
+        conflict_condition=conflict_condition,
+        disagreement_lhs=disagreement_lhs,
+        disagreement_rhs=disagreement_rhs,
+        disagreement_condition=sp.StrictLessThan(disagreement_lhs, 0),
+        disagreement_between=sp.StrictLessThan(
+            (lam - lambda_star) * (lambda_eff - lambda_star), 0
+        ),
+        hyperbola_B2=hyperbola_B2,
+        line_B2=line_B2,
+        intersections=intersections,
+        second_P2=second_P2,
+        second_B2=second_B2,
+        gap=gap,
+        tangent_lam=tangent_lam,
+        regions=regions,
+        n_pair_condition=n_pair_condition,
+        n_statement=n_statement,
+        n_ties_statement=n_ties_statement,
+        degenerate=degenerate,
+        regret=regret,
+        regret_via_star=regret_via_star,
+        regret_decomposition=regret_decomposition,
+        regret_bound=regret_bound,
+        band_hull_lo=band_hull_lo,
+        band_hull_hi=band_hull_hi,
+        band_disagrees_condition=band_disagrees_condition,
+        band_hull_condition=band_hull_condition,
+        band_agrees_strictly_condition=band_agrees_strictly_condition,
+        band_boundary_rule=band_boundary_rule,
+        identities=tuple(identities),
+        results=results,
+    )

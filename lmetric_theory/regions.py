@@ -24,10 +24,11 @@ grid points where ``argmin_product != argmin_linear``. It differs from
 points where one of the scores ties exactly; those are flagged in ``RegionMap.ties``
 and counted in ``RegionMap.n_ties``.
 
-Geometry (``x = B_B`` in requests, ``y = P_B`` in tokens): the product's iso-curve
-through A is the hyperbola ``(P + p0)(B + b0) = (P_A + p0)(B_A + b0)``, the linear
-iso-line through A is ``P + lam*B = P_A + lam*B_A``; they meet at A and at a second
-point; between the two curves lies the disagreement region.
+Geometry (``x = P_B`` in tokens, ``y = B_B`` in requests, as in
+:mod:`lmetric_theory.symbolic.geometry`, whose lambdified helpers draw the curves): the
+product's iso-curve through A is the hyperbola ``(P + p0)(B + b0) = (P_A + p0)(B_A + b0)``,
+the linear iso-line through A is ``P + lam*B = P_A + lam*B_A``; they meet at A and at a
+second point; between the two curves lies the disagreement region.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmetric_theory import predicates
+from lmetric_theory import predicates, symbolic
 
 __all__ = [
     "BOTH_A",
@@ -48,9 +49,6 @@ __all__ = [
     "RegionMap",
     "classify",
     "compute_regions",
-    "linear_line",
-    "product_hyperbola",
-    "second_intersection",
 ]
 
 BOTH_A: int = 0
@@ -66,68 +64,6 @@ REGION_LABELS: tuple[str, ...] = (
 )
 
 _MAX_RESOLUTION = 2000
-
-
-# ------------------------------------------------------------------------- curves
-
-
-def product_hyperbola(
-    B: np.ndarray, P_A: float, B_A: float, p0: float = 0.0, b0: float = 1.0
-) -> np.ndarray:
-    """``P`` on the product's iso-curve through A at batch sizes ``B``.
-
-    Solves ``(P + p0)(B + b0) = (P_A + p0)(B_A + b0)`` for ``P``.
-
-    Parameters
-    ----------
-    B : array_like, shape (n,)
-        Batch sizes of instance B, requests.
-    P_A, B_A : float
-        State of instance A (tokens, requests).
-    p0, b0 : float
-        Offsets.
-
-    Returns
-    -------
-    np.ndarray, shape (n,), float64
-        Prefill tokens; ``nan`` where ``B + b0 == 0`` (the curve has its pole there).
-    """
-    B = np.asarray(B, dtype=np.float64)
-    u = B + float(b0)
-    s_a = (float(P_A) + float(p0)) * (float(B_A) + float(b0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(u == 0, np.nan, s_a / np.where(u == 0, 1.0, u) - float(p0))
-
-
-def linear_line(B: np.ndarray, P_A: float, B_A: float, lam: float) -> np.ndarray:
-    """``P`` on the linear iso-line through A: ``P = P_A + lam * (B_A - B)`` (tokens)."""
-    B = np.asarray(B, dtype=np.float64)
-    return float(P_A) + float(lam) * (float(B_A) - B)
-
-
-def second_intersection(
-    P_A: float, B_A: float, lam: float, p0: float = 0.0, b0: float = 1.0
-) -> tuple[float, float] | None:
-    """Second meeting point ``(B, P)`` of the hyperbola and the line through A.
-
-    Substituting the line into the hyperbola gives
-    ``(lam*u - (P_A + p0)) * (u - (B_A + b0)) = 0`` with ``u = B + b0``, so the second
-    root is ``B = (P_A + p0)/lam - b0`` and ``P = lam*(B_A + b0) - p0``.
-
-    Returns
-    -------
-    tuple of float or None
-        ``(B, P)`` in (requests, tokens); ``None`` when ``lam == 0`` (the line is
-        horizontal and meets the hyperbola only at A). When ``lam`` equals the
-        product's rate at A, ``(P_A + p0)/(B_A + b0)``, the point coincides with A
-        (the line is tangent).
-    """
-    lam = float(lam)
-    if lam == 0.0:
-        return None
-    b2 = (float(P_A) + float(p0)) / lam - float(b0)
-    p2 = lam * (float(B_A) + float(b0)) - float(p0)
-    return (b2, p2)
 
 
 # ----------------------------------------------------------------- classification
@@ -187,15 +123,16 @@ class RegionMap:
     lam, p0, b0 : float
         Linear rate (tokens per batch slot) and product offsets.
     P : np.ndarray, shape (n_p,), float64
-        Grid of B's prefill tokens (the y axis), ascending.
+        Grid of B's prefill tokens (the x axis), ascending.
     B : np.ndarray, shape (n_b,), float64
-        Grid of B's batch sizes (the x axis), ascending.
+        Grid of B's batch sizes (the y axis), ascending.
     log_p, log_b : bool
         Whether the grid is evenly spaced in log10 (then shares are of the log-scaled
         plot area).
-    region : np.ndarray, shape (n_p, n_b), int8
-        Region code at ``(P[i], B[j])``.
-    ties : np.ndarray, shape (n_p, n_b), bool
+    region : np.ndarray, shape (n_b, n_p), int8
+        Region code at ``B[i], P[j]`` (row = y = batch size, column = x = tokens, the
+        layout of a heatmap).
+    ties : np.ndarray, shape (n_b, n_p), bool
         Grid points where the product or the linear score ties exactly.
     disagreement_share : float
         Share of grid points (= of the plotted area, as drawn) where the two scores
@@ -204,13 +141,15 @@ class RegionMap:
         Share of each region code, indexed by code; sums to 1.
     n_ties : int
         Number of grid points in ``ties``.
-    product_curve : np.ndarray, shape (n_b,), float64
-        ``P`` on the product's hyperbola through A at each ``B`` (``nan`` at the pole).
-    linear_curve : np.ndarray, shape (n_b,), float64
-        ``P`` on the linear line through A at each ``B``.
+    product_curve : np.ndarray, shape (n_p,), float64
+        ``B`` on the product's hyperbola through A at each ``P`` (``inf`` at the
+        asymptote ``P = -p0``).
+    linear_curve : np.ndarray, shape (n_p,), float64
+        ``B`` on the linear line through A at each ``P`` (``inf``/``nan`` when
+        ``lam == 0``: the line is then vertical at ``P = P_A``).
     intersections : tuple of (float, float)
-        Meeting points ``(B, P)`` of the two curves: A first, then the second one
-        when it exists and differs from A.
+        Meeting points ``(P, B)`` of the two curves: A first, then the second one
+        when it is finite and differs from A (none for ``lam == 0``).
     lambda_eff_at_A : float
         The product's own rate at A, ``(P_A + p0)/(B_A + b0)`` (tokens per slot); the
         line is tangent to the hyperbola when ``lam`` equals it.
@@ -283,9 +222,9 @@ def compute_regions(
     p0, b0 : float
         Product offsets (tokens, requests).
     p_range : (float, float)
-        Range of B's prefill tokens (y axis), tokens.
+        Range of B's prefill tokens (x axis), tokens.
     b_range : (float, float)
-        Range of B's batch size (x axis), requests.
+        Range of B's batch size (y axis), requests.
     log_p, log_b : bool
         Space the grid evenly in log10 along that axis (low end must be > 0).
     resolution : (int, int)
@@ -312,20 +251,25 @@ def compute_regions(
     P = _axis("p_range", p_range, n_p, log_p)
     B = _axis("b_range", b_range, n_b, log_b)
 
-    ps = predicates.product_sign(P_A, B_A, P[:, None], B[None, :], p0, b0)
-    ls = predicates.linear_sign(P_A, B_A, P[:, None], B[None, :], lam)
+    ps = predicates.product_sign(P_A, B_A, P[None, :], B[:, None], p0, b0)
+    ls = predicates.linear_sign(P_A, B_A, P[None, :], B[:, None], lam)
     region = _codes(ps == 1, ls == 1)
     ties = (ps == 0) | (ls == 0)
     counts = np.bincount(region.ravel(), minlength=4)
     total = float(region.size)
     shares = tuple(float(c) / total for c in counts)
 
-    prod_curve = product_hyperbola(B, P_A, B_A, p0, b0)
-    lin_curve = linear_line(B, P_A, B_A, lam)
-    second = second_intersection(P_A, B_A, lam, p0, b0)
-    points: list[tuple[float, float]] = [(B_A, P_A)]
-    if second is not None and not np.allclose(second, (B_A, P_A), rtol=1e-12, atol=0.0):
-        points.append((float(second[0]), float(second[1])))
+    prod_curve = symbolic.hyperbola_B2(P, P_A, B_A, p0, b0)
+    lin_curve = symbolic.line_B2(P, P_A, B_A, lam)
+    p2, b2 = (float(v) for v in symbolic.second_intersection(P_A, B_A, lam, p0, b0))
+    points: list[tuple[float, float]] = [(P_A, B_A)]
+    if (
+        lam > 0
+        and math.isfinite(p2)
+        and math.isfinite(b2)
+        and not np.allclose((p2, b2), (P_A, B_A), rtol=1e-12, atol=0.0)
+    ):
+        points.append((p2, b2))
     den = B_A + b0
     lam_a = (P_A + p0) / den if den != 0 else math.inf
 

@@ -17,9 +17,6 @@ from lmetric_theory.regions import (
     ONLY_PRODUCT_B,
     classify,
     compute_regions,
-    linear_line,
-    product_hyperbola,
-    second_intersection,
 )
 
 
@@ -42,8 +39,8 @@ def brute_code(pa, ba, pb, bb, lam, p0, b0) -> int:
 
 def brute_grid(rm) -> np.ndarray:
     out = np.empty(rm.region.shape, dtype=np.int8)
-    for i, p in enumerate(rm.P):
-        for j, b in enumerate(rm.B):
+    for i, b in enumerate(rm.B):
+        for j, p in enumerate(rm.P):
             out[i, j] = brute_code(rm.P_A, rm.B_A, float(p), float(b), rm.lam, rm.p0, rm.b0)
     return out
 
@@ -92,7 +89,7 @@ def test_float_grid_matches_brute_force(pa, ba, lam, p0, b0, log):
 def test_share_is_argmin_difference_of_the_pair():
     rm = compute_regions(700, 6, lam=90, p0=0, b0=1, p_range=(0, 3000), b_range=(0, 20),
                          resolution=(60, 50))
-    PB, BB = np.meshgrid(rm.P, rm.B, indexing="ij")
+    PB, BB = np.meshgrid(rm.P, rm.B, indexing="xy")  # rows = B, columns = P
     P = np.stack([np.full_like(PB, 700.0), PB], axis=-1)
     B = np.stack([np.full_like(BB, 6.0), BB], axis=-1)
     differ = predicates.argmin_product(P, B, 0, 1) != predicates.argmin_linear(P, B, 90)
@@ -123,18 +120,18 @@ def test_known_point_classification():
 
 def test_curves_and_intersections():
     pa, ba, lam, p0, b0 = 1500.0, 6.0, 120.0, 32.0, 1.0
-    B = np.linspace(0, 40, 81)
-    hyp = product_hyperbola(B, pa, ba, p0, b0)
-    np.testing.assert_allclose((hyp + p0) * (B + b0), (pa + p0) * (ba + b0), rtol=1e-12)
-    line = linear_line(B, pa, ba, lam)
-    np.testing.assert_allclose(line + lam * B, pa + lam * ba, rtol=1e-12)
-    b2, p2 = second_intersection(pa, ba, lam, p0, b0)
+    rm = compute_regions(pa, ba, lam=lam, p0=p0, b0=b0, p_range=(0, 4000), b_range=(0, 40))
+    P = rm.P
+    np.testing.assert_allclose(
+        (P + p0) * (rm.product_curve + b0), (pa + p0) * (ba + b0), rtol=1e-12
+    )
+    np.testing.assert_allclose(P + lam * rm.linear_curve, pa + lam * ba, rtol=1e-9)
+    assert rm.intersections[0] == (pa, ba)
+    p2, b2 = rm.intersections[1]
     assert (p2 + p0) * (b2 + b0) == pytest.approx((pa + p0) * (ba + b0), rel=1e-12)
     assert p2 + lam * b2 == pytest.approx(pa + lam * ba, rel=1e-12)
-    assert second_intersection(pa, ba, 0.0) is None
-    rm = compute_regions(pa, ba, lam=lam, p0=p0, b0=b0, p_range=(0, 4000), b_range=(0, 40))
-    assert rm.intersections[0] == (ba, pa)
-    assert rm.intersections[1] == pytest.approx((b2, p2))
+    # lam = 0: the line is vertical in the (P, B) plane and meets the hyperbola only at A.
+    assert len(compute_regions(pa, ba, lam=0.0).intersections) == 1
     # Tangent case: lam equals the product's own rate at A -> only A.
     lam_a = (pa + p0) / (ba + b0)
     rm = compute_regions(pa, ba, lam=lam_a, p0=p0, b0=b0)
@@ -142,9 +139,16 @@ def test_curves_and_intersections():
     assert rm.lambda_eff_at_A == pytest.approx(lam_a)
 
 
-def test_pole_is_nan():
-    hyp = product_hyperbola(np.array([0.0, 1.0]), 10, 1, 0, 0)
-    assert np.isnan(hyp[0]) and hyp[1] == 10
+def test_disagreement_lies_between_the_curves():
+    # On a column P (x) away from the intersections, the disagreeing B values form the
+    # interval between the hyperbola and the line.
+    rm = compute_regions(1024, 8, lam=300, p_range=(0, 4096), b_range=(0, 32),
+                         resolution=(200, 400))
+    for j in range(0, 200, 7):
+        lo, hi = sorted((rm.product_curve[j], rm.linear_curve[j]))
+        col = np.isin(rm.region[:, j], (ONLY_PRODUCT_B, ONLY_LINEAR_B))
+        inside = (rm.B > lo) & (rm.B < hi)
+        np.testing.assert_array_equal(col, inside)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,28 @@
+"""Routing policies in a registry, selected by ``NAME[:key=value,...]``.
+
+Built-in: ``lmetric``, ``linear``, ``round-robin``, ``random``, ``least-loaded``,
+``cache-affinity``, ``power-of-two``. Add more with :func:`register_policy`.
+"""
+
+from lmetric_theory.policies import builtin as _builtin  # noqa: F401  (registers built-ins)
+from lmetric_theory.policies.base import (
+    TIE_RULES,
+    DecisionView,
+    Policy,
+    make_policy,
+    parse_policy_spec,
+    policy_names,
+    register_policy,
+    tie_field,
+)
+
+__all__ = [
+    "TIE_RULES",
+    "DecisionView",
+    "Policy",
+    "make_policy",
+    "parse_policy_spec",
+    "policy_names",
+    "register_policy",
+    "tie_field",
+]

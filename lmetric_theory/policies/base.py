@@ -1,0 +1,212 @@
+"""Policy protocol, per-decision view, typed parameter parsing and the policy registry.
+
+A policy is a small class with a frozen ``Params`` dataclass and a ``choose(view)`` method
+returning an instance index. Policies are selected by a spec string
+``NAME[:key=value,...]``; :func:`make_policy` parses and validates it. Other modules add
+policies with :func:`register_policy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "DecisionView",
+    "Policy",
+    "TIE_RULES",
+    "make_policy",
+    "parse_policy_spec",
+    "policy_names",
+    "register_policy",
+]
+
+#: Tie-breaking rules every policy accepts through its ``tie`` parameter.
+TIE_RULES: tuple[str, ...] = ("lowest", "random")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionView:
+    """What a policy sees for one routing decision (one row of the snapshot log).
+
+    Attributes
+    ----------
+    decision : int
+        Decision index (0-based, in arrival order).
+    time_s : float
+        Decision time, seconds.
+    input_tokens : int
+        Prompt length of the request, tokens.
+    uncached : np.ndarray, shape (N,), int32
+        The request's uncached prompt tokens on each instance (router's cache view), tokens.
+    queued : np.ndarray, shape (N,), int32
+        Prefill tokens queued on each instance, tokens.
+    running : np.ndarray, shape (N,), int32
+        Running requests per instance.
+    waiting : np.ndarray, shape (N,), int32
+        Waiting requests per instance.
+    kv_usage : np.ndarray, shape (N,), float32
+        KV-cache usage fraction per instance.
+    """
+
+    decision: int
+    time_s: float
+    input_tokens: int
+    uncached: np.ndarray
+    queued: np.ndarray
+    running: np.ndarray
+    waiting: np.ndarray
+    kv_usage: np.ndarray
+
+
+class Policy:
+    """Base class: subclasses set ``name``, ``Params`` and implement :meth:`choose`.
+
+    Parameters
+    ----------
+    params : Params
+        Validated parameters (a frozen dataclass with a ``tie`` field).
+    seed : int
+        Seed of the policy's own random generator (used by random policies and ties).
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = type(None)
+
+    def __init__(self, params: Any, seed: int = 0) -> None:
+        self.params = params
+        self.seed = int(seed)
+        self.rng = np.random.default_rng([self.seed, 0x5EED])
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string ``name:key=value,...`` (all parameters)."""
+        kv = ",".join(f"{f.name}={getattr(self.params, f.name)}" for f in dataclasses.fields(self.params))
+        return f"{self.name}:{kv}" if kv else self.name
+
+    def choose(self, view: DecisionView) -> int:
+        """Instance index for the request described by ``view``."""
+        raise NotImplementedError
+
+    def _pick_exact(self, scores: list) -> int:
+        """Argmin of a list of exact scores (ints / Fractions) under the tie rule."""
+        best = min(scores)
+        if self.params.tie == "lowest":
+            return scores.index(best)
+        cands = [i for i, s in enumerate(scores) if s == best]
+        return cands[0] if len(cands) == 1 else cands[int(self.rng.integers(len(cands)))]
+
+    def pick_min(self, scores: np.ndarray) -> int:
+        """Argmin of ``scores`` (shape (N,)) under the configured tie rule."""
+        if self.params.tie == "lowest":
+            return int(np.argmin(scores))
+        cands = np.flatnonzero(scores == scores.min())
+        if cands.size == 1:
+            return int(cands[0])
+        return int(cands[self.rng.integers(cands.size)])
+
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Add a policy class to the registry (usable as a decorator).
+
+    The class needs a non-empty ``name``, a frozen dataclass ``Params`` whose fields have
+    defaults and include ``tie``, and a ``choose`` method. Re-registering a name replaces it.
+    """
+    if not cls.name or not dataclasses.is_dataclass(cls.Params):
+        raise ValueError(f"policy class {cls.__name__} needs a name and a dataclass Params")
+    names = {f.name for f in dataclasses.fields(cls.Params)}
+    if "tie" not in names:
+        raise ValueError(f"policy {cls.name!r}: Params must have a 'tie' field")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def policy_names() -> list[str]:
+    """Registered policy names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _convert(policy: str, key: str, raw: str, tp: Any, choices: tuple[str, ...] | None) -> Any:
+    where = f"policy {policy!r}, parameter {key!r}"
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            v = float(raw)
+            if not np.isfinite(v):
+                raise ValueError
+            return v
+        if tp is Fraction:
+            return Fraction(raw.strip())
+        value = str(raw)
+    except (ValueError, ZeroDivisionError):
+        name = getattr(tp, "__name__", str(tp))
+        raise ValueError(f"{where}: cannot read {raw!r} as {name}") from None
+    if choices is not None and value not in choices:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``NAME[:key=value,...]`` into the name and raw string parameters."""
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    raw: dict[str, str] = {}
+    if rest.strip():
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise ValueError(f"policy spec {spec!r}: expected key=value, got {item!r}")
+            if key in raw:
+                raise ValueError(f"policy spec {spec!r}: parameter {key!r} given twice")
+            raw[key] = value.strip()
+    return name, raw
+
+
+def make_policy(spec: str, seed: int = 0) -> Policy:
+    """Build a policy from ``NAME[:key=value,...]``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name (lists the valid names), unknown key (lists the valid keys), or a value
+        of the wrong type / outside its choices.
+    """
+    name, raw = parse_policy_spec(spec)
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(policy_names())}")
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    hints = typing.get_type_hints(cls.Params)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ValueError(
+                f"policy {name!r}: unknown parameter {key!r}; valid parameters: {', '.join(fields)}"
+            )
+        choices = fields[key].metadata.get("choices")
+        kwargs[key] = _convert(name, key, value, hints[key], choices)
+    try:
+        params = cls.Params(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"policy {name!r}: {exc}") from None
+    return cls(params, seed=seed)
+
+
+def tie_field() -> Any:
+    """The shared ``tie`` dataclass field (default ``lowest``)."""
+    return dataclasses.field(default="lowest", metadata={"choices": TIE_RULES})

@@ -1,0 +1,244 @@
+"""The built-in routing policies.
+
+Every policy takes ``tie=lowest|random``: ``lowest`` picks the lowest instance index among
+equal scores, ``random`` picks uniformly among them with the policy's seeded generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from lmetric_theory.definitions import BDefinition, PDefinition, ScoreDefinition
+from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, register_policy, tie_field
+
+__all__ = [
+    "CacheAffinity",
+    "LMetric",
+    "LeastLoaded",
+    "Linear",
+    "PowerOfTwo",
+    "Random",
+    "RoundRobin",
+    "prefill_signal",
+    "batch_signal",
+]
+
+
+def _check_tie(tie: str) -> None:
+    if tie not in TIE_RULES:
+        raise ValueError(f"tie: {tie!r} is not one of {', '.join(TIE_RULES)}")
+
+
+def prefill_signal(view: DecisionView, definition: PDefinition | str) -> np.ndarray:
+    """``P_i`` per instance (int64 tokens, shape (N,)) under a :class:`PDefinition`."""
+    if PDefinition(definition) is PDefinition.UNCACHED:
+        return view.uncached.astype(np.int64)
+    return view.queued.astype(np.int64) + view.uncached
+
+
+def batch_signal(view: DecisionView, definition: BDefinition | str) -> np.ndarray:
+    """``B_i`` per instance (int64 requests, shape (N,)) under a :class:`BDefinition`."""
+    if BDefinition(definition) is BDefinition.RUNNING:
+        return view.running.astype(np.int64)
+    return view.running.astype(np.int64) + view.waiting
+
+
+def _exact_offset(x: Fraction) -> int | Fraction:
+    return int(x) if x.denominator == 1 else x
+
+
+@dataclass(frozen=True, slots=True)
+class LMetricParams:
+    """``lmetric`` parameters: ``P``/``B`` definitions and offsets ``p0``, ``b0`` (exact)."""
+
+    P: str = dataclasses.field(default="uncached", metadata={"choices": tuple(m.value for m in PDefinition)})
+    B: str = dataclasses.field(default="running", metadata={"choices": tuple(m.value for m in BDefinition)})
+    p0: Fraction = Fraction(0)
+    b0: Fraction = Fraction(1)
+    tie: str = tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        ScoreDefinition(PDefinition(self.P), BDefinition(self.B),
+                        _exact_offset(Fraction(self.p0)), _exact_offset(Fraction(self.b0)))
+
+
+@register_policy
+class LMetric(Policy):
+    """LMetric: argmin of ``(P_i + p0) * (B_i + b0)``."""
+
+    name = "lmetric"
+    Params = LMetricParams
+
+    def __init__(self, params: LMetricParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.definition = ScoreDefinition(
+            PDefinition(params.P), BDefinition(params.B),
+            _exact_offset(Fraction(params.p0)), _exact_offset(Fraction(params.b0)),
+        )
+
+    def choose(self, view: DecisionView) -> int:
+        d = self.definition
+        P = prefill_signal(view, d.p_definition).tolist()
+        B = batch_signal(view, d.b_definition).tolist()
+        p0, b0 = d.p0, d.b0
+        # Exact: Python ints / Fractions (agrees with predicates.argmin_product, tested).
+        return self._pick_exact([(p + p0) * (b + b0) for p, b in zip(P, B, strict=True)])
+
+
+@dataclass(frozen=True, slots=True)
+class LinearParams:
+    """``linear`` parameters: exchange rate ``lam`` (tokens per batch slot) and definitions."""
+
+    lam: Fraction = Fraction(1024)
+    P: str = dataclasses.field(default="uncached", metadata={"choices": tuple(m.value for m in PDefinition)})
+    B: str = dataclasses.field(default="running", metadata={"choices": tuple(m.value for m in BDefinition)})
+    tie: str = tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        PDefinition(self.P)
+        BDefinition(self.B)
+        if Fraction(self.lam) < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+
+
+@register_policy
+class Linear(Policy):
+    """Linear score: argmin of ``P_i + lam * B_i``."""
+
+    name = "linear"
+    Params = LinearParams
+
+    def __init__(self, params: LinearParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.lam = _exact_offset(Fraction(params.lam))
+
+    def choose(self, view: DecisionView) -> int:
+        p = self.params
+        P = prefill_signal(view, p.P).tolist()
+        B = batch_signal(view, p.B).tolist()
+        lam = self.lam
+        return self._pick_exact([a + lam * b for a, b in zip(P, B, strict=True)])
+
+
+@dataclass(frozen=True, slots=True)
+class TieOnlyParams:
+    """Parameters of policies that only choose a tie rule."""
+
+    tie: str = tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+
+
+@register_policy
+class RoundRobin(Policy):
+    """Instances in turn, 0, 1, ..., N-1, 0, ... (``tie`` has no effect)."""
+
+    name = "round-robin"
+    Params = TieOnlyParams
+
+    def __init__(self, params: TieOnlyParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.next = 0
+
+    def choose(self, view: DecisionView) -> int:
+        i = self.next % view.uncached.shape[0]
+        self.next = i + 1
+        return i
+
+
+@register_policy
+class Random(Policy):
+    """Uniformly random instance from the seeded generator."""
+
+    name = "random"
+    Params = TieOnlyParams
+
+    def choose(self, view: DecisionView) -> int:
+        return int(self.rng.integers(view.uncached.shape[0]))
+
+
+@register_policy
+class LeastLoaded(Policy):
+    """vLLM-v1 data-parallel load score: argmin of ``4 * waiting + running``."""
+
+    name = "least-loaded"
+    Params = TieOnlyParams
+
+    def choose(self, view: DecisionView) -> int:
+        return self.pick_min(4 * view.waiting.astype(np.int64) + view.running)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAffinityParams:
+    """``cache-affinity`` parameters (defaults as SGLang's gateway documents them).
+
+    ``cache_threshold``: minimum matched fraction of the prompt to follow the cache;
+    ``abs_threshold`` (requests) and ``rel_threshold`` (ratio): the load imbalance
+    ``max - min > abs_threshold and max > rel_threshold * min`` that switches to least-loaded.
+    """
+
+    cache_threshold: float = 0.3
+    abs_threshold: int = 64
+    rel_threshold: float = 1.5
+    tie: str = tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        if not 0.0 <= self.cache_threshold <= 1.0:
+            raise ValueError(f"cache_threshold must be in [0, 1], got {self.cache_threshold}")
+        if self.abs_threshold < 0 or self.rel_threshold < 1.0:
+            raise ValueError("abs_threshold must be >= 0 and rel_threshold >= 1")
+
+
+@register_policy
+class CacheAffinity(Policy):
+    """Longest prefix hit, falling back to least-loaded when load is imbalanced.
+
+    Load is in-flight requests (running + waiting). When the cluster is imbalanced, or the
+    best match covers less than ``cache_threshold`` of the prompt, the request goes to the
+    least-loaded instance (SGLang then picks the smallest cache tree; this simulator uses load).
+    """
+
+    name = "cache-affinity"
+    Params = CacheAffinityParams
+
+    def choose(self, view: DecisionView) -> int:
+        p = self.params
+        load = view.running.astype(np.int64) + view.waiting
+        lo, hi = int(load.min()), int(load.max())
+        if hi - lo > p.abs_threshold and hi > p.rel_threshold * lo:
+            return self.pick_min(load)
+        hit = view.input_tokens - view.uncached.astype(np.int64)
+        best = int(hit.max())
+        if view.input_tokens <= 0 or best < p.cache_threshold * view.input_tokens or best == 0:
+            return self.pick_min(load)
+        # Among instances with the longest hit, the least loaded; then the tie rule.
+        return self.pick_min(np.where(hit == best, load, np.iinfo(np.int64).max))
+
+
+@register_policy
+class PowerOfTwo(Policy):
+    """Two distinct instances drawn at random; the one with fewer in-flight requests."""
+
+    name = "power-of-two"
+    Params = TieOnlyParams
+
+    def choose(self, view: DecisionView) -> int:
+        n = view.uncached.shape[0]
+        if n == 1:
+            return 0
+        a, b = (int(x) for x in self.rng.choice(n, size=2, replace=False))
+        la = int(view.running[a]) + int(view.waiting[a])
+        lb = int(view.running[b]) + int(view.waiting[b])
+        if la != lb:
+            return a if la < lb else b
+        if self.params.tie == "lowest":
+            return min(a, b)
+        return a if self.rng.random() < 0.5 else b

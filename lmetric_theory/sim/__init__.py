@@ -1,0 +1,32 @@
+"""Discrete-event cluster simulator, iteration-latency model, presets and snapshot logs."""
+
+from lmetric_theory.sim.engine import VIEWS, SimConfig, SimResult, Simulator, simulate
+from lmetric_theory.sim.latency import (
+    FitReport,
+    LatencyModel,
+    Preset,
+    fit_latency,
+    list_presets,
+    load_preset,
+    preset_from_dict,
+    roofline_preset,
+)
+from lmetric_theory.sim.snapshots import SIGNALS, SnapshotLog
+
+__all__ = [
+    "FitReport",
+    "LatencyModel",
+    "Preset",
+    "SIGNALS",
+    "SimConfig",
+    "SimResult",
+    "Simulator",
+    "SnapshotLog",
+    "VIEWS",
+    "fit_latency",
+    "list_presets",
+    "load_preset",
+    "preset_from_dict",
+    "roofline_preset",
+    "simulate",
+]

@@ -20,6 +20,7 @@ __all__ = [
     "expr_str",
     "formula_latex",
     "is_relation",
+    "tex",
     "to_json",
     "to_json_dict",
     "to_latex",
@@ -46,6 +47,19 @@ _SYMBOL_MEANING = {
 }
 
 
+#: LaTeX names of the rate symbols (the others print well by default).
+LATEX_NAMES: dict[sp.Symbol, str] = {
+    SYMBOLS["lam"]: r"\lambda",
+    SYMBOLS["lam_lo"]: r"\lambda_{\mathrm{lo}}",
+    SYMBOLS["lam_hi"]: r"\lambda_{\mathrm{hi}}",
+}
+
+
+def tex(expr: sp.Basic) -> str:
+    """LaTeX of an expression, with ``lam`` shown as ``\\lambda``."""
+    return sp.latex(expr, symbol_names=LATEX_NAMES)
+
+
 def expr_str(expr: sp.Basic | None) -> str | None:
     """The ``parse_expr``-readable string of an expression (``None`` stays ``None``)."""
     return None if expr is None else sp.sstr(expr)
@@ -59,7 +73,7 @@ def is_relation(expr: sp.Basic) -> bool:
 
 def formula_latex(f: Formula) -> str:
     """LaTeX of one formula: ``label = expr``, or the bare relation."""
-    body = sp.latex(f.expr)
+    body = tex(f.expr)
     if is_relation(f.expr) or not f.latex_label:
         return body
     return f"{f.latex_label} = {body}"
@@ -228,7 +242,7 @@ def to_markdown(d: Derivation | None = None) -> str:
                 "| --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
             for g in d.regions:
-                cells = [sp.latex(x) for x in (g.P2_lower, g.P2_upper, g.B2_lower, g.B2_upper)]
+                cells = [tex(x) for x in (g.P2_lower, g.P2_upper, g.B2_lower, g.B2_upper)]
                 out.append(
                     f"| {g.name} | {'yes' if g.bounded else 'no'} | "
                     + " | ".join(f"${c}$" for c in cells)
@@ -243,7 +257,7 @@ def to_markdown(d: Derivation | None = None) -> str:
             ]
             for g in d.degenerate:
                 cells = [
-                    "—" if x is None else f"${sp.latex(x)}$"
+                    "—" if x is None else f"${tex(x)}$"
                     for x in (g.condition, g.value_of, g.value, g.reachable_when, g.removed_by)
                 ]
                 out.append(f"| {g.name.replace('_', ' ')} | " + " | ".join(cells) + " |")
@@ -254,7 +268,7 @@ def to_markdown(d: Derivation | None = None) -> str:
             f"- **{i.name.replace('_', ' ')}** — {_md_escape(i.statement)}",
             "",
             "$$",
-            f"{sp.latex(i.lhs)} = {sp.latex(i.rhs)}",
+            f"{tex(i.lhs)} = {tex(i.rhs)}",
             "$$",
             "",
         ]

@@ -153,6 +153,12 @@ class SimResult:
         Iterations executed over all instances (closed-form stretches counted in full).
     events : int
         Events processed.
+    peak_kv_tokens : np.ndarray, shape (N,), int64
+        Highest KV occupancy (cached blocks + reservations) per instance, tokens.
+    prefill_tokens_computed : np.ndarray, shape (N,), int64
+        Prompt tokens computed by prefill iterations per instance, tokens.
+    output_tokens_produced : np.ndarray, shape (N,), int64
+        Tokens produced per instance (first tokens plus decode-iteration tokens), tokens.
     end_time_s : float
         Simulated time reached, seconds.
     policy : str
@@ -172,6 +178,9 @@ class SimResult:
     snapshots: SnapshotLog | None
     iterations: int
     events: int
+    peak_kv_tokens: np.ndarray
+    prefill_tokens_computed: np.ndarray
+    output_tokens_produced: np.ndarray
     end_time_s: float
     policy: str
     config: dict[str, Any] = field(default_factory=dict)
@@ -211,7 +220,7 @@ class _Instance:
     __slots__ = (
         "idx", "cache", "lru", "used", "waiting", "prefilling", "n_dec", "ctx_sum", "fin",
         "steps", "queued", "plan", "plan_start", "plan_end", "plan_m", "plan_chunks",
-        "version", "approx", "hist_t", "hist_v", "ready",
+        "version", "approx", "hist_t", "hist_v", "ready", "peak", "pf_total", "dec_total",
     )
 
     def __init__(self, idx: int) -> None:
@@ -236,6 +245,9 @@ class _Instance:
         self.approx: set[int] = set()
         self.hist_t: list[float] = []
         self.hist_v: list[tuple[int, int, int, int]] = []
+        self.peak = 0  # highest KV tokens held, tokens
+        self.pf_total = 0  # prefill tokens computed, tokens
+        self.dec_total = 0  # tokens produced (first tokens + decode iterations), tokens
 
 
 class Simulator:
@@ -390,6 +402,32 @@ class Simulator:
             for e in out:
                 push(heap, e)
         return self._result()
+
+    def check_invariants(self) -> None:
+        """Verify the KV/cache bookkeeping of every instance; ``AssertionError`` on a breach.
+
+        Checks: occupancy = cached blocks + private reservations <= capacity; reference
+        counts equal the number of running requests holding each block; every block of a
+        running request (pinned) is cached and never on the eviction list; the eviction list
+        holds exactly the unreferenced blocks; computed blocks are a subset of the cache.
+        """
+        bs = self._bs
+        cap = self.config.kv_capacity_tokens
+        for ins in self._inst:
+            holders = [r for r in ins.prefilling] + [r for _, r in ins.fin]
+            counts: dict[int, int] = {}
+            for r in holders:
+                for h in self._refs[r]:
+                    counts[h] = counts.get(h, 0) + 1
+            priv = sum(self._priv[r] for r in holders)
+            assert ins.used == len(ins.cache) * bs + priv, (ins.idx, ins.used)
+            assert ins.used <= cap, (ins.idx, ins.used, cap)
+            for h, c in ins.cache.items():
+                assert c == counts.get(h, 0), (ins.idx, h, c, counts.get(h, 0))
+                assert (c == 0) == (h in ins.lru), (ins.idx, h)
+            assert all(h in ins.cache for h in counts), ins.idx
+            assert set(ins.lru) <= ins.ready <= set(ins.cache), ins.idx
+            assert ins.n_dec == len(ins.fin), ins.idx
 
     # ------------------------------------------------------------------ handlers
 
@@ -588,6 +626,8 @@ class Simulator:
         for h in new:
             cache[h] = 1
         ins.used += need
+        if ins.used > ins.peak:
+            ins.peak = ins.used
         self._refs[rid] = hits + new
         self._new[rid] = new
         self._priv[rid] = priv
@@ -649,7 +689,9 @@ class Simulator:
     def _apply_mixed(self, ins: _Instance, t: float) -> None:
         rem, ctx = self._rem, self._ctx
         done_prefill = []
+        ins.dec_total += ins.n_dec
         for rid, c in ins.plan_chunks:
+            ins.pf_total += c
             rem[rid] -= c
             ctx[rid] += c
             ins.queued -= c
@@ -666,6 +708,7 @@ class Simulator:
             for rid in done_prefill:
                 ins.ready.update(self._new[rid])
                 self._first[rid] = t
+                ins.dec_total += 1
                 out = self._out[rid]
                 if out == 1:
                     self._release(ins, rid, t)
@@ -677,6 +720,7 @@ class Simulator:
     def _apply_run(self, ins: _Instance, t: float) -> None:
         m = ins.plan_m
         self._iterations += m
+        ins.dec_total += m * ins.n_dec
         ins.steps += m
         ins.ctx_sum += m * ins.n_dec
         self._complete(ins, t)
@@ -732,6 +776,9 @@ class Simulator:
             snapshots=log,
             iterations=self._iterations,
             events=self._events,
+            peak_kv_tokens=np.asarray([i.peak for i in self._inst], dtype=np.int64),
+            prefill_tokens_computed=np.asarray([i.pf_total for i in self._inst], dtype=np.int64),
+            output_tokens_produced=np.asarray([i.dec_total for i in self._inst], dtype=np.int64),
             end_time_s=self._now,
             policy=self.policy.spec,
             config=cfg,

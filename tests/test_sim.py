@@ -1,0 +1,300 @@
+"""Tests of the cluster simulator: hand-computed latencies, cache, invariants, determinism."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmetric_theory.sim import (
+    LatencyModel,
+    SimConfig,
+    Simulator,
+    SnapshotLog,
+    list_presets,
+    load_preset,
+    simulate,
+)
+from lmetric_theory.workload.base import Workload
+
+LAT = LatencyModel(c0=0.01, c_pf=1e-4, c_dec=1e-3, c_kv=1e-6, c_att=1e-8)
+BS = 100
+
+
+def make_workload(reqs: list[tuple[float, int, int, list[int]]], block: int = BS) -> Workload:
+    """Workload from (arrival s, input tokens, output tokens, block hashes) tuples."""
+    hashes: list[int] = []
+    offs = [0]
+    for _, inp, _, hs in reqs:
+        assert len(hs) == -(-inp // block)
+        hashes.extend(hs)
+        offs.append(len(hashes))
+    return Workload(
+        arrival_s=np.array([r[0] for r in reqs], dtype=np.float64),
+        input_tokens=np.array([r[1] for r in reqs], dtype=np.int64),
+        output_tokens=np.array([r[2] for r in reqs], dtype=np.int64),
+        hash_ids=np.array(hashes, dtype=np.int64),
+        hash_offsets=np.array(offs, dtype=np.int64),
+        block_size=block,
+    )
+
+
+def load_mooncake(path: Path, rate_scale: float = 1.0, limit: int | None = None) -> Workload:
+    """Minimal reader of the Mooncake JSONL (test-local; the library loader lives in workload/)."""
+    reqs = []
+    with open(path) as f:
+        for n, line in enumerate(f):
+            if limit is not None and n >= limit:
+                break
+            r = json.loads(line)
+            reqs.append((r["timestamp"] / 1000.0 / rate_scale, r["input_length"], r["output_length"], r["hash_ids"]))
+    return make_workload(reqs, block=512)
+
+
+def config(n: int = 1, **kw) -> SimConfig:
+    base = dict(latency=LAT, kv_capacity_tokens=100_000, token_budget=4096, max_batch=64)
+    base.update(kw)
+    return SimConfig(n_instances=n, **base)
+
+
+def prefill_time(tokens: int, context: int) -> float:
+    return LAT.c0 + LAT.c_pf * tokens + LAT.c_kv * (context + tokens) + LAT.c_att * tokens * (context + tokens / 2)
+
+
+def decode_time(n: int, kv: int) -> float:
+    return LAT.c0 + LAT.c_dec * n + LAT.c_kv * kv
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_uncontended_request_matches_latency_model(fast: bool) -> None:
+    w = make_workload([(1.0, 1000, 5, list(range(10)))])
+    r = simulate(w, config(fast_forward=fast), "round-robin")
+    ttft = prefill_time(1000, 0)
+    assert r.ttft_s[0] == pytest.approx(ttft, rel=1e-12)
+    decode = sum(decode_time(1, 1000 + g) for g in range(1, 5))
+    assert r.e2e_s[0] == pytest.approx(ttft + decode, rel=1e-12)
+    assert r.tpot_s[0] == pytest.approx(decode / 4, rel=1e-12)
+    assert r.cached_tokens[0] == 0
+
+
+def test_chunked_prefill_matches_latency_model() -> None:
+    w = make_workload([(0.0, 5000, 1, list(range(50)))])
+    r = simulate(w, config(token_budget=4096), "round-robin")
+    assert r.ttft_s[0] == pytest.approx(prefill_time(4096, 0) + prefill_time(904, 4096), rel=1e-12)
+    assert np.isnan(r.tpot_s[0]) and r.e2e_s[0] == r.ttft_s[0]
+
+
+def test_prefix_hit_cuts_ttft_by_prefill_time_of_hit_tokens() -> None:
+    # Second request arrives after the first finished and shares its first 7 blocks.
+    a = list(range(10))
+    b = a[:7] + [100, 101, 102]
+    w = make_workload([(0.0, 1000, 2, a), (10.0, 1000, 2, b), (20.0, 1000, 2, [200 + i for i in range(10)])])
+    r = simulate(w, config(), "round-robin:tie=lowest")
+    h = 700
+    assert r.cached_tokens.tolist() == [0, h, 0]
+    saved = LAT.c_pf * h + LAT.c_att * h * h / 2  # prefill time of the hit tokens from context 0
+    assert r.ttft_s[2] - r.ttft_s[1] == pytest.approx(saved, rel=1e-9)
+    assert r.ttft_s[0] == pytest.approx(r.ttft_s[2], rel=1e-12)
+
+
+def test_full_hit_recomputes_last_block() -> None:
+    hs = list(range(10))
+    w = make_workload([(0.0, 1000, 1, hs), (5.0, 1000, 1, hs)])
+    r = simulate(w, config(), "round-robin")
+    assert r.cached_tokens.tolist() == [0, 900]
+
+
+def random_workload(seed: int, n: int = 40, n_prefixes: int = 4, span: float = 5.0) -> Workload:
+    rng = np.random.default_rng(seed)
+    reqs = []
+    t = np.sort(rng.uniform(0, span, n))
+    nxt = 10_000
+    for i in range(n):
+        inp = int(rng.integers(1, 2500))
+        k = -(-inp // BS)
+        share = int(rng.integers(0, k + 1))
+        pref = int(rng.integers(n_prefixes))
+        hs = [pref * 1000 + j for j in range(share)] + list(range(nxt, nxt + k - share))
+        nxt += k
+        reqs.append((float(t[i]), inp, int(rng.integers(1, 60)), hs))
+    return make_workload(reqs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3), cap=st.sampled_from([3000, 6000, 50_000]),
+       policy=st.sampled_from(["round-robin", "lmetric", "least-loaded", "cache-affinity", "random"]))
+def test_conservation_capacity_and_pinning(seed: int, n: int, cap: int, policy: str) -> None:
+    w = random_workload(seed)
+    cfg = config(n, kv_capacity_tokens=cap, token_budget=512, max_batch=8)
+    sim = Simulator(w, cfg, policy, seed=seed)
+    for d in range(len(w)):
+        sim.run(until_decision=d)
+        sim.check_invariants()  # pinned blocks cached & not evictable, occupancy <= capacity
+    r = sim.run()
+    sim.check_invariants()
+    assert r.completed.all()
+    # Tokens are conserved: computed prefill + cache hits = prompts; produced = outputs.
+    assert int(r.prefill_tokens_computed.sum()) == int((r.input_tokens - r.cached_tokens).sum())
+    assert int(r.output_tokens_produced.sum()) == int(r.output_tokens.sum())
+    assert np.all(r.peak_kv_tokens <= cap)
+    assert np.all(r.ttft_s > 0) and np.all(r.e2e_s >= r.ttft_s)
+    for i in range(n):  # per-instance accounting too
+        mine = r.instance == i
+        assert r.prefill_tokens_computed[i] == (r.input_tokens - r.cached_tokens)[mine].sum()
+        assert r.output_tokens_produced[i] == r.output_tokens[mine].sum()
+
+
+def test_eviction_under_small_capacity_keeps_lru_order() -> None:
+    # Capacity 1200 tokens: after A (10 blocks, 2 outputs) finishes, B with new blocks evicts
+    # A's tail blocks first, so A's head survives and C (= A's head) hits it.
+    a = list(range(10))
+    w = make_workload([
+        (0.0, 1000, 1, a),
+        (5.0, 500, 1, [50, 51, 52, 53, 54]),
+        (10.0, 300, 1, a[:3]),
+    ])
+    r = simulate(w, config(kv_capacity_tokens=1200), "round-robin")
+    assert r.peak_kv_tokens[0] <= 1200
+    assert r.cached_tokens.tolist() == [0, 0, 200]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_closed_form_decode_equals_step_by_step(seed: int) -> None:
+    w = random_workload(seed, n=60)
+    for policy in ("lmetric", "round-robin"):
+        fast = simulate(w, config(2, token_budget=1024, max_batch=16), policy)
+        slow = simulate(w, config(2, token_budget=1024, max_batch=16, fast_forward=False), policy)
+        np.testing.assert_array_equal(fast.instance, slow.instance)
+        np.testing.assert_array_equal(fast.cached_tokens, slow.cached_tokens)
+        np.testing.assert_allclose(fast.ttft_s, slow.ttft_s, rtol=1e-9)
+        np.testing.assert_allclose(fast.e2e_s, slow.e2e_s, rtol=1e-9)
+        assert fast.iterations == slow.iterations
+        assert fast.events < slow.events
+
+
+@pytest.mark.parametrize("policy", ["random", "power-of-two", "lmetric:tie=random", "cache-affinity"])
+def test_same_seed_same_result(policy: str) -> None:
+    w = random_workload(3, n=80)
+    a = simulate(w, config(3), policy, seed=11)
+    b = simulate(w, config(3), policy, seed=11)
+    for f in ("instance", "cached_tokens", "ttft_s", "e2e_s"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    np.testing.assert_array_equal(a.snapshots.uncached, b.snapshots.uncached)
+    c = simulate(w, config(3), "random", seed=12)
+    assert policy != "random" or not np.array_equal(a.instance, c.instance)
+
+
+def test_fork_and_force() -> None:
+    w = random_workload(5, n=50)
+    full = simulate(w, config(3), "lmetric")
+    sim = Simulator(w, config(3), "lmetric")
+    part = sim.run(until_decision=20)
+    assert sim.decisions_made == 20 and len(part.snapshots) == 20
+    assert np.isnan(part.e2e_s[20:]).all()
+    f1 = sim.fork()
+    f2 = copy.deepcopy(sim)
+    r1 = f1.run()
+    np.testing.assert_array_equal(r1.ttft_s, full.ttft_s)
+    other = (int(full.instance[20]) + 1) % 3
+    f2.force(20, other)
+    r2 = f2.run()
+    assert r2.instance[20] == other
+    assert r2.snapshots.chosen[20] == other
+    # The original is untouched by its forks and still finishes like the full run.
+    np.testing.assert_array_equal(sim.run().e2e_s, full.e2e_s)
+    with pytest.raises(ValueError, match="already taken"):
+        sim.force(3, 0)
+
+
+def test_snapshot_log_records_router_view_and_roundtrips(tmp_path: Path) -> None:
+    w = random_workload(7, n=30)
+    r = simulate(w, config(2), "lmetric")
+    log = r.snapshots
+    assert log.uncached.shape == (30, 2) and log.uncached.dtype == np.int32
+    assert log.kv_usage.dtype == np.float32
+    np.testing.assert_array_equal(log.chosen, r.instance[log.request])
+    assert np.all(log.uncached <= log.input_tokens[:, None])
+    assert log.running[0].sum() == 0 and log.waiting[0].sum() == 0
+    for save, load, name in ((log.save_npz, SnapshotLog.load_npz, "s.npz"),
+                             (log.save_parquet, SnapshotLog.load_parquet, "s.parquet")):
+        save(tmp_path / name)
+        back = load(tmp_path / name)
+        for c in ("request", "time_s", "chosen", "input_tokens", "uncached", "queued", "running",
+                  "waiting", "kv_usage"):
+            np.testing.assert_array_equal(getattr(back, c), getattr(log, c))
+        assert back.meta == log.meta
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_snapshot_memory_for_a_million_decisions() -> None:
+    log = SnapshotLog.empty(1_000_000, 16)
+    assert log.nbytes <= 1 << 30
+
+
+def test_approximate_view_is_blind_to_evictions() -> None:
+    a = list(range(10))
+    w = make_workload([(0.0, 1000, 1, a), (5.0, 1000, 1, [50 + i for i in range(10)]), (10.0, 1000, 1, a)])
+    precise = simulate(w, config(kv_capacity_tokens=1100), "round-robin")
+    approx = simulate(w, config(kv_capacity_tokens=1100, view="approximate"), "round-robin")
+    # A's blocks were evicted by B: the precise router sees no hit, the approximate one does.
+    assert precise.snapshots.uncached[2, 0] == 1000
+    assert approx.snapshots.uncached[2, 0] == 100
+    assert approx.cached_tokens[2] == precise.cached_tokens[2] == 0
+
+
+def test_delayed_signals_show_older_state() -> None:
+    w = make_workload([(0.0, 3000, 50, list(range(30))), (0.05, 100, 1, [99])])
+    now = simulate(w, config(), "round-robin")
+    late = simulate(w, config(signal_delay_s=1.0), "round-robin")
+    assert now.snapshots.running[1, 0] == 1
+    assert late.snapshots.running[1, 0] == 0 and late.snapshots.queued[1, 0] == 0
+
+
+def test_bad_inputs() -> None:
+    w = make_workload([(0.0, 1000, 5, list(range(10)))])
+    with pytest.raises(ValueError, match="exceeds the KV capacity"):
+        Simulator(w, config(kv_capacity_tokens=500), "round-robin")
+    with pytest.raises(ValueError, match="view"):
+        config(view="psychic")
+    with pytest.raises(ValueError, match="unknown policy"):
+        Simulator(w, config(), "nope")
+    with pytest.raises(ValueError, match="valid presets"):
+        load_preset("tpu-v9")
+
+
+def test_presets_are_documented_roofline_numbers() -> None:
+    names = list_presets()
+    assert {"h100-llama3-8b", "a100-llama3-8b"} <= set(names)
+    h100, a100 = load_preset("h100-llama3-8b"), load_preset("a100-llama3-8b")
+    # Weights (8.03e9 x 2 bytes) over 70% of 3.35 TB/s; A100 is slower everywhere.
+    assert h100.latency.c0 == pytest.approx(8.03e9 * 2 / (3.35e12 * 0.7), rel=1e-9)
+    assert a100.latency.c0 > h100.latency.c0 and a100.latency.c_pf > h100.latency.c_pf
+    assert h100.description and h100.kv_capacity_tokens > 100_000
+
+
+@pytest.mark.slow
+def test_lmetric_queued_beats_round_robin_on_shared_trace(mooncake_path: Path) -> None:
+    w = load_mooncake(mooncake_path, rate_scale=2.0)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 8)
+    rr = simulate(w, cfg, "round-robin").summary()
+    lm = simulate(w, cfg, "lmetric:P=queued+uncached").summary()
+    assert rr["completed"] == lm["completed"] == len(w)
+    assert lm["ttft_mean_s"] < rr["ttft_mean_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured result, not a simulator bug: with the default definitions (P = uncached, "
+    "B = running) LMetric ignores queued prefill work and waiting requests and has a higher "
+    "mean TTFT than round-robin on the shared trace at 2x rate"))
+def test_lmetric_default_beats_round_robin_on_shared_trace(mooncake_path: Path) -> None:
+    w = load_mooncake(mooncake_path, rate_scale=2.0)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 8)
+    rr = simulate(w, cfg, "round-robin").summary()
+    lm = simulate(w, cfg, "lmetric").summary()
+    assert lm["ttft_mean_s"] < rr["ttft_mean_s"]

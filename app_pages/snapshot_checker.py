@@ -1,0 +1,96 @@
+"""Snapshot checker: the detector's verdict on one routing decision typed as a table."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lmetric_theory.app_support import (
+    EXAMPLE_SNAPSHOTS,
+    MAX_INSTANCES,
+    check_table,
+    pair_view_ranges,
+    region_figure,
+)
+from lmetric_theory.regions import compute_regions
+
+st.title("Snapshot checker")
+st.caption(
+    "One routing decision: the load of every candidate instance. The detector compares the "
+    "product score (P + p0)(B + b0) with the linear reference P + lam*B and explains what it "
+    f"finds. Up to {MAX_INSTANCES} instances; P in prefill tokens, B in requests."
+)
+
+name = st.selectbox("Example", list(EXAMPLE_SNAPSHOTS), key="example")
+ex = EXAMPLE_SNAPSHOTS[name]
+st.caption(ex["note"])
+
+c1, c2, c3, c4, c5 = st.columns(5)
+# Widget keys carry the example name so picking another example loads its settings.
+lam = c1.number_input("lam: reference rate", 0.0, 1e7, float(ex["lam"]), 10.0, key=f"lam_{name}")
+lam_lo = c2.number_input("band low", 0.0, 1e7, float(ex["lam_lo"]), 10.0, key=f"lo_{name}")
+lam_hi = c3.number_input("band high", 0.0, 1e7, float(ex["lam_hi"]), 10.0, key=f"hi_{name}")
+p0 = c4.number_input("p0: prefill offset", 0.0, 1e6, float(ex["p0"]), 1.0, key=f"p0_{name}")
+b0 = c5.number_input("b0: batch offset", 0.0, 1e4, float(ex["b0"]), 1.0, key=f"b0_{name}")
+
+initial = [
+    {"instance": f"#{i}", "P": p, "B": b} for i, (p, b) in enumerate(zip(ex["P"], ex["B"],
+                                                                         strict=True))
+]
+edited = st.data_editor(
+    initial,
+    num_rows="dynamic",
+    key=f"table_{name}",
+    column_config={
+        "instance": st.column_config.TextColumn("instance", max_chars=40),
+        "P": st.column_config.NumberColumn("P (prefill tokens)", min_value=0, max_value=2**31 - 1,
+                                           step=1, required=True),
+        "B": st.column_config.NumberColumn("B (batch size)", min_value=0, max_value=2**31 - 1,
+                                           required=True),
+    },
+)
+
+try:
+    result = check_table(edited, lam=lam, lam_lo=lam_lo, lam_hi=lam_hi, p0=p0, b0=b0)
+except ValueError as exc:
+    st.error(f"Cannot check this snapshot: {exc}")
+    st.stop()
+
+v = result.verdict
+ids = result.instance_ids
+m1, m2, m3, m4, m5 = st.columns(5)
+m1.metric("Product picks", ids[v.product_choice])
+m2.metric("Linear picks", ids[v.linear_choice])
+m3.metric("lam_eff", f"{v.lambda_eff:.6g}")
+m4.metric("lam*", f"{v.lambda_star:.6g}")
+m5.metric("Regret (token equiv.)", f"{v.regret_tokens:.6g}")
+
+if v.disagrees:
+    st.warning(f"Verdict: DISAGREE — the product picks {ids[v.product_choice]}, "
+             f"linear(lam={lam:g}) picks {ids[v.linear_choice]}.")
+elif v.flagged:
+    st.info(f"Verdict: AGREE, with findings — both pick {ids[v.product_choice]}.")
+else:
+    st.success(f"Verdict: AGREE — both pick {ids[v.product_choice]}; nothing flagged.")
+
+st.subheader("Findings and mitigations")
+if result.findings:
+    st.dataframe(list(result.findings), key="findings", hide_index=True)
+else:
+    st.write("No findings.")
+
+st.subheader("Instances")
+st.dataframe(list(result.rows), key="instances", hide_index=True)
+
+if v.rival >= 0:
+    i, r = v.product_choice, v.rival
+    a, b = (result.P[i], result.B[i]), (result.P[r], result.B[r])
+    p_rng, b_rng = pair_view_ranges([a, b])
+    try:
+        rm = compute_regions(a[0], a[1], lam=lam, p0=p0, b0=b0, p_range=p_rng, b_range=b_rng,
+                             resolution=(300, 300))
+    except ValueError as exc:
+        st.error(f"Cannot draw the decision regions of this pair: {exc}")
+    else:
+        st.subheader(f"Decision regions: A = {ids[i]} (product's choice), marker = {ids[r]}")
+        st.plotly_chart(region_figure(rm, marker=b, marker_label=f"{ids[r]} (rival)"),
+                        key="pair_plot")

@@ -1,0 +1,338 @@
+"""Presentation helpers for the Streamlit app (``app.py``): figures, formulas, examples.
+
+Everything here is pure: it turns library results into plotly figures, LaTeX strings and
+tables; no Streamlit calls, no files. The pages stay thin (read widgets, call the
+library, render what these helpers return).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from lmetric_theory.detector import Detector, LinearReference, Snapshot, Verdict
+from lmetric_theory.predicates import linear_scores, product_scores
+from lmetric_theory.regions import REGION_LABELS, RegionMap
+
+__all__ = [
+    "EXAMPLE_SNAPSHOTS",
+    "MAX_INSTANCES",
+    "REGION_COLOURS",
+    "TableCheck",
+    "check_table",
+    "pair_view_ranges",
+    "region_figure",
+    "theory_latex",
+]
+
+#: Colour of each region code (index = code): agree regions pale, disagreements strong.
+REGION_COLOURS: tuple[str, ...] = ("#dbe9f6", "#e6f2df", "#d62728", "#ff7f0e")
+
+#: Preloaded examples of the snapshot checker: name -> settings. ``P`` tokens, ``B``
+#: requests, offsets ``p0``/``b0``, reference rate ``lam`` and band (tokens per slot).
+EXAMPLE_SNAPSHOTS: dict[str, dict[str, Any]] = {
+    "Plain disagreement": {
+        "P": [1800, 300, 1500],
+        "B": [1, 9, 6],
+        "p0": 0,
+        "b0": 1,
+        "lam": 200.0,
+        "lam_lo": 200.0,
+        "lam_hi": 200.0,
+        "note": "#0 needs 1500 more prefill tokens than #1 but has 8 fewer requests. The pair "
+        "breaks even at lam* = 187.5; the product acts with lam_eff = 175, the reference "
+        "with lam = 200, on the other side: they pick different instances.",
+    },
+    "Zero-prefill hot-spot": {
+        "P": [0, 2048, 1536],
+        "B": [14, 1, 2],
+        "p0": 0,
+        "b0": 1,
+        "lam": 100.0,
+        "lam_lo": 50.0,
+        "lam_hi": 200.0,
+        "note": "#0 holds the whole prompt in cache: with p0 = 0 its product score is 0 however "
+        "loaded it is, so every such request piles onto it.",
+    },
+    "Idle tie": {
+        "P": [4096, 128, 2048],
+        "B": [0, 0, 3],
+        "p0": 0,
+        "b0": 0,
+        "lam": 100.0,
+        "lam_lo": 100.0,
+        "lam_hi": 100.0,
+        "note": "With b0 = 0 every idle instance scores 0: the product cannot tell the idle "
+        "instance with 4096 uncached tokens from the one with 128; the index decides.",
+    },
+}
+
+#: Largest table the snapshot checker accepts (instances).
+MAX_INSTANCES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TableCheck:
+    """The detector's verdict on a table of instances, ready to display.
+
+    Attributes
+    ----------
+    verdict : Verdict
+        From :meth:`lmetric_theory.detector.Detector.check`.
+    instance_ids : tuple of str
+        Instance names, table order.
+    P, B : tuple of int or float
+        Prefill tokens and batch sizes as checked.
+    rows : tuple of dict
+        Per instance: id, P, B, product score, linear score, and which score picks it.
+    findings : tuple of dict
+        Per finding: kind, severity, message, mitigation.
+    """
+
+    verdict: Verdict
+    instance_ids: tuple[str, ...]
+    P: tuple[int | float, ...]
+    B: tuple[int | float, ...]
+    rows: tuple[dict[str, Any], ...]
+    findings: tuple[dict[str, str], ...]
+
+
+def _cell(value: object, row: int, column: str) -> int | float:
+    """A table cell as a finite nonnegative number (never evaluated as code)."""
+    if value is None or isinstance(value, str | bool):
+        what = "empty" if value is None or value == "" else f"not a number ({value!r})"
+        raise ValueError(f"row {row}, column {column}: {what}")
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"row {row}, column {column}: not a number ({value!r})") from None
+    if math.isnan(v):
+        raise ValueError(f"row {row}, column {column}: empty")
+    if math.isinf(v):
+        raise ValueError(f"row {row}, column {column}: infinite")
+    if v < 0:
+        raise ValueError(f"row {row}, column {column}: negative ({v:g})")
+    return int(v) if v.is_integer() and abs(v) < 2**31 else v
+
+
+def check_table(
+    records: Sequence[Mapping[str, object]],
+    *,
+    lam: float,
+    lam_lo: float | None = None,
+    lam_hi: float | None = None,
+    p0: float = 0,
+    b0: float = 1,
+) -> TableCheck:
+    """Run the detector on a table of instances (the snapshot checker's one call).
+
+    Parameters
+    ----------
+    records : sequence of mapping
+        One row per instance with keys ``"instance"`` (name, optional), ``"P"`` (prefill
+        tokens) and ``"B"`` (batch size, requests). Rows whose cells are all empty are
+        ignored (an editor's blank new row).
+    lam : float
+        Reference rate, tokens per batch slot.
+    lam_lo, lam_hi : float, optional
+        Reference band (defaults: ``lam``).
+    p0, b0 : float
+        Product offsets.
+
+    Returns
+    -------
+    TableCheck
+
+    Raises
+    ------
+    ValueError
+        Naming the row and column (1-based rows) or the setting that is wrong.
+    """
+    ids: list[str] = []
+    P: list[int | float] = []
+    B: list[int | float] = []
+    for k, rec in enumerate(records, start=1):
+        cells = [rec.get(c) for c in ("instance", "P", "B")]
+        if all(c is None or c == "" or (isinstance(c, float) and math.isnan(c)) for c in cells):
+            continue
+        P.append(_cell(rec.get("P"), k, "P"))
+        B.append(_cell(rec.get("B"), k, "B"))
+        name = rec.get("instance")
+        ok = name is not None and not (isinstance(name, float) and math.isnan(name))
+        ids.append(str(name) if ok and str(name) else f"#{len(ids)}")
+    if not P:
+        raise ValueError("table: no instances (add at least one row with P and B)")
+    if len(P) > MAX_INSTANCES:
+        raise ValueError(f"table: {len(P)} instances; at most {MAX_INSTANCES} are accepted")
+    ref = LinearReference(
+        lam,
+        lam if lam_lo is None else lam_lo,
+        lam if lam_hi is None else lam_hi,
+        source="band" if lam_lo is not None or lam_hi is not None else "fixed",
+    )
+    det = Detector(ref, p0, b0)
+    verdict = det.check(Snapshot(P, B, instance_ids=tuple(ids)))
+    s = product_scores(np.asarray(P), np.asarray(B), det.prefill_offset, det.batch_offset)
+    c = linear_scores(np.asarray(P), np.asarray(B), ref.lam)
+    rows = tuple(
+        {
+            "instance": ids[i],
+            "P": P[i],
+            "B": B[i],
+            "product score": s[i].item(),
+            "linear score": c[i].item(),
+            "product picks": i == verdict.product_choice,
+            "linear picks": i == verdict.linear_choice,
+        }
+        for i in range(len(P))
+    )
+    findings = tuple(
+        {
+            "kind": f.kind,
+            "severity": str(f.severity),
+            "message": f.message,
+            "mitigation": f.mitigation.message,
+        }
+        for f in verdict.findings
+    )
+    return TableCheck(verdict, tuple(ids), tuple(P), tuple(B), rows, findings)
+
+
+@functools.cache
+def theory_latex(keys: tuple[str, ...] = ("pairwise_identity", "disagreement", "geometry")) -> tuple[
+    tuple[str, str, tuple[str, ...]], ...
+]:
+    """LaTeX of the named theory results, from :func:`lmetric_theory.symbolic.derive`.
+
+    Returns
+    -------
+    tuple of (title, statement, latex formulas)
+        One entry per key, in order. Cached per process (the derivation costs ~1 s once).
+    """
+    from lmetric_theory.symbolic import derive
+    from lmetric_theory.symbolic.render import formula_latex
+
+    d = derive()
+    out = []
+    for key in keys:
+        r = d.result(key)
+        out.append((f"({r.item}) {r.title}", r.statement,
+                    tuple(formula_latex(f) for f in r.formulas)))
+    return tuple(out)
+
+
+def _finite_xy(x: np.ndarray, y: np.ndarray, y_lo: float, y_hi: float) -> tuple[list, list]:
+    """Curve points with y clipped to a margin around the axis range (``None`` breaks the
+    line where it leaves the view or is undefined)."""
+    span = y_hi - y_lo
+    lo, hi = y_lo - span, y_hi + span
+    xs, ys = [], []
+    for a, b in zip(x.tolist(), y.tolist(), strict=True):
+        xs.append(a)
+        ys.append(b if math.isfinite(b) and lo <= b <= hi else None)
+    return xs, ys
+
+
+def region_figure(
+    rm: RegionMap,
+    *,
+    marker: tuple[float, float] | None = None,
+    marker_label: str = "B",
+    height: int = 560,
+) -> go.Figure:
+    """Heatmap of the four regions with the hyperbola, the line and their intersections.
+
+    Parameters
+    ----------
+    rm : RegionMap
+        From :func:`lmetric_theory.regions.compute_regions`.
+    marker : (float, float), optional
+        A state ``(P, B)`` of instance B to mark (tokens, requests).
+    marker_label : str
+        Legend name of that marker.
+    height : int
+        Figure height, pixels.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    n = len(REGION_LABELS)
+    # Discrete colour scale: code k occupies [k/n, (k+1)/n].
+    scale = []
+    for k, c in enumerate(REGION_COLOURS):
+        scale += [[k / n, c], [(k + 1) / n, c]]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Heatmap(
+            x=rm.P,
+            y=rm.B,
+            z=rm.region,
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=scale,
+            showscale=False,
+            customdata=np.asarray(REGION_LABELS, dtype=object)[rm.region],
+            hovertemplate="P_B=%{x:.4g} tokens<br>B_B=%{y:.4g} requests<br>%{customdata}"
+            "<extra></extra>",
+            name="regions",
+        )
+    )
+    # Legend entries for the regions (heatmaps have no legend of their own).
+    for k, label in enumerate(REGION_LABELS):
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", name=label,
+                       marker={"color": REGION_COLOURS[k], "size": 12, "symbol": "square"})
+        )
+    b_lo, b_hi = float(rm.B[0]), float(rm.B[-1])
+    xs, ys = _finite_xy(rm.P, rm.product_curve, b_lo, b_hi)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="product iso-curve through A",
+                             line={"color": "black", "width": 2}))
+    if rm.lam > 0:
+        xs, ys = _finite_xy(rm.P, rm.linear_curve, b_lo, b_hi)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="linear iso-line through A",
+                                 line={"color": "black", "width": 2, "dash": "dash"}))
+    else:  # lam = 0: the linear score is P alone, its iso-line is vertical at P_A
+        fig.add_trace(go.Scatter(x=[rm.P_A, rm.P_A], y=[b_lo, b_hi], mode="lines",
+                                 name="linear iso-line through A",
+                                 line={"color": "black", "width": 2, "dash": "dash"}))
+    pts = rm.intersections
+    fig.add_trace(go.Scatter(x=[pts[0][0]], y=[pts[0][1]], mode="markers", name="instance A",
+                             marker={"color": "black", "size": 11, "symbol": "circle"}))
+    if len(pts) > 1:
+        fig.add_trace(go.Scatter(x=[pts[1][0]], y=[pts[1][1]], mode="markers",
+                                 name="second intersection",
+                                 marker={"color": "black", "size": 11, "symbol": "x"}))
+    if marker is not None:
+        fig.add_trace(go.Scatter(x=[marker[0]], y=[marker[1]], mode="markers",
+                                 name=marker_label,
+                                 marker={"color": "#9467bd", "size": 13, "symbol": "star",
+                                         "line": {"color": "black", "width": 1}}))
+    fig.update_xaxes(title="P_B: prefill tokens of instance B", range=_range(rm.P, rm.log_p),
+                     type="log" if rm.log_p else "linear")
+    fig.update_yaxes(title="B_B: batch size of instance B (requests)",
+                     range=_range(rm.B, rm.log_b), type="log" if rm.log_b else "linear")
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def _range(v: np.ndarray, log: bool) -> list[float]:
+    lo, hi = float(v[0]), float(v[-1])
+    return [math.log10(lo), math.log10(hi)] if log else [lo, hi]
+
+
+def pair_view_ranges(
+    points: Sequence[tuple[float, float]],
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis ranges (P tokens, B requests) that show the given ``(P, B)`` states with margin:
+    from 0 to twice the largest coordinate (at least 16 tokens and 4 requests)."""
+    p_hi = max(16.0, 2.0 * max(float(p) for p, _ in points))
+    b_hi = max(4.0, 2.0 * max(float(b) for _, b in points))
+    return (0.0, p_hi), (0.0, b_hi)

@@ -1,0 +1,148 @@
+"""AppTest tests of every page of ``app.py``: no exception, and the numbers shown equal the
+library's for the same inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lmetric_theory.app_support import EXAMPLE_SNAPSHOTS, check_table
+from lmetric_theory.detector import Detector, LinearReference, Snapshot
+from lmetric_theory.regions import compute_regions
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 60
+
+
+def _app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    if page is not None:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+# ------------------------------------------------------------------ decision regions
+
+
+def test_regions_default_share_equals_library():
+    at = _app()
+    shown = _metrics(at)["Disagreement share of the plotted area"]
+    rm = compute_regions(1024.0, 8.0, lam=300.0, p0=0.0, b0=1.0, p_range=(0.0, 4096.0),
+                         b_range=(0.0, 32.0), resolution=(400, 400))
+    assert shown == f"{rm.disagreement_share:.4%}"
+    assert 0 < rm.disagreement_share < 1
+    assert len(at.get("plotly_chart")) == 1
+    assert len(at.latex) > 0  # the theory module's formulas
+
+
+def test_regions_controls_change_the_numbers():
+    at = _app()
+    at.number_input(key="lam").set_value(50.0)
+    at.number_input(key="b0").set_value(2.0)
+    at.checkbox(key="log_b").check()
+    at.number_input(key="b_lo").set_value(0.5)
+    at.select_slider(key="res").set_value(200)
+    at.run()
+    assert not at.exception and not at.error
+    rm = compute_regions(1024.0, 8.0, lam=50.0, p0=0.0, b0=2.0, p_range=(0.0, 4096.0),
+                         b_range=(0.5, 32.0), log_b=True, resolution=(200, 200))
+    m = _metrics(at)
+    assert m["Disagreement share of the plotted area"] == f"{rm.disagreement_share:.4%}"
+    assert m["Grid points with an exact tie"] == str(rm.n_ties)
+
+
+def test_regions_log_axis_from_zero_is_a_message_not_a_traceback():
+    at = _app()
+    at.checkbox(key="log_p").check().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "log axis" in at.error[0].value
+
+
+def test_regions_widget_bounds_keep_values_in_range():
+    at = _app()
+    before = _metrics(at)["Disagreement share of the plotted area"]
+    at.number_input(key="lam").set_value(-5.0).run()  # below min_value: rejected
+    assert not at.exception and not at.error
+    assert at.number_input(key="lam").value == 300.0
+    assert _metrics(at)["Disagreement share of the plotted area"] == before
+
+
+# ------------------------------------------------------------------ snapshot checker
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_SNAPSHOTS))
+def test_snapshot_examples_match_detector(name):
+    at = _app("app_pages/snapshot_checker.py")
+    if name != next(iter(EXAMPLE_SNAPSHOTS)):
+        at.selectbox(key="example").select(name).run()
+    assert not at.exception and not at.error
+    ex = EXAMPLE_SNAPSHOTS[name]
+    det = Detector(LinearReference(ex["lam"], ex["lam_lo"], ex["lam_hi"]), ex["p0"], ex["b0"])
+    v = det.check(Snapshot(ex["P"], ex["B"]))
+    m = _metrics(at)
+    assert m["Product picks"] == f"#{v.product_choice}"
+    assert m["Linear picks"] == f"#{v.linear_choice}"
+    assert m["lam_eff"] == f"{v.lambda_eff:.6g}"
+    assert m["lam*"] == f"{v.lambda_star:.6g}"
+    assert m["Regret (token equiv.)"] == f"{v.regret_tokens:.6g}"
+    verdict = [e.value for e in (*at.warning, *at.info, *at.success)
+               if e.value.startswith("Verdict")]
+    assert len(verdict) == 1
+    assert ("DISAGREE" in verdict[0]) == v.disagrees
+    # Every finding kind of the detector is listed on the page.
+    shown = at.dataframe[1].value if v.findings else None
+    if v.findings:
+        assert list(shown["kind"]) == [f.kind for f in v.findings]
+        assert list(shown["mitigation"]) == [f.mitigation.message for f in v.findings]
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_examples_exercise_the_advertised_findings():
+    kinds = {}
+    for name, ex in EXAMPLE_SNAPSHOTS.items():
+        pairs = zip(ex["P"], ex["B"], strict=True)
+        rec = [{"instance": f"#{i}", "P": p, "B": b} for i, (p, b) in enumerate(pairs)]
+        res = check_table(rec, lam=ex["lam"], lam_lo=ex["lam_lo"], lam_hi=ex["lam_hi"],
+                          p0=ex["p0"], b0=ex["b0"])
+        kinds[name] = {f["kind"] for f in res.findings}
+    assert "disagreement" in kinds["Plain disagreement"]
+    assert "zero_prefill" in kinds["Zero-prefill hot-spot"]
+    assert "idle_tie" in kinds["Idle tie"]
+
+
+@pytest.mark.parametrize(
+    ("records", "needle"),
+    [
+        ([{"instance": "a", "P": None, "B": 1}], "row 1, column P: empty"),
+        ([{"instance": "a", "P": 5, "B": 1}, {"instance": "b", "P": 3, "B": -2}],
+         "row 2, column B: negative"),
+        ([{"instance": "a", "P": "__import__('os')", "B": 1}], "not a number"),
+        ([{"instance": "a", "P": math.inf, "B": 1}], "infinite"),
+        ([{"instance": None, "P": None, "B": None}], "no instances"),
+    ],
+)
+def test_check_table_bad_cells_name_row_and_column(records, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        check_table(records, lam=10.0)
+
+
+def test_check_table_band_below_lam_is_a_value_error():
+    with pytest.raises(ValueError, match="band"):
+        check_table([{"P": 1, "B": 1}, {"P": 2, "B": 0}], lam=10.0, lam_lo=20.0, lam_hi=30.0)
+
+
+def test_snapshot_bad_band_is_a_message_on_the_page():
+    at = _app("app_pages/snapshot_checker.py")
+    name = next(iter(EXAMPLE_SNAPSHOTS))
+    at.number_input(key=f"lo_{name}").set_value(500.0).run()  # lo > lam
+    assert not at.exception
+    assert len(at.error) == 1 and "Cannot check this snapshot" in at.error[0].value

@@ -1,0 +1,176 @@
+"""Real-browser test of ``app.py``: ``streamlit run`` headless on a free localhost port,
+driven by the system's Chromium through Playwright; screenshots of every page are saved.
+
+Screenshots go to ``$LMETRIC_ARTIFACTS`` when set, else to a pytest temporary directory
+(its path is printed). The test skips, with the reason, only when no Chromium binary or
+no Playwright package is available.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STARTUP_TIMEOUT_S = 60.0
+PAGE_TIMEOUT_MS = 60_000
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return next((p for p in CHROMIUM_CANDIDATES if os.access(p, os.X_OK)), None)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the server and everything it started (its own process group)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited early ({proc.returncode}):\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer within {STARTUP_TIMEOUT_S} s:\n"
+                            f"{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def page(server: str):  # noqa: ANN201 - playwright Page
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium binary found (install the Debian package 'chromium')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="the playwright Python package is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+            pg.set_default_timeout(PAGE_TIMEOUT_MS)
+            yield pg
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("LMETRIC_ARTIFACTS")
+    out = Path(env) if env else tmp_path_factory.mktemp("artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {out}")
+    return out
+
+
+def _settle(pg) -> None:  # noqa: ANN001
+    """Wait until the script run finished (no running indicator) and the page is drawn."""
+    pg.wait_for_selector('[data-testid="stApp"]')
+    pg.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText"
+        ".includes('Running')"
+    )
+
+
+def _no_exception(pg) -> None:  # noqa: ANN001
+    assert pg.locator('[data-testid="stException"]').count() == 0, pg.content()[:2000]
+    assert pg.get_by_text("Page not found").count() == 0
+
+
+def test_decision_regions_page(server, page, artifacts):
+    page.goto(f"{server}/")  # the default page
+    _settle(page)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
+    page.get_by_text("Disagreement share of the plotted area").wait_for()
+    _no_exception(page)
+    # The heatmap and the curves are drawn (plotly renders traces as SVG/canvas).
+    assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 1
+    page.screenshot(path=str(artifacts / "decision_regions.png"), full_page=True)
+
+
+def test_snapshot_checker_page(server, page, artifacts):
+    page.goto(f"{server}/")
+    _settle(page)
+    # Navigate as a user does: the sidebar link of st.navigation.
+    page.get_by_role("link", name="Snapshot checker").click()
+    page.wait_for_url(f"{server}/snapshot")
+    _settle(page)
+    page.get_by_text("Verdict: DISAGREE").wait_for()
+    page.get_by_text("Findings and mitigations").wait_for()
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
+    _no_exception(page)
+    page.screenshot(path=str(artifacts / "snapshot_checker.png"), full_page=True)
+
+
+def test_trace_audit_page(server, page, artifacts):
+    page.goto(f"{server}/audit")
+    _settle(page)
+    page.get_by_text("Trace audit").first.wait_for()
+    _no_exception(page)
+    page.screenshot(path=str(artifacts / "trace_audit.png"), full_page=True)

@@ -14,6 +14,8 @@ import sys
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "lmetric_theory.commands.derive",
+    "lmetric_theory.commands.simulate",
+    "lmetric_theory.commands.calibrate",
 )
 
 

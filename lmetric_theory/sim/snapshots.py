@@ -161,6 +161,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

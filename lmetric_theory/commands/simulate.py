@@ -1,0 +1,255 @@
+"""``lmetric-theory simulate [TRACE]``: replay a trace through routing policies on a simulated cluster.
+
+Prints one row per policy (completed requests, mean/p50/p90/p99 TTFT, mean/p99 TPOT, prefix-hit
+rate); ``--json`` prints ``{"policies": {SPEC: {...}}, "trace": {...}, "config": {...}}``.
+Without TRACE the embedded synthetic default workload is used. ``--out DIR`` writes, per
+policy, the per-request results (Parquet), the snapshot log (.npz) and ``summary.json``,
+each atomically.
+
+Examples
+--------
+::
+
+    lmetric-theory simulate                                    # synthetic default, 8 instances
+    lmetric-theory simulate trace.jsonl --instances 8 --policy lmetric --policy round-robin
+    lmetric-theory simulate trace.jsonl --policy lmetric:P=queued+uncached,b0=1 --rate-scale 2 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_POLICIES = ("lmetric", "round-robin")
+PROGRESS_MIN_REQUESTS = 2000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``simulate`` sub-command."""
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay a trace through routing policies on a simulated cluster",
+        description="Replay a request trace (or the synthetic default) on N simulated serving "
+        "instances under each routing policy and report TTFT, TPOT and prefix-hit rate.",
+    )
+    p.add_argument("trace", metavar="TRACE", nargs="?", help="trace file (Mooncake/Bailian JSONL, generic JSONL/CSV)")
+    p.add_argument("--instances", "-n", type=int, default=8, help="number of instances (default 8)")
+    p.add_argument("--policy", action="append", metavar="NAME[:key=value,...]",
+                   help=f"routing policy, repeatable (default: {' and '.join(DEFAULT_POLICIES)})")
+    p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
+                   help="replay X times as fast (default 1)")
+    p.add_argument("--preset", default="h100-llama3-8b",
+                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
+    p.add_argument("--view", choices=("precise", "approximate"), default="precise",
+                   help="router's cache view (default precise)")
+    p.add_argument("--signal-delay", type=float, default=0.0, metavar="S",
+                   help="age of the load signals the router sees, seconds (default 0)")
+    p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests")
+    p.add_argument("--out", metavar="DIR", help="write per-request results and snapshot logs here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
+    p.add_argument("--seed", type=int, default=0, help="seed for random policies and the synthetic workload")
+    p.set_defaults(func=run)
+
+
+def _err(msg: str) -> int:
+    print(f"lmetric-theory simulate: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec)
+
+
+def _load_preset(arg: str) -> Any:
+    from lmetric_theory.sim.latency import load_preset, preset_from_dict
+
+    path = Path(arg)
+    if arg.endswith(".json") and path.is_file():
+        try:
+            return preset_from_dict(json.loads(path.read_text()), name=path.stem)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return load_preset(arg)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler: simulate every policy, print a table or JSON, optionally write results."""
+    from lmetric_theory.policies import make_policy
+    from lmetric_theory.sim import SimConfig, Simulator
+
+    specs = list(args.policy or DEFAULT_POLICIES)
+    if len(set(specs)) != len(specs):
+        return _err("the same --policy was given twice")
+    if args.instances < 1:
+        return _err(f"--instances must be >= 1, got {args.instances}")
+    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
+        return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
+    if args.count is not None and args.count < 1:
+        return _err(f"--count must be >= 1, got {args.count}")
+    try:
+        for s in specs:
+            make_policy(s, seed=args.seed)
+        preset = _load_preset(args.preset)
+        cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
+                                    signal_delay_s=args.signal_delay)
+        workload = _workload(args)
+    except (OSError, ValueError) as exc:
+        return _err(str(exc))
+
+    results = {}
+    progress = None
+    show = not args.json and len(workload) * len(specs) >= PROGRESS_MIN_REQUESTS
+    if show:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        progress.start()
+    try:
+        for spec in specs:
+            try:
+                sim = Simulator(workload, cfg, spec, seed=args.seed)
+            except ValueError as exc:
+                return _err(str(exc))
+            if progress is None:
+                results[spec] = sim.run()
+                continue
+            task = progress.add_task(spec, total=len(workload))
+            step = max(1, len(workload) // 50)
+            d = 0
+            while d < len(workload):
+                d = min(d + step, len(workload))
+                sim.run(until_decision=d)
+                progress.update(task, completed=d)
+            results[spec] = sim.run()
+    finally:
+        if progress is not None:
+            progress.stop()
+
+    meta = dict(workload.meta)
+    trace_info = {
+        "source": meta.get("source", "synthetic default" if args.trace is None else args.trace),
+        "format": meta.get("format", "synthetic"),
+        "requests": len(workload),
+        "skipped_lines": int(meta.get("skipped_lines", 0)),
+        "block_size": int(workload.block_size),
+        "rate_scale": float(meta.get("rate_scale", args.rate_scale)),
+        "duration_s": float(workload.arrival_s[-1] - workload.arrival_s[0]),
+    }
+    config_info = {
+        "instances": args.instances,
+        "preset": preset.name,
+        "latency": {k: getattr(preset.latency, k) for k in ("c0", "c_pf", "c_dec", "c_kv", "c_att")},
+        "kv_capacity_tokens": cfg.kv_capacity_tokens,
+        "token_budget": cfg.token_budget,
+        "max_batch": cfg.max_batch,
+        "view": cfg.view,
+        "signal_delay_s": cfg.signal_delay_s,
+        "seed": args.seed,
+        "policy_specs": {s: r.policy for s, r in results.items()},
+    }
+    doc = {
+        "policies": {s: r.summary() for s, r in results.items()},
+        "trace": trace_info,
+        "config": config_info,
+    }
+    doc = _finite(doc)
+    if args.out:
+        try:
+            _write_out(Path(args.out), results, doc)
+        except OSError as exc:
+            return _err(f"cannot write {args.out}: {exc}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    _print_table(doc)
+    return 0
+
+
+def _workload(args: argparse.Namespace) -> Any:
+    from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
+
+    if args.trace is None:
+        w = default_workload(seed=args.seed)
+    else:
+        w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
+    if args.count is not None:
+        w = select(w, count=args.count)
+    if args.rate_scale != 1.0:
+        w = scale_rate(w, args.rate_scale)
+    return w
+
+
+def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmetric_theory.commands.calibrate import write_atomic
+    from lmetric_theory.sim.snapshots import _atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    for spec, r in results.items():
+        slug = _slug(spec)
+        table = pa.table({
+            "request": np.arange(r.arrival_s.shape[0], dtype=np.int64),
+            "arrival_s": r.arrival_s,
+            "instance": r.instance,
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+            "cached_tokens": r.cached_tokens,
+            "ttft_s": r.ttft_s,
+            "tpot_s": r.tpot_s,
+            "e2e_s": r.e2e_s,
+        }).replace_schema_metadata({"policy": r.policy})
+        _atomic_write(out / f"{slug}.requests.parquet", lambda f, t=table: pq.write_table(t, f))
+        if r.snapshots is not None:
+            r.snapshots.save_npz(out / f"{slug}.snapshots.npz")
+    write_atomic(out / "summary.json", json.dumps(doc, indent=2) + "\n")
+
+
+def _print_table(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tr = doc["trace"]
+    cfg = doc["config"]
+    skipped = f", {tr['skipped_lines']} lines skipped" if tr["skipped_lines"] else ""
+    title = (f"{tr['source']} - {tr['requests']} requests{skipped}, "
+             f"x{tr['rate_scale']:g} rate, {cfg['instances']} instances, {cfg['preset']}, {cfg['view']} view")
+    t = Table(title=title, caption="TTFT in seconds, TPOT in milliseconds")
+    t.add_column("policy", overflow="fold")
+    for col in ("done", "TTFT mean", "p50", "p90", "p99", "TPOT mean", "p99", "prefix hit"):
+        t.add_column(col, justify="right", no_wrap=True)
+
+    def f(x: Any, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
+        return "-" if x is None else fmt.format(x * scale)
+
+    for spec, s in doc["policies"].items():
+        t.add_row(spec, str(s["completed"]), f(s["ttft_mean_s"]), f(s["ttft_p50_s"]), f(s["ttft_p90_s"]),
+                  f(s["ttft_p99_s"]), f(s["tpot_mean_s"], 1e3, "{:.1f}"), f(s["tpot_p99_s"], 1e3, "{:.1f}"),
+                  f(s["prefix_hit_rate"], 100, "{:.1f}%"))
+    Console().print(t)

@@ -237,7 +237,7 @@ def _solve_one(equation: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
     """The unique solution of ``equation == 0`` for ``symbol`` (solved over an
     assumption-free real dummy so sympy does not drop solutions of unknown sign)."""
     x = sp.Dummy(symbol.name, real=True)
-    sols = sp.solve(equation.subs(symbol, x), x)
+    sols = sp.solve(equation.subs(symbol, x), x, simplify=False)
     if len(sols) != 1:  # pragma: no cover - a derivation bug, not an input error
         raise RuntimeError(f"expected one solution for {symbol}, got {sols}")
     return sp.factor(sols[0])
@@ -327,6 +327,7 @@ def derive() -> Derivation:
         [(S_2 - S_1).subs({P_2: X, B_2: Y}), (C_2 - C_1).subs({P_2: X, B_2: Y})],
         [X, Y],
         dict=True,
+        simplify=False,
     )
     intersections = tuple(
         (sp.factor(s[X]), _split_terms(s[Y], lam)) for s in sols

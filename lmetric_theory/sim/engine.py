@@ -43,6 +43,7 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -339,6 +340,14 @@ class Simulator:
             self._row = SnapshotLog.empty(1, config.n_instances)
         lat = config.latency
         self._c = (lat.c0, lat.c_pf, lat.c_dec, lat.c_kv, lat.c_att)
+        # Settings read in hot paths, as plain attributes.
+        self._approx = config.view == "approximate"
+        self._delay = float(config.signal_delay_s)
+        self._cap = int(config.kv_capacity_tokens)
+        self._budget = int(config.token_budget)
+        self._max_batch = int(config.max_batch)
+        self._ff = bool(config.fast_forward)
+        self._n = int(config.n_instances)
 
     # ------------------------------------------------------------------ public API
 
@@ -443,20 +452,20 @@ class Simulator:
         target = self._forced.pop(d, None)
         if target is None:
             target = self.policy.choose(view)
-            if not 0 <= target < self.config.n_instances:
+            if not 0 <= target < self._n:
                 raise ValueError(f"policy {self.policy.name!r} returned instance {target} out of range")
         if self._log is not None:
             self._log.chosen[d] = target
         ins = self._inst[target]
         self._where[rid] = target
-        if self.config.view == "precise":
+        if not self._approx:
             est = int(view.uncached[target])
         else:
             est = self._inp[rid] - self._hit_blocks(ins, rid, False) * self._bs
         self._est[rid] = est
         ins.queued += est
         ins.waiting.append(rid)
-        if self.config.view == "approximate":
+        if self._approx:
             h0 = self._hoff[rid]
             ins.approx.update(self._hashes[h0 : h0 + self._nfull[rid]])
         self._record(ins, t)
@@ -501,16 +510,16 @@ class Simulator:
                 ins.used - len(ins.lru) * self._bs)
 
     def _record(self, ins: _Instance, t: float) -> None:
-        if self.config.signal_delay_s > 0:
+        if self._delay > 0:
             ins.hist_t.append(t)
             ins.hist_v.append(self._signals(ins))
 
     def _snapshot(self, t: float, rid: int, d: int) -> DecisionView:
         bs = self._bs
         inp = self._inp[rid]
-        approx = self.config.view == "approximate"
-        delay = self.config.signal_delay_s
-        cap = self.config.kv_capacity_tokens
+        approx = self._approx
+        delay = self._delay
+        cap = self._cap
         h0 = self._hoff[rid]
         hs = self._hashes
         capk = self._maxhit[rid]
@@ -606,7 +615,7 @@ class Simulator:
         need = len(new) * bs + priv
         hits = hs[h0 : h0 + hit]
         pinned_free = sum(map(ins.lru.__contains__, hits))
-        free = self.config.kv_capacity_tokens - ins.used
+        free = self._cap - ins.used
         if need > free + (len(ins.lru) - pinned_free) * bs:
             return False
         lru = ins.lru
@@ -615,14 +624,15 @@ class Simulator:
             if not c:
                 del lru[h]
             cache[h] = c + 1
-        short = need - (self.config.kv_capacity_tokens - ins.used)
+        short = need - (self._cap - ins.used)
         if short > 0:
-            ready = ins.ready
-            for _ in range(-(-short // bs)):
-                h, _ = lru.popitem(last=False)
+            k = -(-short // bs)
+            victims = list(islice(lru, k))  # least recently used first
+            for h in victims:
+                del lru[h]
                 del cache[h]
-                ready.discard(h)
-            ins.used -= -(-short // bs) * bs
+            ins.ready.difference_update(victims)
+            ins.used -= k * bs
         for h in new:
             cache[h] = 1
         ins.used += need
@@ -641,7 +651,7 @@ class Simulator:
     def _plan(self, ins: _Instance, t: float) -> bool:
         """Plan the iteration starting at ``t``; False when the instance has nothing to do."""
         n_dec = ins.n_dec
-        budget = self.config.token_budget - n_dec
+        budget = self._budget - n_dec
         chunks: list[tuple[int, int]] = []
         rem = self._rem
         for rid in ins.prefilling:
@@ -651,7 +661,7 @@ class Simulator:
             chunks.append((rid, c))
             budget -= c
         waiting = ins.waiting
-        max_batch = self.config.max_batch
+        max_batch = self._max_batch
         while budget > 0 and waiting and len(ins.prefilling) + n_dec < max_batch:
             rid = waiting[0]
             if not self._try_admit(ins, rid):
@@ -678,7 +688,7 @@ class Simulator:
             ins.plan_end = t + c0 + c_pf * pt + c_dec * n_dec + c_kv * kv + c_att * att
             return True
         if n_dec:
-            m = ins.fin[0][0] - ins.steps if self.config.fast_forward else 1
+            m = ins.fin[0][0] - ins.steps if self._ff else 1
             ins.plan = 2
             ins.plan_m = m
             ins.plan_end = t + self._run_time(n_dec, ins.ctx_sum, m)

@@ -1,0 +1,110 @@
+"""Simulator speed and snapshot memory, figures side by side in one run.
+
+Measures, on the shared Mooncake trace with 8 instances and one policy:
+
+- wall time of a fresh interpreter that imports the package, loads the trace and simulates
+  it (start-up included), as a library call and through the ``simulate`` CLI;
+- simulated requests per second from that wall time, and its ratio to plain ``json.loads``
+  parsing of the same trace measured in this run;
+- the simulation alone, in process;
+- the memory of a snapshot log of 1,000,000 decisions x 16 instances.
+
+Run from the project root::
+
+    python benchmarks/bench_sim.py [--trace PATH] [--policy SPEC] [--instances N] [--reps R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
+
+LIB_SNIPPET = """
+import sys
+from lmetric_theory.sim import SimConfig, load_preset, simulate
+from lmetric_theory.workload import load_trace
+w = load_trace(sys.argv[1])
+r = simulate(w, SimConfig.from_preset(load_preset("h100-llama3-8b"), int(sys.argv[3])), sys.argv[2])
+assert int(r.completed.sum()) == len(w)
+"""
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    ap.add_argument("--policy", default="lmetric")
+    ap.add_argument("--instances", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    if not args.trace.is_file():
+        print(f"trace not found: {args.trace} (pass --trace)", file=sys.stderr)
+        return 2
+
+    lines = args.trace.read_text().splitlines()
+    n = len(lines)
+    parse = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        for line in lines:
+            json.loads(line)
+        parse.append(time.perf_counter() - t)
+    t_parse = statistics.median(parse)
+
+    lib_cmd = [sys.executable, "-c", LIB_SNIPPET, str(args.trace), args.policy, str(args.instances)]
+    cli_cmd = [sys.executable, "-m", "lmetric_theory", "simulate", str(args.trace), "--instances",
+               str(args.instances), "--policy", args.policy, "--json"]
+    startup_cmd = [sys.executable, "-c", "import lmetric_theory.sim, lmetric_theory.workload"]
+    t_lib = statistics.median(timed(lib_cmd) for _ in range(args.reps))
+    t_cli = statistics.median(timed(cli_cmd) for _ in range(args.reps))
+    t_start = statistics.median(timed(startup_cmd) for _ in range(args.reps))
+
+    sys.path.insert(0, str(ROOT))
+    from lmetric_theory.sim import SimConfig, SnapshotLog, load_preset, simulate
+    from lmetric_theory.workload import load_trace
+
+    w = load_trace(args.trace)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), args.instances)
+    sims = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        r = simulate(w, cfg, args.policy)
+        sims.append(time.perf_counter() - t)
+    t_sim = statistics.median(sims)
+    snap = SnapshotLog.empty(1_000_000, 16)
+    snap.uncached.fill(1)  # touch every page so the figure is resident memory, not a promise
+    snap.queued.fill(1)
+    snap.running.fill(1)
+    snap.waiting.fill(1)
+    snap.kv_usage.fill(1)
+
+    print(f"trace: {args.trace.name}, {n} requests; {args.instances} instances; policy {r.policy}; "
+          f"median of {args.reps}")
+    print(f"{'json.loads of every line':44s} {t_parse:8.3f} s")
+    print(f"{'interpreter + imports only':44s} {t_start:8.3f} s")
+    print(f"{'fresh process: load + simulate (library)':44s} {t_lib:8.3f} s   "
+          f"{n / t_lib:8.0f} req/s   {t_lib / t_parse:5.1f}x json.loads   goal <= 2 s, >= 6000 req/s")
+    print(f"{'fresh process: simulate CLI --json':44s} {t_cli:8.3f} s   {n / t_cli:8.0f} req/s   "
+          f"{t_cli / t_parse:5.1f}x json.loads")
+    print(f"{'simulation only (in process)':44s} {t_sim:8.3f} s   {n / t_sim:8.0f} req/s   "
+          f"{r.iterations} iterations in {r.events} events")
+    print(f"{'snapshot log 1,000,000 x 16 (nbytes)':44s} {snap.nbytes / 2**20:8.1f} MiB   goal <= 1024 MiB")
+    print("command: python benchmarks/bench_sim.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -386,21 +386,23 @@ def derive() -> Derivation:
             product_above, below[linear_above],
             "Bounded lens between instance 1 and the second intersection, above the "
             "hyperbola and below the line: the product keeps instance 1, linear(lam) "
-            "moves to instance 2 (the product over-weights instance 2's batch).",
+            "moves to instance 2. For lam above (P_1 + p0)/(B_1 + b0) the lens lies right "
+            "of instance 1 (instance 2 has more tokens and a smaller batch), below it left "
+            "(fewer tokens, larger batch).",
         ),
         Region(
             "left", False, -p_0, lo_x, line_B2, hyperbola_B2,
             below[product_above], linear_above,
-            "Unbounded part left of both intersections (fewer prefill tokens on 2), above "
-            "the line and below the hyperbola: the product moves to instance 2, "
-            "linear(lam) keeps instance 1.",
+            "Unbounded part left of both intersections (instance 2 has fewer prefill "
+            "tokens and a larger batch), above the line and below the hyperbola: the "
+            "product moves to instance 2, linear(lam) keeps instance 1.",
         ),
         Region(
             "right", False, hi_x, sp.oo, line_B2, hyperbola_B2,
             below[product_above], linear_above,
-            "Unbounded part right of both intersections (more prefill tokens on 2, small "
-            "batch), above the line and below the hyperbola: the product moves to "
-            "instance 2, linear(lam) keeps instance 1.",
+            "Unbounded part right of both intersections (instance 2 has more prefill "
+            "tokens and a smaller batch), above the line and below the hyperbola: the "
+            "product moves to instance 2, linear(lam) keeps instance 1.",
         ),
     )
 
@@ -618,8 +620,9 @@ def derive() -> Derivation:
         ),
         Result(
             "scale_invariance", "b", "Scale invariance (when the hyperparameters cancel)",
-            "Rescaling P by k_P (tokens vs KV blocks) keeps every product choice iff p0 = 0; "
-            "rescaling B by k_B (requests vs KV blocks) keeps them iff b0 = 0. Otherwise the "
+            "Rescaling P by k_P != 1 (tokens vs KV blocks) keeps every product choice iff "
+            "p0 = 0; rescaling B by k_B != 1 (requests vs KV blocks) keeps them iff b0 = 0 "
+            "(otherwise a tie with B_1 != B_2, resp. P_1 != P_2, is broken). Otherwise the "
             "rescaled product ranks like the original with offset p0/k_P (or b0/k_B), so "
             "with the public default b0 = 1 the unit of B matters. The linear score always "
             "needs lam re-tuned to lam/k_P, while the product's implicit rate lambda_eff "
@@ -662,8 +665,9 @@ def derive() -> Derivation:
             "A conflicting pair (one instance needs fewer prefill tokens, the other has the "
             "smaller batch) has a break-even rate lambda_star > 0 at which linear(lam) "
             "changes its choice; a dominated pair has lambda_star <= 0 (or none) and never "
-            "disagrees. Product and linear(lam) strictly disagree exactly when lambda_star "
-            "lies strictly between lam and lambda_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
+            "disagrees (lam and lambda_eff are >= 0). Whenever mean(B) + b0 > 0, product "
+            "and linear(lam) strictly disagree exactly when lambda_star lies strictly "
+            "between lam and lambda_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
             "Ties are separate: lam = lambda_star is a linear tie, lambda_eff = "
             "lambda_star a product tie, B_1 = B_2 leaves both ranking by P; none is a "
             "disagreement.",

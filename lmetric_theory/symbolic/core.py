@@ -731,7 +731,8 @@ def derive() -> Derivation:
                 F("regret", "regret", r"\mathrm{regret}", regret),
                 F("via_star", "regret", r"\mathrm{regret}", regret_via_star),
                 F("decomposition", "regret", r"\mathrm{regret}", regret_decomposition),
-                F("bound", "regret <=", r"\mathrm{regret} \le", regret_bound),
+                F("bound", "regret bound (product picked 1)", r"\mathrm{regret}_{\max}",
+                  regret_bound),
             ),
         ),
         Result(

@@ -278,9 +278,8 @@ def region_figure(
             zmax=n - 0.5,
             colorscale=scale,
             showscale=False,
-            customdata=np.asarray(REGION_LABELS, dtype=object)[rm.region],
-            hovertemplate="P_B=%{x:.4g} tokens<br>B_B=%{y:.4g} requests<br>%{customdata}"
-            "<extra></extra>",
+            hovertemplate="P_B=%{x:.4g} tokens<br>B_B=%{y:.4g} requests<br>region %{z} "
+            "(see legend order 0-3)<extra></extra>",
             name="regions",
         )
     )

@@ -1,0 +1,735 @@
+"""Trace loaders: Mooncake JSONL, Alibaba Qwen-Bailian JSONL, generic JSONL and CSV.
+
+Every loader returns a :class:`~lmetric_theory.workload.base.Workload`: arrival times in
+seconds since the first request, lengths in tokens, block hashes in CSR layout.
+
+Formats
+-------
+``mooncake`` (JSON Lines, one request per line; detected by a ``timestamp`` field)
+    ``timestamp``      int/float, **milliseconds** since the trace start, >= 0
+    ``input_length``   int >= 1, prompt tokens
+    ``output_length``  int >= 1, generated tokens
+    ``hash_ids``       list of int, one id per **512-token** block of the prompt
+``bailian`` (Alibaba Qwen-Bailian JSON Lines; detected by a ``chat_id`` field)
+    ``timestamp``      int/float, **seconds**, >= 0
+    ``input_length``, ``output_length``  as above
+    ``hash_ids``       list of int, one id per **16-token** block
+    ``chat_id``        int, id of this request
+    ``parent_chat_id`` int, the previous turn's ``chat_id``; negative (``-1``) for a first turn
+    ``turn``, ``type`` informational (``type`` is counted in ``meta["request_types"]``)
+    The session id of a request is the root of its ``parent_chat_id`` chain: the first
+    ancestor whose parent is negative, or the first parent id that does not occur in the
+    file (so requests continuing the same unseen conversation still share a session).
+``jsonl`` (generic JSON Lines; detected by an ``arrival_s`` field)
+    ``arrival_s``      int/float, **seconds**, >= 0
+    ``input_tokens``   int >= 1
+    ``output_tokens``  int >= 1
+    ``hash_ids``       optional list of int, one id per block (default block size **16**)
+    ``session_id``     optional int >= 0 or non-empty string
+``csv`` (generic CSV; a header row naming the same columns as ``jsonl``; detected when the
+    first line is not JSON, or by a ``.csv`` file name)
+    ``hash_ids`` is a space-separated list of ints in one cell; an empty ``hash_ids`` or
+    ``session_id`` cell means absent. One record per physical line (no quoted newlines).
+
+Unknown extra fields/columns are ignored. Format auto-detection looks at the first
+non-blank line only.
+
+Rules applied to every format
+-----------------------------
+- Blank lines are ignored. Anything else that is not a valid request is an error:
+  :class:`TraceError` (a ``ValueError``) naming the file, the 1-based line number, the field
+  and the reason. With ``skip_bad_lines=True`` such lines are skipped instead, counted in
+  ``meta["skipped_lines"]``, and the first few reasons kept in ``meta["skipped_reasons"]``.
+- An empty trace (no request lines, or none left after skipping) is an error.
+- Lengths must be JSON integers (``12.0`` is rejected), ``input >= 1`` and ``output >= 1``.
+  A request with ``output_length == 0`` is rejected: the request form promises at least one
+  generated token, and silently turning 0 into 1 would change the trace.
+- ``len(hash_ids)`` must equal ``ceil(input_length / block_size)``. The shared Mooncake
+  conversation trace satisfies this exactly on all 12,031 lines (no off-by-one pattern),
+  so no tolerance is applied. A request without ``hash_ids`` (generic formats only) gets
+  fresh ids shared with no other request.
+- Timestamps that go backwards are not rejected: the requests are stable-sorted by time,
+  a :class:`TraceOrderWarning` is issued and ``meta["reordered_lines"]`` counts the lines
+  that arrived earlier than some line above them.
+- Times are rebased so the first request arrives at 0 s; the original clock value of that
+  request is kept in ``meta["time_origin_s"]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import itemgetter
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.workload.base import Workload
+from lmetric_theory.workload.errors import TraceError, TraceOrderWarning
+
+__all__ = ["FORMATS", "DEFAULT_BLOCK_SIZE", "load_trace", "parse_trace", "detect_format"]
+
+#: Trace formats understood by :func:`load_trace` (plus ``"auto"``).
+FORMATS: tuple[str, ...] = ("mooncake", "bailian", "jsonl", "csv")
+
+#: Tokens per hash block assumed by each format unless overridden.
+DEFAULT_BLOCK_SIZE: dict[str, int] = {"mooncake": 512, "bailian": 16, "jsonl": 16, "csv": 16}
+
+#: How many skip reasons are kept in ``meta["skipped_reasons"]``.
+MAX_REASONS = 5
+
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+
+
+class _Missing:
+    """Sentinel for an absent field."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """Field names and units of one format."""
+
+    time_field: str
+    time_to_s: float
+    input_field: str
+    output_field: str
+    hash_required: bool
+    session: str  # "none", "chain" or "field"
+
+
+_SPECS: dict[str, _Spec] = {
+    "mooncake": _Spec("timestamp", 1e-3, "input_length", "output_length", True, "none"),
+    "bailian": _Spec("timestamp", 1.0, "input_length", "output_length", True, "chain"),
+    "jsonl": _Spec("arrival_s", 1.0, "input_tokens", "output_tokens", False, "field"),
+    "csv": _Spec("arrival_s", 1.0, "input_tokens", "output_tokens", False, "field"),
+}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_trace(
+    path: str | PathLike[str],
+    *,
+    format: str = "auto",  # noqa: A002 - the documented keyword
+    block_size: int | None = None,
+    skip_bad_lines: bool = False,
+) -> Workload:
+    """Read a trace file into a :class:`Workload`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The trace file (UTF-8; a byte-order mark is tolerated).
+    format : {"auto", "mooncake", "bailian", "jsonl", "csv"}
+        Trace format; ``"auto"`` detects it from the first non-blank line (and a ``.csv``
+        suffix). See the module docstring for the schemas.
+    block_size : int, optional
+        Tokens per hash block; defaults to the format's own (512 for Mooncake, 16 otherwise).
+    skip_bad_lines : bool
+        Skip (and count) invalid lines instead of raising.
+
+    Returns
+    -------
+    Workload
+        Sorted by arrival; ``meta`` holds ``source``, ``format``, ``block_size``,
+        ``n_lines``, ``skipped_lines``, ``skipped_reasons``, ``reordered_lines``,
+        ``time_origin_s``, ``rate_scale`` and ``transforms``.
+
+    Raises
+    ------
+    TraceError
+        On the first invalid line (file, line, field, reason), or an empty trace.
+    """
+    p = Path(path)
+    source = str(path)
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TraceError(source, line, None, f"not valid UTF-8 ({exc.reason})") from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if format == "auto" and p.suffix.lower() == ".csv":
+        format = "csv"  # noqa: A001
+    return parse_trace(
+        text.split("\n"),
+        source=source,
+        format=format,
+        block_size=block_size,
+        skip_bad_lines=skip_bad_lines,
+    )
+
+
+def detect_format(first_line: str, *, source: str = "<lines>", line: int = 1) -> str:
+    """Name the format of a trace from its first non-blank line.
+
+    Parameters
+    ----------
+    first_line : str
+        The first non-blank line of the trace.
+
+    Returns
+    -------
+    str
+        One of :data:`FORMATS`.
+    """
+    stripped = first_line.strip()
+    if not stripped.startswith("{"):
+        return "csv"
+    try:
+        obj = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise TraceError(source, line, None, f"invalid JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise TraceError(source, line, None, "line is not a JSON object")
+    if "chat_id" in obj:
+        return "bailian"
+    if "arrival_s" in obj:
+        return "jsonl"
+    if "timestamp" in obj:
+        return "mooncake"
+    raise TraceError(
+        source,
+        line,
+        None,
+        "cannot detect the trace format: expected a 'chat_id' (bailian), 'arrival_s' "
+        f"(jsonl) or 'timestamp' (mooncake) field; found {sorted(obj)}",
+    )
+
+
+def parse_trace(
+    lines: Sequence[str],
+    *,
+    source: str = "<lines>",
+    format: str = "auto",  # noqa: A002
+    block_size: int | None = None,
+    skip_bad_lines: bool = False,
+) -> Workload:
+    """Parse trace lines (already read into memory) into a :class:`Workload`.
+
+    Same rules as :func:`load_trace`; ``lines[i]`` is reported as line ``i + 1`` of
+    ``source``.
+    """
+    if format != "auto" and format not in _SPECS:
+        raise ValueError(f"unknown trace format {format!r}; valid: auto, {', '.join(FORMATS)}")
+    if lines and not lines[-1].strip():  # the newline that ends the last line
+        lines = lines[:-1]
+    if all(map(str.strip, lines)):
+        body = list(lines)
+        line_nos = None  # line i + 1
+    else:
+        keep = [i for i, s in enumerate(lines) if s.strip()]
+        body = [lines[i] for i in keep]
+        line_nos = keep
+    if not body:
+        raise TraceError(source, None, None, "trace is empty (no request lines)")
+
+    def lineno(i: int) -> int:
+        return (i if line_nos is None else line_nos[i]) + 1
+
+    if format == "auto":
+        format = detect_format(body[0], source=source, line=lineno(0))  # noqa: A001
+    if block_size is None:
+        block_size = DEFAULT_BLOCK_SIZE[format]
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+
+    errors: dict[int, tuple[str | None, str]] = {}
+    if format == "csv":
+        header_line = lineno(0)
+        rows = _csv_rows(body, source, header_line, errors)
+        body_line = lineno
+        lineno = lambda i: body_line(i + 1)  # noqa: E731 - data rows follow the header
+        if not rows:
+            raise TraceError(source, None, None, "trace is empty (header only, no requests)")
+    else:
+        rows = _json_rows(body, errors)
+    spec = _SPECS[format]
+    cols = _Columns(rows, errors)
+
+    t = cols.number(spec.time_field)
+    inp = cols.integer(spec.input_field, 1)
+    out = cols.integer(spec.output_field, 1)
+    flat, lens, has_hash = cols.hashes("hash_ids", spec.hash_required, inp, block_size)
+    chat = parent = sess_vals = None
+    if spec.session == "chain":
+        chat = cols.integer("chat_id", _INT64_MIN)
+        parent = cols.integer("parent_chat_id", _INT64_MIN)
+    elif spec.session == "field":
+        sess_vals = cols.session("session_id")
+
+    n_rows = len(rows)
+    skipped_reasons: list[str] = []
+    if errors:
+        bad = sorted(errors)
+        if not skip_bad_lines:
+            i = bad[0]
+            field, reason = errors[i]
+            raise TraceError(source, lineno(i), field, reason)
+        for i in bad[:MAX_REASONS]:
+            field, reason = errors[i]
+            skipped_reasons.append(str(TraceError(source, lineno(i), field, reason)))
+        good = np.ones(n_rows, dtype=bool)
+        good[bad] = False
+        if not good.any():
+            raise TraceError(
+                source, None, None, f"no valid requests ({len(bad)} bad lines skipped)"
+            )
+        # hashes: drop the blocks of bad rows
+        flat = flat[np.repeat(good, lens)]
+        lens, has_hash = lens[good], has_hash[good]
+        t, inp, out = t[good], inp[good], out[good]
+        if chat is not None and parent is not None:
+            chat, parent = chat[good], parent[good]
+        if sess_vals is not None:
+            sess_vals = [v for v, g in zip(sess_vals, good.tolist(), strict=True) if g]
+
+    session_ids: np.ndarray | None = None
+    if chat is not None and parent is not None:
+        session_ids = _chain_roots(chat, parent)
+    elif sess_vals is not None:
+        session_ids = _factorize_sessions(sess_vals)
+
+    flat, lens = _fill_missing_hashes(flat, lens, has_hash, inp, block_size)
+
+    t = t * spec.time_to_s
+    reordered = 0
+    if t.shape[0] > 1 and bool(np.any(t[1:] < t[:-1])):
+        reordered = int(np.count_nonzero(t[1:] < np.maximum.accumulate(t)[:-1]))
+        order = np.argsort(t, kind="stable")
+        t, inp, out = t[order], inp[order], out[order]
+        if session_ids is not None:
+            session_ids = session_ids[order]
+        flat, lens = _reorder_csr(flat, lens, order)
+        warnings.warn(
+            TraceOrderWarning(
+                f"{source}: {reordered} line(s) arrive earlier than a line above them; "
+                "requests were stable-sorted by timestamp"
+            ),
+            stacklevel=3,
+        )
+    origin = float(t[0])
+    offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+
+    meta: dict[str, Any] = {
+        "source": source,
+        "format": format,
+        "block_size": block_size,
+        "n_lines": n_rows,
+        "skipped_lines": len(errors),
+        "skipped_reasons": skipped_reasons,
+        "reordered_lines": reordered,
+        "time_origin_s": origin,
+        "rate_scale": 1.0,
+        "transforms": [],
+    }
+    if format == "bailian":
+        meta["request_types"] = cols.type_counts("type", errors)
+    return make_workload(
+        arrival_s=t - origin,
+        input_tokens=inp,
+        output_tokens=out,
+        hash_ids=flat,
+        hash_offsets=offsets,
+        block_size=block_size,
+        session_ids=session_ids,
+        meta=meta,
+    )
+
+
+def make_workload(
+    *,
+    arrival_s: np.ndarray,
+    input_tokens: np.ndarray,
+    output_tokens: np.ndarray,
+    hash_ids: np.ndarray,
+    hash_offsets: np.ndarray,
+    block_size: int,
+    session_ids: np.ndarray | None,
+    meta: dict[str, Any],
+) -> Workload:
+    """Build a :class:`Workload` with canonical dtypes and read-only arrays.
+
+    The arrays are made read-only so workloads derived by :func:`scale_rate` or
+    :func:`select` can share them safely.
+    """
+    arrays = [
+        np.ascontiguousarray(arrival_s, dtype=np.float64),
+        np.ascontiguousarray(input_tokens, dtype=np.int64),
+        np.ascontiguousarray(output_tokens, dtype=np.int64),
+        np.ascontiguousarray(hash_ids, dtype=np.int64),
+        np.ascontiguousarray(hash_offsets, dtype=np.int64),
+    ]
+    if session_ids is not None:
+        arrays.append(np.ascontiguousarray(session_ids, dtype=np.int64))
+    for a in arrays:
+        a.flags.writeable = False
+    return Workload(
+        arrays[0],
+        arrays[1],
+        arrays[2],
+        arrays[3],
+        arrays[4],
+        int(block_size),
+        arrays[5] if session_ids is not None else None,
+        meta,
+    )
+
+
+# --------------------------------------------------------------------------- rows
+
+
+_SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its wrappers
+
+
+def _json_rows(body: list[str], errors: dict[int, tuple[str | None, str]]) -> list[Any]:
+    """Parse every line as JSON; invalid lines become ``{}`` plus an error.
+
+    Fast path: the decoder's scanner on each line (what ``json.loads`` runs, minus its
+    per-call wrapping), accepted only when every line parsed to its exact end; otherwise
+    each line is re-parsed with ``json.loads`` to name the bad ones.
+    """
+    try:
+        scanned = list(map(_SCAN, body, repeat(0)))
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        scanned = []
+    # a StopIteration from the scanner ends map() early, so the count check catches it
+    if len(scanned) == len(body) and list(map(len, body)) == [e for _, e in scanned]:
+        rows = [r for r, _ in scanned]
+    else:
+        rows = []
+        for i, s in enumerate(body):
+            try:
+                rows.append(json.loads(s))
+            except json.JSONDecodeError as exc:
+                rows.append({})
+                errors[i] = (None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            except RecursionError:
+                rows.append({})
+                errors[i] = (None, "invalid JSON: nested too deeply")
+    if set(map(type, rows)) != {dict}:
+        for i, r in enumerate(rows):
+            if type(r) is not dict:
+                errors.setdefault(i, (None, f"line is not a JSON object (got {type(r).__name__})"))
+                rows[i] = {}
+    return rows
+
+
+def _csv_rows(
+    body: list[str], source: str, header_line: int, errors: dict[int, tuple[str | None, str]]
+) -> list[dict[str, Any]]:
+    """Turn CSV records into dicts of converted values (unconvertible cells kept as str)."""
+    records = list(csv.reader(body))
+    header = [h.strip() for h in records[0]]
+    for name in ("arrival_s", "input_tokens", "output_tokens"):
+        if name not in header:
+            raise TraceError(
+                source, header_line, name, f"required CSV column missing; header is {header}"
+            )
+    if len(set(header)) != len(header):
+        raise TraceError(source, header_line, None, f"duplicate CSV column names in {header}")
+    ncol = len(header)
+    rows: list[dict[str, Any]] = []
+    for j, rec in enumerate(records[1:]):
+        if len(rec) != ncol:
+            errors[j] = (None, f"expected {ncol} CSV columns, got {len(rec)}")
+            rows.append({})
+            continue
+        row: dict[str, Any] = {}
+        for name, cell in zip(header, rec, strict=True):
+            cell = cell.strip()
+            if name == "arrival_s":
+                row[name] = _to_number(cell)
+            elif name in ("input_tokens", "output_tokens"):
+                row[name] = _to_int(cell)
+            elif name == "hash_ids":
+                if cell:
+                    try:
+                        row[name] = [int(x) for x in cell.split()]
+                    except ValueError:
+                        row[name] = cell
+            elif name == "session_id":
+                if cell:
+                    v = _to_int(cell)
+                    row[name] = v
+        rows.append(row)
+    return rows
+
+
+def _to_int(cell: str) -> Any:
+    try:
+        return int(cell)
+    except ValueError:
+        return cell
+
+
+def _to_number(cell: str) -> Any:
+    try:
+        return int(cell)
+    except ValueError:
+        pass
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+# --------------------------------------------------------------------------- columns
+
+
+class _Columns:
+    """Column extraction with vectorised validation; errors go to ``errors[row]``."""
+
+    def __init__(self, rows: list[dict[str, Any]], errors: dict[int, tuple[str | None, str]]):
+        self.rows = rows
+        self.errors = errors
+        self.n = len(rows)
+
+    def _values(self, name: str) -> list[Any]:
+        try:
+            return list(map(itemgetter(name), self.rows))
+        except KeyError:
+            return [r.get(name, _MISSING) for r in self.rows]
+
+    def _err(self, i: int, name: str, reason: str) -> None:
+        self.errors.setdefault(int(i), (name, reason))
+
+    def number(self, name: str) -> np.ndarray:
+        """Finite number >= 0 (timestamps); float64, shape (n,)."""
+        values = self._values(name)
+        types = set(map(type, values))
+        if types <= {int, float}:
+            try:
+                arr = np.array(values, dtype=np.float64)
+            except OverflowError:
+                arr = None
+            if arr is not None:
+                ok = np.isfinite(arr) & (arr >= 0)
+                if not ok.all():
+                    for i in np.flatnonzero(~ok):
+                        self._err(i, name, f"must be a finite number >= 0, got {values[i]!r}")
+                return arr
+        arr = np.zeros(self.n, dtype=np.float64)
+        for i, v in enumerate(values):
+            if v is _MISSING:
+                self._err(i, name, "missing")
+            elif type(v) not in (int, float):
+                self._err(i, name, f"must be a number, got {v!r}")
+            else:
+                try:
+                    x = float(v)
+                except OverflowError:
+                    x = math.inf
+                if not (math.isfinite(x) and x >= 0):
+                    self._err(i, name, f"must be a finite number >= 0, got {v!r}")
+                else:
+                    arr[i] = x
+        return arr
+
+    def integer(self, name: str, lo: int) -> np.ndarray:
+        """Integer >= ``lo`` (JSON integers only; bools and 12.0 rejected); int64, shape (n,)."""
+        values = self._values(name)
+        if set(map(type, values)) == {int}:
+            try:
+                arr = np.array(values, dtype=np.int64)
+            except OverflowError:
+                arr = None
+            if arr is not None:
+                if lo > _INT64_MIN:
+                    for i in np.flatnonzero(arr < lo):
+                        self._err(i, name, f"must be an integer >= {lo}, got {values[i]}")
+                return arr
+        arr = np.zeros(self.n, dtype=np.int64)
+        for i, v in enumerate(values):
+            if v is _MISSING:
+                self._err(i, name, "missing")
+            elif type(v) is not int:
+                self._err(i, name, f"must be an integer, got {v!r}")
+            elif v < lo:
+                self._err(i, name, f"must be an integer >= {lo}, got {v}")
+            elif v > _INT64_MAX or v < _INT64_MIN:
+                self._err(i, name, f"out of the 64-bit integer range: {v}")
+            else:
+                arr[i] = v
+        return arr
+
+    def hashes(
+        self, name: str, required: bool, inp: np.ndarray, block_size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block ids: (flat int64, per-row lengths int64, per-row has-hashes bool)."""
+        values = self._values(name)
+        flat: np.ndarray | None = None
+        if set(map(type, values)) == {list}:
+            items = list(chain.from_iterable(values))
+            if set(map(type, items)) <= {int}:
+                try:
+                    flat = np.fromiter(items, dtype=np.int64, count=len(items))
+                except OverflowError:
+                    flat = None
+            if flat is not None:
+                lens = np.fromiter(map(len, values), dtype=np.int64, count=self.n)
+                has = np.ones(self.n, dtype=bool)
+        if flat is None:
+            pieces: list[list[int]] = []
+            has_l: list[bool] = []
+            for i, v in enumerate(values):
+                keep: list[int] = []
+                present = True
+                if v is _MISSING or v is None:
+                    present = False
+                    if required:
+                        self._err(i, name, "missing")
+                elif type(v) is not list:
+                    self._err(i, name, f"must be a list of integers, got {v!r}")
+                else:
+                    bad = next((x for x in v if type(x) is not int), _MISSING)
+                    if bad is not _MISSING:
+                        self._err(i, name, f"must be a list of integers; contains {bad!r}")
+                    elif v and (max(v) > _INT64_MAX or min(v) < _INT64_MIN):
+                        self._err(i, name, "contains an id out of the 64-bit integer range")
+                    else:
+                        keep = v
+                pieces.append(keep)
+                has_l.append(present)
+            flat = np.fromiter(chain.from_iterable(pieces), dtype=np.int64)
+            lens = np.fromiter(map(len, pieces), dtype=np.int64, count=self.n)
+            has = np.array(has_l, dtype=bool)
+        need = (inp + (block_size - 1)) // block_size
+        mismatch = has & (lens != need)
+        if mismatch.any():
+            for i in np.flatnonzero(mismatch):
+                if int(i) in self.errors:
+                    continue
+                self._err(
+                    i,
+                    name,
+                    f"has {lens[i]} block ids but the prompt of {inp[i]} tokens needs "
+                    f"ceil({inp[i]}/{block_size}) = {need[i]}",
+                )
+        return flat, lens, has
+
+    def session(self, name: str) -> list[Any]:
+        """Optional session id: int >= 0, non-empty str, or absent (returned as None)."""
+        values = self._values(name)
+        out: list[Any] = []
+        for i, v in enumerate(values):
+            if v is _MISSING or v is None:
+                out.append(None)
+            elif type(v) is int and 0 <= v <= _INT64_MAX:
+                out.append(v)
+            elif type(v) is str and v:
+                out.append(v)
+            else:
+                self._err(i, name, f"must be an integer >= 0 or a non-empty string, got {v!r}")
+                out.append(None)
+        return out
+
+    def type_counts(self, name: str, errors: dict[int, tuple[str | None, str]]) -> dict[str, int]:
+        """Counts of the values of an informational string field over the kept rows."""
+        counts: dict[str, int] = {}
+        for i, r in enumerate(self.rows):
+            if i in errors:
+                continue
+            v = r.get(name, _MISSING)
+            key = "<missing>" if v is _MISSING else str(v)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _chain_roots(chat: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Session id per request: the root of its ``parent_chat_id`` chain (int64, shape (n,))."""
+    parent_of: dict[int, int] = {}
+    for c, p in zip(chat.tolist(), parent.tolist(), strict=True):
+        parent_of.setdefault(c, p)
+    root_of: dict[int, int] = {}
+    out = np.empty(chat.shape[0], dtype=np.int64)
+    for k, c in enumerate(chat.tolist()):
+        path = []
+        node = c
+        seen = set()
+        while node not in root_of:
+            p = parent_of.get(node)
+            if p is None:  # unseen ancestor: it names the session
+                root_of[node] = node
+                break
+            if p < 0:
+                root_of[node] = node
+                break
+            if node in seen:  # a cycle: take the smallest id on it as the root
+                root_of[node] = min(seen)
+                break
+            seen.add(node)
+            path.append(node)
+            node = p
+        r = root_of[node]
+        for x in path:
+            root_of[x] = r
+        out[k] = r
+    return out
+
+
+def _factorize_sessions(values: list[Any]) -> np.ndarray:
+    """Session ids as int64: ints kept, strings numbered by first appearance, absent -1."""
+    if all(v is None or type(v) is int for v in values):
+        return np.array([-1 if v is None else v for v in values], dtype=np.int64)
+    codes: dict[Any, int] = {}
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = -1
+        else:
+            out[i] = codes.setdefault(str(v), len(codes))
+    return out
+
+
+def _fill_missing_hashes(
+    flat: np.ndarray, lens: np.ndarray, has: np.ndarray, inp: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Give requests without hash ids fresh ids that no other request uses."""
+    if has.all():
+        return flat, lens
+    need = (inp + (block_size - 1)) // block_size
+    new_lens = np.where(has, lens, need)
+    total = int(new_lens.sum())
+    out = np.empty(total, dtype=np.int64)
+    given = np.repeat(has, new_lens)
+    out[given] = flat
+    start = int(flat.max()) + 1 if flat.size else 0
+    n_new = total - int(flat.size)
+    out[~given] = np.arange(start, start + n_new, dtype=np.int64)
+    return out, new_lens
+
+
+def _reorder_csr(
+    flat: np.ndarray, lens: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Permute the rows of a CSR array: row ``k`` of the result is row ``order[k]``."""
+    offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    new_lens = lens[order]
+    new_off = np.zeros_like(offsets)
+    np.cumsum(new_lens, out=new_off[1:])
+    idx = np.repeat(offsets[:-1][order] - new_off[:-1], new_lens) + np.arange(
+        int(new_off[-1]), dtype=np.int64
+    )
+    return flat[idx], new_lens

@@ -1,0 +1,136 @@
+"""Replay at a different rate and select part of a workload.
+
+Both functions return a new :class:`Workload` sharing the (read-only) arrays where they can,
+with ``meta`` copied and extended: ``meta["transforms"]`` lists every operation applied, in
+order, and ``meta["rate_scale"]`` is the cumulative arrival-rate factor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.workload.base import Workload
+from lmetric_theory.workload.loaders import make_workload
+
+__all__ = ["scale_rate", "select"]
+
+
+def _meta_with(w: Workload, step: dict[str, Any], **updates: Any) -> dict[str, Any]:
+    meta = dict(w.meta)
+    meta["transforms"] = [*meta.get("transforms", []), step]
+    meta.update(updates)
+    return meta
+
+
+def scale_rate(workload: Workload, k: float) -> Workload:
+    """Replay ``k`` times as fast: ``arrival_s / k`` (same requests, same order).
+
+    Parameters
+    ----------
+    workload : Workload
+    k : float
+        Arrival-rate factor, finite and > 0 (2.0 doubles requests per second).
+
+    Returns
+    -------
+    Workload
+        ``meta["rate_scale"]`` is multiplied by ``k``; ``{"op": "scale_rate", "k": k}`` is
+        appended to ``meta["transforms"]``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int | float) or not math.isfinite(k) or k <= 0:
+        raise ValueError(f"rate factor k must be a finite number > 0, got {k!r}")
+    k = float(k)
+    w = workload
+    meta = _meta_with(
+        w, {"op": "scale_rate", "k": k}, rate_scale=float(w.meta.get("rate_scale", 1.0)) * k
+    )
+    return make_workload(
+        arrival_s=w.arrival_s / k,
+        input_tokens=w.input_tokens,
+        output_tokens=w.output_tokens,
+        hash_ids=w.hash_ids,
+        hash_offsets=w.hash_offsets,
+        block_size=w.block_size,
+        session_ids=w.session_ids,
+        meta=meta,
+    )
+
+
+def select(
+    workload: Workload,
+    *,
+    count: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    rebase: bool = True,
+) -> Workload:
+    """Keep the requests arriving in ``[start_s, end_s)``, then at most the first ``count``.
+
+    Parameters
+    ----------
+    workload : Workload
+    count : int, optional
+        Keep at most this many requests (>= 1), the earliest ones of the window.
+    start_s, end_s : float, optional
+        Time window in seconds on the workload's clock; ``start_s`` inclusive, ``end_s``
+        exclusive; either may be omitted.
+    rebase : bool
+        If True (default), shift times so that the window start (``start_s``, or 0 when
+        omitted) becomes 0 s; idle time between the window start and its first request is
+        kept. If False, the original times are kept.
+
+    Returns
+    -------
+    Workload
+        ``{"op": "select", "count", "start_s", "end_s", "rebase", "first", "n"}`` is appended
+        to ``meta["transforms"]`` (``first`` is the index of the first kept request in the
+        input workload, ``n`` how many were kept).
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments or when nothing is selected.
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    for name, v in (("start_s", start_s), ("end_s", end_s)):
+        if v is not None and (not isinstance(v, int | float) or not math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number of seconds, got {v!r}")
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise ValueError(f"empty window: end_s={end_s} <= start_s={start_s}")
+    w = workload
+    t = w.arrival_s
+    lo = 0 if start_s is None else int(np.searchsorted(t, start_s, side="left"))
+    hi = len(w) if end_s is None else int(np.searchsorted(t, end_s, side="left"))
+    if count is not None:
+        hi = min(hi, lo + count)
+    if hi <= lo:
+        raise ValueError(
+            f"selection is empty (count={count}, start_s={start_s}, end_s={end_s}; "
+            f"the workload spans {float(t[0]) if len(w) else 0.0:.3f}-"
+            f"{float(t[-1]) if len(w) else 0.0:.3f} s)"
+        )
+    shift = (0.0 if start_s is None else float(start_s)) if rebase else 0.0
+    off = w.hash_offsets
+    step = {
+        "op": "select",
+        "count": count,
+        "start_s": start_s,
+        "end_s": end_s,
+        "rebase": rebase,
+        "first": lo,
+        "n": hi - lo,
+    }
+    return make_workload(
+        arrival_s=t[lo:hi] - shift,
+        input_tokens=w.input_tokens[lo:hi],
+        output_tokens=w.output_tokens[lo:hi],
+        hash_ids=w.hash_ids[off[lo] : off[hi]],
+        hash_offsets=off[lo : hi + 1] - off[lo],
+        block_size=w.block_size,
+        session_ids=None if w.session_ids is None else w.session_ids[lo:hi],
+        meta=_meta_with(w, step),
+    )

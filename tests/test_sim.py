@@ -298,3 +298,58 @@ def test_lmetric_default_beats_round_robin_on_shared_trace(mooncake_path: Path) 
     rr = simulate(w, cfg, "round-robin").summary()
     lm = simulate(w, cfg, "lmetric").summary()
     assert lm["ttft_mean_s"] < rr["ttft_mean_s"]
+
+
+# ---------------------------------------------------------------------- simulate command
+
+def test_simulate_cli_json_and_out(tmp_path: Path, capsys) -> None:
+    from lmetric_theory.cli import main
+
+    trace = tmp_path / "t.jsonl"
+    lines = [json.dumps({"timestamp": 100 * i, "input_length": 600 + 10 * i, "output_length": 5,
+                         "hash_ids": [0, 1000 + i]}) for i in range(20)]
+    lines.insert(5, '{"timestamp": 1, "input_length": -3}')
+    trace.write_text("\n".join(lines) + "\n")
+    assert main(["simulate", str(trace), "--instances", "2", "--json"]) == 2
+    assert "t.jsonl" in capsys.readouterr().err
+    out = tmp_path / "res"
+    code = main(["simulate", str(trace), "-n", "2", "--policy", "lmetric", "--policy", "round-robin",
+                 "--skip-bad-lines", "--json", "--out", str(out), "--seed", "3"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["policies"]) == {"lmetric", "round-robin"}
+    keys = {"completed", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s",
+            "tpot_p99_s", "prefix_hit_rate"}
+    for s in doc["policies"].values():
+        assert set(s) == keys and s["completed"] == 20
+    assert doc["trace"]["skipped_lines"] == 1 and doc["trace"]["requests"] == 20
+    assert doc["config"]["instances"] == 2 and doc["config"]["seed"] == 3
+    assert json.loads((out / "summary.json").read_text()) == doc
+    log = SnapshotLog.load_npz(out / "lmetric.snapshots.npz")
+    assert log.uncached.shape == (20, 2)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "round-robin.requests.parquet")
+    assert table.num_rows == 20 and table.column("instance").to_pylist()[:4] == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--policy", "nope"], "valid policies"),
+    (["--policy", "lmetric:z=1"], "valid parameters"),
+    (["--preset", "tpu"], "valid presets"),
+    (["--instances", "0"], "--instances"),
+    (["--rate-scale", "-1"], "--rate-scale"),
+])
+def test_simulate_cli_usage_errors(argv: list[str], match: str, capsys) -> None:
+    from lmetric_theory.cli import main
+
+    assert main(["simulate", "--count", "10", *argv]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_simulate_cli_table_on_synthetic_default(capsys) -> None:
+    from lmetric_theory.cli import main
+
+    assert main(["simulate", "--count", "200", "--policy", "least-loaded"]) == 0
+    out = capsys.readouterr().out
+    assert "least-loaded" in out and "200" in out

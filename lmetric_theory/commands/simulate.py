@@ -241,7 +241,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     title = (f"{tr['source']} - {tr['requests']} requests{skipped}, "
              f"x{tr['rate_scale']:g} rate, {cfg['instances']} instances, {cfg['preset']}, {cfg['view']} view")
     t = Table(title=title, caption="TTFT in seconds, TPOT in milliseconds")
-    t.add_column("policy", overflow="fold")
+    t.add_column("policy", overflow="fold", min_width=14)
     for col in ("done", "TTFT mean", "p50", "p90", "p99", "TPOT mean", "p99", "prefix hit"):
         t.add_column(col, justify="right", no_wrap=True)
 
@@ -252,4 +252,5 @@ def _print_table(doc: dict[str, Any]) -> None:
         t.add_row(spec, str(s["completed"]), f(s["ttft_mean_s"]), f(s["ttft_p50_s"]), f(s["ttft_p90_s"]),
                   f(s["ttft_p99_s"]), f(s["tpot_mean_s"], 1e3, "{:.1f}"), f(s["tpot_p99_s"], 1e3, "{:.1f}"),
                   f(s["prefix_hit_rate"], 100, "{:.1f}%"))
-    Console().print(t)
+    # Piped output gets a fixed, wide layout instead of the 80-column default.
+    Console(width=None if sys.stdout.isatty() else 132).print(t)

@@ -468,17 +468,19 @@ class Simulator:
         if self._approx:
             h0 = self._hoff[rid]
             ins.approx.update(self._hashes[h0 : h0 + self._nfull[rid]])
-        self._record(ins, t)
+        out: list[tuple] = []
         if ins.plan == 0:
             if self._plan(ins, t):
-                return [self._event(ins)]
+                out.append(self._event(ins))
         elif ins.plan == 2 and ins.plan_m > 1:
             k = self._iterations_started(ins, t)
             if k < ins.plan_m:
                 ins.plan_m = k
                 ins.plan_end = ins.plan_start + self._run_time(ins.n_dec, ins.ctx_sum, k)
-                return [self._event(ins)]
-        return []
+                out.append(self._event(ins))
+        if self._delay > 0:
+            self._record(ins, t)
+        return out
 
     def _on_plan_end(self, ins: _Instance) -> list[tuple]:
         t = ins.plan_end
@@ -487,10 +489,10 @@ class Simulator:
         else:
             self._apply_run(ins, t)
         ins.plan = 0
-        self._record(ins, t)
-        if self._plan(ins, t):
-            return [self._event(ins)]
-        return []
+        out = [self._event(ins)] if self._plan(ins, t) else []
+        if self._delay > 0:
+            self._record(ins, t)
+        return out
 
     # ------------------------------------------------------------------ snapshot
 
@@ -510,9 +512,9 @@ class Simulator:
                 ins.used - len(ins.lru) * self._bs)
 
     def _record(self, ins: _Instance, t: float) -> None:
-        if self._delay > 0:
-            ins.hist_t.append(t)
-            ins.hist_v.append(self._signals(ins))
+        """Append the instance's load signals at ``t`` to its history (delayed views only)."""
+        ins.hist_t.append(t)
+        ins.hist_v.append(self._signals(ins))
 
     def _snapshot(self, t: float, rid: int, d: int) -> DecisionView:
         bs = self._bs

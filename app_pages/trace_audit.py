@@ -1,8 +1,152 @@
-"""Trace audit (placeholder until the audit library lands)."""
+"""Trace audit: replay a trace, check every routing decision, show where the product and the
+linear reference disagree and what it costs."""
 
 from __future__ import annotations
 
+import warnings
+
 import streamlit as st
 
+from lmetric_theory.app_support import (
+    MAX_UPLOAD_MB,
+    audit_for_app,
+    disagreement_rate_figure,
+    lambda_eff_figure,
+    pair_view_ranges,
+    read_jsonl_upload,
+    region_figure,
+    regret_histogram,
+    report_json,
+)
+from lmetric_theory.regions import compute_regions
+from lmetric_theory.workload import TraceOrderWarning, Workload, default_workload, select
+
+SYNTHETIC = "Synthetic default workload"
+UPLOAD = "Upload a JSONL trace"
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def load_default(seed: int) -> Workload:
+    """The embedded synthetic workload (thin cached loader)."""
+    return default_workload(seed)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading the trace ...")
+def load_upload(name: str, data: bytes, skip_bad_lines: bool) -> tuple[Workload, int]:
+    """Parse an uploaded trace (thin cached loader); returns it and the reordered-line count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceOrderWarning)
+        w = read_jsonl_upload(name, data, skip_bad_lines=skip_bad_lines)
+    return w, int(w.meta.get("reordered_lines", 0) or 0)
+
+
 st.title("Trace audit")
-st.info("The trace audit is not available in this build yet.")
+st.caption(
+    "Replays a trace on a simulated cluster routed by the product score, checks every routing "
+    "decision against the linear reference and summarises where and how much they disagree."
+)
+
+source = st.radio("Trace", [SYNTHETIC, UPLOAD], horizontal=True, key="source")
+c1, c2, c3, c4, c5, c6 = st.columns(6)
+instances = c1.number_input("instances", 1, 64, 8, 1, key="instances")
+n_req = c2.number_input("requests to audit (first N)", 100, 200_000, 3000, 500, key="n_req")
+lam = c3.number_input("lam: reference rate", 0.0, 1e7, 256.0, 16.0, key="lam")
+lam_lo = c4.number_input("band low", 0.0, 1e7, 128.0, 16.0, key="lam_lo")
+lam_hi = c5.number_input("band high", 0.0, 1e7, 512.0, 16.0, key="lam_hi")
+c7, c8 = c6.columns(2)
+p0 = c7.number_input("p0", 0.0, 1e6, 0.0, 1.0, key="p0")
+b0 = c8.number_input("b0", 0.0, 1e4, 1.0, 1.0, key="b0")
+
+if source == UPLOAD:
+    st.caption(
+        f"Mooncake, Alibaba Bailian or generic JSON Lines (one request per line); at most "
+        f"{MAX_UPLOAD_MB} MB. The file is parsed as data only."
+    )
+    up = st.file_uploader("JSONL trace", type=["jsonl", "json", "txt"],
+                          max_upload_size=MAX_UPLOAD_MB, key="upload")
+    skip = st.checkbox("skip bad lines (they are counted)", key="skip")
+    if up is None:
+        st.info("Upload a trace to audit it.")
+        st.stop()
+    try:
+        workload, reordered = load_upload(up.name, up.getvalue(), skip)
+    except ValueError as exc:
+        st.error(f"Cannot read this trace: {exc}")
+        st.stop()
+    name = up.name
+    if reordered:
+        st.warning(f"{reordered} lines arrived earlier than a line above them; the requests "
+                   "were sorted by time.")
+    if workload.meta.get("skipped_lines"):
+        st.warning(f"Skipped {workload.meta['skipped_lines']} bad lines.")
+else:
+    workload, name = load_default(0), "synthetic default"
+
+workload = select(workload, count=int(n_req))
+settings = (name, len(workload), instances, lam, lam_lo, lam_hi, p0, b0,
+            source == UPLOAD and st.session_state.get("skip", False))
+if st.session_state.get("audit_key") != settings:
+    bar = st.progress(0.0, text=f"Auditing {len(workload)} requests on {instances} instances ...")
+    try:
+        view = audit_for_app(
+            workload, source=name, instances=int(instances), lam=lam, lam_lo=lam_lo,
+            lam_hi=lam_hi, p0=p0, b0=b0,
+            progress=lambda f: bar.progress(min(max(f, 0.0), 1.0)),
+        )
+    except ValueError as exc:
+        bar.empty()
+        st.error(f"Cannot audit with these settings: {exc}")
+        st.stop()
+    bar.empty()
+    st.session_state["audit_key"] = settings
+    st.session_state["audit_view"] = view
+view = st.session_state["audit_view"]
+rep = view.report
+if view.engine == "preview":
+    st.caption("Engine: preview (simulator replay under lmetric + Detector.check_many).")
+
+m1, m2, m3, m4, m5 = st.columns(5)
+m1.metric("Decisions", f"{rep['decisions']:,}")
+m2.metric("Disagreement rate", f"{rep['disagreement_rate']:.3%}")
+m3.metric("Fragile", f"{rep['fragile']:,}")
+m4.metric("Mean regret (token equiv.)", f"{rep['regret_tokens']['mean']:.4g}")
+m5.metric("lam_eff p50", f"{rep['lambda_eff']['p50']:.4g}"
+          if rep["lambda_eff"]["p50"] is not None else "n/a")
+deg = rep["degenerate"]
+st.caption(f"Degenerate decisions — zero-prefill hot-spots: {deg['zero_prefill']}, idle ties: "
+           f"{deg['idle_tie']}, exact ties: {deg['exact_tie']}.")
+
+v = view.verdicts
+g1, g2, g3 = st.columns(3)
+g1.plotly_chart(disagreement_rate_figure(view.time_s, v.disagrees), key="rate_plot")
+g2.plotly_chart(regret_histogram(v.regret_tokens, v.disagrees), key="regret_plot")
+g3.plotly_chart(lambda_eff_figure(view.time_s, v.lambda_eff, view.lam, view.lam_lo,
+                                  view.lam_hi), key="lam_plot")
+
+st.subheader("Worst decisions")
+worst = rep["worst"]
+if not worst:
+    st.write("No decision disagrees with the reference.")
+else:
+    st.dataframe(
+        [{k: w[k] for k in ("decision", "time_s", "product_choice", "linear_choice",
+                            "regret_tokens", "lambda_eff", "lambda_star")} for w in worst],
+        key="worst_table", hide_index=True,
+    )
+    labels = [f"{k + 1}. decision {w['decision']} at {w['time_s']:.2f} s — regret "
+              f"{w['regret_tokens']:.4g}" for k, w in enumerate(worst)]
+    pick = st.selectbox("Show on the decision-region view", range(len(worst)),
+                        format_func=labels.__getitem__, key="worst_pick")
+    w = worst[pick]
+    i, j = w["product_choice"], w["linear_choice"]
+    a, b = (w["P"][i], w["B"][i]), (w["P"][j], w["B"][j])
+    p_rng, b_rng = pair_view_ranges([a, b])
+    rm = compute_regions(a[0], a[1], lam=view.lam, p0=view.p0, b0=view.b0, p_range=p_rng,
+                         b_range=b_rng, resolution=(300, 300))
+    st.caption(f"A = instance {i} (the product's choice, P={a[0]}, B={a[1]}); the star is "
+               f"instance {j} (the linear choice, P={b[0]}, B={b[1]}).")
+    st.plotly_chart(region_figure(rm, marker=b, marker_label=f"instance {j} (linear choice)"),
+                    key="worst_plot")
+
+st.download_button("Download the JSON report", report_json(view),
+                   file_name="audit_report.json", mime="application/json", key="download")

@@ -251,6 +251,23 @@ class _Instance:
         self.dec_total = 0  # tokens produced (first tokens + decode iterations), tokens
 
 
+def _clone_instance(ins: _Instance) -> _Instance:
+    """Independent copy of an instance's mutable state (hashes and tuples are immutable)."""
+    c = _Instance.__new__(_Instance)
+    for name in _Instance.__slots__:
+        v = getattr(ins, name)
+        if isinstance(v, dict | set | list | deque):
+            v = v.copy()
+        setattr(c, name, v)
+    return c
+
+
+#: Simulator attributes derived from the workload and never mutated: shared by forks.
+_SHARED = ("config", "_arrival", "_inp", "_out", "_hashes", "_hoff", "_nfull", "_maxhit", "_c")
+#: Per-request lists whose items are replaced, never mutated in place: shallow-copied by forks.
+_PER_REQUEST = ("_where", "_cached", "_rem", "_ctx", "_est", "_refs", "_new", "_priv", "_first", "_done")
+
+
 class Simulator:
     """Replay a workload through a router policy onto ``N`` simulated instances.
 
@@ -362,8 +379,29 @@ class Simulator:
         return self._now
 
     def fork(self) -> Simulator:
-        """Independent deep copy of the whole simulator state (policy and RNG included)."""
+        """Independent copy of the whole simulator state (policy and RNG included).
+
+        Workload-derived data is shared (it is never mutated); instance state, per-request
+        state, the event heap and the snapshot log are copied. ``copy.deepcopy`` does the same.
+        """
         return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Simulator:
+        new = Simulator.__new__(Simulator)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k in _SHARED:
+                pass
+            elif k in _PER_REQUEST or k == "_heap":
+                v = v.copy()
+            elif k == "_inst":
+                v = [_clone_instance(i) for i in v]
+            elif k in ("_log", "_row") and v is not None:
+                v = SnapshotLog(**{c: getattr(v, c).copy() for c in v._columns()}, meta=dict(v.meta))
+            else:
+                v = copy.deepcopy(v, memo)
+            new.__dict__[k] = v
+        return new
 
     def force(self, decision: int, instance: int) -> None:
         """Send decision ``decision`` to ``instance`` regardless of the policy."""

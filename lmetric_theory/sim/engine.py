@@ -537,11 +537,11 @@ class Simulator:
     def _hit_blocks(self, ins: _Instance, rid: int, approximate: bool) -> int:
         """Cached full blocks of ``rid`` on ``ins`` (capped), precise or approximate view."""
         h0 = self._hoff[rid]
-        hs = self._hashes
-        k = 0
-        cap = self._maxhit[rid]
         a = ins.approx if approximate else ins.ready
-        while k < cap and hs[h0 + k] in a:
+        k = 0
+        for h in self._hashes[h0 : h0 + self._maxhit[rid]]:
+            if h not in a:
+                break
             k += 1
         return k
 
@@ -562,12 +562,14 @@ class Simulator:
         cap = self._cap
         h0 = self._hoff[rid]
         hs = self._hashes
-        capk = self._maxhit[rid]
+        blocks = hs[h0 : h0 + self._maxhit[rid]]
         unc = []
         for ins in self._inst:
             a = ins.approx if approx else ins.ready
             k = 0
-            while k < capk and hs[h0 + k] in a:
+            for h in blocks:
+                if h not in a:
+                    break
                 k += 1
             unc.append(inp - k * bs)
         if delay == 0:

@@ -654,15 +654,24 @@ def lambda_eff_figure(
         idx = idx[np.linspace(0, idx.size - 1, max_points).astype(np.int64)]
     fig = go.Figure(go.Scattergl(x=t[idx], y=le[idx], mode="markers", name="lambda_eff",
                                  marker={"size": 3, "opacity": 0.5}))
-    if lam_hi > lam_lo:
-        fig.add_hrect(y0=max(lam_lo, 1e-9), y1=lam_hi, fillcolor="#2ca02c", opacity=0.2,
-                      line_width=0, annotation_text="reference band")
+    # Band and rate as data traces (layout shapes on a log axis take log10 coordinates).
+    x_ends = [float(t.min()), float(t.max())] if t.size else [0.0, 1.0]
+    if lam_hi > lam_lo and lam_lo > 0:
+        fig.add_trace(go.Scatter(x=x_ends, y=[lam_lo, lam_lo], mode="lines", showlegend=False,
+                                 line={"color": "#2ca02c", "width": 1}, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=x_ends, y=[lam_hi, lam_hi], mode="lines", fill="tonexty",
+                                 fillcolor="rgba(44,160,44,0.2)", name="reference band",
+                                 line={"color": "#2ca02c", "width": 1}, hoverinfo="skip"))
     if lam > 0:
-        fig.add_hline(y=lam, line_color="#2ca02c", annotation_text=f"lam = {lam:g}")
+        fig.add_trace(go.Scatter(x=x_ends, y=[lam, lam], mode="lines", name=f"lam = {lam:g}",
+                                 line={"color": "#2ca02c", "width": 2, "dash": "dash"}))
+    vals = [v for v in (*le[idx].tolist(), lam_lo, lam_hi, lam) if v > 0]
+    y_rng = [math.log10(min(vals)) - 0.2, math.log10(max(vals)) + 0.2] if vals else None
     fig.update_xaxes(title="decision time (s)")
-    fig.update_yaxes(title="lambda_eff (tokens per batch slot)", type="log")
+    fig.update_yaxes(title="lambda_eff (tokens per batch slot)", type="log", range=y_rng)
     fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      title=f"lambda_eff vs the reference ({int(ok.sum())} finite of {le.size})")
+                      title="lambda_eff vs the reference band",
+                      legend={"orientation": "h", "y": -0.3})
     return fig
 
 

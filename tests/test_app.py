@@ -146,3 +146,114 @@ def test_snapshot_bad_band_is_a_message_on_the_page():
     at.number_input(key=f"lo_{name}").set_value(500.0).run()  # lo > lam
     assert not at.exception
     assert len(at.error) == 1 and "Cannot check this snapshot" in at.error[0].value
+
+
+# ----------------------------------------------------------------------- trace audit
+
+AUDIT_PAGE = "app_pages/trace_audit.py"
+
+
+def test_audit_default_matches_library():
+    from lmetric_theory.app_support import audit_for_app
+    from lmetric_theory.workload import default_workload, select
+
+    at = _app(AUDIT_PAGE)
+    assert not at.error
+    view = audit_for_app(select(default_workload(0), count=3000), source="synthetic default",
+                         instances=8, lam=256.0, lam_lo=128.0, lam_hi=512.0, p0=0.0, b0=1.0)
+    m = _metrics(at)
+    assert m["Decisions"] == f"{view.report['decisions']:,}"
+    assert m["Disagreement rate"] == f"{view.report['disagreement_rate']:.3%}"
+    assert m["Fragile"] == f"{view.report['fragile']:,}"
+    assert view.report["decisions"] == 3000
+    # Three charts plus the selected worst decision on the region view.
+    assert len(at.get("plotly_chart")) == 4
+    assert len(at.get("download_button")) == 1
+    # Selecting another worst decision redraws the region view without re-auditing.
+    at.selectbox(key="worst_pick").select(2).run()
+    assert not at.exception
+    assert at.session_state["audit_view"] is not None
+
+
+def test_audit_bad_band_is_a_message_on_the_page():
+    at = _app(AUDIT_PAGE)
+    at.number_input(key="lam_lo").set_value(1000.0).run()  # band low above lam
+    assert not at.exception
+    assert len(at.error) == 1 and "Cannot audit with these settings" in at.error[0].value
+
+
+def test_audit_upload_mode_waits_for_a_file():
+    at = _app(AUDIT_PAGE)
+    at.radio(key="source").set_value("Upload a JSONL trace").run()
+    assert not at.exception and not at.error
+    assert any("Upload a trace" in i.value for i in at.info)
+    assert any("25 MB" in c.value for c in at.caption)
+
+
+MOONCAKE_LINES = [
+    '{"timestamp": 0, "input_length": 1000, "output_length": 20, "hash_ids": [0, 1]}',
+    '{"timestamp": 5, "input_length": 600, "output_length": 10, "hash_ids": [0, 2]}',
+    '{"timestamp": 9, "input_length": 512, "output_length": 5, "hash_ids": [3]}',
+]
+
+
+def test_read_upload_accepts_mooncake_jsonl():
+    from lmetric_theory.app_support import read_jsonl_upload
+
+    w = read_jsonl_upload("t.jsonl", ("\n".join(MOONCAKE_LINES) + "\n").encode())
+    assert len(w) == 3
+    assert w.input_tokens.tolist() == [1000, 600, 512]
+    assert w.meta["format"] == "mooncake"
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "needle"),
+    [
+        (b"arrival_s,input_tokens,output_tokens\n0,10,1\n", {}, "line 1: not JSON Lines"),
+        (b"\n\n", {}, "empty"),
+        (b"\xff\xfe{}", {}, "not UTF-8"),
+        (("\n".join(MOONCAKE_LINES)).encode(), {"max_mb": 1e-5}, "exceeds the upload limit"),
+        ((MOONCAKE_LINES[0] + "\n{not json\n").encode(), {}, "line 2"),
+        ((MOONCAKE_LINES[0] + '\n{"timestamp": "__import__(\'os\')", "input_length": 5, '
+          '"output_length": 1, "hash_ids": [9]}\n').encode(), {}, "timestamp"),
+    ],
+)
+def test_read_upload_rejects_bad_input_with_a_clear_message(data, kwargs, needle):
+    from lmetric_theory.app_support import read_jsonl_upload
+
+    with pytest.raises(ValueError, match=needle):
+        read_jsonl_upload("t.jsonl", data, **kwargs)
+
+
+def test_read_upload_skips_and_counts_bad_lines_when_asked():
+    from lmetric_theory.app_support import read_jsonl_upload
+
+    data = (MOONCAKE_LINES[0] + "\n{oops\n" + MOONCAKE_LINES[1] + "\n").encode()
+    w = read_jsonl_upload("t.jsonl", data, skip_bad_lines=True)
+    assert len(w) == 2 and w.meta["skipped_lines"] == 1
+
+
+def test_worst_decisions_and_report_json():
+    import json
+
+    import numpy as np
+
+    from lmetric_theory.app_support import AuditView, report_json, worst_decisions
+
+    det = Detector(LinearReference(200.0), 0, 1)
+    rng = np.random.default_rng(7)
+    P = rng.integers(0, 4000, size=(400, 4))
+    B = rng.integers(0, 16, size=(400, 4))
+    v = det.check_many(P, B)
+    t = np.arange(400) * 0.5
+    worst = worst_decisions(v, t, top=10)
+    regrets = [w["regret_tokens"] for w in worst]
+    assert regrets == sorted(regrets, reverse=True)
+    assert len(worst) == min(10, int(v.disagrees.sum()))
+    for w in worst:
+        k = w["decision"]
+        assert v.disagrees[k] and w["P"] == P[k].tolist() and w["B"] == B[k].tolist()
+        i, j = w["product_choice"], w["linear_choice"]
+        assert w["regret_tokens"] == pytest.approx((P[k, i] - P[k, j]) + 200.0 * (B[k, i] - B[k, j]))
+    view = AuditView("x", "preview", t, v, {"a": float("inf"), "b": [float("nan"), 1.5]})
+    assert json.loads(report_json(view)) == {"a": None, "b": [None, 1.5]}

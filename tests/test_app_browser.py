@@ -168,9 +168,42 @@ def test_snapshot_checker_page(server, page, artifacts):
     page.screenshot(path=str(artifacts / "snapshot_checker.png"), full_page=True)
 
 
-def test_trace_audit_page(server, page, artifacts):
+def test_trace_audit_page(server, page, artifacts, tmp_path):
     page.goto(f"{server}/audit")
     _settle(page)
-    page.get_by_text("Trace audit").first.wait_for()
+    page.get_by_text("Disagreement rate over time").first.wait_for()
+    page.get_by_text("Worst decisions").wait_for()
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
     _no_exception(page)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
     page.screenshot(path=str(artifacts / "trace_audit.png"), full_page=True)
+
+    # Upload mode: a file that is not JSON Lines gets a message, never a traceback.
+    page.get_by_text("Upload a JSONL trace").click()
+    page.get_by_text("Upload a trace to audit it.").wait_for()
+    bad = tmp_path / "trace.jsonl"
+    bad.write_text("arrival_s,input_tokens,output_tokens\n0,10,1\n")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bad))
+    page.get_by_text("Cannot read this trace").wait_for()
+    page.get_by_text("not JSON Lines").wait_for()
+    _no_exception(page)
+    page.screenshot(path=str(artifacts / "trace_audit_bad_upload.png"), full_page=True)
+
+    # A small valid Mooncake trace is audited.
+    good = tmp_path / "good.jsonl"
+    lines = [
+        f'{{"timestamp": {100 * k}, "input_length": {600 + 37 * (k % 11)}, '
+        f'"output_length": {5 + k % 7}, "hash_ids": [{k % 3}, {1000 + k}]}}'
+        for k in range(300)
+    ]
+    good.write_text("\n".join(lines) + "\n")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(good))
+    page.get_by_text("Worst decisions").wait_for()
+    _settle(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
+        ".some(e => e.innerText.trim() === '300')"
+    )
+    assert page.get_by_text("Cannot read this trace").count() == 0
+    _no_exception(page)
+    page.screenshot(path=str(artifacts / "trace_audit_upload.png"), full_page=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,8 +69,9 @@ def main() -> int:
     cli_cmd = [sys.executable, "-m", "lmetric_theory", "simulate", str(args.trace), "--instances",
                str(args.instances), "--policy", args.policy, "--json"]
     startup_cmd = [sys.executable, "-c", "import lmetric_theory.sim, lmetric_theory.workload"]
-    t_lib = statistics.median(timed(lib_cmd) for _ in range(args.reps))
-    t_cli = statistics.median(timed(cli_cmd) for _ in range(args.reps))
+    libs = [timed(lib_cmd) for _ in range(args.reps)]
+    clis = [timed(cli_cmd) for _ in range(args.reps)]
+    t_lib, t_cli = statistics.median(libs), statistics.median(clis)
     t_start = statistics.median(timed(startup_cmd) for _ in range(args.reps))
 
     sys.path.insert(0, str(ROOT))
@@ -91,16 +93,18 @@ def main() -> int:
     snap.waiting.fill(1)
     snap.kv_usage.fill(1)
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"trace: {args.trace.name}, {n} requests; {args.instances} instances; policy {r.policy}; "
-          f"median of {args.reps}")
+          f"median of {args.reps} (fastest in brackets); {os.cpu_count()} CPUs, load average {load:.2f}")
     print(f"{'json.loads of every line':44s} {t_parse:8.3f} s")
     print(f"{'interpreter + imports only':44s} {t_start:8.3f} s")
     print(f"{'fresh process: load + simulate (library)':44s} {t_lib:8.3f} s   "
-          f"{n / t_lib:8.0f} req/s   {t_lib / t_parse:5.1f}x json.loads   goal <= 2 s, >= 6000 req/s")
+          f"{n / t_lib:8.0f} req/s   {t_lib / t_parse:5.1f}x json.loads   [{min(libs):.3f} s]"
+          "   goal <= 2 s, >= 6000 req/s")
     print(f"{'fresh process: simulate CLI --json':44s} {t_cli:8.3f} s   {n / t_cli:8.0f} req/s   "
-          f"{t_cli / t_parse:5.1f}x json.loads")
+          f"{t_cli / t_parse:5.1f}x json.loads   [{min(clis):.3f} s]")
     print(f"{'simulation only (in process)':44s} {t_sim:8.3f} s   {n / t_sim:8.0f} req/s   "
-          f"{r.iterations} iterations in {r.events} events")
+          f"[{min(sims):.3f} s]   {r.iterations} iterations in {r.events} events")
     print(f"{'snapshot log 1,000,000 x 16 (nbytes)':44s} {snap.nbytes / 2**20:8.1f} MiB   goal <= 1024 MiB")
     print("command: python benchmarks/bench_sim.py " + " ".join(sys.argv[1:]))
     return 0

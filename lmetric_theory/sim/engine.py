@@ -612,8 +612,11 @@ class Simulator:
         log.running[d_row] = r
         log.waiting[d_row] = w
         log.kv_usage[d_row] = kv
-        return DecisionView(d, t, inp, log.uncached[d_row], log.queued[d_row], log.running[d_row],
-                            log.waiting[d_row], log.kv_usage[d_row])
+        rows = [log.uncached[d_row], log.queued[d_row], log.running[d_row], log.waiting[d_row],
+                log.kv_usage[d_row]]
+        for row in rows:  # policies get read-only views of the log rows
+            row.flags.writeable = False
+        return DecisionView(d, t, inp, *rows)
 
     # ------------------------------------------------------------------ instance mechanics
 

@@ -149,6 +149,17 @@ def test_conservation_capacity_and_pinning(seed: int, n: int, cap: int, policy: 
         assert r.output_tokens_produced[i] == r.output_tokens[mine].sum()
 
 
+def test_capacity_in_blocks() -> None:
+    w = make_workload([(0.0, 1000, 1, list(range(10))), (5.0, 500, 1, [50, 51, 52, 53, 54]),
+                       (10.0, 300, 1, [0, 1, 2])])
+    by_tokens = simulate(w, config(kv_capacity_tokens=1200), "round-robin")
+    by_blocks = simulate(w, config(kv_capacity_tokens=1, kv_capacity_blocks=12), "round-robin")
+    np.testing.assert_array_equal(by_tokens.ttft_s, by_blocks.ttft_s)
+    np.testing.assert_array_equal(by_tokens.cached_tokens, by_blocks.cached_tokens)
+    with pytest.raises(ValueError, match="exceeds the KV capacity of 900"):
+        Simulator(w, config(kv_capacity_blocks=9), "round-robin")
+
+
 def test_eviction_under_small_capacity_keeps_lru_order() -> None:
     # Capacity 1200 tokens: after A (10 blocks, 2 outputs) finishes, B with new blocks evicts
     # A's tail blocks first, so A's head survives and C (= A's head) hits it.

@@ -74,6 +74,9 @@ class SimConfig:
         Iteration-latency coefficients.
     kv_capacity_tokens : int
         KV capacity of each instance, tokens.
+    kv_capacity_blocks : int or None
+        If set, the capacity in blocks of the workload's block size instead (overrides
+        ``kv_capacity_tokens``).
     token_budget : int
         Tokens per iteration (decode tokens + prefill chunks), tokens.
     max_batch : int
@@ -94,6 +97,7 @@ class SimConfig:
     kv_capacity_tokens: int
     token_budget: int = 8192
     max_batch: int = 256
+    kv_capacity_blocks: int | None = None
     view: str = "precise"
     signal_delay_s: float = 0.0
     fast_forward: bool = True
@@ -104,6 +108,8 @@ class SimConfig:
             raise ValueError(f"n_instances must be >= 1, got {self.n_instances}")
         if self.kv_capacity_tokens < 1 or self.token_budget < 1 or self.max_batch < 1:
             raise ValueError("kv_capacity_tokens, token_budget and max_batch must be >= 1")
+        if self.kv_capacity_blocks is not None and self.kv_capacity_blocks < 1:
+            raise ValueError(f"kv_capacity_blocks must be >= 1, got {self.kv_capacity_blocks}")
         if self.max_batch > self.token_budget:
             raise ValueError("max_batch must not exceed token_budget (one decode token each)")
         if self.view not in VIEWS:
@@ -298,6 +304,8 @@ class Simulator:
         self._bs = int(workload.block_size)
         if self._bs < 1:
             raise ValueError(f"workload block_size must be >= 1, got {self._bs}")
+        cap = (config.kv_capacity_tokens if config.kv_capacity_blocks is None
+               else config.kv_capacity_blocks * self._bs)
         arr = np.asarray(workload.arrival_s, dtype=np.float64)
         if np.any(np.diff(arr) < 0):
             raise ValueError("workload arrivals must be non-decreasing")
@@ -305,13 +313,13 @@ class Simulator:
         self._inp: list[int] = np.asarray(workload.input_tokens, dtype=np.int64).tolist()
         self._out: list[int] = np.asarray(workload.output_tokens, dtype=np.int64).tolist()
         too_big = np.flatnonzero(
-            np.asarray(workload.input_tokens) + np.asarray(workload.output_tokens) > config.kv_capacity_tokens
+            np.asarray(workload.input_tokens) + np.asarray(workload.output_tokens) > cap
         )
         if too_big.size:
             i = int(too_big[0])
             raise ValueError(
                 f"request {i}: prompt + output = {self._inp[i] + self._out[i]} tokens exceeds the KV "
-                f"capacity of {config.kv_capacity_tokens} tokens ({too_big.size} such requests)"
+                f"capacity of {cap} tokens ({too_big.size} such requests)"
             )
         if min(self._out) < 1 or min(self._inp) < 1:
             raise ValueError("every request needs input_tokens >= 1 and output_tokens >= 1")
@@ -360,7 +368,7 @@ class Simulator:
         # Settings read in hot paths, as plain attributes.
         self._approx = config.view == "approximate"
         self._delay = float(config.signal_delay_s)
-        self._cap = int(config.kv_capacity_tokens)
+        self._cap = int(cap)
         self._budget = int(config.token_budget)
         self._max_batch = int(config.max_batch)
         self._ff = bool(config.fast_forward)
@@ -459,7 +467,7 @@ class Simulator:
         holds exactly the unreferenced blocks; computed blocks are a subset of the cache.
         """
         bs = self._bs
-        cap = self.config.kv_capacity_tokens
+        cap = self._cap
         for ins in self._inst:
             holders = [r for r in ins.prefilling] + [r for _, r in ins.fin]
             counts: dict[int, int] = {}

@@ -152,7 +152,8 @@ class RegionMap:
         when it is finite and differs from A (none for ``lam == 0``).
     lambda_eff_at_A : float
         The product's own rate at A, ``(P_A + p0)/(B_A + b0)`` (tokens per slot); the
-        line is tangent to the hyperbola when ``lam`` equals it.
+        line is tangent to the hyperbola when ``lam`` equals it. ``inf`` when only the
+        denominator is 0, ``nan`` when both are.
     """
 
     P_A: float
@@ -270,8 +271,8 @@ def compute_regions(
         and not np.allclose((p2, b2), (P_A, B_A), rtol=1e-12, atol=0.0)
     ):
         points.append((p2, b2))
-    den = B_A + b0
-    lam_a = (P_A + p0) / den if den != 0 else math.inf
+    num, den = P_A + p0, B_A + b0
+    lam_a = num / den if den != 0 else (math.nan if num == 0 else math.inf)
 
     return RegionMap(
         P_A=P_A,

@@ -153,6 +153,17 @@ def test_decision_regions_page(server, page, artifacts):
     assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 1
     page.screenshot(path=str(artifacts / "decision_regions.png"), full_page=True)
 
+    # Typing a new rate redraws with the library's numbers.
+    from lmetric_theory.regions import compute_regions
+
+    want = compute_regions(1024.0, 8.0, lam=50.0, p_range=(0.0, 4096.0), b_range=(0.0, 32.0))
+    box = page.get_by_label("lam: tokens per batch slot")
+    box.fill("50")
+    box.press("Enter")
+    page.get_by_text(f"{want.disagreement_share:.4%}").wait_for()
+    _no_exception(page)
+    page.screenshot(path=str(artifacts / "decision_regions_lam50.png"), full_page=True)
+
 
 def test_snapshot_checker_page(server, page, artifacts):
     page.goto(f"{server}/")

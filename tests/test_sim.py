@@ -133,7 +133,7 @@ def test_conservation_capacity_and_pinning(seed: int, n: int, cap: int, policy: 
     cfg = config(n, kv_capacity_tokens=cap, token_budget=512, max_batch=8)
     sim = Simulator(w, cfg, policy, seed=seed)
     for d in range(len(w)):
-        sim.run(until_decision=d)
+        sim.advance(until_decision=d)
         sim.check_invariants()  # pinned blocks cached & not evictable, occupancy <= capacity
     r = sim.run()
     sim.check_invariants()

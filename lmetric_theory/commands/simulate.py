@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             d = 0
             while d < len(workload):
                 d = min(d + step, len(workload))
-                sim.run(until_decision=d)
+                sim.advance(until_decision=d)
                 progress.update(task, completed=d)
             results[spec] = sim.run()
     finally:

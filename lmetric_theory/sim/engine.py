@@ -417,10 +417,17 @@ class Simulator:
             raise ValueError(f"instance {instance} out of range 0..{self.config.n_instances - 1}")
         if decision < self._next_decision:
             raise ValueError(f"decision {decision} was already taken")
+        if decision >= len(self._arrival):
+            raise ValueError(f"decision {decision} out of range: the workload has {len(self._arrival)} requests")
         self._forced[int(decision)] = int(instance)
 
     def run(self, *, until_decision: int | None = None, until_time: float | None = None) -> SimResult:
-        """Process events and return the result so far.
+        """Process events (see :meth:`advance`) and return the result so far."""
+        self.advance(until_decision=until_decision, until_time=until_time)
+        return self._result()
+
+    def advance(self, *, until_decision: int | None = None, until_time: float | None = None) -> None:
+        """Process events without building a result (cheap to call repeatedly).
 
         Parameters
         ----------
@@ -456,7 +463,6 @@ class Simulator:
             self._events += 1
             for e in out:
                 push(heap, e)
-        return self._result()
 
     def check_invariants(self) -> None:
         """Verify the KV/cache bookkeeping of every instance; ``AssertionError`` on a breach.

@@ -127,10 +127,12 @@ def random_workload(seed: int, n: int = 40, n_prefixes: int = 4, span: float = 5
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 3), cap=st.sampled_from([3000, 6000, 50_000]),
-       policy=st.sampled_from(["round-robin", "lmetric", "least-loaded", "cache-affinity", "random"]))
-def test_conservation_capacity_and_pinning(seed: int, n: int, cap: int, policy: str) -> None:
+       policy=st.sampled_from(["round-robin", "lmetric", "least-loaded", "cache-affinity", "random"]),
+       view=st.sampled_from(["precise", "approximate"]), delay=st.sampled_from([0.0, 0.3]))
+def test_conservation_capacity_and_pinning(seed: int, n: int, cap: int, policy: str, view: str,
+                                           delay: float) -> None:
     w = random_workload(seed)
-    cfg = config(n, kv_capacity_tokens=cap, token_budget=512, max_batch=8)
+    cfg = config(n, kv_capacity_tokens=cap, token_budget=512, max_batch=8, view=view, signal_delay_s=delay)
     sim = Simulator(w, cfg, policy, seed=seed)
     for d in range(len(w)):
         sim.advance(until_decision=d)
@@ -177,9 +179,10 @@ def test_eviction_under_small_capacity_keeps_lru_order() -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_closed_form_decode_equals_step_by_step(seed: int) -> None:
     w = random_workload(seed, n=60)
-    for policy in ("lmetric", "round-robin"):
-        fast = simulate(w, config(2, token_budget=1024, max_batch=16), policy)
-        slow = simulate(w, config(2, token_budget=1024, max_batch=16, fast_forward=False), policy)
+    for policy, extra in (("lmetric", {}), ("round-robin", {}),
+                          ("lmetric:B=in-flight", {"view": "approximate", "signal_delay_s": 0.2})):
+        fast = simulate(w, config(2, token_budget=1024, max_batch=16, **extra), policy)
+        slow = simulate(w, config(2, token_budget=1024, max_batch=16, fast_forward=False, **extra), policy)
         np.testing.assert_array_equal(fast.instance, slow.instance)
         np.testing.assert_array_equal(fast.cached_tokens, slow.cached_tokens)
         np.testing.assert_allclose(fast.ttft_s, slow.ttft_s, rtol=1e-9)

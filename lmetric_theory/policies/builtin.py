@@ -83,8 +83,12 @@ class LMetric(Policy):
 
     def choose(self, view: DecisionView) -> int:
         d = self.definition
-        P = prefill_signal(view, d.p_definition).tolist()
-        B = batch_signal(view, d.b_definition).tolist()
+        P = view.uncached.tolist()
+        if d.p_definition is PDefinition.QUEUED_PLUS_UNCACHED:
+            P = [a + q for a, q in zip(P, view.queued.tolist(), strict=True)]
+        B = view.running.tolist()
+        if d.b_definition is BDefinition.IN_FLIGHT:
+            B = [r + w for r, w in zip(B, view.waiting.tolist(), strict=True)]
         p0, b0 = d.p0, d.b0
         # Exact: Python ints / Fractions (agrees with predicates.argmin_product, tested).
         return self._pick_exact([(p + p0) * (b + b0) for p, b in zip(P, B, strict=True)])

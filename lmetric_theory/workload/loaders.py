@@ -125,7 +125,7 @@ _SPECS: dict[str, _Spec] = {
 def load_trace(
     path: str | PathLike[str],
     *,
-    format: str = "auto",  # noqa: A002 - the documented keyword
+    format: str = "auto",
     block_size: int | None = None,
     skip_bad_lines: bool = False,
 ) -> Workload:
@@ -166,7 +166,7 @@ def load_trace(
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     if format == "auto" and p.suffix.lower() == ".csv":
-        format = "csv"  # noqa: A001
+        format = "csv"
     return parse_trace(
         text.split("\n"),
         source=source,
@@ -217,7 +217,7 @@ def parse_trace(
     lines: Sequence[str],
     *,
     source: str = "<lines>",
-    format: str = "auto",  # noqa: A002
+    format: str = "auto",
     block_size: int | None = None,
     skip_bad_lines: bool = False,
 ) -> Workload:
@@ -244,7 +244,7 @@ def parse_trace(
         return (i if line_nos is None else line_nos[i]) + 1
 
     if format == "auto":
-        format = detect_format(body[0], source=source, line=lineno(0))  # noqa: A001
+        format = detect_format(body[0], source=source, line=lineno(0))
     if block_size is None:
         block_size = DEFAULT_BLOCK_SIZE[format]
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:

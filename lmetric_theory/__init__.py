@@ -9,4 +9,30 @@ scheduler and cluster simulator to validate every claim.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from lmetric_theory.detector import (  # noqa: E402
+    Detector,
+    Finding,
+    LinearReference,
+    Mitigation,
+    MitigationKind,
+    Severity,
+    Snapshot,
+    Verdict,
+    Verdicts,
+)
+from lmetric_theory.guard import Guard, PrometheusMetrics  # noqa: E402
+
+__all__ = [
+    "Detector",
+    "Finding",
+    "Guard",
+    "LinearReference",
+    "Mitigation",
+    "MitigationKind",
+    "PrometheusMetrics",
+    "Severity",
+    "Snapshot",
+    "Verdict",
+    "Verdicts",
+    "__version__",
+]

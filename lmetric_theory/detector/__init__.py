@@ -1,0 +1,33 @@
+"""Failure-condition detector: checks routing decisions of the product score
+``(P + p0)(B + b0)`` against a linear reference ``P + lam * B``.
+
+Public API: :class:`Snapshot`, :class:`LinearReference`, :class:`Detector`,
+:class:`Verdict`, :class:`Verdicts`, :class:`Finding`, :class:`Mitigation`,
+:class:`MitigationKind`, :class:`Severity`.
+"""
+
+from lmetric_theory.detector.core import Detector, Verdict, Verdicts
+from lmetric_theory.detector.findings import (
+    DEGENERATE_KINDS,
+    FINDING_KINDS,
+    Finding,
+    Mitigation,
+    MitigationKind,
+    Severity,
+)
+from lmetric_theory.detector.reference import LinearReference
+from lmetric_theory.detector.snapshot import Snapshot
+
+__all__ = [
+    "DEGENERATE_KINDS",
+    "FINDING_KINDS",
+    "Detector",
+    "Finding",
+    "LinearReference",
+    "Mitigation",
+    "MitigationKind",
+    "Severity",
+    "Snapshot",
+    "Verdict",
+    "Verdicts",
+]

@@ -1,0 +1,322 @@
+"""One routing decision as the detector sees it: :class:`Snapshot`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Snapshot", "as_exact_array"]
+
+_OPTIONAL_ARRAYS = ("uncached_tokens", "queued_prefill_tokens", "waiting", "kv_usage")
+_KNOWN_KEYS = frozenset(
+    ("prefill_tokens", "batch_size", "instance_ids", "time_s", *_OPTIONAL_ARRAYS)
+)
+# int64 arithmetic of the detector stays exact below this magnitude (see predicates).
+_INT_LIMIT = 2**31
+
+
+def as_exact_array(values: Any, name: str, *, validate: bool = True) -> np.ndarray:
+    """Turn per-instance values into a 1-d (or 2-d) numeric array.
+
+    Integral values come back as ``int64`` (exact arithmetic downstream), anything
+    else as ``float64``.
+
+    Parameters
+    ----------
+    values : array_like
+        Numbers, shape (N,) or (D, N).
+    name : str
+        Field name used in error messages.
+    validate : bool
+        Check for NaN, infinities, negative values and non-numeric input.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and the reason.
+    """
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as exc:  # ragged input
+        raise ValueError(f"{name}: not a numeric array ({exc})") from None
+    kind = arr.dtype.kind
+    if kind == "b" or kind not in "iuf":
+        if validate:
+            raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+        kind = "f"
+    if validate:
+        if arr.size == 0:
+            raise ValueError(f"{name}: empty (a snapshot needs at least one instance)")
+        if kind == "f":
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                k = int(np.flatnonzero(bad.ravel())[0])
+                what = "NaN" if np.isnan(arr.ravel()[k]) else "infinite"
+                raise ValueError(f"{name}: {what} value at index {_index(arr, k)}")
+        neg = arr < 0
+        if neg.any():
+            k = int(np.flatnonzero(neg.ravel())[0])
+            raise ValueError(
+                f"{name}: negative value {arr.ravel()[k]!r} at index {_index(arr, k)}"
+            )
+    if kind == "f":
+        if arr.size and np.all(arr == np.floor(arr)) and np.max(np.abs(arr)) < _INT_LIMIT:
+            return arr.astype(np.int64)
+        return arr.astype(np.float64, copy=False)
+    if kind == "u" or arr.dtype != np.int64:
+        return arr.astype(np.int64)
+    return arr
+
+
+def _index(arr: np.ndarray, flat: int) -> Any:
+    ix = np.unravel_index(flat, arr.shape)
+    return int(ix[0]) if len(ix) == 1 else tuple(int(i) for i in ix)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """The load of every candidate instance at one routing decision.
+
+    Parameters
+    ----------
+    prefill_tokens : array_like, shape (N,)
+        ``P_i``: prefill tokens the request would cost on instance ``i`` (tokens), under
+        whichever definition the router uses ("uncached" or "queued+uncached").
+    batch_size : array_like, shape (N,)
+        ``B_i``: batch size of instance ``i`` (requests; or KV blocks if the router uses
+        those).
+    instance_ids : sequence of str, optional
+        Names of the N instances (for messages and reports).
+    uncached_tokens : array_like, shape (N,), optional
+        The request's prompt tokens not cached on ``i`` (tokens); ``<= prefill_tokens``.
+        Used by the cache-hit tie-break mitigation.
+    queued_prefill_tokens : array_like, shape (N,), optional
+        Tokens already queued for prefill on ``i`` (tokens).
+    waiting : array_like, shape (N,), optional
+        Requests waiting (not yet running) on ``i``.
+    kv_usage : array_like, shape (N,), optional
+        KV-cache usage of ``i`` as a fraction in [0, 1].
+    time_s : float, optional
+        Decision time (seconds, any origin).
+
+    Notes
+    -----
+    Construction validates every field and raises ``ValueError`` naming the field and
+    the reason (NaN, infinite, negative, wrong shape, mismatched length, empty).
+    :meth:`from_arrays` with ``validate=False`` skips validation for trusted input.
+    Arrays are stored as ``int64`` when all values are integral (exact detector
+    arithmetic), else ``float64``. Equality is identity (arrays do not compare as bools).
+    """
+
+    prefill_tokens: np.ndarray
+    batch_size: np.ndarray
+    instance_ids: tuple[str, ...] | None = None
+    uncached_tokens: np.ndarray | None = None
+    queued_prefill_tokens: np.ndarray | None = None
+    waiting: np.ndarray | None = None
+    kv_usage: np.ndarray | None = None
+    time_s: float | None = None
+    # Python-level copies for the detector's hot path (lists of int or float).
+    _p: list = field(init=False, repr=False, compare=False)
+    _b: list = field(init=False, repr=False, compare=False)
+    _exact: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _fill(self, validate=True)
+
+    # ----------------------------------------------------------------- constructors
+
+    @classmethod
+    def from_arrays(
+        cls,
+        prefill_tokens: Any,
+        batch_size: Any,
+        *,
+        instance_ids: Sequence[str] | None = None,
+        uncached_tokens: Any = None,
+        queued_prefill_tokens: Any = None,
+        waiting: Any = None,
+        kv_usage: Any = None,
+        time_s: float | None = None,
+        validate: bool = True,
+    ) -> Snapshot:
+        """Build a snapshot; ``validate=False`` is the fast path for trusted arrays.
+
+        With ``validate=False`` the caller guarantees finite, non-negative values of
+        equal length; nothing is checked (garbage in, garbage out).
+        """
+        self = object.__new__(cls)
+        s = object.__setattr__
+        s(self, "prefill_tokens", prefill_tokens)
+        s(self, "batch_size", batch_size)
+        s(self, "instance_ids", instance_ids)
+        s(self, "uncached_tokens", uncached_tokens)
+        s(self, "queued_prefill_tokens", queued_prefill_tokens)
+        s(self, "waiting", waiting)
+        s(self, "kv_usage", kv_usage)
+        s(self, "time_s", time_s)
+        _fill(self, validate=validate)
+        return self
+
+    @classmethod
+    def from_split(
+        cls,
+        uncached_tokens: Any,
+        queued_prefill_tokens: Any,
+        batch_size: Any,
+        *,
+        prefill_definition: str = "queued+uncached",
+        instance_ids: Sequence[str] | None = None,
+        waiting: Any = None,
+        kv_usage: Any = None,
+        time_s: float | None = None,
+    ) -> Snapshot:
+        """Build ``P`` from its parts: ``uncached`` or ``queued + uncached`` (tokens)."""
+        unc = as_exact_array(uncached_tokens, "uncached_tokens")
+        que = as_exact_array(queued_prefill_tokens, "queued_prefill_tokens")
+        if unc.shape != que.shape:
+            raise ValueError(
+                f"queued_prefill_tokens: length {que.shape[0]} does not match "
+                f"uncached_tokens length {unc.shape[0]}"
+            )
+        if prefill_definition == "uncached":
+            P = unc
+        elif prefill_definition == "queued+uncached":
+            P = unc + que
+        else:
+            raise ValueError(
+                f"prefill_definition: unknown {prefill_definition!r}; "
+                "valid: 'uncached', 'queued+uncached'"
+            )
+        return cls(
+            P,
+            batch_size,
+            instance_ids=tuple(instance_ids) if instance_ids is not None else None,
+            uncached_tokens=unc,
+            queued_prefill_tokens=que,
+            waiting=waiting,
+            kv_usage=kv_usage,
+            time_s=time_s,
+        )
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Snapshot:
+        """Build from a JSON-like mapping with the field names as keys (validated).
+
+        Unknown keys raise ``ValueError`` naming them (nothing is dropped silently).
+        """
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"snapshot: expected an object, got {type(obj).__name__}")
+        unknown = sorted(set(obj) - _KNOWN_KEYS)
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]}: unknown field; valid: {', '.join(sorted(_KNOWN_KEYS))}"
+            )
+        for key in ("prefill_tokens", "batch_size"):
+            if key not in obj:
+                raise ValueError(f"{key}: missing")
+        ids = obj.get("instance_ids")
+        return cls(
+            obj["prefill_tokens"],
+            obj["batch_size"],
+            instance_ids=None if ids is None else tuple(ids),
+            uncached_tokens=obj.get("uncached_tokens"),
+            queued_prefill_tokens=obj.get("queued_prefill_tokens"),
+            waiting=obj.get("waiting"),
+            kv_usage=obj.get("kv_usage"),
+            time_s=obj.get("time_s"),
+        )
+
+    # -------------------------------------------------------------------- helpers
+
+    @property
+    def n_instances(self) -> int:
+        """Number of candidate instances ``N``."""
+        return len(self._p)
+
+    def label(self, i: int) -> str:
+        """Display name of instance ``i`` (its id, else ``#i``)."""
+        if self.instance_ids is not None:
+            return str(self.instance_ids[i])
+        return f"#{i}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (lists of numbers); omits absent optional fields."""
+        out: dict[str, Any] = {
+            "prefill_tokens": self.prefill_tokens.tolist(),
+            "batch_size": self.batch_size.tolist(),
+        }
+        if self.instance_ids is not None:
+            out["instance_ids"] = list(self.instance_ids)
+        for name in _OPTIONAL_ARRAYS:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = v.tolist()
+        if self.time_s is not None:
+            out["time_s"] = self.time_s
+        return out
+
+
+def _fill(self: Snapshot, *, validate: bool) -> None:
+    """Normalise (and optionally validate) the fields of a freshly built snapshot."""
+    s = object.__setattr__
+    P = as_exact_array(self.prefill_tokens, "prefill_tokens", validate=validate)
+    B = as_exact_array(self.batch_size, "batch_size", validate=validate)
+    if validate:
+        for name, arr in (("prefill_tokens", P), ("batch_size", B)):
+            if arr.ndim != 1:
+                raise ValueError(f"{name}: expected shape (N,), got {arr.shape}")
+        if B.shape != P.shape:
+            raise ValueError(
+                f"batch_size: length {B.shape[0]} does not match "
+                f"prefill_tokens length {P.shape[0]}"
+            )
+    n = P.shape[0]
+    s(self, "prefill_tokens", P)
+    s(self, "batch_size", B)
+    for name in _OPTIONAL_ARRAYS:
+        v = getattr(self, name)
+        if v is None:
+            continue
+        arr = as_exact_array(v, name, validate=validate)
+        if validate:
+            if arr.shape != (n,):
+                raise ValueError(
+                    f"{name}: length {arr.shape[0] if arr.ndim else 0} does not match "
+                    f"prefill_tokens length {n}"
+                    if arr.ndim == 1
+                    else f"{name}: expected shape ({n},), got {arr.shape}"
+                )
+            if name == "kv_usage" and np.any(arr > 1):
+                k = int(np.flatnonzero(arr > 1)[0])
+                raise ValueError(f"kv_usage: value {arr[k]!r} at index {k} is not a fraction in [0, 1]")
+            if name == "uncached_tokens" and np.any(arr > P):
+                k = int(np.flatnonzero(arr > P)[0])
+                raise ValueError(
+                    f"uncached_tokens: {arr[k]!r} at index {k} exceeds prefill_tokens {P[k]!r}"
+                )
+        s(self, name, arr)
+    ids = self.instance_ids
+    if ids is not None:
+        ids = tuple(str(x) for x in ids)
+        if validate and len(ids) != n:
+            raise ValueError(
+                f"instance_ids: length {len(ids)} does not match prefill_tokens length {n}"
+            )
+        s(self, "instance_ids", ids)
+    t = self.time_s
+    if t is not None:
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"time_s: not a number ({t!r})") from None
+        if validate and not np.isfinite(t):
+            raise ValueError(f"time_s: {'NaN' if np.isnan(t) else 'infinite'} value")
+        s(self, "time_s", t)
+    s(self, "_p", P.tolist())
+    s(self, "_b", B.tolist())
+    s(self, "_exact", P.dtype.kind == "i" and B.dtype.kind == "i")

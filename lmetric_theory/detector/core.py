@@ -603,12 +603,12 @@ class Detector:
         p0, b0 = self.prefill_offset, self.batch_offset
         k, v = mitigation.kind, mitigation.value
         if k is MitigationKind.PREFILL_BLOCK:
-            return int(pr.argmin_product(P, B, _num(p0 + v), b0))  # type: ignore[operator]
+            return _argmin_product1(P, B, _num(p0 + v), b0)  # type: ignore[operator]
         if k is MitigationKind.BATCH_OFFSET:
-            return int(pr.argmin_product(P, B, p0, _num(b0 + v)))  # type: ignore[operator]
+            return _argmin_product1(P, B, p0, _num(b0 + v))  # type: ignore[operator]
         if k is MitigationKind.FALLBACK_REFERENCE:
-            return int(pr.argmin_linear(P, B, self.reference.lam))
-        i = int(pr.argmin_product(P, B, p0, b0))
+            return _argmin_linear1(P, B, self.reference.lam)
+        i = _argmin_product1(P, B, p0, b0)
         if k in (MitigationKind.TIE_BREAK_LOAD, MitigationKind.TIE_BREAK_CACHE):
             tied = _tied(P, B, p0, b0, i)
             if k is MitigationKind.TIE_BREAK_LOAD:
@@ -620,7 +620,7 @@ class Detector:
             ok = np.flatnonzero(B < v)
             if ok.size == 0 or ok.size == B.size:
                 return i
-            return int(ok[int(pr.argmin_product(P[ok], B[ok], p0, b0))])
+            return int(ok[_argmin_product1(P[ok], B[ok], p0, b0)])
         return i
 
     # ---------------------------------------------------------------- many decisions
@@ -757,6 +757,16 @@ class Detector:
 
 
 # ================================================================================ helpers
+
+
+def _argmin_product1(P: np.ndarray, B: np.ndarray, p0: object, b0: object) -> int:
+    """Exact product argmin of one decision (through the 2-d predicate path)."""
+    return int(np.asarray(pr.argmin_product(P[None, :], B[None, :], p0, b0, axis=1))[0])
+
+
+def _argmin_linear1(P: np.ndarray, B: np.ndarray, lam: float) -> int:
+    """Exact linear argmin of one decision (through the 2-d predicate path)."""
+    return int(np.asarray(pr.argmin_linear(P[None, :], B[None, :], lam, axis=1))[0])
 
 
 def _num(x: float) -> int | float:

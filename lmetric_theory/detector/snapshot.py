@@ -61,8 +61,16 @@ def as_exact_array(values: Any, name: str, *, validate: bool = True) -> np.ndarr
         if neg.any():
             k = int(np.flatnonzero(neg.ravel())[0])
             raise ValueError(
-                f"{name}: negative value {arr.ravel()[k]!r} at index {_index(arr, k)}"
+                f"{name}: negative value {arr.ravel()[k].item()!r} at index {_index(arr, k)}"
             )
+        if kind in "iu":
+            big = arr >= _INT_LIMIT
+            if big.any():
+                k = int(np.flatnonzero(big.ravel())[0])
+                raise ValueError(
+                    f"{name}: value {arr.ravel()[k].item()!r} at index {_index(arr, k)} is too "
+                    "large (integer inputs must stay below 2**31 for exact arithmetic)"
+                )
     if kind == "f":
         if arr.size and np.all(arr == np.floor(arr)) and np.max(np.abs(arr)) < _INT_LIMIT:
             return arr.astype(np.int64)
@@ -293,11 +301,14 @@ def _fill(self: Snapshot, *, validate: bool) -> None:
                 )
             if name == "kv_usage" and np.any(arr > 1):
                 k = int(np.flatnonzero(arr > 1)[0])
-                raise ValueError(f"kv_usage: value {arr[k]!r} at index {k} is not a fraction in [0, 1]")
+                raise ValueError(
+                    f"kv_usage: value {arr[k].item()!r} at index {k} is not a fraction in [0, 1]"
+                )
             if name == "uncached_tokens" and np.any(arr > P):
                 k = int(np.flatnonzero(arr > P)[0])
                 raise ValueError(
-                    f"uncached_tokens: {arr[k]!r} at index {k} exceeds prefill_tokens {P[k]!r}"
+                    f"uncached_tokens: {arr[k].item()!r} at index {k} exceeds "
+                    f"prefill_tokens {P[k].item()!r}"
                 )
         s(self, name, arr)
     ids = self.instance_ids

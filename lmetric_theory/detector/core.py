@@ -301,6 +301,7 @@ class Detector:
         "_ext_lo",
         "_ext_hi",
         "_int_offsets",
+        "_hot",
     )
 
     def __init__(
@@ -373,6 +374,20 @@ class Detector:
         self._int_offsets = isinstance(self.prefill_offset, int) and isinstance(
             self.batch_offset, int
         )
+        # constants of check()'s pure-Python path (integer inputs and offsets only)
+        self._hot = (
+            (
+                self.prefill_offset,
+                self.batch_offset,
+                *self._lam_nd,
+                self._lam,
+                self._band,
+                self._ext_lo,
+                self._ext_hi,
+            )
+            if self._int_offsets
+            else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -396,24 +411,27 @@ class Detector:
         Verdict
             ``findings`` is empty (a shared empty tuple) unless something is flagged.
         """
-        if not (snapshot._exact and self._int_offsets):
+        hot = self._hot
+        if hot is None or not snapshot._exact:
             return self._check_general(snapshot)
+        p0, b0, n, d, lam, band, ext_lo, ext_hi = hot
         P = snapshot._p
         B = snapshot._b
-        p0 = self.prefill_offset
-        b0 = self.batch_offset
-        S = [(p + p0) * (b + b0) for p, b in zip(P, B, strict=False)]
+        PB = snapshot._pb
+        if p0 == 0:
+            S = [p * (b + b0) for p, b in PB]
+        else:
+            S = [(p + p0) * (b + b0) for p, b in PB]
         smin = min(S)
         i = S.index(smin)
-        n, d = self._lam_nd
         if d == 1:
-            C = [p + n * b for p, b in zip(P, B, strict=False)]
+            C = [p + n * b for p, b in PB]
             j = C.index(min(C))
         elif d <= _SMALL_D:
-            C = [d * p + n * b for p, b in zip(P, B, strict=False)]
+            C = [d * p + n * b for p, b in PB]
             j = C.index(min(C))
         else:
-            j = _py_argmin_linear_float(P, B, n, d, self._lam)
+            j = _py_argmin_linear_float(PB, n, d, lam)
         if len(S) > 1:
             S[i] = _INF
             s2 = min(S)
@@ -424,27 +442,27 @@ class Detector:
             r = -1
         zp = idle = False
         if smin == 0:
-            zp = any(p + p0 == 0 and b > 0 for p, b in zip(P, B, strict=False))
+            zp = any(p + p0 == 0 and b > 0 for p, b in PB)
             if b0 == 0:
                 idle = sum(1 for b in B if b == 0) >= 2
         exact_tie = tie and not (zp or idle)
         fragile = False
         if i == j:
             regret = 0.0
-            if self._band:
+            if band:
                 ref = self.reference
-                fragile = _py_argmin_linear(P, B, self._lo_nd, ref.lam_lo) != i or (
-                    _py_argmin_linear(P, B, self._hi_nd, ref.lam_hi) != i
+                fragile = _py_argmin_linear(PB, self._lo_nd, ref.lam_lo) != i or (
+                    _py_argmin_linear(PB, self._hi_nd, ref.lam_hi) != i
                 )
         else:
-            regret = (P[i] - P[j]) + self._lam * (B[i] - B[j])
+            regret = (P[i] - P[j]) + lam * (B[i] - B[j])
         if r >= 0:
             pi, bi, pr_, br = P[i], B[i], P[r], B[r]
             num = pi + pr_ + 2 * p0
             den = bi + br + 2 * b0
             le = num / den if den else (_INF if num else _NAN)
             ls = (pr_ - pi) / (bi - br) if bi != br else _NAN
-            extreme = le < self._ext_lo or (le > self._ext_hi and le != _INF)
+            extreme = le < ext_lo or (le > ext_hi and le != _INF)
         else:
             le = ls = _NAN
             extreme = False
@@ -663,6 +681,8 @@ class Detector:
                 raise ValueError(
                     f"batch_size: shape {B.shape} does not match prefill_tokens shape {P.shape}"
                 )
+        P = np.ascontiguousarray(P)
+        B = np.ascontiguousarray(B)
         D = P.shape[0]
         cols = {
             name: np.empty(D, dtype)
@@ -690,15 +710,19 @@ class Detector:
         """Fill ``out`` (views of shape (d,)) for one block of decisions."""
         d, N = P.shape
         rows = np.arange(d)
+        base = rows * N  # flat gathers on contiguous blocks beat 2-d fancy indexing
+        Pf, Bf = P.ravel(), B.ravel()
         p0, b0 = self.prefill_offset, self.batch_offset
         exact = P.dtype.kind == "i" and B.dtype.kind == "i" and self._int_offsets
         if exact:
-            S = (P + p0) * (B + b0)
+            S = P * (B + b0) if p0 == 0 else (P + p0) * (B + b0)
             i = S.argmin(axis=1)
-            smin = S[rows, i]
-            S[rows, i] = _I64MAX
+            Sf = S.ravel()
+            fi = base + i
+            smin = Sf.take(fi)
+            Sf[fi] = _I64MAX
             r2 = S.argmin(axis=1)
-            tie = S[rows, r2] == smin
+            tie = Sf.take(base + r2) == smin
             zero = smin == 0
         else:
             i = np.asarray(pr.argmin_product(P, B, p0, b0, axis=1)).reshape(d)
@@ -725,21 +749,21 @@ class Detector:
                 idle[z] = np.count_nonzero(Bz == 0, axis=1) >= 2
         fragile = np.zeros(d, bool)
         if self._band:
-            agree = np.flatnonzero(~dis)
-            if agree.size:
-                Pa, Ba, ia = P[agree], B[agree], i[agree]
-                lo = _np_argmin_linear(Pa, Ba, self._lo_nd, self.reference.lam_lo)
-                hi = _np_argmin_linear(Pa, Ba, self._hi_nd, self.reference.lam_hi)
-                fragile[agree] = (lo != ia) | (hi != ia)
-        Pi, Bi = P[rows, i], B[rows, i]
-        rr = np.maximum(r, 0)
-        Pr, Br = P[rows, rr], B[rows, rr]
+            # on every row (cheaper than gathering the agreeing ones), kept where i == j
+            lo = _np_argmin_linear(P, B, self._lo_nd, self.reference.lam_lo)
+            hi = _np_argmin_linear(P, B, self._hi_nd, self.reference.lam_hi)
+            fragile = ~dis & ((lo != i) | (hi != i))
+        fi = base + i
+        Pi, Bi = Pf.take(fi), Bf.take(fi)
+        fr = base + np.maximum(r, 0)
+        Pr, Br = Pf.take(fr), Bf.take(fr)
+        fj = base + j
         le = pr.lambda_eff(Pi, Bi, Pr, Br, p0, b0)
         ls = pr.lambda_star(Pi, Bi, Pr, Br)
         if N == 1:
             le = np.full(d, np.nan)
             ls = np.full(d, np.nan)
-        regret = pr.regret_tokens(Pi, Bi, P[rows, j], B[rows, j], self._lam)
+        regret = pr.regret_tokens(Pi, Bi, Pf.take(fj), Bf.take(fj), self._lam)
         with np.errstate(invalid="ignore"):
             extreme = np.isfinite(le) & ((le < self._ext_lo) | (le > self._ext_hi))
         out["product_choice"][:] = i
@@ -779,20 +803,21 @@ def _tied(P: np.ndarray, B: np.ndarray, p0: object, b0: object, i: int) -> tuple
     return tuple(int(k) for k in np.flatnonzero(sign == 0))
 
 
-def _py_argmin_linear(P: list, B: list, nd: tuple[int, int], lam: float) -> int:
-    """Exact lowest-index argmin of ``P + lam * B`` over Python ints (``lam = n/d``)."""
+def _py_argmin_linear(PB: list, nd: tuple[int, int], lam: float) -> int:
+    """Exact lowest-index argmin of ``P + lam * B`` over (P, B) pairs of Python ints,
+    ``lam = n/d``."""
     n, d = nd
     if d > _SMALL_D:
-        return _py_argmin_linear_float(P, B, n, d, lam)
-    C = [d * p + n * b for p, b in zip(P, B, strict=False)]
+        return _py_argmin_linear_float(PB, n, d, lam)
+    C = [d * p + n * b for p, b in PB]
     return C.index(min(C))
 
 
-def _py_argmin_linear_float(P: list, B: list, n: int, d: int, lam: float) -> int:
+def _py_argmin_linear_float(PB: list, n: int, d: int, lam: float) -> int:
     """Same, for rates with a large denominator: float scores, and exact integer
     scores ``d*P + n*B`` only when the runner-up is within the float error of the
     minimum (each float score errs by at most ~1 ulp of its value)."""
-    C = [p + lam * b for p, b in zip(P, B, strict=False)]
+    C = [p + lam * b for p, b in PB]
     m = min(C)
     j = C.index(m)
     thr = m + 8 * _EPS * m
@@ -800,7 +825,7 @@ def _py_argmin_linear_float(P: list, B: list, n: int, d: int, lam: float) -> int
     if len(C) > 1 and min(C) <= thr:
         C[j] = m
         near = [k for k, c in enumerate(C) if c <= thr]
-        j = min(near, key=lambda k: (d * P[k] + n * B[k], k))
+        j = min(near, key=lambda k: (d * PB[k][0] + n * PB[k][1], k))
     return j
 
 
@@ -813,22 +838,32 @@ def _np_argmin_linear(
         pmax = int(P.max(initial=0))
         bmax = int(B.max(initial=0))
         if d * pmax + n * bmax < 2**62:
+            C = B * n
             if d == 1:
-                return (P + n * B).argmin(axis=1)
-            return (d * P + n * B).argmin(axis=1)
+                C += P
+            else:
+                C += P * d
+            return C.argmin(axis=1)
     # float evaluation with an error filter; near-ties resolved exactly
-    Pf = P.astype(np.float64, copy=False)
-    Bf = B.astype(np.float64, copy=False)
-    C = Pf + lam * Bf
+    C = lam * B  # float64 even for integer input
+    C += P
     j = C.argmin(axis=1)
     rows = np.arange(C.shape[0])
     cmin = C[rows, j]
-    tol = 8 * _EPS * C.max(axis=1)
-    near = C <= (cmin + tol)[:, None]
-    near[rows, j] = False
-    # candidates identical to j (same P and B) have a higher index and tie exactly
-    near &= ~((Pf == Pf[rows, j][:, None]) & (Bf == Bf[rows, j][:, None]))
-    bad = np.flatnonzero(near.any(axis=1))
+    tol = 8 * _EPS * cmin  # each score errs by <= ~1 ulp of itself (all terms >= 0)
+    C[rows, j] = np.inf
+    second = C.argmin(axis=1)
+    close = np.flatnonzero(C[rows, second] <= cmin + tol)
+    near = np.zeros((0, C.shape[1]), bool)
+    if close.size:
+        C[close, j[close]] = cmin[close]
+        Cc, Pc, Bc, jc = C[close], P[close], B[close], j[close]
+        rc = np.arange(close.size)
+        near = Cc <= (cmin[close] + tol[close])[:, None]
+        near[rc, jc] = False
+        # candidates identical to j (same P and B) have a higher index and tie exactly
+        near &= ~((Pc == Pc[rc, jc][:, None]) & (Bc == Bc[rc, jc][:, None]))
+    bad = close[near.any(axis=1)] if close.size else close
     if bad.size:
         j[bad] = np.asarray(pr.argmin_linear(P[bad], B[bad], Fraction(n, d), axis=1)).reshape(
             bad.size

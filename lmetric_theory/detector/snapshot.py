@@ -131,6 +131,7 @@ class Snapshot:
     # Python-level copies for the detector's hot path (lists of int or float).
     _p: list = field(init=False, repr=False, compare=False)
     _b: list = field(init=False, repr=False, compare=False)
+    _pb: list = field(init=False, repr=False, compare=False)
     _exact: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -328,6 +329,8 @@ def _fill(self: Snapshot, *, validate: bool) -> None:
         if validate and not np.isfinite(t):
             raise ValueError(f"time_s: {'NaN' if np.isnan(t) else 'infinite'} value")
         s(self, "time_s", t)
-    s(self, "_p", P.tolist())
-    s(self, "_b", B.tolist())
+    pl, bl = P.tolist(), B.tolist()
+    s(self, "_p", pl)
+    s(self, "_b", bl)
+    s(self, "_pb", list(zip(pl, bl, strict=True)))
     s(self, "_exact", P.dtype.kind == "i" and B.dtype.kind == "i")

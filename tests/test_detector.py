@@ -489,3 +489,31 @@ def test_reference_tuned_records_provenance():
                                                            "sweep on trace X")
     assert ref.has_band and Detector(ref).reference is ref
     assert LinearReference.band(10, 30).lam == 20.0
+
+
+@pytest.mark.parametrize(
+    "mitigation",
+    [
+        Mitigation.prefill_block(16),
+        Mitigation.batch_offset(1),
+        Mitigation.tie_break("load"),
+        Mitigation.tie_break("cache"),
+        Mitigation.fallback(),
+        Mitigation.load_cap(3),
+        Mitigation.none(),
+    ],
+)
+@pytest.mark.parametrize("offsets", [(0, 1), (0, 0), (16, 1)])
+def test_mitigated_choices_match_per_decision(mitigation, offsets):
+    rng = np.random.default_rng(11)
+    P = rng.integers(0, 6, (300, 5)) * 10
+    B = rng.integers(0, 5, (300, 5))
+    U = np.minimum(P, rng.integers(0, 60, (300, 5)))
+    det = Detector(12.5, *offsets)
+    got = det.mitigated_choices(P, B, mitigation, uncached_tokens=U)
+    for k in range(300):
+        snap = Snapshot(P[k], B[k], uncached_tokens=U[k])
+        assert got[k] == det.mitigated_choice(snap, mitigation), k
+    vs = det.check_many(P, B)
+    only = det.mitigated_choices(P, B, mitigation, uncached_tokens=U, only=vs.flagged)
+    assert np.array_equal(only[~vs.flagged], vs.product_choice[~vs.flagged])

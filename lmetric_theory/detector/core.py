@@ -641,6 +641,99 @@ class Detector:
             return int(ok[_argmin_product1(P[ok], B[ok], p0, b0)])
         return i
 
+    def mitigated_choices(
+        self,
+        prefill_tokens: Any,
+        batch_size: Any,
+        mitigation: Mitigation,
+        *,
+        uncached_tokens: Any = None,
+        only: Any = None,
+        validate: bool = True,
+    ) -> np.ndarray:
+        """Vectorised :meth:`mitigated_choice` with one mitigation over ``D`` decisions.
+
+        Parameters
+        ----------
+        prefill_tokens, batch_size : array_like, shape (D, N)
+            As in :meth:`check_many` (tokens, requests).
+        mitigation : Mitigation
+            Applied to every selected decision.
+        uncached_tokens : array_like, shape (D, N), optional
+            For ``TIE_BREAK_CACHE`` (defaults to ``prefill_tokens``).
+        only : array_like of bool, shape (D,), optional
+            Decisions to mitigate (e.g. ``verdicts.flagged``); the others keep the
+            product's choice.
+
+        Returns
+        -------
+        np.ndarray of int64, shape (D,)
+            The instance each decision would go to.
+        """
+        P = np.atleast_2d(as_exact_array(prefill_tokens, "prefill_tokens", validate=validate))
+        B = np.atleast_2d(as_exact_array(batch_size, "batch_size", validate=validate))
+        if validate and P.shape != B.shape:
+            raise ValueError(
+                f"batch_size: shape {B.shape} does not match prefill_tokens shape {P.shape}"
+            )
+        U = None
+        if uncached_tokens is not None:
+            U = np.atleast_2d(as_exact_array(uncached_tokens, "uncached_tokens", validate=validate))
+            if validate and U.shape != P.shape:
+                raise ValueError(
+                    f"uncached_tokens: shape {U.shape} does not match prefill_tokens shape "
+                    f"{P.shape}"
+                )
+        p0, b0 = self.prefill_offset, self.batch_offset
+        k, v = mitigation.kind, mitigation.value
+        base = np.asarray(pr.argmin_product(P, B, p0, b0, axis=1)).reshape(-1)
+        if k is MitigationKind.PREFILL_BLOCK:
+            out = np.asarray(pr.argmin_product(P, B, _num(p0 + v), b0, axis=1)).reshape(-1)
+        elif k is MitigationKind.BATCH_OFFSET:
+            out = np.asarray(pr.argmin_product(P, B, p0, _num(b0 + v), axis=1)).reshape(-1)
+        elif k is MitigationKind.FALLBACK_REFERENCE:
+            out = _np_argmin_linear(P, B, self._lam_nd, self._lam)
+        elif k in (MitigationKind.TIE_BREAK_LOAD, MitigationKind.TIE_BREAK_CACHE):
+            rows = np.arange(P.shape[0])
+            Pi, Bi = P[rows, base][:, None], B[rows, base][:, None]
+            tied = pr.product_sign(Pi, Bi, P, B, p0, b0) == 0
+            if k is MitigationKind.TIE_BREAK_LOAD:
+                key1 = B
+            else:
+                key1 = U if U is not None else P
+            # lexicographic (key1, B, index) among the tied instances
+            big1 = np.where(tied, key1, np.inf)
+            m1 = big1.min(axis=1, keepdims=True)
+            cand = tied & (key1 == m1)
+            big2 = np.where(cand, B, np.inf)
+            out = big2.argmin(axis=1)
+        elif k is MitigationKind.LOAD_CAP:
+            ok = B < v
+            none_ok = ~ok.any(axis=1)
+            Bx = np.where(ok, B, 0)
+            Px = np.where(ok, P, 0)
+            # excluded instances get a score above every eligible one
+            S = pr.product_scores(Px, Bx, p0, b0)
+            top = S.max(axis=1, keepdims=True) + 1
+            out = np.where(ok, S, top).argmin(axis=1) if S.dtype.kind == "i" else None
+            if out is None:
+                out = np.array(
+                    [
+                        self.mitigated_choice(
+                            Snapshot.from_arrays(P[r], B[r], validate=False), mitigation
+                        )
+                        for r in range(P.shape[0])
+                    ],
+                    dtype=np.int64,
+                )
+            out = np.where(none_ok, base, out)
+        else:
+            out = base
+        out = np.asarray(out, dtype=np.int64)
+        if only is not None:
+            out = np.where(np.asarray(only, dtype=bool), out, base)
+        return out
+
     # ---------------------------------------------------------------- many decisions
 
     def check_many(

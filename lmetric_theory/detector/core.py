@@ -504,7 +504,7 @@ class Detector:
         regret: float,
     ) -> tuple[Finding, ...]:
         """Build the findings of one flagged decision (only called when flagged)."""
-        P, B = snap.prefill_tokens, snap.batch_size
+        P, B = snap._p, snap._b  # Python numbers: cheaper to index and format
         p0, b0 = self.prefill_offset, self.batch_offset
         lab = snap.label
         ref = self.reference
@@ -535,7 +535,7 @@ class Detector:
                 )
             )
         if zp:
-            hot = tuple(int(k) for k in np.flatnonzero((P + p0 == 0) & (B > 0)))
+            hot = tuple(k for k, (p, b) in enumerate(snap._pb) if p + p0 == 0 and b > 0)
             out.append(
                 Finding(
                     "zero_prefill",
@@ -547,7 +547,7 @@ class Detector:
                 )
             )
         if idle:
-            idl = tuple(int(k) for k in np.flatnonzero(B + b0 == 0))
+            idl = tuple(k for k, b in enumerate(B) if b + b0 == 0)
             out.append(
                 Finding(
                     "idle_tie",
@@ -559,7 +559,11 @@ class Detector:
                 )
             )
         if tie:
-            tied = _tied(P, B, p0, b0, i)
+            if snap._exact and self._int_offsets:
+                si = (P[i] + p0) * (B[i] + b0)
+                tied = tuple(k for k, (p, b) in enumerate(snap._pb) if (p + p0) * (b + b0) == si)
+            else:
+                tied = _tied(snap.prefill_tokens, snap.batch_size, p0, b0, i)
             out.append(
                 Finding(
                     "exact_tie",

@@ -517,3 +517,10 @@ def test_mitigated_choices_match_per_decision(mitigation, offsets):
     vs = det.check_many(P, B)
     only = det.mitigated_choices(P, B, mitigation, uncached_tokens=U, only=vs.flagged)
     assert np.array_equal(only[~vs.flagged], vs.product_choice[~vs.flagged])
+
+
+def test_snapshot_int64_fast_validation_still_rejects():
+    with pytest.raises(ValueError, match="batch_size: negative value -1 at index 2"):
+        Snapshot(np.array([1, 2, 3]), np.array([0, 0, -1]))
+    with pytest.raises(ValueError, match="prefill_tokens: value .* too large"):
+        Snapshot(np.array([2**33, 2]), np.array([0, 0]))

@@ -105,7 +105,7 @@ def _filtered_sign(
     floats = [_to_float(x) for x in inputs]
     v = np.asarray(value(*floats), dtype=np.float64)
     m = np.asarray(bound(*[np.abs(f) for f in floats]), dtype=np.float64)
-    out = np.sign(v).astype(np.int8)
+    out = np.array(np.sign(v), dtype=np.int8)  # writable, also for 0-d input
     unsure = np.abs(v) <= _ERR * m
     if np.any(unsure) or not np.all(np.isfinite(v)):
         unsure |= ~np.isfinite(v)
@@ -292,7 +292,7 @@ def _exact_argmin(
     """Lowest-index argmin of float ``scores`` along ``axis``, with near-ties resolved
     exactly by ``exact_score(index)``."""
     scores = np.moveaxis(scores, axis, -1)
-    first = np.argmin(scores, axis=-1)
+    first = np.array(np.argmin(scores, axis=-1))  # writable, also for 1-d input
     mn = np.take_along_axis(scores, first[..., None], axis=-1)
     near = scores <= mn + _ERR * np.abs(mn) * 4 + _ERR * np.max(np.abs(scores), axis=-1,
                                                                    keepdims=True)

@@ -299,13 +299,17 @@ def test_reduction_counterexample_with_ties():
     assert bool(pr.disagrees(P[i], B[i], P[j], B[j], 2, 0, 1))
 
 
-@pytest.mark.xfail(
-    reason="predicates._filtered_sign assigns into a numpy scalar when every input is "
-    "0-d and the float sign needs the exact fallback (reported to the predicates owner)",
-    raises=TypeError,
-    strict=False,
-)
 def test_scalar_inputs_with_exact_fallback():
     """0-d inputs on the exact (non-integer) path: a tie must come out as exactly 0."""
     assert int(pr.linear_sign(1721, 11, 1721, 11, F(0))) == 0
+    assert int(pr.linear_sign(0, 0, 0, 0, 2.5)) == 0
     assert int(pr.product_sign(0, 5, 1, 1, F(1, 2), 1)) == 0  # (1/2)(6) = (3/2)(2)
+
+
+def test_one_dimensional_argmin_with_exact_near_tie():
+    """1-d inputs on the float path with a tie: lowest index, exactly."""
+    assert pr.argmin_linear([0, 0], [0, 0], 2.5) == 0
+    assert pr.argmin_product([0.5, 0.5], [1, 1]) == 0
+    assert pr.argmin_product(np.array([0, 0]), np.array([0, 0]), 0, F(1, 3)) == 0
+    assert pr.argmin_product([1.5, 0.5], [1, 2], F(1, 2), 0) == 0  # 2*1 = 1*2: tie
+    assert pr.argmin_product([1.5, 0.5], [2, 1], F(1, 2), 0) == 1  # 2*2 > 1*1

@@ -1,0 +1,269 @@
+"""Tune the linear score's exchange rate ``lam`` with the simulator, and the ``tuned-linear`` policy.
+
+:func:`tune_linear` replays a workload under ``linear:lam=X`` for log-spaced ``X`` (through a
+sweep executor), optionally refines around the best grid point with
+``scipy.optimize.minimize_scalar`` (bounded, in ``log(lam)``), and returns the best ``lam``.
+
+``tuned-linear`` (registered on import of this module) is the linear policy whose ``lam`` is
+tuned on the very workload it is about to route. The simulator has no hook that hands a policy
+the workload, so the tuning happens *before* the run: call :meth:`TunedLinear.prepare` or, with
+a spec string, :func:`resolve_policy` (the sweep functions do this), which turns
+``tuned-linear:...`` into the equivalent ``linear:lam=X,...`` spec. An unprepared
+``tuned-linear`` raises ``RuntimeError`` on its first decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.policies import (
+    DecisionView,
+    Policy,
+    make_policy,
+    parse_policy_spec,
+    register_policy,
+    tie_field,
+)
+from lmetric_theory.sim import SimConfig
+from lmetric_theory.workload import Workload
+
+__all__ = ["OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams", "resolve_policy", "tune_linear"]
+
+#: Objectives (keys of ``SimResult.summary()``, all "lower is better", seconds).
+OBJECTIVES: tuple[str, ...] = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot_p99")
+
+
+@dataclass(frozen=True, slots=True)
+class TuneResult:
+    """Outcome of :func:`tune_linear`.
+
+    Attributes
+    ----------
+    lam : float
+        Best exchange rate found (tokens per batch slot).
+    objective : float
+        Its objective value, seconds.
+    objective_name : str
+        Which objective (e.g. ``"ttft_mean"``).
+    grid : np.ndarray, shape (G,), float64
+        Grid ``lam`` values, tokens per batch slot.
+    grid_objective : np.ndarray, shape (G,), float64
+        Objective per grid point, seconds (``inf`` when no request completed).
+    evaluations : tuple of (float, float)
+        Every ``(lam, objective)`` evaluated (grid first, then refinement), in order.
+    refined : bool
+        Whether scipy refinement ran.
+    """
+
+    lam: float
+    objective: float
+    objective_name: str
+    grid: np.ndarray
+    grid_objective: np.ndarray
+    evaluations: tuple[tuple[float, float], ...]
+    refined: bool
+
+
+def _round_lam(x: float) -> float:
+    """6 significant digits, so the spec string reproduces the evaluated value exactly."""
+    return float(f"{x:.6g}")
+
+
+def _linear_spec(lam: float, P: str, B: str, tie: str) -> str:
+    return f"linear:lam={lam!r},P={P},B={B},tie={tie}"
+
+
+def tune_linear(
+    workload: Workload,
+    *,
+    instances: int | None = None,
+    preset: Any = "h100-llama3-8b",
+    config: SimConfig | None = None,
+    objective: str = "ttft_mean",
+    lam_min: float = 16.0,
+    lam_max: float = 16384.0,
+    points: int = 9,
+    grid: Any = None,
+    refine: bool = False,
+    refine_evals: int = 6,
+    P: str = "uncached",
+    B: str = "running",
+    tie: str = "lowest",
+    seed: int = 0,
+    executor: Any = None,
+    workers: int | None = None,
+) -> TuneResult:
+    """Choose ``lam`` for ``linear`` by simulating ``workload`` over a log-spaced grid.
+
+    Parameters
+    ----------
+    workload : Workload
+        Requests to replay.
+    instances : int, optional
+        Number of instances (with ``preset``); ignored when ``config`` is given.
+    preset : str or Preset
+        Hardware preset name or object (default ``h100-llama3-8b``).
+    config : SimConfig, optional
+        Full cluster settings (overrides ``instances`` / ``preset``).
+    objective : str
+        One of :data:`OBJECTIVES` (minimised).
+    lam_min, lam_max, points : float, float, int
+        Log-spaced grid bounds (tokens per batch slot, > 0) and size (>= 2), when ``grid``
+        is not given.
+    grid : array-like, optional
+        Explicit grid of ``lam`` values (> 0).
+    refine : bool
+        Refine with ``scipy.optimize.minimize_scalar`` (bounded, in ``log lam``) between the
+        best grid point's neighbours, at most ``refine_evals`` extra runs (sequential).
+    P, B, tie : str
+        Definitions and tie rule of the linear score.
+    seed : int
+        Policy seed.
+    executor, workers
+        Sweep executor (see :func:`lmetric_theory.sweep.get_executor`).
+
+    Returns
+    -------
+    TuneResult
+        The best of all evaluated points, so ``objective <= min(grid_objective)``.
+    """
+    from lmetric_theory.sweep import SimTask, get_executor, run_task
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if config is None:
+        if instances is None or instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
+        if isinstance(preset, str):
+            from lmetric_theory.sim import load_preset
+
+            preset = load_preset(preset)
+        config = SimConfig.from_preset(preset, instances)
+    if grid is None:
+        if not (math.isfinite(lam_min) and math.isfinite(lam_max) and 0 < lam_min < lam_max):
+            raise ValueError(f"need 0 < lam_min < lam_max (finite), got {lam_min}, {lam_max}")
+        if points < 2:
+            raise ValueError(f"points must be >= 2, got {points}")
+        grid = np.geomspace(lam_min, lam_max, int(points))
+    g = np.array(sorted({_round_lam(float(x)) for x in np.asarray(grid, dtype=np.float64).ravel()}))
+    if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
+        raise ValueError("grid: lam values must be finite and > 0 (at least one)")
+    key = f"{objective}_s"
+    cfg = dataclasses.replace(config, record_snapshots=False)
+
+    def value(row: dict[str, Any]) -> float:
+        v = float(row[key])
+        return v if math.isfinite(v) else math.inf
+
+    tasks = [SimTask(workload, cfg, _linear_spec(float(x), P, B, tie), seed) for x in g]
+    rows = get_executor(executor, workers=workers).map(run_task, tasks)
+    gobj = np.array([value(r) for r in rows], dtype=np.float64)
+    evals: list[tuple[float, float]] = list(zip(g.tolist(), gobj.tolist(), strict=True))
+    cache = dict(evals)
+    refined = False
+    if refine and g.size >= 2:
+        from scipy.optimize import minimize_scalar
+
+        i = int(np.argmin(gobj))
+        lo, hi = g[max(i - 1, 0)], g[min(i + 1, g.size - 1)]
+
+        def f(loglam: float) -> float:
+            lam = _round_lam(math.exp(loglam))
+            if lam not in cache:
+                cache[lam] = value(run_task(SimTask(workload, cfg, _linear_spec(lam, P, B, tie), seed)))
+                evals.append((lam, cache[lam]))
+            return cache[lam]
+
+        minimize_scalar(f, bounds=(math.log(lo), math.log(hi)), method="bounded",
+                        options={"maxiter": int(refine_evals), "xatol": 1e-3})
+        refined = True
+    # Best of everything evaluated; ties go to the smallest lam (deterministic).
+    best_lam, best_obj = min(evals, key=lambda e: (e[1], e[0]))
+    return TuneResult(lam=best_lam, objective=best_obj, objective_name=objective, grid=g,
+                      grid_objective=gobj, evaluations=tuple(evals), refined=refined)
+
+
+@dataclass(frozen=True, slots=True)
+class TunedLinearParams:
+    """``tuned-linear`` parameters: grid bounds and size, objective, definitions, refinement."""
+
+    lam_min: float = 16.0
+    lam_max: float = 16384.0
+    points: int = 9
+    objective: str = dataclasses.field(default="ttft_mean", metadata={"choices": OBJECTIVES})
+    refine: bool = False
+    P: str = "uncached"
+    B: str = "running"
+    tie: str = tie_field()
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lam_min) and math.isfinite(self.lam_max) and 0 < self.lam_min < self.lam_max):
+            raise ValueError(f"need 0 < lam_min < lam_max, got {self.lam_min}, {self.lam_max}")
+        if self.points < 2:
+            raise ValueError(f"points must be >= 2, got {self.points}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        # Validates P, B and tie.
+        make_policy(_linear_spec(1.0, self.P, self.B, self.tie))
+
+
+@register_policy
+class TunedLinear(Policy):
+    """Linear score with ``lam`` tuned on the workload before the run (call :meth:`prepare`)."""
+
+    name = "tuned-linear"
+    Params = TunedLinearParams
+
+    def __init__(self, params: TunedLinearParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.result: TuneResult | None = None
+        self._linear: Policy | None = None
+
+    def prepare(self, workload: Workload, config: SimConfig, *, executor: Any = None) -> TuneResult:
+        """Tune ``lam`` on ``workload`` / ``config``; afterwards :meth:`choose` routes with it."""
+        p = self.params
+        self.result = tune_linear(workload, config=config, objective=p.objective, lam_min=p.lam_min,
+                                  lam_max=p.lam_max, points=p.points, refine=p.refine, P=p.P, B=p.B,
+                                  tie=p.tie, seed=self.seed, executor=executor)
+        self._linear = make_policy(self.linear_spec, seed=self.seed)
+        return self.result
+
+    @property
+    def linear_spec(self) -> str:
+        """The equivalent ``linear`` spec (after :meth:`prepare`)."""
+        if self.result is None:
+            raise RuntimeError("tuned-linear is not prepared: call prepare(workload, config) first")
+        return _linear_spec(self.result.lam, self.params.P, self.params.B, self.params.tie)
+
+    def choose(self, view: DecisionView) -> int:
+        if self._linear is None:
+            raise RuntimeError("tuned-linear is not prepared: call prepare(workload, config) "
+                               "(or lmetric_theory.tuning.resolve_policy) before simulating")
+        return self._linear.choose(view)
+
+
+def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: int = 0,
+                   executor: Any = None) -> str:
+    """``spec`` itself, or for ``tuned-linear[:...]`` the equivalent tuned ``linear`` spec.
+
+    Tuning runs through ``executor`` (default: sequential in this process when called from a
+    sweep worker would nest pools, so pass one explicitly for parallel tuning).
+    """
+    name, _ = parse_policy_spec(spec)
+    if name != TunedLinear.name:
+        return spec
+    pol = make_policy(spec, seed=seed)
+    assert isinstance(pol, TunedLinear)
+    if executor is None:
+        from lmetric_theory.sweep import LocalExecutor
+
+        executor = LocalExecutor(1)
+    pol.prepare(workload, config, executor=executor)
+    return pol.linear_spec
+
+

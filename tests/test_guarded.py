@@ -1,0 +1,63 @@
+"""guarded-lmetric: product choice when unflagged, the mitigation's choice when flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lmetric_theory.policies.guarded  # noqa: F401
+from lmetric_theory.policies import DecisionView, make_policy
+
+
+def view(unc, run, queued=None, waiting=None):
+    n = len(unc)
+    z = np.zeros(n, np.int32)
+    return DecisionView(0, 0.0, max(unc) + 1, np.array(unc, np.int32),
+                        np.array(queued, np.int32) if queued is not None else z,
+                        np.array(run, np.int32), np.array(waiting, np.int32) if waiting is not None else z,
+                        np.zeros(n, np.float32))
+
+
+def test_unflagged_follows_product():
+    # Product: (100)(1+1)=200, (300)(0+1)=300 -> 0. Linear lam=100: 200 vs 300 -> 0. Agree;
+    # lam_eff = 200/1.5 = 133 is within 10x of lam (no extreme-operating-point finding).
+    v = view([100, 300], [1, 0])
+    for m in ("fallback", "prefill_block", "batch_offset", "load_cap"):
+        g = make_policy(f"guarded-lmetric:mitigation={m},lam=100")
+        assert g.choose(v) == make_policy("lmetric").choose(v) == 0
+        assert g.flagged == 0
+
+
+def test_flagged_fallback_takes_linear_choice():
+    # Product: 100*5=500 vs 400*1=400 -> 1. Linear lam=10: 100+40=140 vs 400 -> 0. Disagree.
+    v = view([100, 400], [4, 0])
+    assert make_policy("lmetric").choose(v) == 1
+    g = make_policy("guarded-lmetric:mitigation=fallback,lam=10")
+    assert g.choose(v) == 0 and g.flagged == 1
+    assert make_policy("linear:lam=10").choose(v) == 0
+
+
+def test_flagged_zero_prefill_prefill_block():
+    # Instance 0 fully cached (P=0) but loaded: product 0*(9+1)=0 -> 0 (zero-prefill hot-spot).
+    # With p0 = 16: 16*10=160 vs (20+16)*1=36 -> 1.
+    v = view([0, 20], [9, 0])
+    assert make_policy("lmetric").choose(v) == 0
+    g = make_policy("guarded-lmetric:mitigation=prefill_block,lam=1,block=16")
+    assert g.choose(v) == 1 and g.flagged == 1
+
+
+def test_flagged_batch_offset_and_load_cap():
+    # Product: 100*(4+1)=500 vs 450*(0+1)=450 -> 1; linear lam=1: 104 vs 450 -> 0 (flagged).
+    v = view([100, 450], [4, 0])
+    # b0 + 1 = 2: 100*6=600 vs 450*2=900 -> 0.
+    assert make_policy("guarded-lmetric:mitigation=batch_offset,lam=1,batch_add=1").choose(v) == 0
+    # Cap 3: instance 0 (B=4) excluded -> 1; cap 5: no one excluded -> product choice 1.
+    assert make_policy("guarded-lmetric:mitigation=load_cap,lam=1,cap=3").choose(v) == 1
+    assert make_policy("guarded-lmetric:mitigation=load_cap,lam=1,cap=5").choose(v) == 1
+
+
+def test_bad_params():
+    with pytest.raises(ValueError, match="mitigation"):
+        make_policy("guarded-lmetric:mitigation=pray")
+    with pytest.raises(ValueError, match="lam_lo"):
+        make_policy("guarded-lmetric:lam_lo=10")

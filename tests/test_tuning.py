@@ -1,0 +1,73 @@
+"""tune_linear: best lam is no worse than any grid point (from the recorded table), deterministic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lmetric_theory.policies import DecisionView, make_policy
+from lmetric_theory.sim import SimConfig, Simulator, load_preset
+from lmetric_theory.tuning import TunedLinear, resolve_policy, tune_linear
+from lmetric_theory.workload import synthetic
+
+
+@pytest.fixture(scope="module")
+def setup():
+    w = synthetic("mixed", n_requests=200, rate_rps=10.0, seed=1)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 3)
+    return w, cfg
+
+
+def test_grid_best_and_table(setup):
+    w, cfg = setup
+    r = tune_linear(w, config=cfg, points=5, workers=1)
+    assert r.grid.size == 5 and r.grid[0] == 16.0 and r.grid[-1] == 16384.0
+    assert np.allclose(np.diff(np.log(r.grid)), np.log(1024) / 4, rtol=1e-5)
+    assert np.all(r.objective <= r.grid_objective)
+    assert r.objective == r.grid_objective.min()
+    # Each grid value is the real simulated objective of linear:lam=X.
+    i = 2
+    spec = f"linear:lam={float(r.grid[i])!r}"
+    direct = Simulator(w, cfg, spec).run().summary()["ttft_mean_s"]
+    assert direct == r.grid_objective[i]
+
+
+def test_refined_is_no_worse_and_deterministic(setup):
+    w, cfg = setup
+    a = tune_linear(w, config=cfg, points=4, refine=True, refine_evals=3, workers=2)
+    b = tune_linear(w, config=cfg, points=4, refine=True, refine_evals=3, workers=1)
+    assert a.refined and a.lam == b.lam and a.objective == b.objective
+    assert a.evaluations == b.evaluations
+    assert all(a.objective <= g for g in a.grid_objective)
+    assert len(a.evaluations) > a.grid.size
+    assert math.isfinite(a.objective)
+
+
+def test_tuned_linear_policy_prepare_and_resolve(setup):
+    w, cfg = setup
+    pol = make_policy("tuned-linear:points=3,lam_min=64,lam_max=4096")
+    assert isinstance(pol, TunedLinear)
+    v = DecisionView(0, 0.0, 10, np.array([5, 1]), np.zeros(2, np.int32), np.array([0, 3]),
+                     np.zeros(2, np.int32), np.zeros(2, np.float32))
+    with pytest.raises(RuntimeError, match="prepare"):
+        pol.choose(v)
+    res = pol.prepare(w, cfg)
+    spec = resolve_policy("tuned-linear:points=3,lam_min=64,lam_max=4096", w, cfg)
+    assert spec == pol.linear_spec and spec.startswith(f"linear:lam={res.lam!r}")
+    # Routing with the prepared policy equals routing with the resolved linear spec.
+    a = Simulator(w, cfg, pol).run()
+    b = Simulator(w, cfg, spec).run()
+    assert np.array_equal(a.instance, b.instance)
+    assert resolve_policy("lmetric", w, cfg) == "lmetric"
+
+
+def test_bad_arguments(setup):
+    w, cfg = setup
+    with pytest.raises(ValueError, match="objective"):
+        tune_linear(w, config=cfg, objective="nope")
+    with pytest.raises(ValueError, match="lam_min"):
+        tune_linear(w, config=cfg, lam_min=10, lam_max=5)
+    with pytest.raises(ValueError):
+        make_policy("tuned-linear:objective=bad")

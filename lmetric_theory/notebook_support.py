@@ -22,6 +22,7 @@ __all__ = [
     "AuditRun",
     "LamSweep",
     "audit_run",
+    "band_disagreement",
     "counterfactual_ttft",
     "find_shared",
     "mitigation_table",
@@ -221,6 +222,38 @@ def signals(log: SnapshotLog, P: str = "uncached", B: str = "running") -> tuple[
     else:
         raise ValueError(f"B: unknown {B!r}; valid: 'running', 'in-flight'")
     return p, b
+
+
+def band_disagreement(
+    P: np.ndarray, B: np.ndarray, chosen: np.ndarray, lam_lo: float, lam_hi: float
+) -> np.ndarray:
+    """Decisions whose choice no linear rate in ``[lam_lo, lam_hi]`` would make, shape (D,).
+
+    Exact: ``chosen[d]`` is a (possibly tied) argmin of ``P + lam * B`` for some ``lam``
+    in the band iff the half-lines ``(P_i - P_j) + lam (B_i - B_j) <= 0`` over all
+    ``j`` meet the band. Ties count as agreement.
+
+    Parameters
+    ----------
+    P, B : np.ndarray, shape (D, N)
+        Prefill tokens and batch sizes per decision and instance.
+    chosen : np.ndarray, shape (D,)
+        The instance each decision went to.
+    lam_lo, lam_hi : float
+        The band, tokens per batch slot, ``0 <= lam_lo <= lam_hi``.
+    """
+    P = np.asarray(P, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    rows = np.arange(P.shape[0])
+    c = np.asarray(chosen, dtype=np.int64)
+    dP = P[rows, c][:, None] - P
+    dB = B[rows, c][:, None] - B
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = -dP / dB
+    lo = np.where(dB < 0, bound, -np.inf).max(axis=1)
+    hi = np.where(dB > 0, bound, np.inf).min(axis=1)
+    flat_bad = ((dB == 0) & (dP > 0)).any(axis=1)
+    return flat_bad | (np.maximum(lo, lam_lo) > np.minimum(hi, lam_hi))
 
 
 @dataclass(frozen=True, slots=True)

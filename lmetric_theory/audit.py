@@ -185,13 +185,17 @@ def tuned_reference(
     instances: int,
     preset: Any = DEFAULT_PRESET,
     seed: int = 0,
+    p_definition: str = "uncached",
+    b_definition: str = "running",
+    tolerance: float = 0.05,
 ) -> LinearReference:
-    """A tuned reference for ``--tune``.
+    """A reference tuned with the simulator, for ``--tune``.
 
-    Uses ``lmetric_theory.tuning.tune_linear`` when that module exists (it must return a
-    :class:`LinearReference`, or an object with a ``reference`` attribute holding one).
-    Otherwise falls back to :func:`default_reference` (latency-model derivation) and says
-    so in the reference's provenance.
+    Uses :func:`lmetric_theory.tuning.tune_linear` (``linear`` replayed over a
+    log-spaced grid of ``lam``, mean TTFT minimised). The band holds every evaluated
+    rate whose objective is within ``tolerance`` (relative) of the best. When the tuner
+    is unavailable, or there is no workload to tune on (snapshot audits), falls back to
+    :func:`default_reference` and says so in the provenance.
     """
     import importlib
 
@@ -203,11 +207,18 @@ def tuned_reference(
         mod = None
     fn = getattr(mod, "tune_linear", None) if mod is not None else None
     if fn is not None and workload is not None:
-        out = fn(workload, instances=instances, preset=preset, seed=seed)
-        ref = out if isinstance(out, LinearReference) else getattr(out, "reference", None)
-        if isinstance(ref, LinearReference):
-            return ref
-        raise ValueError(f"tune_linear returned {type(out).__name__}, not a LinearReference")
+        res = fn(workload, instances=int(instances), preset=_load_preset(preset), seed=seed,
+                 P=str(p_definition), B=str(b_definition))
+        best = float(res.lam)
+        ok = [lam for lam, obj in res.evaluations
+              if math.isfinite(obj) and obj <= res.objective * (1 + tolerance)]
+        lo, hi = min([best, *ok]), max([best, *ok])
+        prov = (f"tune_linear: {len(res.evaluations)} simulated rates in "
+                f"[{float(res.grid.min()):g}, {float(res.grid.max()):g}], best {best:g} with "
+                f"{res.objective_name} = {res.objective:.4g} s; band: rates within "
+                f"{tolerance:.0%} of the best")
+        return LinearReference.tuned(best, objective=res.objective_name, source=prov,
+                                     lam_lo=lo, lam_hi=hi)
     ref = default_reference(preset, workload)
     why = ("no tuner available (lmetric_theory.tuning.tune_linear is absent)"
            if workload is not None else "no workload to tune on (snapshot audit)")

@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lmetric_theory.commands.derive",
     "lmetric_theory.commands.simulate",
     "lmetric_theory.commands.calibrate",
+    "lmetric_theory.commands.audit",
 )
 
 

@@ -1,0 +1,267 @@
+"""``lmetric-theory audit [TRACE]``: check every routing decision of the product score.
+
+With TRACE (or the synthetic default without it) the requests are replayed under
+``lmetric`` in the simulator and every decision is checked against a linear reference;
+with ``--snapshots FILE`` decisions captured from a live router are checked (JSON Lines
+schema in ``docs/audit.md``). Prints rich summary tables (a progress bar on stderr for
+long runs); ``--json`` prints the report instead; ``--out DIR`` also writes
+``audit.json`` and a self-contained ``audit.html``, atomically.
+
+Reference: ``--lambda X``, ``--lambda-band LO,HI`` or ``--tune``; without one, a band
+derived from the preset's latency model (see :func:`lmetric_theory.audit.default_reference`),
+stated in the output.
+
+Examples
+--------
+::
+
+    lmetric-theory audit                                   # synthetic default, 8 instances
+    lmetric-theory audit trace.jsonl --instances 8 --lambda 512 --out audit/
+    lmetric-theory audit --snapshots decisions.jsonl --lambda-band 256,1024 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+PROGRESS_MIN_REQUESTS = 2000
+PROG = "lmetric-theory audit"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``audit`` sub-command."""
+    p = subparsers.add_parser(
+        "audit",
+        help="check every routing decision of the product score against a linear reference",
+        description="Replay a trace (or the synthetic default) under lmetric in the simulator, "
+        "or read decisions captured from a live router (--snapshots), and check each against a "
+        "linear reference P + lam*B: disagreements, regret, degenerate cases, mitigations.",
+    )
+    p.add_argument("trace", metavar="TRACE", nargs="?",
+                   help="trace file (Mooncake/Bailian JSONL, generic JSONL/CSV); "
+                   "default: the synthetic default workload")
+    p.add_argument("--instances", "-n", type=int, default=8,
+                   help="number of instances for the replay (default 8)")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--lambda", dest="lam", type=float, metavar="X",
+                     help="reference rate lam, prefill tokens per batch slot")
+    ref.add_argument("--lambda-band", metavar="LO,HI",
+                     help="reference band; lam is its midpoint")
+    ref.add_argument("--tune", action="store_true",
+                     help="tune lam with the simulator (linear over a lam grid, mean TTFT)")
+    p.add_argument("--snapshots", metavar="FILE",
+                   help="check decisions from a snapshot JSON Lines file instead of replaying")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip (and count) malformed trace / snapshot lines")
+    p.add_argument("--out", metavar="DIR", help="write audit.json and audit.html here")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
+    p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
+                   help="replay X times as fast (default 1)")
+    p.add_argument("--preset", default="h100-llama3-8b",
+                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
+    p.add_argument("--p-definition", choices=("uncached", "queued+uncached"), default="uncached",
+                   help="what P counts in the replay (default uncached)")
+    p.add_argument("--b-definition", choices=("running", "in-flight"), default="running",
+                   help="what B counts in the replay (default running)")
+    p.add_argument("--p0", type=float, default=0.0, help="prefill offset p0, tokens (default 0)")
+    p.add_argument("--b0", type=float, default=1.0, help="batch offset b0 (default 1)")
+    p.add_argument("--top", type=int, default=10, help="worst decisions to report (default 10)")
+    p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic workload and replay")
+    p.set_defaults(func=run)
+
+
+def _err(msg: str) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _load_preset(arg: str) -> Any:
+    from lmetric_theory.sim import load_preset, preset_from_dict
+
+    path = Path(arg)
+    if arg.endswith(".json") and path.is_file():
+        try:
+            return preset_from_dict(json.loads(path.read_text()), name=path.stem)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return load_preset(arg)
+
+
+def _band(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"--lambda-band: expected LO,HI, got {text!r}")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(f"--lambda-band: not two numbers: {text!r}") from None
+    return lo, hi
+
+
+def _workload(args: argparse.Namespace) -> Any:
+    from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
+
+    if args.trace is None:
+        w = default_workload(seed=args.seed)
+    else:
+        w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
+    if args.count is not None:
+        w = select(w, count=args.count)
+    if args.rate_scale != 1.0:
+        w = scale_rate(w, args.rate_scale)
+    return w
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler: audit, print tables or JSON, optionally write the report files."""
+    from lmetric_theory import audit as A
+    from lmetric_theory.detector import LinearReference
+
+    if args.instances < 1:
+        return _err(f"--instances must be >= 1, got {args.instances}")
+    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
+        return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
+    if args.count is not None and args.count < 1:
+        return _err(f"--count must be >= 1, got {args.count}")
+    if args.top < 0:
+        return _err(f"--top must be >= 0, got {args.top}")
+    if args.snapshots and args.trace:
+        return _err("give either TRACE or --snapshots, not both")
+    try:
+        preset = _load_preset(args.preset)
+        workload = None if args.snapshots else _workload(args)
+        if args.lam is not None:
+            reference = LinearReference.fixed(args.lam)
+        elif args.lambda_band is not None:
+            reference = LinearReference.band(*_band(args.lambda_band))
+        elif args.tune:
+            reference = A.tuned_reference(workload, instances=args.instances, preset=preset,
+                                          seed=args.seed, p_definition=args.p_definition,
+                                          b_definition=args.b_definition)
+        else:
+            reference = A.default_reference(preset, workload)
+        # validate offsets before a long replay
+        from lmetric_theory.detector import Detector
+
+        Detector(reference, args.p0, args.b0)
+    except (OSError, ValueError) as exc:
+        return _err(str(exc))
+
+    show = not args.json and (workload is not None and len(workload) >= PROGRESS_MIN_REQUESTS)
+    bar = None
+    progress = None
+    if show:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("auditing"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        task = bar.add_task("audit", total=1.0)
+        bar.start()
+
+        def progress(x: float) -> None:
+            bar.update(task, completed=x)
+
+    try:
+        if args.snapshots:
+            res = A.audit_snapshot_file(args.snapshots, reference,
+                                        skip_bad_lines=args.skip_bad_lines,
+                                        prefill_offset=args.p0, batch_offset=args.b0,
+                                        top=args.top, progress=progress)
+        else:
+            source = "synthetic default" if args.trace is None else args.trace
+            res = A.audit_workload(workload, instances=args.instances, reference=reference,
+                                   prefill_offset=args.p0, batch_offset=args.b0, top=args.top,
+                                   progress=progress, preset=preset,
+                                   p_definition=args.p_definition,
+                                   b_definition=args.b_definition, seed=args.seed,
+                                   source=source)
+    except (OSError, ValueError) as exc:
+        return _err(str(exc))
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    if args.out:
+        from lmetric_theory.report import write_report
+
+        try:
+            paths = write_report(res, args.out)
+        except OSError as exc:
+            return _err(f"cannot write {args.out}: {exc}")
+    if args.json:
+        from lmetric_theory.report import report_json
+
+        sys.stdout.write(report_json(res.report))
+        return 0
+    _print(res.report)
+    if args.out:
+        print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+def _f(x: Any, fmt: str = "{:,.4g}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _print(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    tr, cfg, lr = rep["trace"], rep["config"], rep["lambda_reference"]
+    skipped = f", {rep['skipped_lines']} bad lines skipped" if rep["skipped_lines"] else ""
+    what = (f"{cfg['instances']} instances, {cfg['preset']}" if cfg.get("preset")
+            else f"{cfg['instances']} instances, captured snapshots")
+    t = Table(title=f"Audit of {tr['source']} - {tr['requests']} requests{skipped}, {what}",
+              show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("", justify="right")
+    t.add_row("decisions", f"{rep['decisions']:,}")
+    t.add_row("disagreements", f"{rep['disagreements']:,} ({rep['disagreement_rate']:.2%})")
+    t.add_row("fragile (disagree with part of the band)", f"{rep['fragile']:,}")
+    for k, label in (("zero_prefill", "zero-prefill hot-spots"), ("idle_tie", "idle ties"),
+                     ("exact_tie", "exact product ties")):
+        t.add_row(label, f"{rep['degenerate'][k]:,}")
+    t.add_row("extreme operating points", f"{rep['extreme_operating_point']:,}")
+    r = rep["regret_tokens"]
+    t.add_row("regret mean / p50 / p99 / max (tokens)",
+              " / ".join(_f(r[k]) for k in ("mean", "p50", "p99", "max")))
+    le = rep["lambda_eff"]
+    t.add_row("lambda_eff p1 / p50 / p99", " / ".join(_f(le[k]) for k in ("p1", "p50", "p99")))
+    t.add_row("reference lam [band]",
+              f"{_f(lr['lam'])} [{_f(lr['lam_lo'])}, {_f(lr['lam_hi'])}] ({lr['source']})")
+    t.add_row("score", f"P={cfg.get('p_definition')}, B={cfg.get('b_definition')}, "
+                       f"p0={cfg['prefill_offset']}, b0={cfg['batch_offset']}")
+    con.print(t)
+    if lr.get("provenance"):
+        con.print(f"[dim]reference: {lr['provenance']}[/dim]", highlight=False)
+
+    m = Table(title="Mitigations, ranked by flagged decisions fixed "
+                    f"({rep['flagged']:,} flagged)")
+    for col in ("#", "mitigation", "fixes", "breaks", "agree share", "regret removed",
+                "recommended for"):
+        m.add_column(col, justify="left" if col in ("mitigation", "recommended for") else "right")
+    for x in rep["mitigations"]:
+        label = x["mitigation"] + (f" ({x['value']:g})" if x["value"] is not None else "")
+        m.add_row(str(x["rank"]), label, f"{x['fixes']:,}", f"{x['breaks']:,}",
+                  _f(x["agree_share"], "{:.1%}"), _f(x["mean_regret_removed_tokens"]),
+                  ", ".join(f"{k} ({n:,})" for k, n in x["recommended_for"].items()))
+    con.print(m)
+
+    if rep["worst"]:
+        w = Table(title="Worst decisions by regret")
+        for col in ("decision", "time (s)", "product", "linear", "regret", "lambda_eff",
+                    "lambda*"):
+            w.add_column(col, justify="right")
+        for x in rep["worst"]:
+            w.add_row(str(x["decision"]), _f(x["time_s"], "{:.2f}"), str(x["product_choice"]),
+                      str(x["linear_choice"]), _f(x["regret_tokens"]), _f(x["lambda_eff"]),
+                      _f(x["lambda_star"]))
+        con.print(w)

@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lmetric_theory.commands.simulate",
     "lmetric_theory.commands.calibrate",
     "lmetric_theory.commands.audit",
+    "lmetric_theory.commands.results",
 )
 
 

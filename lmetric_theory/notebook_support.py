@@ -334,21 +334,29 @@ def counterfactual_ttft(
     preset: str = "h100-llama3-8b",
     policy: str = "lmetric",
     seed: int = 0,
-) -> np.ndarray:
-    """Change in mean TTFT (seconds, alternative minus actual) when one decision is re-routed.
+) -> tuple[np.ndarray, np.ndarray]:
+    """TTFT change (seconds, alternative minus actual) when one decision is re-routed.
 
     For each decision ``d``: run ``policy`` up to ``d``, fork, force ``d`` to its
-    alternative instance, finish both copies with ``policy`` and compare the mean TTFT
-    over all completed requests. Returns shape (len(decisions),), float64.
+    alternative instance, finish both copies with ``policy`` and compare. Later decisions
+    may change too (knock-on effects), so the mean change includes them.
+
+    Returns
+    -------
+    own, mean : np.ndarray, shape (len(decisions),), float64
+        Change of the re-routed request's own TTFT, and of the mean TTFT over all
+        completed requests.
     """
     cfg = _config(preset, n_instances)
-    out = np.empty(len(decisions))
+    own = np.empty(len(decisions))
+    mean = np.empty(len(decisions))
     for k, (d, alt) in enumerate(zip(decisions, alternatives, strict=True)):
         sim = Simulator(workload, cfg, policy, seed=seed)
         sim.advance(until_decision=int(d))
         fork = sim.fork()
         fork.force(int(d), int(alt))
-        base = sim.run().summary()["ttft_mean_s"]
-        alt_s = fork.run().summary()["ttft_mean_s"]
-        out[k] = float(alt_s) - float(base)
-    return out
+        base, other = sim.run(), fork.run()
+        rid_b = int(base.snapshots.request[d]) if base.snapshots is not None else int(d)
+        own[k] = float(other.ttft_s[rid_b]) - float(base.ttft_s[rid_b])
+        mean[k] = float(other.summary()["ttft_mean_s"]) - float(base.summary()["ttft_mean_s"])
+    return own, mean

@@ -85,8 +85,8 @@ def tune_linear(
     preset: Any = "h100-llama3-8b",
     config: SimConfig | None = None,
     objective: str = "ttft_mean",
-    lam_min: float = 16.0,
-    lam_max: float = 16384.0,
+    lam_min: float = 1.0,
+    lam_max: float = 65536.0,
     points: int = 9,
     grid: Any = None,
     refine: bool = False,
@@ -192,8 +192,8 @@ def tune_linear(
 class TunedLinearParams:
     """``tuned-linear`` parameters: grid bounds and size, objective, definitions, refinement."""
 
-    lam_min: float = 16.0
-    lam_max: float = 16384.0
+    lam_min: float = 1.0
+    lam_max: float = 65536.0
     points: int = 9
     objective: str = dataclasses.field(default="ttft_mean", metadata={"choices": OBJECTIVES})
     refine: bool = False

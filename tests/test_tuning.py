@@ -23,8 +23,8 @@ def setup():
 def test_grid_best_and_table(setup):
     w, cfg = setup
     r = tune_linear(w, config=cfg, points=5, workers=1)
-    assert r.grid.size == 5 and r.grid[0] == 16.0 and r.grid[-1] == 16384.0
-    assert np.allclose(np.diff(np.log(r.grid)), np.log(1024) / 4, rtol=1e-5)
+    assert r.grid.size == 5 and r.grid[0] == 1.0 and r.grid[-1] == 65536.0
+    assert np.allclose(np.diff(np.log(r.grid)), np.log(65536) / 4, rtol=1e-5)
     assert np.all(r.objective <= r.grid_objective)
     assert r.objective == r.grid_objective.min()
     # Each grid value is the real simulated objective of linear:lam=X.

@@ -308,7 +308,6 @@ def test_cli_bad_snapshot_line_exit_2(tmp_path, capsys):
 # ----------------------------------------------------------------------- shared trace
 
 
-@pytest.mark.slow
 def test_shared_trace_audit(mooncake_path, capsys):
     assert main(["audit", str(mooncake_path), "--instances", "8", "--lambda", "512",
                  "--json"]) == 0

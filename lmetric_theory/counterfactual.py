@@ -108,6 +108,8 @@ class CounterfactualReport:
         Harm rates in the two samples.
     lam, window_s, threshold_s : float
         Reference rate (tokens per slot), window and harm threshold (seconds).
+    flag : str
+        What counted as flagged (``"any"`` finding or ``"disagreement"`` only).
     seed : int
         Sampling seed.
     """
@@ -124,12 +126,13 @@ class CounterfactualReport:
     window_s: float
     threshold_s: float
     seed: int
+    flag: str = "any"
 
     def to_dict(self) -> dict:
         """JSON-ready summary (without the per-case list)."""
         return {k: getattr(self, k) for k in ("decisions", "flagged", "unflagged", "precision", "recall",
                                                "harm_rate_flagged", "harm_rate_control", "lam", "window_s",
-                                               "threshold_s", "seed")} | {
+                                               "threshold_s", "seed", "flag")} | {
             "sampled_flagged": sum(c.flagged for c in self.cases),
             "sampled_control": sum(not c.flagged for c in self.cases),
         }
@@ -165,6 +168,7 @@ def counterfactual(
     n_flagged: int = 20,
     n_control: int = 20,
     seed: int = 0,
+    flag: str = "any",
 ) -> CounterfactualReport:
     """Replay sampled flagged and unflagged decisions both ways (see the module docstring).
 
@@ -188,6 +192,10 @@ def counterfactual(
         Sample sizes (capped at the population sizes).
     seed : int
         Sampling seed.
+    flag : {"any", "disagreement"}
+        What counts as flagged: any finding, or only a disagreement with the reference
+        (the other findings — degenerate cases, fragile, extreme — then fall in the control
+        stratum).
 
     Returns
     -------
@@ -197,6 +205,8 @@ def counterfactual(
         raise ValueError(f"window_s must be finite and >= 0, got {window_s}")
     if not math.isfinite(threshold_s) or threshold_s < 0:
         raise ValueError(f"threshold_s must be finite and >= 0, got {threshold_s}")
+    if flag not in ("any", "disagreement"):
+        raise ValueError(f"flag: {flag!r} is not one of any, disagreement")
     if n_flagged < 0 or n_control < 0:
         raise ValueError("n_flagged and n_control must be >= 0")
     spec = f"lmetric:P={P},p0={p0},b0={b0}"
@@ -209,7 +219,7 @@ def counterfactual(
     Bm = log.running.astype(np.int64)
     det = Detector(LinearReference.fixed(lam), p0, b0)
     ver = det.check_many(Pm, Bm, validate=False)
-    flagged = np.asarray(ver.flagged, dtype=bool)
+    flagged = np.asarray(ver.flagged if flag == "any" else ver.disagrees, dtype=bool)
     D = len(log)
     rng = np.random.default_rng([seed, 0xCF])
     fl = np.flatnonzero(flagged)
@@ -258,5 +268,5 @@ def counterfactual(
     return CounterfactualReport(
         cases=tuple(cf + cu), decisions=D, flagged=F, unflagged=U, precision=h_f, recall=recall,
         harm_rate_flagged=h_f, harm_rate_control=h_u, lam=float(lam), window_s=float(window_s),
-        threshold_s=float(threshold_s), seed=int(seed),
+        threshold_s=float(threshold_s), seed=int(seed), flag=flag,
     )

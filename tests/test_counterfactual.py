@@ -78,9 +78,19 @@ def test_case_branch_matches_manual_replay(setup):
     assert float(np.mean(res.ttft_s[idx])) == pytest.approx(c.ttft_alternative_s, rel=1e-12)
 
 
+def test_disagreement_flag_uses_reference_alternative(setup):
+    w, cfg = setup
+    rep = counterfactual(w, cfg, lam=64, n_flagged=3, n_control=2, window_s=1.0, flag="disagreement")
+    assert rep.flag == "disagreement"
+    for c in rep.cases:
+        assert (c.alternative == "reference") == c.flagged
+
+
 def test_bad_arguments(setup):
     w, cfg = setup
     with pytest.raises(ValueError, match="window_s"):
         counterfactual(w, cfg, lam=1, window_s=-1)
     with pytest.raises(ValueError, match="threshold_s"):
         counterfactual(w, cfg, lam=1, threshold_s=math.nan)
+    with pytest.raises(ValueError, match="flag"):
+        counterfactual(w, cfg, lam=1, flag="some")

@@ -276,6 +276,15 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
                     obj = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line: not valid JSON ({exc.msg})") from None
+                fast = _fast_row(obj, n_inst)
+                if fast is not None:
+                    P_rows.append(fast[0])
+                    B_rows.append(fast[1])
+                    all_unc = False
+                    times.append(fast[2])
+                    ids.append(fast[3])
+                    lines.append(k)
+                    continue
                 snap = Snapshot.from_dict(obj)
                 if n_inst is None:
                     n_inst = snap.n_instances
@@ -317,10 +326,43 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
     )
 
 
-def _stack(rows: list[np.ndarray]) -> np.ndarray:
-    if all(r.dtype.kind == "i" for r in rows):
-        return np.vstack(rows).astype(np.int64, copy=False)
-    return np.vstack(rows).astype(np.float64)
+_FAST_KEYS = frozenset(("prefill_tokens", "batch_size", "time_s", "instance_ids"))
+_INT_LIMIT = 2**31
+
+
+def _fast_row(obj: Any, n: int | None) -> tuple[list, list, float, tuple | None] | None:
+    """The common line (integer P and B of the file's N, optional time and ids) checked in
+    plain Python; ``None`` sends the line through :meth:`Snapshot.from_dict` (which
+    validates everything else and words the errors)."""
+    if n is None or type(obj) is not dict or not _FAST_KEYS.issuperset(obj):
+        return None
+    P = obj.get("prefill_tokens")
+    B = obj.get("batch_size")
+    if type(P) is not list or type(B) is not list or len(P) != n or len(B) != n:
+        return None
+    for row in (P, B):
+        for x in row:
+            if type(x) is not int:
+                return None
+        if min(row) < 0 or max(row) >= _INT_LIMIT:
+            return None
+    t = obj.get("time_s")
+    if t is None:
+        t = math.nan
+    elif type(t) not in (int, float) or not math.isfinite(t):
+        return None
+    ids = obj.get("instance_ids")
+    if ids is not None:
+        if type(ids) is not list or len(ids) != n:
+            return None
+        ids = tuple(str(x) for x in ids)
+    return P, B, float(t), ids
+
+
+def _stack(rows: list[Any]) -> np.ndarray:
+    if all(type(r) is list or r.dtype.kind == "i" for r in rows):
+        return np.array(rows, dtype=np.int64)
+    return np.array([np.asarray(r, dtype=np.float64) for r in rows])
 
 
 # ================================================================================= audits

@@ -315,3 +315,36 @@ def test_shared_trace_audit(mooncake_path, capsys):
     assert doc["decisions"] == doc["trace"]["requests"] > 10_000
     assert doc["trace"]["skipped_lines"] == 0 and doc["config"]["instances"] == 8
     assert 0 <= doc["disagreement_rate"] <= 1
+
+
+def test_loader_fast_path_equals_per_line_snapshots(tmp_path):
+    """Plain integer lines take a fast path; the result must equal Snapshot.from_dict."""
+    from lmetric_theory.detector import Snapshot
+
+    rng = np.random.default_rng(3)
+    lines = []
+    for k in range(200):
+        obj = {"prefill_tokens": rng.integers(0, 5000, 4).tolist(),
+               "batch_size": rng.integers(0, 30, 4).tolist()}
+        if k % 3 == 0:
+            obj["time_s"] = k * 0.5
+        if k % 5 == 0:
+            obj["waiting"] = [0, 1, 2, 3]  # slow path
+        if k % 7 == 0:
+            obj["prefill_tokens"][0] = 2.5  # float: slow path
+        lines.append(json.dumps(obj))
+    p = _write(tmp_path, lines)
+    b = load_snapshots(p)
+    for k, line in enumerate(lines):
+        s = Snapshot.from_dict(json.loads(line))
+        np.testing.assert_array_equal(b.prefill_tokens[k], s.prefill_tokens)
+        np.testing.assert_array_equal(b.batch_size[k], s.batch_size)
+        assert (np.isnan(b.time_s[k]) if s.time_s is None else b.time_s[k] == s.time_s)
+    assert b.prefill_tokens.dtype == np.float64 and b.uncached_tokens is None
+
+
+def test_tune_without_workload_falls_back_and_says_so():
+    from lmetric_theory.audit import tuned_reference
+
+    ref = tuned_reference(None, instances=4)
+    assert ref.source == "latency_model" and "--tune requested" in ref.provenance

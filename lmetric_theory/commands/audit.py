@@ -219,7 +219,8 @@ def _print(rep: dict[str, Any]) -> None:
     skipped = f", {rep['skipped_lines']} bad lines skipped" if rep["skipped_lines"] else ""
     what = (f"{cfg['instances']} instances, {cfg['preset']}" if cfg.get("preset")
             else f"{cfg['instances']} instances, captured snapshots")
-    t = Table(title=f"Audit of {tr['source']} - {tr['requests']} requests{skipped}, {what}",
+    unit = "requests" if cfg.get("preset") else "decisions"
+    t = Table(title=f"Audit of {tr['source']} - {tr['requests']:,} {unit}{skipped}, {what}",
               show_header=False)
     t.add_column("", style="bold")
     t.add_column("", justify="right")
@@ -237,8 +238,9 @@ def _print(rep: dict[str, Any]) -> None:
     t.add_row("lambda_eff p1 / p50 / p99", " / ".join(_f(le[k]) for k in ("p1", "p50", "p99")))
     t.add_row("reference lam [band]",
               f"{_f(lr['lam'])} [{_f(lr['lam_lo'])}, {_f(lr['lam_hi'])}] ({lr['source']})")
-    t.add_row("score", f"P={cfg.get('p_definition')}, B={cfg.get('b_definition')}, "
-                       f"p0={cfg['prefill_offset']}, b0={cfg['batch_offset']}")
+    defs = (f"P={cfg['p_definition']}, B={cfg['b_definition']}" if cfg.get("p_definition")
+            else "P, B as captured")
+    t.add_row("score", f"{defs}, p0={cfg['prefill_offset']}, b0={cfg['batch_offset']}")
     con.print(t)
     if lr.get("provenance"):
         con.print(f"[dim]reference: {lr['provenance']}[/dim]", highlight=False)

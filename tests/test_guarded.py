@@ -61,3 +61,17 @@ def test_bad_params():
         make_policy("guarded-lmetric:mitigation=pray")
     with pytest.raises(ValueError, match="lam_lo"):
         make_policy("guarded-lmetric:lam_lo=10")
+
+
+def test_fallback_routes_like_linear_in_simulation():
+    # Flagged decisions go to the reference's choice, unflagged ones agree with it: same routing.
+    from lmetric_theory.sim import SimConfig, Simulator, load_preset
+    from lmetric_theory.workload import synthetic
+
+    w = synthetic("mixed", n_requests=200, rate_rps=12.0, seed=4)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 3, record_snapshots=False)
+    g = Simulator(w, cfg, make_policy("guarded-lmetric:mitigation=fallback,lam=64")).run()
+    lin = Simulator(w, cfg, "linear:lam=64").run()
+    prod = Simulator(w, cfg, "lmetric").run()
+    np.testing.assert_array_equal(g.instance, lin.instance)
+    assert not np.array_equal(g.instance, prod.instance)

@@ -5,7 +5,7 @@ Runs ``lmetric``, ``lmetric:P=queued+uncached``, ``guarded-lmetric``, ``tuned-li
 default) at each ``--rate-scales`` factor, through the sweep executor. ``tuned-linear`` is
 tuned per load level first (log-spaced grid, mean TTFT) and runs as the resulting ``linear``
 spec; ``guarded-lmetric`` uses that tuned ``lam`` as its reference, with the mitigation of
-``--guard-mitigation`` (default ``prefill_block``; note that ``fallback`` makes it identical to
+``--guard-mitigation`` (default ``prefill_block``, one KV block of the workload; note that ``fallback`` makes it identical to
 ``linear`` at the same ``lam`` — every flagged decision goes where the reference would send it
 and unflagged ones agree with it).
 ``--markdown`` prints Markdown tables (for the README); ``--json`` prints the rows.
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         for spec in POLICIES:
             run_spec = {
                 "tuned-linear": f"linear:lam={lam!r}",
-                "guarded-lmetric": f"guarded-lmetric:mitigation={args.guard_mitigation},lam={lam!r}",
+                "guarded-lmetric": (f"guarded-lmetric:mitigation={args.guard_mitigation},lam={lam!r},"
+                                    f"block={int(w.block_size)}"),
             }.get(spec, spec)
             tasks.append(SimTask(wk, cfg, run_spec, args.seed, {"rate_scale": k, "name": spec}))
     rows = run_sweep(tasks, ex)

@@ -71,3 +71,17 @@ def test_bad_arguments(setup):
         tune_linear(w, config=cfg, lam_min=10, lam_max=5)
     with pytest.raises(ValueError):
         make_policy("tuned-linear:objective=bad")
+
+
+def test_simulate_command_tunes_and_guards(capsys):
+    """`simulate` accepts tuned-linear (tuned on the workload first) and guarded-lmetric."""
+    import json
+
+    from lmetric_theory.cli import main
+
+    code = main(["simulate", "--count", "150", "-n", "3", "--policy", "tuned-linear:points=3",
+                 "--policy", "guarded-lmetric", "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    for spec in ("tuned-linear:points=3", "guarded-lmetric"):
+        assert doc["policies"][spec]["completed"] == 150

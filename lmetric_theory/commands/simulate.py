@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler: simulate every policy, print a table or JSON, optionally write results."""
     from lmetric_theory.policies import make_policy
     from lmetric_theory.sim import SimConfig, Simulator
+    from lmetric_theory.tuning import resolve_policy
 
     specs = list(args.policy or DEFAULT_POLICIES)
     if len(set(specs)) != len(specs):
@@ -131,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         for spec in specs:
             try:
-                sim = Simulator(workload, cfg, spec, seed=args.seed)
+                # tuned-linear is tuned on this workload first (a linear spec comes back)
+                resolved = resolve_policy(spec, workload, cfg, seed=args.seed)
+                sim = Simulator(workload, cfg, resolved, seed=args.seed)
             except ValueError as exc:
                 return _err(str(exc))
             if progress is None:

@@ -61,7 +61,12 @@ def find_shared(start: str | Path | None = None) -> Path | None:
 
 
 def trace_or_synthetic(
-    *, count: int | None, seed: int = 0, kind: str = "chat", start: str | Path | None = None
+    *,
+    count: int | None,
+    seed: int = 0,
+    kind: str = "chat",
+    rate_rps: float = 8.0,
+    start: str | Path | None = None,
 ) -> tuple[Workload, str]:
     """The shared Mooncake trace (first ``count`` requests), or a synthetic stand-in.
 
@@ -73,6 +78,8 @@ def trace_or_synthetic(
         Seed of the synthetic fallback.
     kind : str
         Synthetic kind used when the trace is absent.
+    rate_rps : float
+        Arrival rate of the synthetic fallback, requests per second.
     start : path, optional
         Where :func:`find_shared` starts looking.
 
@@ -87,7 +94,7 @@ def trace_or_synthetic(
         w = load_trace(path)
         return (select(w, count=count) if count is not None else w), "mooncake"
     n = 2000 if count is None else count
-    return synthetic(kind, n_requests=n, seed=seed), f"synthetic-{kind} (trace absent)"
+    return synthetic(kind, n_requests=n, rate_rps=rate_rps, seed=seed), f"synthetic-{kind} (trace absent)"
 
 
 def _config(preset: str, n_instances: int) -> SimConfig:

@@ -164,7 +164,8 @@ COUNT = None if FULL else 1500          # requests of the trace
 INSTANCES = (4, 8) if FULL else (2, 4)
 LOADS = (0.5, 1.0, 1.5) if FULL else (0.75, 1.0)   # arrival-rate factors
 LAMS = (0, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-workload, label = ns.trace_or_synthetic(count=COUNT, seed=SEED)
+# Fallback without the shared folder: synthetic chat at a rate that loads 4 instances.
+workload, label = ns.trace_or_synthetic(count=COUNT, seed=SEED, rate_rps=64.0)
 if label != "mooncake":
     display(Markdown(f"**The shared trace folder was not found: using {label} instead.**"))
 print(label, len(workload.arrival_s), "requests")'''),
@@ -340,7 +341,7 @@ LOADS = (0.5, 0.75, 1.0, 1.25) if FULL else (0.75, 1.0)
 # Base arrival rates (requests/s) putting 4 instances of the preset near saturation at load 1.
 SYN_RATE = {"chat": 64.0, "api": 192.0, "agent": 3.0}
 n_syn = 6000 if FULL else 1500
-mooncake, label = ns.trace_or_synthetic(count=COUNT, seed=SEED)
+mooncake, label = ns.trace_or_synthetic(count=COUNT, seed=SEED, kind="mixed", rate_rps=16.0 * N / 4)
 if label != "mooncake":
     display(Markdown(f"**The shared trace folder was not found: the first workload is {label}.**"))
 workloads = {label: mooncake}

@@ -10,15 +10,17 @@ import streamlit as st
 from lmetric_theory.app_support import (
     MAX_UPLOAD_MB,
     audit_for_app,
-    disagreement_rate_figure,
-    lambda_eff_figure,
     pair_view_ranges,
     read_jsonl_upload,
     region_figure,
-    regret_histogram,
-    report_json,
 )
 from lmetric_theory.regions import compute_regions
+from lmetric_theory.report import (
+    disagreement_rate_figure,
+    lambda_eff_figure,
+    regret_figure,
+    report_json,
+)
 from lmetric_theory.workload import TraceOrderWarning, Workload, default_workload, select
 
 SYNTHETIC = "Synthetic default workload"
@@ -102,8 +104,6 @@ if st.session_state.get("audit_key") != settings:
     st.session_state["audit_view"] = view
 view = st.session_state["audit_view"]
 rep = view.report
-if view.engine == "preview":
-    st.caption("Engine: preview (simulator replay under lmetric + Detector.check_many).")
 
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Decisions", f"{rep['decisions']:,}")
@@ -119,7 +119,7 @@ st.caption(f"Degenerate decisions — zero-prefill hot-spots: {deg['zero_prefill
 v = view.verdicts
 g1, g2, g3 = st.columns(3)
 g1.plotly_chart(disagreement_rate_figure(view.time_s, v.disagrees), key="rate_plot")
-g2.plotly_chart(regret_histogram(v.regret_tokens, v.disagrees), key="regret_plot")
+g2.plotly_chart(regret_figure(v.regret_tokens, v.disagrees), key="regret_plot")
 g3.plotly_chart(lambda_eff_figure(view.time_s, v.lambda_eff, view.lam, view.lam_lo,
                                   view.lam_hi), key="lam_plot")
 
@@ -148,5 +148,5 @@ else:
     st.plotly_chart(region_figure(rm, marker=b, marker_label=f"instance {j} (linear choice)"),
                     key="worst_plot")
 
-st.download_button("Download the JSON report", report_json(view),
+st.download_button("Download the JSON report", report_json(view.report),
                    file_name="audit_report.json", mime="application/json", key="download")

@@ -8,7 +8,6 @@ library, render what these helpers return).
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,24 +16,19 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from lmetric_theory.audit import audit_workload
 from lmetric_theory.detector import Detector, LinearReference, Snapshot, Verdict, Verdicts
 from lmetric_theory.predicates import linear_scores, product_scores
 from lmetric_theory.regions import REGION_LABELS, RegionMap
 from lmetric_theory.workload import Workload, parse_trace
 
 __all__ = [
-    "AUDIT_FUNCTION",
     "EXAMPLE_SNAPSHOTS",
     "MAX_INSTANCES",
     "MAX_UPLOAD_MB",
     "AuditView",
     "audit_for_app",
-    "disagreement_rate_figure",
-    "lambda_eff_figure",
     "read_jsonl_upload",
-    "regret_histogram",
-    "report_json",
-    "worst_decisions",
     "REGION_COLOURS",
     "TableCheck",
     "check_table",
@@ -353,12 +347,6 @@ def pair_view_ranges(
 
 #: Largest trace upload the app accepts, megabytes (the page states it).
 MAX_UPLOAD_MB = 25
-#: The audit library function the trace-audit page calls when it exists:
-#: ``lmetric_theory.audit.audit_workload`` (see :func:`audit_for_app`).
-AUDIT_FUNCTION = ("lmetric_theory.audit", "audit_workload")
-#: Simulator preset of the preview audit (used while the audit module is absent).
-PREVIEW_PRESET = "h100-llama3-8b"
-_PROGRESS_STEPS = 20
 
 
 def read_jsonl_upload(
@@ -420,8 +408,6 @@ class AuditView:
     ----------
     source : str
         Trace name.
-    engine : str
-        ``"audit"`` (the audit module) or ``"preview"`` (simulator replay + detector).
     time_s : np.ndarray, shape (D,), float64
         Decision times, seconds.
     verdicts : Verdicts
@@ -435,7 +421,6 @@ class AuditView:
     """
 
     source: str
-    engine: str
     time_s: np.ndarray
     verdicts: Verdicts
     report: dict[str, Any] = field(default_factory=dict)
@@ -444,81 +429,6 @@ class AuditView:
     lam_hi: float = 0.0
     p0: float = 0.0
     b0: float = 1.0
-
-
-def _audit_function() -> Callable[..., Any] | None:
-    mod_name, fn_name = AUDIT_FUNCTION
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != mod_name:
-            raise
-        return None
-    return getattr(mod, fn_name, None)
-
-
-def _pct(x: np.ndarray, qs: Sequence[float], names: Sequence[str]) -> dict[str, float | None]:
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return dict.fromkeys(names)
-    return {n: float(v) for n, v in zip(names, np.percentile(x, qs), strict=True)}
-
-
-def worst_decisions(v: Verdicts, time_s: np.ndarray, top: int = 20) -> list[dict[str, Any]]:
-    """The ``top`` disagreeing decisions with the largest regret, worst first.
-
-    Each entry: ``decision`` (index), ``time_s``, ``product_choice``, ``linear_choice``,
-    ``regret_tokens``, ``lambda_eff``, ``lambda_star`` and the snapshot ``P`` / ``B`` lists.
-    """
-    idx = np.flatnonzero(v.disagrees)
-    if idx.size == 0:
-        return []
-    order = idx[np.argsort(-v.regret_tokens[idx], kind="stable")][:top]
-    out = []
-    for k in order.tolist():
-        out.append({
-            "decision": int(k),
-            "time_s": float(time_s[k]),
-            "product_choice": int(v.product_choice[k]),
-            "linear_choice": int(v.linear_choice[k]),
-            "regret_tokens": float(v.regret_tokens[k]),
-            "lambda_eff": float(v.lambda_eff[k]),
-            "lambda_star": float(v.lambda_star[k]),
-            "P": v.prefill_tokens[k].tolist(),
-            "B": v.batch_size[k].tolist(),
-        })
-    return out
-
-
-def _preview_audit(
-    workload: Workload,
-    *,
-    instances: int,
-    detector: Detector,
-    progress: Callable[[float], None] | None,
-) -> tuple[np.ndarray, Verdicts]:
-    """Replay under ``lmetric`` in the simulator, then check every decision.
-
-    ``P`` is the request's uncached tokens and ``B`` the running batch as the router saw
-    them (the default :class:`~lmetric_theory.definitions.ScoreDefinition`).
-    """
-    from lmetric_theory.sim import SimConfig, Simulator, load_preset
-
-    cfg = SimConfig.from_preset(load_preset(PREVIEW_PRESET), instances)
-    sim = Simulator(workload, cfg, "lmetric", seed=0)
-    n = len(workload)
-    for step in range(1, _PROGRESS_STEPS):
-        sim.run(until_decision=n * step // _PROGRESS_STEPS)
-        if progress is not None:
-            progress(0.9 * step / _PROGRESS_STEPS)
-    res = sim.run()
-    log = res.snapshots
-    if log is None or len(log) == 0:
-        raise ValueError("the replay recorded no routing decisions")
-    v = detector.check_many(log.uncached.astype(np.int64), log.running.astype(np.int64))
-    if progress is not None:
-        progress(1.0)
-    return np.asarray(log.time_s, dtype=np.float64), v
 
 
 def audit_for_app(
@@ -536,19 +446,16 @@ def audit_for_app(
 ) -> AuditView:
     """Audit a workload for the trace-audit page (its one library call).
 
-    Calls ``lmetric_theory.audit.audit_workload`` when the audit module exists; it must
-    accept ``(workload, *, instances, reference, prefill_offset, batch_offset, top,
-    progress)`` and return an object with ``time_s`` (D,), ``verdicts`` (Verdicts) and
-    ``report`` (the ``--json`` dict). Until then a preview runs: the workload is replayed
-    under ``lmetric`` in the simulator (preset ``h100-llama3-8b``) and every decision is
-    checked by :meth:`Detector.check_many`.
+    Calls :func:`lmetric_theory.audit.audit_workload`: the workload is replayed under
+    ``lmetric`` in the simulator and every routing decision is checked against the linear
+    reference.
 
     Parameters
     ----------
     workload : Workload
         Requests to replay.
     source : str
-        Name shown in the report.
+        Trace name, kept on the returned view.
     instances : int
         Number of serving instances, 1..64.
     lam, lam_lo, lam_hi : float
@@ -568,130 +475,7 @@ def audit_for_app(
     if not 1 <= int(instances) <= 64:
         raise ValueError(f"instances: must lie in [1, 64], got {instances}")
     ref = LinearReference(lam, lam_lo, lam_hi, source="band" if lam_lo < lam_hi else "fixed")
-    det = Detector(ref, p0, b0)
-    fn = _audit_function()
-    if fn is not None:
-        res = fn(workload, instances=int(instances), reference=ref, prefill_offset=p0,
-                 batch_offset=b0, top=top, progress=progress)
-        return AuditView(source, "audit", np.asarray(res.time_s, dtype=np.float64),
-                         res.verdicts, dict(res.report), ref.lam, ref.lam_lo, ref.lam_hi,
-                         p0, b0)
-    time_s, v = _preview_audit(workload, instances=int(instances), detector=det,
-                               progress=progress)
-    D = len(v)
-    dis = v.disagrees
-    counts = v.counts()
-    report: dict[str, Any] = {
-        "engine": "preview (simulator replay under lmetric + Detector.check_many)",
-        "source": source,
-        "requests": len(workload),
-        "instances": int(instances),
-        "score_definition": {"P": "uncached", "B": "running", "p0": p0, "b0": b0},
-        "decisions": D,
-        "disagreements": int(dis.sum()),
-        "disagreement_rate": float(dis.mean()) if D else 0.0,
-        "fragile": int(v.fragile.sum()),
-        "degenerate": {k: int(counts.get(k, 0)) for k in ("zero_prefill", "idle_tie",
-                                                           "exact_tie")},
-        "extreme_operating_point": int(counts.get("extreme_operating_point", 0)),
-        "regret_tokens": {
-            "mean": float(v.regret_tokens.mean()) if D else 0.0,
-            **_pct(v.regret_tokens, (50, 99, 100), ("p50", "p99", "max")),
-        },
-        "lambda_reference": {"lam": ref.lam, "lam_lo": ref.lam_lo, "lam_hi": ref.lam_hi},
-        "lambda_eff": _pct(v.lambda_eff, (1, 50, 99), ("p1", "p50", "p99")),
-        "worst": worst_decisions(v, time_s, top),
-    }
-    return AuditView(source, "preview", time_s, v, report, ref.lam, ref.lam_lo, ref.lam_hi,
-                     p0, b0)
-
-
-def disagreement_rate_figure(time_s: np.ndarray, disagrees: np.ndarray, bins: int = 60) -> go.Figure:
-    """Share of decisions that disagree, per time bin (x: seconds, y: rate in [0, 1])."""
-    t = np.asarray(time_s, dtype=np.float64)
-    d = np.asarray(disagrees, dtype=bool)
-    lo, hi = (float(t.min()), float(t.max())) if t.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    edges = np.linspace(lo, hi, bins + 1)
-    k = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
-    n = np.bincount(k, minlength=bins)
-    m = np.bincount(k, weights=d.astype(np.float64), minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.where(n > 0, m / np.maximum(n, 1), np.nan)
-    mid = 0.5 * (edges[:-1] + edges[1:])
-    fig = go.Figure(go.Scatter(x=mid, y=rate, mode="lines+markers", name="disagreement rate",
-                               customdata=n, hovertemplate="t=%{x:.1f} s<br>rate=%{y:.3f}"
-                               "<br>%{customdata} decisions<extra></extra>"))
-    fig.update_xaxes(title="decision time (s)")
-    fig.update_yaxes(title="share of decisions that disagree", rangemode="tozero")
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      title="Disagreement rate over time")
-    return fig
-
-
-def regret_histogram(regret_tokens: np.ndarray, disagrees: np.ndarray) -> go.Figure:
-    """Histogram of the regret of disagreeing decisions, prefill-token equivalents."""
-    r = np.asarray(regret_tokens, dtype=np.float64)[np.asarray(disagrees, dtype=bool)]
-    fig = go.Figure(go.Histogram(x=r, nbinsx=50, name="regret"))
-    fig.update_xaxes(title="regret (prefill-token equivalents)")
-    fig.update_yaxes(title="disagreeing decisions")
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      title=f"Regret of the {r.size} disagreeing decisions")
-    return fig
-
-
-def lambda_eff_figure(
-    time_s: np.ndarray, lambda_eff: np.ndarray, lam: float, lam_lo: float, lam_hi: float,
-    max_points: int = 4000,
-) -> go.Figure:
-    """``lambda_eff`` of each decision over time (log y) against the reference band."""
-    t = np.asarray(time_s, dtype=np.float64)
-    le = np.asarray(lambda_eff, dtype=np.float64)
-    ok = np.isfinite(le) & (le > 0)
-    idx = np.flatnonzero(ok)
-    if idx.size > max_points:  # even thinning keeps the picture, bounds the payload
-        idx = idx[np.linspace(0, idx.size - 1, max_points).astype(np.int64)]
-    fig = go.Figure(go.Scattergl(x=t[idx], y=le[idx], mode="markers", name="lambda_eff",
-                                 marker={"size": 3, "opacity": 0.5}))
-    # Band and rate as data traces (layout shapes on a log axis take log10 coordinates).
-    x_ends = [float(t.min()), float(t.max())] if t.size else [0.0, 1.0]
-    if lam_hi > lam_lo and lam_lo > 0:
-        fig.add_trace(go.Scatter(x=x_ends, y=[lam_lo, lam_lo], mode="lines", showlegend=False,
-                                 line={"color": "#2ca02c", "width": 1}, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=x_ends, y=[lam_hi, lam_hi], mode="lines", fill="tonexty",
-                                 fillcolor="rgba(44,160,44,0.2)", name="reference band",
-                                 line={"color": "#2ca02c", "width": 1}, hoverinfo="skip"))
-    if lam > 0:
-        fig.add_trace(go.Scatter(x=x_ends, y=[lam, lam], mode="lines", name=f"lam = {lam:g}",
-                                 line={"color": "#2ca02c", "width": 2, "dash": "dash"}))
-    vals = [v for v in (*le[idx].tolist(), lam_lo, lam_hi, lam) if v > 0]
-    y_rng = [math.log10(min(vals)) - 0.2, math.log10(max(vals)) + 0.2] if vals else None
-    fig.update_xaxes(title="decision time (s)")
-    fig.update_yaxes(title="lambda_eff (tokens per batch slot)", type="log", range=y_rng)
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      title="lambda_eff vs the reference band",
-                      legend={"orientation": "h", "y": -0.3})
-    return fig
-
-
-def _json_safe(x: Any) -> Any:
-    """Non-finite floats become None (strict JSON); numpy scalars become Python numbers."""
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def report_json(view: AuditView) -> str:
-    """The audit report as strict JSON text (NaN and infinities written as null)."""
-    import json
-
-    return json.dumps(_json_safe(view.report), indent=2, allow_nan=False)
+    res = audit_workload(workload, instances=int(instances), reference=ref, prefill_offset=p0,
+                         batch_offset=b0, top=top, progress=progress)
+    return AuditView(source, np.asarray(res.time_s, dtype=np.float64), res.verdicts,
+                     dict(res.report), ref.lam, ref.lam_lo, ref.lam_hi, p0, b0)

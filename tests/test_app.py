@@ -233,61 +233,12 @@ def test_read_upload_skips_and_counts_bad_lines_when_asked():
     assert len(w) == 2 and w.meta["skipped_lines"] == 1
 
 
-def test_worst_decisions_and_report_json():
+def test_report_json_of_the_page_is_strict():
+    """The page's download serialises the report with ``report.report_json``: NaN and
+    infinities are written as null."""
     import json
 
-    import numpy as np
+    from lmetric_theory.report import report_json
 
-    from lmetric_theory.app_support import AuditView, report_json, worst_decisions
-
-    det = Detector(LinearReference(200.0), 0, 1)
-    rng = np.random.default_rng(7)
-    P = rng.integers(0, 4000, size=(400, 4))
-    B = rng.integers(0, 16, size=(400, 4))
-    v = det.check_many(P, B)
-    t = np.arange(400) * 0.5
-    worst = worst_decisions(v, t, top=10)
-    regrets = [w["regret_tokens"] for w in worst]
-    assert regrets == sorted(regrets, reverse=True)
-    assert len(worst) == min(10, int(v.disagrees.sum()))
-    for w in worst:
-        k = w["decision"]
-        assert v.disagrees[k] and w["P"] == P[k].tolist() and w["B"] == B[k].tolist()
-        i, j = w["product_choice"], w["linear_choice"]
-        assert w["regret_tokens"] == pytest.approx((P[k, i] - P[k, j]) + 200.0 * (B[k, i] - B[k, j]))
-    view = AuditView("x", "preview", t, v, {"a": float("inf"), "b": [float("nan"), 1.5]})
-    assert json.loads(report_json(view)) == {"a": None, "b": [None, 1.5]}
-
-
-def test_audit_for_app_calls_the_audit_module_when_present(monkeypatch):
-    """The page's adapter hands the settings to ``lmetric_theory.audit.audit_workload`` with
-    the documented keywords and shows what it returns."""
-    import sys
-    import types
-
-    import numpy as np
-
-    from lmetric_theory.app_support import audit_for_app
-    from lmetric_theory.workload import default_workload, select
-
-    seen = {}
-
-    def audit_workload(workload, *, instances, reference, prefill_offset, batch_offset, top,
-                       progress):
-        seen.update(n=len(workload), instances=instances, reference=reference,
-                    p0=prefill_offset, b0=batch_offset, top=top)
-        progress(1.0)
-        v = Detector(reference, prefill_offset, batch_offset).check_many([[5, 1]], [[0, 3]])
-        return types.SimpleNamespace(time_s=np.zeros(1), verdicts=v, report={"decisions": 1})
-
-    monkeypatch.setitem(sys.modules, "lmetric_theory.audit",
-                        types.SimpleNamespace(audit_workload=audit_workload))
-    done = []
-    view = audit_for_app(select(default_workload(0), count=200), source="s", instances=4,
-                         lam=100.0, lam_lo=50.0, lam_hi=200.0, p0=0.0, b0=1.0,
-                         progress=done.append)
-    assert view.engine == "audit" and view.report == {"decisions": 1}
-    assert seen["n"] == 200 and seen["instances"] == 4 and seen["top"] == 20
-    assert (seen["reference"].lam, seen["reference"].lam_lo, seen["reference"].lam_hi) == (
-        100.0, 50.0, 200.0)
-    assert done == [1.0]
+    assert json.loads(report_json({"a": float("inf"), "b": [float("nan"), 1.5]})) == {
+        "a": None, "b": [None, 1.5]}

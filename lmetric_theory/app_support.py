@@ -455,7 +455,7 @@ def audit_for_app(
     workload : Workload
         Requests to replay.
     source : str
-        Trace name, kept on the returned view.
+        Trace name, shown on the page and recorded as the report's ``trace.source``.
     instances : int
         Number of serving instances, 1..64.
     lam, lam_lo, lam_hi : float
@@ -476,6 +476,6 @@ def audit_for_app(
         raise ValueError(f"instances: must lie in [1, 64], got {instances}")
     ref = LinearReference(lam, lam_lo, lam_hi, source="band" if lam_lo < lam_hi else "fixed")
     res = audit_workload(workload, instances=int(instances), reference=ref, prefill_offset=p0,
-                         batch_offset=b0, top=top, progress=progress)
+                         batch_offset=b0, top=top, progress=progress, source=source)
     return AuditView(source, np.asarray(res.time_s, dtype=np.float64), res.verdicts,
                      dict(res.report), ref.lam, ref.lam_lo, ref.lam_hi, p0, b0)

@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmetric_theory.commands.common import workload_from_args
+
 PROGRESS_MIN_REQUESTS = 2000
 PROG = "lmetric-theory audit"
 
@@ -104,20 +106,6 @@ def _band(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _workload(args: argparse.Namespace) -> Any:
-    from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
-
-    if args.trace is None:
-        w = default_workload(seed=args.seed)
-    else:
-        w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
-    if args.count is not None:
-        w = select(w, count=args.count)
-    if args.rate_scale != 1.0:
-        w = scale_rate(w, args.rate_scale)
-    return w
-
-
 def run(args: argparse.Namespace) -> int:
     """Handler: audit, print tables or JSON, optionally write the report files."""
     from lmetric_theory import audit as A
@@ -135,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return _err("give either TRACE or --snapshots, not both")
     try:
         preset = _load_preset(args.preset)
-        workload = None if args.snapshots else _workload(args)
+        workload = None if args.snapshots else workload_from_args(args)
         if args.lam is not None:
             reference = LinearReference.fixed(args.lam)
         elif args.lambda_band is not None:

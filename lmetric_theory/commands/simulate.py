@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmetric_theory.commands.common import workload_from_args
+
 DEFAULT_POLICIES = ("lmetric", "round-robin")
 PROGRESS_MIN_REQUESTS = 2000
 
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         preset = _load_preset(args.preset)
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
                                     signal_delay_s=args.signal_delay)
-        workload = _workload(args)
+        workload = workload_from_args(args)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
@@ -190,20 +192,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_table(doc)
     return 0
-
-
-def _workload(args: argparse.Namespace) -> Any:
-    from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
-
-    if args.trace is None:
-        w = default_workload(seed=args.seed)
-    else:
-        w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
-    if args.count is not None:
-        w = select(w, count=args.count)
-    if args.rate_scale != 1.0:
-        w = scale_rate(w, args.rate_scale)
-    return w
 
 
 def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:

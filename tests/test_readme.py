@@ -1,0 +1,28 @@
+"""The README's Python examples run as written, and its set-up block names the commands CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+PY_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_readme_has_python_examples():
+    assert len(PY_BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("i", range(len(PY_BLOCKS)))
+def test_readme_python_example_runs(i, capsys):
+    exec(compile(PY_BLOCKS[i], f"README.md python block {i}", "exec"), {})
+    assert capsys.readouterr().out.strip(), "the example prints its result"
+
+
+def test_setup_block_tags_install_main_job_and_tests():
+    for tag in ("install", "main job", "tests"):
+        assert re.search(rf"^[^#\n].*# {tag}$", README, re.M), tag

@@ -157,71 +157,56 @@ re-routing one decision in a forked simulator), and which mitigations fix them."
 from IPython.display import Markdown, display
 
 from lmetric_theory import notebook_support as ns
-from lmetric_theory.detector import LinearReference, Mitigation
+from lmetric_theory.audit import audit_workload, tuned_reference
+from lmetric_theory.counterfactual import counterfactual
+from lmetric_theory.sim import SimConfig, load_preset
+from lmetric_theory.tuning import tune_linear
 from lmetric_theory.workload import scale_rate
 
 COUNT = None if FULL else 1500          # requests of the trace
 INSTANCES = (4, 8) if FULL else (2, 4)
 LOADS = (0.5, 1.0, 1.5) if FULL else (0.75, 1.0)   # arrival-rate factors
-LAMS = (0, 1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+PRESET = "h100-llama3-8b"
 # Fallback without the shared folder: synthetic chat at a rate that loads 4 instances.
 workload, label = ns.trace_or_synthetic(count=COUNT, seed=SEED, rate_rps=64.0)
 if label != "mooncake":
     display(Markdown(f"**The shared trace folder was not found: using {label} instead.**"))
 print(label, len(workload.arrival_s), "requests")'''),
-    ("md", """### Switch to the audit module
-
-`lmetric_theory.audit.audit_workload` and `lmetric_theory.tuning.tune_linear` are the
-packaged versions of the loop below. While they are absent (or `USE_AUDIT_MODULE` is False)
-the notebook uses the simulator + detector directly via `lmetric_theory.notebook_support`."""),
-    ("code", '''USE_AUDIT_MODULE = True  # False: always use the notebook_support loop
-try:
-    from lmetric_theory.audit import audit_workload  # noqa: F401
-    HAVE_AUDIT = True
-except ImportError:
-    HAVE_AUDIT = False
-print("audit module available:", HAVE_AUDIT, "| used:", USE_AUDIT_MODULE and HAVE_AUDIT)'''),
     ("md", """## Tuned linear references (one per cluster size and load)
 
+The packaged tuner (`lmetric_theory.tuning.tune_linear`: the linear router simulated over a
+log-spaced grid of rates, mean TTFT minimised) gives the curve; `lmetric_theory.audit.tuned_reference`
+turns the same tuning into the reference and its band (rates within 5% of the best).
 A flat objective (light load: every rate routes about as well) gives a wide band and a
 best rate that is only nominally "tuned"; read the band together with the rate."""),
     ("code", '''refs = {}
 sweep_rows = []
 for n in INSTANCES:
     for k in LOADS:
-        sw = ns.sweep_lam(scale_rate(workload, k), lams=LAMS, n_instances=n, seed=SEED)
-        refs[(n, k)] = sw.reference
+        w = scale_rate(workload, k)
+        tr = tune_linear(w, instances=n, preset=PRESET, seed=SEED)
+        ref = refs[(n, k)] = tuned_reference(w, instances=n, preset=PRESET, seed=SEED)
         sweep_rows += [{"instances": n, "load": k, "lam": float(x), "ttft_mean_s": float(y)}
-                       for x, y in zip(sw.lams, sw.objective)]
-        print(f"N={n} load={k}: best lam={sw.best:g}, band [{sw.reference.lam_lo:g}, {sw.reference.lam_hi:g}]")
-if USE_AUDIT_MODULE and HAVE_AUDIT:
-    # Cross-check with the packaged tuner (tuning.tune_linear through audit.tuned_reference).
-    from lmetric_theory.audit import tuned_reference
-
-    n, k = INSTANCES[-1], LOADS[-1]
-    packaged = tuned_reference(scale_rate(workload, k), instances=n, seed=SEED)
-    print(f"packaged tuner, N={n} load={k}: lam={packaged.lam:g}, band [{packaged.lam_lo:g}, {packaged.lam_hi:g}]")
-fig = px.line([r for r in sweep_rows if r["lam"] > 0], x="lam", y="ttft_mean_s",
+                       for x, y in zip(tr.grid, tr.grid_objective)]
+        print(f"N={n} load={k}: best lam={ref.lam:g}, band [{ref.lam_lo:g}, {ref.lam_hi:g}]")
+fig = px.line(sweep_rows, x="lam", y="ttft_mean_s",
               color="load", line_dash="instances", log_x=True, log_y=True, markers=True,
               title="Linear router: mean TTFT vs lam (the tuning sweep)")
 fig'''),
     ("md", """## Audit: disagreement rates
 
-For each cluster size and load: the share of decisions where the product's choice differs
-from the tuned rate's (`disagreement`), and from every rate of the band
+`lmetric_theory.audit.audit_workload` replays the trace under LMetric and checks every
+decision. For each cluster size and load: the share of decisions where the product's choice
+differs from the tuned rate's (`disagreement`), and from every rate of the band
 (`band_disagreement`, exact: no rate in the band would make the product's choice)."""),
-    ("code", '''audits = {}
+    ("code", '''audits, results = {}, {}
 rows = []
 for n in INSTANCES:
     for k in LOADS:
         w = scale_rate(workload, k)
         ref = refs[(n, k)]
-        if USE_AUDIT_MODULE and HAVE_AUDIT:
-            res = audit_workload(w, instances=n, reference=ref, seed=SEED)
-            v = res.verdicts
-        else:
-            v = ns.audit_run(w, reference=ref, n_instances=n, seed=SEED).verdicts
-        audits[(n, k)] = v
+        res = results[(n, k)] = audit_workload(w, instances=n, reference=ref, preset=PRESET, seed=SEED)
+        v = audits[(n, k)] = res.verdicts
         band = ns.band_disagreement(v.prefill_tokens, v.batch_size, v.product_choice,
                                     ref.lam_lo, ref.lam_hi)
         rows.append({
@@ -251,59 +236,47 @@ fig'''),
     ("md", """## Cost of the disagreements
 
 Score regret: how many tokens worse the product's pick is under the reference linear score.
-Counterfactual TTFT: fork the simulator right before a disagreeing decision, send that one
-request where the reference would, finish both runs under LMetric and compare mean TTFT
-(negative = the reference's choice was better)."""),
+Counterfactual TTFT (`lmetric_theory.counterfactual.counterfactual`): for a random sample of
+disagreeing decisions, fork the simulator right before the decision, send that one request
+where the reference would, finish both branches under LMetric and compare the mean TTFT of
+the requests arriving in the next 5 s (negative = the reference's choice was better). The
+control sample: agreeing decisions moved to the product's runner-up instance."""),
     ("code", '''TOP = 12 if FULL else 4
 key = (INSTANCES[-1], LOADS[-1])
-v = audits[key]
-w_key = scale_rate(workload, key[1])
-idx = np.flatnonzero(v.disagrees)
-idx = idx[np.argsort(-v.regret_tokens[idx])][:TOP]
-dttft = c_mean = np.array([])
-if idx.size:
-    own, dttft = ns.counterfactual_ttft(w_key, decisions=idx, alternatives=v.linear_choice[idx],
-                                        n_instances=key[0], seed=SEED)
-    for d_, r_, o_, t_ in zip(idx, v.regret_tokens[idx], own, dttft):
-        print(f"decision {d_:>5}: regret {r_:>8.0f} tokens; if re-routed: its TTFT {o_:+.3f} s, "
-              f"mean TTFT {t_:+.3f} s")
-    print(f"re-routing lowers mean TTFT in {int((dttft < 0).sum())} of {idx.size}; mean change {dttft.mean():+.3f} s")
-    # Control: re-route as many random *unflagged* decisions to a random other instance. A single
-    # re-route changes every later decision near saturation, so compare against this baseline.
-    ok = np.flatnonzero(~v.flagged)
-    ctrl = rng.choice(ok, size=min(idx.size, ok.size), replace=False)
-    alt = (v.product_choice[ctrl] + rng.integers(1, key[0], size=ctrl.size)) % key[0]
-    c_own, c_mean = ns.counterfactual_ttft(w_key, decisions=ctrl, alternatives=alt,
-                                           n_instances=key[0], seed=SEED)
-    print(f"control (random unflagged decisions moved at random): mean TTFT change {c_mean.mean():+.3f} s, "
-          f"own TTFT change {c_own.mean():+.3f} s")
+cf = counterfactual(scale_rate(workload, key[1]), SimConfig.from_preset(load_preset(PRESET), key[0]),
+                    lam=refs[key].lam, n_flagged=TOP, n_control=TOP, seed=SEED, flag="disagreement")
+dis_cases = [c for c in cf.cases if c.flagged]
+ctl_cases = [c for c in cf.cases if not c.flagged]
+# alternative minus product: negative = the alternative instance was better
+dttft = np.array([-c.ttft_delta_s for c in dis_cases])
+c_mean = np.array([-c.ttft_delta_s for c in ctl_cases])
+for c, d_ in zip(dis_cases, dttft):
+    print(f"decision {c.decision:>5}: regret {audits[key].regret_tokens[c.decision]:>8.0f} tokens; "
+          f"re-routed to the reference's instance: mean TTFT of {c.affected} requests {d_:+.3f} s")
+if dis_cases:
+    print(f"re-routing lowers mean TTFT in {int((dttft < 0).sum())} of {dttft.size}; mean change {dttft.mean():+.3f} s")
 else:
-    print("no disagreements at this setting")'''),
+    print("no disagreements at this setting")
+if ctl_cases:
+    print(f"control ({c_mean.size} agreeing decisions moved to the runner-up): mean TTFT change {c_mean.mean():+.3f} s")'''),
     ("md", """## Mitigations
 
-Each mitigation applied to the flagged decisions only: how many disagreements it resolves
-(now matches the reference) and the regret that remains."""),
-    ("code", '''from lmetric_theory.detector import Detector
-
-key = (INSTANCES[-1], LOADS[-1])
-v = audits[key]
-run = ns.AuditRun(result=None, verdicts=v, P=v.prefill_tokens, B=v.batch_size)
-if USE_AUDIT_MODULE and HAVE_AUDIT:
-    rep = audit_workload(scale_rate(workload, key[1]), instances=key[0], reference=refs[key], seed=SEED).report
-    display(Markdown("Ranking by the audit module:\\n\\n| rank | mitigation | fixes | breaks | agree share |\\n"
-                     "|---|---|---|---|---|\\n" + "\\n".join(
-        f"| {m['rank']} | {m['description']} | {m['fixes']} | {m['breaks']} | {m['agree_share']:.1%} |"
-        for m in rep["mitigations"])))
-mit = ns.mitigation_table(run, [Mitigation.prefill_block(128), Mitigation.batch_offset(1),
-                                Mitigation.tie_break("load"), Mitigation.tie_break("cache"),
-                                Mitigation.fallback()])
-display(Markdown("| mitigation | disagreements | resolved | mean regret left (tokens) |\\n|---|---|---|---|\\n"
-                 + "\\n".join(f"| {m['mitigation']} | {m['disagreements']} | {m['resolved']} | "
-                                f"{m['mean_regret_tokens_on_disagreements']:.0f} |" for m in mit)))'''),
+The audit report's ranking: each mitigation applied to the flagged decisions only; `fixes`
+counts disagreements it resolves (now matches the reference), `breaks` agreements it undoes."""),
+    ("code", '''key = (INSTANCES[-1], LOADS[-1])
+mit = results[key].report["mitigations"]
+display(Markdown("| rank | mitigation | fixes | breaks | agree share | mean regret removed (tokens) |\\n"
+                 "|---|---|---|---|---|---|\\n" + "\\n".join(
+    f"| {m['rank']} | {m['description']} | {m['fixes']} | {m['breaks']} | "
+    f"{'-' if m['agree_share'] is None else format(m['agree_share'], '.1%')} | "
+    f"{m['mean_regret_removed_tokens']:.0f} |" for m in mit)))'''),
     ("md", """## Summary (computed)"""),
     ("code", '''worst = max(audit_table, key=lambda r: r["disagreement_share"])
 best = min(audit_table, key=lambda r: r["disagreement_share"])
-best_mit = max(mit[:-1], key=lambda m: m["resolved"])
+fallback = next(m for m in mit if m["mitigation"] == "fallback_reference")
+OFFSET_OR_TIE = ("prefill_block", "batch_offset", "tie_break_load", "tie_break_cache")
+best_mit = max((m for m in mit if m["mitigation"] in OFFSET_OR_TIE), key=lambda m: m["fixes"])
+n_dis = int(audits[key].disagrees.sum())
 mean_or_nan = lambda a: float(a.mean()) if a.size else float("nan")  # noqa: E731
 display(Markdown(
     f"On **{label}** ({', '.join(f'N={n}' for n in INSTANCES)}; loads {', '.join(map(str, LOADS))}) the product "
@@ -312,11 +285,12 @@ display(Markdown(
     f"{max(r['band_disagreement_share'] for r in audit_table):.2%}. The detector reports each of them "
     f"(disagreement is one of its findings) but flags {min(r['flagged_share'] for r in audit_table):.1%} to "
     f"{max(r['flagged_share'] for r in audit_table):.1%} of decisions in all, mostly exact product ties. "
-    f"Falling back to the reference resolves all {mit[-1]['disagreements']} disagreements at N={key[0]}, "
-    f"load {key[1]} (by construction); the best offset/tie-break mitigation, {best_mit['mitigation']}, "
-    f"resolves {best_mit['resolved']}. Re-routing the costliest disagreements one at a time changed mean TTFT by "
-    f"{mean_or_nan(dttft):+.3f} s on average, against {mean_or_nan(c_mean):+.3f} s for re-routing random "
-    f"unflagged decisions at random: near saturation one decision changes all later ones, so single "
+    f"Falling back to the reference resolves {fallback['fixes']} of the {n_dis} disagreements at N={key[0]}, "
+    f"load {key[1]}; the best offset/tie-break mitigation, {best_mit['description']}, "
+    f"resolves {best_mit['fixes']} (and breaks {best_mit['breaks']} agreements). Re-routing sampled "
+    f"disagreements to the reference's instance changed the mean TTFT of the following requests by "
+    f"{mean_or_nan(dttft):+.3f} s on average, against {mean_or_nan(c_mean):+.3f} s for moving agreeing "
+    f"decisions to the runner-up: near saturation one decision changes all later ones, so single "
     f"counterfactuals are noisy."))'''),
 ]
 
@@ -350,31 +324,23 @@ workloads = {label: mooncake}
 for kind, rate in SYN_RATE.items():
     workloads[f"synthetic-{kind}"] = synthetic(kind, n_requests=n_syn, rate_rps=rate * N / 4, seed=SEED)
 print({k: len(w.arrival_s) for k, w in workloads.items()})'''),
-    ("md", """### Switch to the packaged tuner and guard
+    ("md", """### Tuned linear rate and the guard
 
-`tuned-linear` (`lmetric_theory.tuning.tune_linear`) and `guarded-lmetric` are used when
-installed; otherwise the rate comes from `notebook_support.sweep_lam` (same idea: simulate
-the linear router over a grid of rates and keep the best mean TTFT) and the guarded policy is
-skipped."""),
-    ("code", '''try:
-    from lmetric_theory.tuning import tune_linear
-    HAVE_TUNER = True
-except ImportError:
-    HAVE_TUNER = False
+The rate of `tuned-linear` comes from the packaged tuner `lmetric_theory.tuning.tune_linear`
+(simulate the linear router over a log grid of rates, keep the best mean TTFT).
+`guarded-lmetric` is used when installed; otherwise it is skipped."""),
+    ("code", '''from lmetric_theory.tuning import tune_linear
+
 try:
     import lmetric_theory.policies.guarded  # noqa: F401  (registers guarded-lmetric)
     HAVE_GUARD = True
 except ImportError:
     HAVE_GUARD = False
-print("tuner:", HAVE_TUNER, "| guarded-lmetric:", HAVE_GUARD)
-
-LAMS = (16, 64, 256, 1024, 4096, 16384)
+print("guarded-lmetric:", HAVE_GUARD)
 
 
 def tuned_lam(w):
-    if HAVE_TUNER:
-        return float(tune_linear(w, instances=N, seed=SEED).lam)
-    return ns.sweep_lam(w, lams=LAMS, n_instances=N, seed=SEED).best'''),
+    return float(tune_linear(w, instances=N, seed=SEED).lam)'''),
     ("code", '''BASE = ["lmetric", "lmetric:P=queued+uncached", "least-loaded", "cache-affinity", "round-robin"]
 rows = []
 for name, w0 in workloads.items():

@@ -23,13 +23,11 @@ Examples
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
-from lmetric_theory.commands.common import workload_from_args
+from lmetric_theory.commands.common import preset_from_arg, workload_from_args
 
 PROGRESS_MIN_REQUESTS = 2000
 PROG = "lmetric-theory audit"
@@ -83,18 +81,6 @@ def _err(msg: str) -> int:
     return 2
 
 
-def _load_preset(arg: str) -> Any:
-    from lmetric_theory.sim import load_preset, preset_from_dict
-
-    path = Path(arg)
-    if arg.endswith(".json") and path.is_file():
-        try:
-            return preset_from_dict(json.loads(path.read_text()), name=path.stem)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    return load_preset(arg)
-
-
 def _band(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
@@ -122,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.snapshots and args.trace:
         return _err("give either TRACE or --snapshots, not both")
     try:
-        preset = _load_preset(args.preset)
+        preset = preset_from_arg(args.preset)
         workload = None if args.snapshots else workload_from_args(args)
         if args.lam is not None:
             reference = LinearReference.fixed(args.lam)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 from lmetric_theory.workload import Workload
 
@@ -26,3 +29,20 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     if args.rate_scale != 1.0:
         w = scale_rate(w, args.rate_scale)
     return w
+
+
+def preset_from_arg(arg: str) -> Any:
+    """The hardware preset named by ``--preset``: a built-in name, or a preset JSON file.
+
+    Raises ``ValueError`` naming the file and line for invalid JSON, or listing the valid
+    preset names for an unknown one.
+    """
+    from lmetric_theory.sim import load_preset, preset_from_dict
+
+    path = Path(arg)
+    if arg.endswith(".json") and path.is_file():
+        try:
+            return preset_from_dict(json.loads(path.read_text()), name=path.stem)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return load_preset(arg)

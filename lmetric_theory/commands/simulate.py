@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmetric_theory.commands.common import workload_from_args
+from lmetric_theory.commands.common import preset_from_arg, workload_from_args
 
 DEFAULT_POLICIES = ("lmetric", "round-robin")
 PROGRESS_MIN_REQUESTS = 2000
@@ -78,18 +78,6 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec)
 
 
-def _load_preset(arg: str) -> Any:
-    from lmetric_theory.sim.latency import load_preset, preset_from_dict
-
-    path = Path(arg)
-    if arg.endswith(".json") and path.is_file():
-        try:
-            return preset_from_dict(json.loads(path.read_text()), name=path.stem)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    return load_preset(arg)
-
-
 def run(args: argparse.Namespace) -> int:
     """Handler: simulate every policy, print a table or JSON, optionally write results."""
     from lmetric_theory.policies import make_policy
@@ -108,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for s in specs:
             make_policy(s, seed=args.seed)
-        preset = _load_preset(args.preset)
+        preset = preset_from_arg(args.preset)
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
                                     signal_delay_s=args.signal_delay)
         workload = workload_from_args(args)

@@ -265,22 +265,45 @@ def _shared_prompts(tokens: tuple[int, ...], bs: int, segs: _Segments) -> list[t
     return out
 
 
-def _chat(rng, p: ChatParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
-    out: list[_Req] = []
-    systems = _shared_prompts(p.system_tokens, bs, segs)
-    w = np.asarray(p.system_weights, dtype=float)
+def _sessions(rng, system_tokens, system_weights, session_rate, t0, t1, bs, segs):
+    """Session starts of a Poisson process at ``session_rate`` (sessions/s) in ``[t0, t1)``.
+
+    Yields ``(t, sid, prompt, trail)``: start time (s), session id (1, 2, ...), a copy of
+    the chosen shared system prompt, and the trail of its segments (for prefix checks).
+    """
+    systems = _shared_prompts(system_tokens, bs, segs)
+    w = np.asarray(system_weights, dtype=float)
     w = w / w.sum()
-    session_rate = rate / _expected_capped_geometric(p.mean_turns, p.max_turns)
     t = t0
     sid = 0
     while True:
         t += float(rng.exponential(1.0 / session_rate))
         if t >= t1:
-            return out
+            return
         sid += 1
         k_sys = int(rng.choice(len(systems), p=w))
-        prompt = systems[k_sys][0].copy()
-        trail: list[tuple[int, int]] = [(systems[k_sys][1], p.system_tokens[k_sys])]
+        yield t, sid, systems[k_sys][0].copy(), [(systems[k_sys][1], system_tokens[k_sys])]
+
+
+def _grow(prompt: _Prompt, n: int, segs: _Segments, trail: list, track: bool) -> None:
+    """Append ``n`` fresh tokens (a new segment) to ``prompt``, recorded in ``trail``."""
+    seg = segs.new()
+    prompt.extend(seg, n)
+    if track:
+        trail.append((seg, n))
+
+
+def _request(ta: float, prompt: _Prompt, o: int, sid: int, trail: list, track: bool) -> _Req:
+    """One request row: arrival ``ta`` (s), the prompt as it is now, ``o`` output tokens."""
+    return (ta, prompt.length, o, prompt.hashes() if ta >= 0 else [], sid,
+            tuple(trail) if track else ())
+
+
+def _chat(rng, p: ChatParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
+    out: list[_Req] = []
+    session_rate = rate / _expected_capped_geometric(p.mean_turns, p.max_turns)
+    for t, sid, prompt, trail in _sessions(rng, p.system_tokens, p.system_weights,
+                                           session_rate, t0, t1, bs, segs):
         turns = min(int(rng.geometric(1.0 / p.mean_turns)), p.max_turns)
         ta = t
         for k in range(turns):
@@ -292,24 +315,10 @@ def _chat(rng, p: ChatParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
             o = p.output_tokens.draw(rng)
             if prompt.length + u > p.max_context:
                 break
-            seg = segs.new()
-            prompt.extend(seg, u)
-            if track:
-                trail.append((seg, u))
-            out.append(
-                (
-                    ta,
-                    prompt.length,
-                    o,
-                    prompt.hashes() if ta >= 0 else [],
-                    sid,
-                    tuple(trail) if track else (),
-                )
-            )
-            seg = segs.new()
-            prompt.extend(seg, o)
-            if track:
-                trail.append((seg, o))
+            _grow(prompt, u, segs, trail, track)
+            out.append(_request(ta, prompt, o, sid, trail, track))
+            _grow(prompt, o, segs, trail, track)
+    return out
 
 
 def _api(rng, p: ApiParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
@@ -335,52 +344,22 @@ def _api(rng, p: ApiParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
 
 def _agent(rng, p: AgentParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
     out: list[_Req] = []
-    systems = _shared_prompts(p.system_tokens, bs, segs)
-    w = np.asarray(p.system_weights, dtype=float)
-    w = w / w.sum()
     session_rate = rate / _expected_capped_geometric(p.mean_steps, p.max_steps)
-    t = t0
-    sid = 0
-    while True:
-        t += float(rng.exponential(1.0 / session_rate))
-        if t >= t1:
-            return out
-        sid += 1
-        k_sys = int(rng.choice(len(systems), p=w))
-        prompt = systems[k_sys][0].copy()
-        trail: list[tuple[int, int]] = [(systems[k_sys][1], p.system_tokens[k_sys])]
-        task = p.task_tokens.draw(rng)
-        seg = segs.new()
-        prompt.extend(seg, task)
-        if track:
-            trail.append((seg, task))
+    for t, sid, prompt, trail in _sessions(rng, p.system_tokens, p.system_weights,
+                                           session_rate, t0, t1, bs, segs):
+        _grow(prompt, p.task_tokens.draw(rng), segs, trail, track)
         steps = min(int(rng.geometric(1.0 / p.mean_steps)), p.max_steps)
         ta = t
         for k in range(steps):
             if k:
                 ta += p.gap_min_s + float(rng.exponential(p.gap_mean_s))
-                tool = p.tool_tokens.draw(rng)
-                seg = segs.new()
-                prompt.extend(seg, tool)
-                if track:
-                    trail.append((seg, tool))
+                _grow(prompt, p.tool_tokens.draw(rng), segs, trail, track)
             if ta >= t1 or prompt.length > p.max_context:
                 break
             o = p.output_tokens.draw(rng)
-            out.append(
-                (
-                    ta,
-                    prompt.length,
-                    o,
-                    prompt.hashes() if ta >= 0 else [],
-                    sid,
-                    tuple(trail) if track else (),
-                )
-            )
-            seg = segs.new()
-            prompt.extend(seg, o)
-            if track:
-                trail.append((seg, o))
+            out.append(_request(ta, prompt, o, sid, trail, track))
+            _grow(prompt, o, segs, trail, track)
+    return out
 
 
 _GENERATORS = {"chat": _chat, "api": _api, "agent": _agent}

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmetric_theory import predicates, symbolic
+from lmetric_theory.numbers import finite_scalar
 
 __all__ = [
     "BOTH_A",
@@ -176,20 +177,10 @@ class RegionMap:
     lambda_eff_at_A: float
 
 
-def _finite(name: str, value: object) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: not a number ({value!r})") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: must be finite, got {v!r}")
-    return v
-
-
 def _axis(name: str, rng: tuple[float, float], n: int, log: bool) -> np.ndarray:
     if len(rng) != 2:
         raise ValueError(f"{name}: expected (low, high), got {rng!r}")
-    lo, hi = _finite(f"{name}[0]", rng[0]), _finite(f"{name}[1]", rng[1])
+    lo, hi = finite_scalar(f"{name}[0]", rng[0]), finite_scalar(f"{name}[1]", rng[1])
     if not lo < hi:
         raise ValueError(f"{name}: low end {lo!r} must be below high end {hi!r}")
     if log:
@@ -240,8 +231,8 @@ def compute_regions(
     ValueError
         Non-finite inputs, an empty range, a log axis reaching 0, a bad resolution.
     """
-    P_A, B_A = _finite("P_A", P_A), _finite("B_A", B_A)
-    lam, p0, b0 = _finite("lam", lam), _finite("p0", p0), _finite("b0", b0)
+    P_A, B_A = finite_scalar("P_A", P_A), finite_scalar("B_A", B_A)
+    lam, p0, b0 = finite_scalar("lam", lam), finite_scalar("p0", p0), finite_scalar("b0", b0)
     try:
         n_p, n_b = (int(r) for r in resolution)
     except (TypeError, ValueError):

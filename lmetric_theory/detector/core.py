@@ -48,6 +48,7 @@ from lmetric_theory.detector.findings import (
 )
 from lmetric_theory.detector.reference import LinearReference
 from lmetric_theory.detector.snapshot import Snapshot, as_exact_array
+from lmetric_theory.numbers import exact_if_integral, finite_scalar
 
 __all__ = ["Detector", "Verdict", "Verdicts"]
 
@@ -70,15 +71,7 @@ _EMPTY: tuple[Finding, ...] = ()
 
 
 def _offset(name: str, value: object) -> int | float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: not a number ({value!r})") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: {'NaN' if math.isnan(v) else 'infinite'}")
-    if v < 0:
-        raise ValueError(f"{name}: negative ({v!r}); offsets must be >= 0")
-    return int(v) if v.is_integer() and abs(v) < 2**31 else v
+    return exact_if_integral(finite_scalar(name, value, nonneg=True, why="offsets must be >= 0"))
 
 
 # =============================================================================== Verdict

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from lmetric_theory.numbers import finite_scalar
 
 __all__ = ["LinearReference"]
 
@@ -11,17 +12,7 @@ _SOURCES = ("fixed", "band", "latency_model", "tuned")
 
 
 def _finite_nonneg(name: str, value: object) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: not a number ({value!r})") from None
-    if math.isnan(v):
-        raise ValueError(f"{name}: NaN")
-    if math.isinf(v):
-        raise ValueError(f"{name}: infinite")
-    if v < 0:
-        raise ValueError(f"{name}: negative ({v!r}); a batch slot cannot be worth < 0 tokens")
-    return v
+    return finite_scalar(name, value, nonneg=True, why="a batch slot cannot be worth < 0 tokens")
 
 
 @dataclass(frozen=True, slots=True)

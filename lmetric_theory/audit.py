@@ -46,6 +46,7 @@ __all__ = [
     "default_reference",
     "json_safe",
     "load_snapshots",
+    "reference_from_tuning",
     "tuned_reference",
 ]
 
@@ -179,6 +180,24 @@ def default_reference(
                            provenance=prov)
 
 
+def reference_from_tuning(res: Any, *, tolerance: float = 0.05) -> LinearReference:
+    """The tuned reference of a finished :func:`lmetric_theory.tuning.tune_linear` run.
+
+    ``lam`` is the best rate; the band holds every evaluated rate whose objective is
+    within ``tolerance`` (relative) of the best, so a flat objective gives a wide band.
+    """
+    best = float(res.lam)
+    ok = [lam for lam, obj in res.evaluations
+          if math.isfinite(obj) and obj <= res.objective * (1 + tolerance)]
+    lo, hi = min([best, *ok]), max([best, *ok])
+    prov = (f"tune_linear: {len(res.evaluations)} simulated rates in "
+            f"[{float(res.grid.min()):g}, {float(res.grid.max()):g}], best {best:g} with "
+            f"{res.objective_name} = {res.objective:.4g} s; band: rates within "
+            f"{tolerance:.0%} of the best")
+    return LinearReference.tuned(best, objective=res.objective_name, source=prov,
+                                 lam_lo=lo, lam_hi=hi)
+
+
 def tuned_reference(
     workload: Any,
     *,
@@ -191,37 +210,19 @@ def tuned_reference(
 ) -> LinearReference:
     """A reference tuned with the simulator, for ``--tune``.
 
-    Uses :func:`lmetric_theory.tuning.tune_linear` (``linear`` replayed over a
-    log-spaced grid of ``lam``, mean TTFT minimised). The band holds every evaluated
-    rate whose objective is within ``tolerance`` (relative) of the best. When the tuner
-    is unavailable, or there is no workload to tune on (snapshot audits), falls back to
-    :func:`default_reference` and says so in the provenance.
+    Runs :func:`lmetric_theory.tuning.tune_linear` (``linear`` replayed over a
+    log-spaced grid of ``lam``, mean TTFT minimised) and turns it into a reference with
+    :func:`reference_from_tuning`. With no workload to tune on (snapshot audits), falls
+    back to :func:`default_reference` and says so in the provenance.
     """
-    import importlib
+    if workload is not None:
+        from lmetric_theory.tuning import tune_linear
 
-    try:
-        mod = importlib.import_module("lmetric_theory.tuning")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lmetric_theory.tuning":
-            raise
-        mod = None
-    fn = getattr(mod, "tune_linear", None) if mod is not None else None
-    if fn is not None and workload is not None:
-        res = fn(workload, instances=int(instances), preset=_load_preset(preset), seed=seed,
-                 P=str(p_definition), B=str(b_definition))
-        best = float(res.lam)
-        ok = [lam for lam, obj in res.evaluations
-              if math.isfinite(obj) and obj <= res.objective * (1 + tolerance)]
-        lo, hi = min([best, *ok]), max([best, *ok])
-        prov = (f"tune_linear: {len(res.evaluations)} simulated rates in "
-                f"[{float(res.grid.min()):g}, {float(res.grid.max()):g}], best {best:g} with "
-                f"{res.objective_name} = {res.objective:.4g} s; band: rates within "
-                f"{tolerance:.0%} of the best")
-        return LinearReference.tuned(best, objective=res.objective_name, source=prov,
-                                     lam_lo=lo, lam_hi=hi)
+        res = tune_linear(workload, instances=int(instances), preset=_load_preset(preset),
+                          seed=seed, P=str(p_definition), B=str(b_definition))
+        return reference_from_tuning(res, tolerance=tolerance)
     ref = default_reference(preset, workload)
-    why = ("no tuner available (lmetric_theory.tuning.tune_linear is absent)"
-           if workload is not None else "no workload to tune on (snapshot audit)")
+    why = "no workload to tune on (snapshot audit)"
     return LinearReference(ref.lam, ref.lam_lo, ref.lam_hi, source="latency_model",
                            provenance=f"--tune requested but {why}; lam {ref.provenance}")
 

@@ -157,7 +157,7 @@ re-routing one decision in a forked simulator), and which mitigations fix them."
 from IPython.display import Markdown, display
 
 from lmetric_theory import notebook_support as ns
-from lmetric_theory.audit import audit_workload, tuned_reference
+from lmetric_theory.audit import audit_workload, reference_from_tuning
 from lmetric_theory.counterfactual import counterfactual
 from lmetric_theory.sim import SimConfig, load_preset
 from lmetric_theory.tuning import tune_linear
@@ -175,7 +175,7 @@ print(label, len(workload.arrival_s), "requests")'''),
     ("md", """## Tuned linear references (one per cluster size and load)
 
 The packaged tuner (`lmetric_theory.tuning.tune_linear`: the linear router simulated over a
-log-spaced grid of rates, mean TTFT minimised) gives the curve; `lmetric_theory.audit.tuned_reference`
+log-spaced grid of rates, mean TTFT minimised) gives the curve; `lmetric_theory.audit.reference_from_tuning`
 turns the same tuning into the reference and its band (rates within 5% of the best).
 A flat objective (light load: every rate routes about as well) gives a wide band and a
 best rate that is only nominally "tuned"; read the band together with the rate."""),
@@ -185,7 +185,7 @@ for n in INSTANCES:
     for k in LOADS:
         w = scale_rate(workload, k)
         tr = tune_linear(w, instances=n, preset=PRESET, seed=SEED)
-        ref = refs[(n, k)] = tuned_reference(w, instances=n, preset=PRESET, seed=SEED)
+        ref = refs[(n, k)] = reference_from_tuning(tr)  # tuned once, band from the same run
         sweep_rows += [{"instances": n, "load": k, "lam": float(x), "ttft_mean_s": float(y)}
                        for x, y in zip(tr.grid, tr.grid_objective)]
         print(f"N={n} load={k}: best lam={ref.lam:g}, band [{ref.lam_lo:g}, {ref.lam_hi:g}]")

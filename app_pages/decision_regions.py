@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lmetric_theory.app_support import region_figure, theory_latex
-from lmetric_theory.regions import REGION_LABELS, compute_regions
+from lmetric_theory.app.support import region_figure, theory_latex
+from lmetric_theory.experiments.regions import REGION_LABELS, compute_regions
 
 st.title("Decision regions")
 st.caption(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lmetric_theory.app_support import (
+from lmetric_theory.app.support import (
     EXAMPLE_SNAPSHOTS,
     MAX_INSTANCES,
     check_table,
     pair_view_ranges,
     region_figure,
 )
-from lmetric_theory.regions import compute_regions
+from lmetric_theory.experiments.regions import compute_regions
 
 st.title("Snapshot checker")
 st.caption(

@@ -7,15 +7,15 @@ import warnings
 
 import streamlit as st
 
-from lmetric_theory.app_support import (
+from lmetric_theory.app.support import (
     MAX_UPLOAD_MB,
     audit_for_app,
     pair_view_ranges,
     read_jsonl_upload,
     region_figure,
 )
-from lmetric_theory.regions import compute_regions
-from lmetric_theory.report import (
+from lmetric_theory.experiments.regions import compute_regions
+from lmetric_theory.io.report import (
     disagreement_rate_figure,
     lambda_eff_figure,
     regret_figure,

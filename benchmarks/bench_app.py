@@ -57,8 +57,8 @@ def _median_time(fn, repeat: int) -> float:  # noqa: ANN001
 
 
 def bench_regions(repeat: int) -> tuple[float, float]:
-    from lmetric_theory.app_support import region_figure
-    from lmetric_theory.regions import compute_regions
+    from lmetric_theory.app.support import region_figure
+    from lmetric_theory.experiments.regions import compute_regions
 
     lams = [300.0 + 7.0 * k for k in range(repeat)]
     compute_regions(1024.0, 8.0, lam=300.0)  # warm-up (lambdify, caches)

@@ -33,7 +33,7 @@ def cold_cli(repeat: int, fmt: str) -> list[float]:
 def in_process(repeat: int) -> tuple[float, list[float]]:
     """(first derive() seconds in this process, later derive() seconds)."""
     t = time.perf_counter()
-    from lmetric_theory.symbolic import derive
+    from lmetric_theory.theory import derive
 
     derive()
     first = time.perf_counter() - t

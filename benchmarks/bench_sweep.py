@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from lmetric_theory.experiments.sweep import DaskExecutor, LocalExecutor, SimTask, run_sweep
 from lmetric_theory.sim import SimConfig, load_preset
-from lmetric_theory.sweep import DaskExecutor, LocalExecutor, SimTask, run_sweep
 from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
 
 POLICIES = ("lmetric", "lmetric:P=queued+uncached", "least-loaded", "round-robin")

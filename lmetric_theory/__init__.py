@@ -20,7 +20,7 @@ from lmetric_theory.detector import (  # noqa: E402
     Verdict,
     Verdicts,
 )
-from lmetric_theory.guard import Guard, PrometheusMetrics  # noqa: E402
+from lmetric_theory.detector.guard import Guard, PrometheusMetrics  # noqa: E402
 
 __all__ = [
     "Detector",

@@ -31,7 +31,7 @@ THEORY = [
 
 LMetric routes a request to the instance with the lowest **product** score
 $S_i = (P_i + p_0)(B_i + b_0)$; production routers use a **linear** score
-$C_i = P_i + \\lambda B_i$. Everything below comes from `lmetric_theory.symbolic.derive()`
+$C_i = P_i + \\lambda B_i$. Everything below comes from `lmetric_theory.theory.derive()`
 (sympy derivations from the two definitions) and the numeric predicates generated from them;
 this notebook only displays and plots."""),
     ("code", SETUP),
@@ -39,9 +39,9 @@ this notebook only displays and plots."""),
 import sympy as sp
 from IPython.display import Markdown, display
 
-from lmetric_theory import predicates
-from lmetric_theory.regions import compute_regions
-from lmetric_theory.symbolic import derive, second_intersection, tangent_lam
+from lmetric_theory.core import kernel as predicates
+from lmetric_theory.experiments.regions import compute_regions
+from lmetric_theory.theory import derive, second_intersection, tangent_lam
 
 d = derive()'''),
     ("md", """## The pairwise identity
@@ -156,11 +156,11 @@ re-routing one decision in a forked simulator), and which mitigations fix them."
     ("code", '''import plotly.express as px
 from IPython.display import Markdown, display
 
-from lmetric_theory import notebook_support as ns
+import nbsupport as ns
 from lmetric_theory.audit import audit_workload, reference_from_tuning
-from lmetric_theory.counterfactual import counterfactual
+from lmetric_theory.experiments.counterfactual import counterfactual
 from lmetric_theory.sim import SimConfig, load_preset
-from lmetric_theory.tuning import tune_linear
+from lmetric_theory.experiments.tuning import tune_linear
 from lmetric_theory.workload import scale_rate
 
 COUNT = None if FULL else 1500          # requests of the trace
@@ -174,7 +174,7 @@ if label != "mooncake":
 print(label, len(workload.arrival_s), "requests")'''),
     ("md", """## Tuned linear references (one per cluster size and load)
 
-The packaged tuner (`lmetric_theory.tuning.tune_linear`: the linear router simulated over a
+The packaged tuner (`lmetric_theory.experiments.tuning.tune_linear`: the linear router simulated over a
 log-spaced grid of rates, mean TTFT minimised) gives the curve; `lmetric_theory.audit.reference_from_tuning`
 turns the same tuning into the reference and its band (rates within 5% of the best).
 A flat objective (light load: every rate routes about as well) gives a wide band and a
@@ -236,7 +236,7 @@ fig'''),
     ("md", """## Cost of the disagreements
 
 Score regret: how many tokens worse the product's pick is under the reference linear score.
-Counterfactual TTFT (`lmetric_theory.counterfactual.counterfactual`): for a random sample of
+Counterfactual TTFT (`lmetric_theory.experiments.counterfactual.counterfactual`): for a random sample of
 disagreeing decisions, fork the simulator right before the decision, send that one request
 where the reference would, finish both branches under LMetric and compare the mean TTFT of
 the requests arriving in the next 5 s (negative = the reference's choice was better). The
@@ -308,7 +308,7 @@ paper's claims are checked against the computed numbers at the end — nothing i
     ("code", '''import plotly.express as px
 from IPython.display import Markdown, display
 
-from lmetric_theory import notebook_support as ns
+import nbsupport as ns
 from lmetric_theory.workload import scale_rate, synthetic
 
 N = 8 if FULL else 4
@@ -326,10 +326,10 @@ for kind, rate in SYN_RATE.items():
 print({k: len(w.arrival_s) for k, w in workloads.items()})'''),
     ("md", """### Tuned linear rate and the guard
 
-The rate of `tuned-linear` comes from the packaged tuner `lmetric_theory.tuning.tune_linear`
+The rate of `tuned-linear` comes from the packaged tuner `lmetric_theory.experiments.tuning.tune_linear`
 (simulate the linear router over a log grid of rates, keep the best mean TTFT).
 `guarded-lmetric` is used when installed; otherwise it is skipped."""),
-    ("code", '''from lmetric_theory.tuning import tune_linear
+    ("code", '''from lmetric_theory.experiments.tuning import tune_linear
 
 try:
     import lmetric_theory.policies.guarded  # noqa: F401  (registers guarded-lmetric)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lmetric_theory.app_support import EXAMPLE_SNAPSHOTS, check_table
+from lmetric_theory.app.support import EXAMPLE_SNAPSHOTS, check_table
 from lmetric_theory.detector import Detector, LinearReference, Snapshot
-from lmetric_theory.regions import compute_regions
+from lmetric_theory.experiments.regions import compute_regions
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 60
@@ -154,7 +154,7 @@ AUDIT_PAGE = "app_pages/trace_audit.py"
 
 
 def test_audit_default_matches_library():
-    from lmetric_theory.app_support import audit_for_app
+    from lmetric_theory.app.support import audit_for_app
     from lmetric_theory.workload import default_workload, select
 
     at = _app(AUDIT_PAGE)
@@ -198,7 +198,7 @@ MOONCAKE_LINES = [
 
 
 def test_read_upload_accepts_mooncake_jsonl():
-    from lmetric_theory.app_support import read_jsonl_upload
+    from lmetric_theory.app.support import read_jsonl_upload
 
     w = read_jsonl_upload("t.jsonl", ("\n".join(MOONCAKE_LINES) + "\n").encode())
     assert len(w) == 3
@@ -219,14 +219,14 @@ def test_read_upload_accepts_mooncake_jsonl():
     ],
 )
 def test_read_upload_rejects_bad_input_with_a_clear_message(data, kwargs, needle):
-    from lmetric_theory.app_support import read_jsonl_upload
+    from lmetric_theory.app.support import read_jsonl_upload
 
     with pytest.raises(ValueError, match=needle):
         read_jsonl_upload("t.jsonl", data, **kwargs)
 
 
 def test_read_upload_skips_and_counts_bad_lines_when_asked():
-    from lmetric_theory.app_support import read_jsonl_upload
+    from lmetric_theory.app.support import read_jsonl_upload
 
     data = (MOONCAKE_LINES[0] + "\n{oops\n" + MOONCAKE_LINES[1] + "\n").encode()
     w = read_jsonl_upload("t.jsonl", data, skip_bad_lines=True)
@@ -238,7 +238,7 @@ def test_report_json_of_the_page_is_strict():
     infinities are written as null."""
     import json
 
-    from lmetric_theory.report import report_json
+    from lmetric_theory.io.report import report_json
 
     assert json.loads(report_json({"a": float("inf"), "b": [float("nan"), 1.5]})) == {
         "a": None, "b": [None, 1.5]}

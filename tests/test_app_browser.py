@@ -154,7 +154,7 @@ def test_decision_regions_page(server, page, artifacts):
     page.screenshot(path=str(artifacts / "decision_regions.png"), full_page=True)
 
     # Typing a new rate redraws with the library's numbers.
-    from lmetric_theory.regions import compute_regions
+    from lmetric_theory.experiments.regions import compute_regions
 
     want = compute_regions(1024.0, 8.0, lam=50.0, p_range=(0.0, 4096.0), b_range=(0.0, 32.0))
     box = page.get_by_label("lam: tokens per batch slot")

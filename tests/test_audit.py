@@ -18,7 +18,7 @@ from lmetric_theory.audit import (
 )
 from lmetric_theory.cli import main
 from lmetric_theory.detector import Detector, LinearReference
-from lmetric_theory.report import atomic_write, atomic_write_text, write_report
+from lmetric_theory.io.report import atomic_write, atomic_write_text, write_report
 from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import default_workload, select
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmetric_theory import predicates as pr
-from lmetric_theory.codegen import LANGUAGES, emit, emit_c, emit_rust
+from lmetric_theory.core import kernel as pr
+from lmetric_theory.theory.codegen import LANGUAGES, emit, emit_c, emit_rust
 
 N_CASES = 3000
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lmetric_theory.counterfactual import counterfactual
+from lmetric_theory.experiments.counterfactual import counterfactual
 from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import synthetic
 

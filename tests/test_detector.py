@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmetric_theory import predicates as pr
+from lmetric_theory.core import kernel as pr
 from lmetric_theory.detector import (
     FINDING_KINDS,
     Detector,

@@ -46,7 +46,7 @@ def test_mitigate_uses_the_verdicts_mitigation():
 
 def test_log_keeps_the_pick_and_warns(caplog):
     g = Guard(Detector(100), lmetric_router, on_flag="log")
-    with caplog.at_level(logging.WARNING, logger="lmetric_theory.guard"):
+    with caplog.at_level(logging.WARNING, logger="lmetric_theory.detector.guard"):
         assert g(DISAGREE) == 1
     assert "disagreement" in caplog.text
     assert g.stats().overridden == 0 and g.stats().flagged == 1

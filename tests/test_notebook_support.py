@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmetric_theory import notebook_support as ns
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+import nbsupport as ns  # noqa: E402
 
 
 def test_find_shared_walks_up(tmp_path: Path) -> None:

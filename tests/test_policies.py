@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmetric_theory.core.kernel import argmin_linear, argmin_product
 from lmetric_theory.policies import (
     DecisionView,
     Policy,
@@ -20,7 +21,6 @@ from lmetric_theory.policies import (
     register_policy,
     tie_field,
 )
-from lmetric_theory.predicates import argmin_linear, argmin_product
 
 BUILTIN = {"lmetric", "linear", "round-robin", "random", "least-loaded", "cache-affinity", "power-of-two"}
 

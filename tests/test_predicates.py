@@ -22,8 +22,8 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmetric_theory import predicates as pr
-from lmetric_theory.symbolic import SYMBOLS, derive
+from lmetric_theory.core import kernel as pr
+from lmetric_theory.theory import SYMBOLS, derive
 
 BATCH = 1000
 SETTINGS = settings(

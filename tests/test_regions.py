@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmetric_theory import predicates
-from lmetric_theory.regions import (
+from lmetric_theory.core import kernel as predicates
+from lmetric_theory.experiments.regions import (
     BOTH_A,
     BOTH_B,
     ONLY_LINEAR_B,

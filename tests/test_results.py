@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from lmetric_theory.cli import main
-from lmetric_theory.commands.results import POLICIES
+from lmetric_theory.cli.results import POLICIES
 from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import default_workload, scale_rate, select
 

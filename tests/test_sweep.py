@@ -7,8 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lmetric_theory.sim import SimConfig, Simulator, load_preset
-from lmetric_theory.sweep import (
+from lmetric_theory.experiments.sweep import (
     LocalExecutor,
     SimTask,
     get_executor,
@@ -17,6 +16,7 @@ from lmetric_theory.sweep import (
     run_sweep,
     run_task,
 )
+from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import scale_rate, synthetic
 
 POLICIES = ["lmetric", "round-robin", "least-loaded"]
@@ -68,7 +68,7 @@ def test_bad_executor_and_workers():
 
 def test_dask_local_cluster_equals_local(small):
     distributed = pytest.importorskip("dask.distributed", reason="optional extra 'dask' not installed")
-    from lmetric_theory.sweep import DaskExecutor
+    from lmetric_theory.experiments.sweep import DaskExecutor
 
     w, cfg = small
     tasks = [SimTask(w, cfg, p, 0, {"i": i}) for i, p in enumerate(POLICIES + ["guarded-lmetric"])]

@@ -14,14 +14,14 @@ import pytest
 import sympy as sp
 
 from lmetric_theory import cli
-from lmetric_theory.definitions import (
+from lmetric_theory.core.definitions import (
     DEFAULT_B0,
     DEFAULT_P0,
     BDefinition,
     PDefinition,
     ScoreDefinition,
 )
-from lmetric_theory.symbolic import (
+from lmetric_theory.theory import (
     SYMBOLS,
     derive,
     hyperbola_B2,
@@ -30,8 +30,8 @@ from lmetric_theory.symbolic import (
     second_intersection,
     tangent_lam,
 )
-from lmetric_theory.symbolic.geometry import REGION_LEFT, REGION_LENS, REGION_RIGHT
-from lmetric_theory.symbolic.render import to_json_dict, to_latex, to_markdown
+from lmetric_theory.theory.geometry import REGION_LEFT, REGION_LENS, REGION_RIGHT
+from lmetric_theory.theory.render import to_json_dict, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 P_1, P_2, B_1, B_2 = (SYMBOLS[n] for n in ("P_1", "P_2", "B_1", "B_2"))
@@ -218,7 +218,7 @@ def test_numeric_geometry_helpers(d):
                      100, 1, 40)
     assert grid.shape == (41, 33)
     # agrees with the exact predicates on every grid point off the curves
-    from lmetric_theory import predicates as pr
+    from lmetric_theory.core import kernel as pr
 
     Pg, Bg = np.meshgrid(np.linspace(0, 400, 41), np.linspace(0, 8, 33), indexing="ij")
     dis = pr.disagrees(100.0, 1.0, Pg, Bg, 40, 0, 1)

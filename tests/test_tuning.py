@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from lmetric_theory.experiments.tuning import TunedLinear, resolve_policy, tune_linear
 from lmetric_theory.policies import DecisionView, make_policy
 from lmetric_theory.sim import SimConfig, Simulator, load_preset
-from lmetric_theory.tuning import TunedLinear, resolve_policy, tune_linear
 from lmetric_theory.workload import synthetic
 
 

@@ -1,8 +1,8 @@
 """The detector: :class:`Detector`, :class:`Verdict` (one decision), :class:`Verdicts` (many).
 
 Definitions (``i`` the product's choice, ``j`` the linear reference's choice, both the
-lowest index on ties, exactly as :func:`lmetric_theory.predicates.argmin_product` and
-:func:`~lmetric_theory.predicates.argmin_linear` pick them):
+lowest index on ties, exactly as :func:`lmetric_theory.core.kernel.argmin_product` and
+:func:`~lmetric_theory.core.kernel.argmin_linear` pick them):
 
 - ``disagrees``: ``i != j``. Whenever neither score ties at its minimum this equals
   ``predicates.disagrees`` on the pair ``(i, j)`` (the theory: the argmins differ exactly
@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory import predicates as pr
+from lmetric_theory.core import kernel as pr
+from lmetric_theory.core.validate import exact_if_integral, finite_scalar
 from lmetric_theory.detector.findings import (
     FINDING_KINDS,
     Finding,
@@ -48,7 +49,6 @@ from lmetric_theory.detector.findings import (
 )
 from lmetric_theory.detector.reference import LinearReference
 from lmetric_theory.detector.snapshot import Snapshot, as_exact_array
-from lmetric_theory.numbers import exact_if_integral, finite_scalar
 
 __all__ = ["Detector", "Verdict", "Verdicts"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmetric_theory.numbers import finite_scalar
+from lmetric_theory.core.validate import finite_scalar
 
 __all__ = ["LinearReference"]
 

@@ -2,7 +2,7 @@
 
 Built-in: ``lmetric``, ``linear``, ``round-robin``, ``random``, ``least-loaded``,
 ``cache-affinity``, ``power-of-two``, ``guarded-lmetric``; ``tuned-linear`` is
-registered by :mod:`lmetric_theory.tuning` (it tunes on the workload before a run). Add more with :func:`register_policy`.
+registered by :mod:`lmetric_theory.experiments.tuning` (it tunes on the workload before a run). Add more with :func:`register_policy`.
 """
 
 from lmetric_theory.policies import builtin as _builtin  # noqa: F401  (registers built-ins)

@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lmetric_theory.definitions import BDefinition, PDefinition, ScoreDefinition
+from lmetric_theory.core.definitions import BDefinition, PDefinition, ScoreDefinition
 from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, register_policy, tie_field
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Exact numeric predicates of the product-vs-linear theory (vectorised).
 
 These are the numeric counterparts of the expressions derived in
-:mod:`lmetric_theory.symbolic`; ``tests/test_predicates.py`` ties every function here
+:mod:`lmetric_theory.theory`; ``tests/test_predicates.py`` ties every function here
 to those expressions and to brute force in exact rational arithmetic.
 
 Scores, for instance ``i`` with prefill tokens ``P_i`` and batch size ``B_i``:

@@ -11,7 +11,7 @@ Two entry points build the same report:
 
 The report (:attr:`AuditResult.report`) is a JSON-ready dict (strict JSON: non-finite
 numbers are ``None``) with the keys of ``lmetric-theory audit --json``. This module reads
-snapshot files but never prints; :mod:`lmetric_theory.report` writes the JSON and HTML.
+snapshot files but never prints; :mod:`lmetric_theory.io.report` writes the JSON and HTML.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory.definitions import BDefinition, PDefinition
+from lmetric_theory.core.definitions import BDefinition, PDefinition
 from lmetric_theory.detector import (
     DEGENERATE_KINDS,
     FINDING_KINDS,
@@ -181,7 +181,7 @@ def default_reference(
 
 
 def reference_from_tuning(res: Any, *, tolerance: float = 0.05) -> LinearReference:
-    """The tuned reference of a finished :func:`lmetric_theory.tuning.tune_linear` run.
+    """The tuned reference of a finished :func:`lmetric_theory.experiments.tuning.tune_linear` run.
 
     ``lam`` is the best rate; the band holds every evaluated rate whose objective is
     within ``tolerance`` (relative) of the best, so a flat objective gives a wide band.
@@ -210,13 +210,13 @@ def tuned_reference(
 ) -> LinearReference:
     """A reference tuned with the simulator, for ``--tune``.
 
-    Runs :func:`lmetric_theory.tuning.tune_linear` (``linear`` replayed over a
+    Runs :func:`lmetric_theory.experiments.tuning.tune_linear` (``linear`` replayed over a
     log-spaced grid of ``lam``, mean TTFT minimised) and turns it into a reference with
     :func:`reference_from_tuning`. With no workload to tune on (snapshot audits), falls
     back to :func:`default_reference` and says so in the provenance.
     """
     if workload is not None:
-        from lmetric_theory.tuning import tune_linear
+        from lmetric_theory.experiments.tuning import tune_linear
 
         res = tune_linear(workload, instances=int(instances), preset=_load_preset(preset),
                           seed=seed, P=str(p_definition), B=str(b_definition))

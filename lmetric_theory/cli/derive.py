@@ -51,11 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler: print the requested output to stdout; returns 0."""
     if args.emit is not None:
-        from lmetric_theory.codegen import emit
+        from lmetric_theory.theory.codegen import emit
 
         sys.stdout.write(emit(args.emit))
         return 0
-    from lmetric_theory.symbolic import render
+    from lmetric_theory.theory import render
 
     if args.format == "json":
         sys.stdout.write(render.to_json() + "\n")
@@ -75,8 +75,8 @@ def _print_text() -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from lmetric_theory.symbolic import derive
-    from lmetric_theory.symbolic.render import is_relation
+    from lmetric_theory.theory import derive
+    from lmetric_theory.theory.render import is_relation
 
     d = derive()
     console = Console(highlight=False, soft_wrap=False)

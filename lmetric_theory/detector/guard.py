@@ -138,7 +138,7 @@ class Guard:
         ``instance_ids`` (the guard then returns an id too).
     on_flag : {"log", "count", "fallback", "mitigate"}
         For a flagged decision: ``"log"`` keeps the router's pick and logs a warning
-        (logger ``lmetric_theory.guard``); ``"count"`` keeps it silently;
+        (logger ``lmetric_theory.detector.guard``); ``"count"`` keeps it silently;
         ``"fallback"`` returns the linear reference's pick; ``"mitigate"`` returns the
         pick of the verdict's mitigation (:meth:`Detector.mitigated_choice`).
     kinds : iterable of str, optional

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from lmetric_theory.definitions import DEFAULT_B0, DEFAULT_P0, BDefinition, PDefinition
+from lmetric_theory.core.definitions import DEFAULT_B0, DEFAULT_P0, BDefinition, PDefinition
 
 __all__ = [
     "SYMBOLS",
@@ -157,7 +157,7 @@ class Derivation:
 
     Pair quantities refer to instance 1 and instance 2; for the geometry, instance 1
     is fixed and ``(P_2, B_2)`` is the plane. See the module docstring of
-    :mod:`lmetric_theory.symbolic.core` for conventions.
+    :mod:`lmetric_theory.theory.derivation` for conventions.
     """
 
     # (a) definitions

@@ -17,9 +17,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from lmetric_theory.audit import audit_workload
+from lmetric_theory.core.kernel import linear_scores, product_scores
 from lmetric_theory.detector import Detector, LinearReference, Snapshot, Verdict, Verdicts
-from lmetric_theory.predicates import linear_scores, product_scores
-from lmetric_theory.regions import REGION_LABELS, RegionMap
+from lmetric_theory.experiments.regions import REGION_LABELS, RegionMap
 from lmetric_theory.workload import Workload, parse_trace
 
 __all__ = [
@@ -214,15 +214,15 @@ def check_table(
 def theory_latex(keys: tuple[str, ...] = ("pairwise_identity", "disagreement", "geometry")) -> tuple[
     tuple[str, str, tuple[str, ...]], ...
 ]:
-    """LaTeX of the named theory results, from :func:`lmetric_theory.symbolic.derive`.
+    """LaTeX of the named theory results, from :func:`lmetric_theory.theory.derive`.
 
     Returns
     -------
     tuple of (title, statement, latex formulas)
         One entry per key, in order. Cached per process (the derivation costs ~1 s once).
     """
-    from lmetric_theory.symbolic import derive
-    from lmetric_theory.symbolic.render import formula_latex
+    from lmetric_theory.theory import derive
+    from lmetric_theory.theory.render import formula_latex
 
     d = derive()
     out = []
@@ -257,7 +257,7 @@ def region_figure(
     Parameters
     ----------
     rm : RegionMap
-        From :func:`lmetric_theory.regions.compute_regions`.
+        From :func:`lmetric_theory.experiments.regions.compute_regions`.
     marker : (float, float), optional
         A state ``(P, B)`` of instance B to mark (tokens, requests).
     marker_label : str

@@ -1,6 +1,6 @@
 """Which quantities the scores are built from: the P and B definitions and the offsets.
 
-The algebra in :mod:`lmetric_theory.symbolic` holds for any nonnegative ``P`` and ``B``;
+The algebra in :mod:`lmetric_theory.theory` holds for any nonnegative ``P`` and ``B``;
 which concrete definition a simulator run, an audit or a detector verdict used is
 metadata, recorded with every result through :class:`ScoreDefinition`.
 

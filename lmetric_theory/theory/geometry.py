@@ -1,10 +1,10 @@
 """Numeric helpers for the geometry result (e), generated from the derived expressions.
 
 Instance 1 is fixed at ``(P1, B1)``; the plane is instance 2's state ``(P2, B2)``.
-Every function is produced by ``sympy.lambdify`` from :func:`lmetric_theory.symbolic.derive`
+Every function is produced by ``sympy.lambdify`` from :func:`lmetric_theory.theory.derive`
 (built once per process, on first use) and broadcasts like numpy. These are float
 helpers for plotting and exploration; exact decisions live in
-:mod:`lmetric_theory.predicates`.
+:mod:`lmetric_theory.core.kernel`.
 
 Units: ``P`` in tokens, ``B`` in requests, ``lam`` in tokens per batch slot.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from lmetric_theory.definitions import DEFAULT_B0, DEFAULT_P0
-from lmetric_theory.symbolic.core import B_1, B_2, P_1, P_2, b_0, derive, lam, p_0
+from lmetric_theory.core.definitions import DEFAULT_B0, DEFAULT_P0
+from lmetric_theory.theory.derivation import B_1, B_2, P_1, P_2, b_0, derive, lam, p_0
 
 __all__ = [
     "REGION_AGREE",

@@ -7,7 +7,7 @@ Every result is derived by sympy from the two score definitions
 
 (lower score wins) and comes with a plain-language statement of what it means for
 routing. :func:`derive` computes everything once per process (cached); the numeric
-helpers in :mod:`lmetric_theory.symbolic.geometry` are generated from the same
+helpers in :mod:`lmetric_theory.theory.geometry` are generated from the same
 expressions with ``sympy.lambdify``.
 
 Parse the expression strings this package emits with
@@ -16,7 +16,7 @@ Parse the expression strings this package emits with
 same names.
 """
 
-from lmetric_theory.symbolic.core import (
+from lmetric_theory.theory.derivation import (
     SYMBOLS,
     Degenerate,
     Derivation,
@@ -26,7 +26,7 @@ from lmetric_theory.symbolic.core import (
     Result,
     derive,
 )
-from lmetric_theory.symbolic.geometry import (
+from lmetric_theory.theory.geometry import (
     REGION_NAMES,
     hyperbola_B2,
     line_B2,

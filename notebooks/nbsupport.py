@@ -1,9 +1,9 @@
 """Glue for the notebooks: locate the shared data, sweep policies, check a band of rates.
 
 Only what the packaged modules do not already offer lives here. Tuning the linear rate is
-:func:`lmetric_theory.tuning.tune_linear` (band: :func:`lmetric_theory.audit.reference_from_tuning`),
+:func:`lmetric_theory.experiments.tuning.tune_linear` (band: :func:`lmetric_theory.audit.reference_from_tuning`),
 auditing a run is :func:`lmetric_theory.audit.audit_workload` (its report ranks the
-mitigations) and re-routing single decisions is :func:`lmetric_theory.counterfactual.counterfactual`;
+mitigations) and re-routing single decisions is :func:`lmetric_theory.experiments.counterfactual.counterfactual`;
 the notebooks call those directly. Nothing here prints or writes files; :func:`find_shared`
 only looks for a folder.
 """

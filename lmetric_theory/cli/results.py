@@ -65,9 +65,9 @@ def _err(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: tune, sweep, print."""
+    from lmetric_theory.experiments.sweep import SimTask, get_executor, run_sweep
+    from lmetric_theory.experiments.tuning import tune_linear
     from lmetric_theory.sim import SimConfig, load_preset
-    from lmetric_theory.sweep import SimTask, get_executor, run_sweep
-    from lmetric_theory.tuning import tune_linear
     from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
 
     try:

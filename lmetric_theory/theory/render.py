@@ -1,4 +1,4 @@
-"""Turn a :class:`~lmetric_theory.symbolic.core.Derivation` into JSON, Markdown or LaTeX.
+"""Turn a :class:`~lmetric_theory.theory.derivation.Derivation` into JSON, Markdown or LaTeX.
 
 Pure functions returning strings or JSON-ready dicts; printing happens in the CLI.
 Every expression is written with ``sympy.sstr``, which ``sympy.parse_expr`` reads back
@@ -12,7 +12,7 @@ from typing import Any
 
 import sympy as sp
 
-from lmetric_theory.symbolic.core import SYMBOLS, Derivation, Formula, derive
+from lmetric_theory.theory.derivation import SYMBOLS, Derivation, Formula, derive
 
 __all__ = [
     "MARKDOWN_COMMAND",
@@ -221,7 +221,7 @@ def to_markdown(d: Derivation | None = None) -> str:
         "     (a test fails when this file is stale). -->",
         "",
         f"Regenerate with `{MARKDOWN_COMMAND}`. Every formula below is derived by sympy "
-        "from the two score definitions (`lmetric_theory.symbolic.derive()`); every "
+        "from the two score definitions (`lmetric_theory.theory.derive()`); every "
         "identity is proved in the test suite with `simplify(lhs - rhs) == 0`. Lower "
         "score wins; instance 1 and instance 2 form a pair.",
         "",

@@ -125,14 +125,14 @@ def tune_linear(
     seed : int
         Policy seed.
     executor, workers
-        Sweep executor (see :func:`lmetric_theory.sweep.get_executor`).
+        Sweep executor (see :func:`lmetric_theory.experiments.sweep.get_executor`).
 
     Returns
     -------
     TuneResult
         The best of all evaluated points, so ``objective <= min(grid_objective)``.
     """
-    from lmetric_theory.sweep import SimTask, get_executor, run_task
+    from lmetric_theory.experiments.sweep import SimTask, get_executor, run_task
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -243,7 +243,7 @@ class TunedLinear(Policy):
     def choose(self, view: DecisionView) -> int:
         if self._linear is None:
             raise RuntimeError("tuned-linear is not prepared: call prepare(workload, config) "
-                               "(or lmetric_theory.tuning.resolve_policy) before simulating")
+                               "(or lmetric_theory.experiments.tuning.resolve_policy) before simulating")
         return self._linear.choose(view)
 
 
@@ -260,7 +260,7 @@ def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: in
     pol = make_policy(spec, seed=seed)
     assert isinstance(pol, TunedLinear)
     if executor is None:
-        from lmetric_theory.sweep import LocalExecutor
+        from lmetric_theory.experiments.sweep import LocalExecutor
 
         executor = LocalExecutor(1)
     pol.prepare(workload, config, executor=executor)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmetric_theory.commands.common import preset_from_arg, workload_from_args
+from lmetric_theory.cli.common import preset_from_arg, workload_from_args
 
 DEFAULT_POLICIES = ("lmetric", "round-robin")
 PROGRESS_MIN_REQUESTS = 2000
@@ -80,9 +80,9 @@ def _slug(spec: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: simulate every policy, print a table or JSON, optionally write results."""
+    from lmetric_theory.experiments.tuning import resolve_policy
     from lmetric_theory.policies import make_policy
     from lmetric_theory.sim import SimConfig, Simulator
-    from lmetric_theory.tuning import resolve_policy
 
     specs = list(args.policy or DEFAULT_POLICIES)
     if len(set(specs)) != len(specs):
@@ -187,7 +187,7 @@ def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lmetric_theory.commands.calibrate import write_atomic
+    from lmetric_theory.cli.calibrate import write_atomic
     from lmetric_theory.sim.snapshots import _atomic_write
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """C and Rust code for native routers, generated from the symbolic results.
 
 Every arithmetic expression in the emitted functions is printed by sympy's code printers
-(``ccode`` / ``rust_code``) from :func:`lmetric_theory.symbolic.derive`; only the
+(``ccode`` / ``rust_code``) from :func:`lmetric_theory.theory.derive`; only the
 function scaffolding around them is a template.
 
 Emitted functions (C names; Rust drops the ``static inline``):
@@ -31,7 +31,7 @@ import functools
 import sympy as sp
 from sympy import ccode, rust_code
 
-from lmetric_theory.symbolic.core import B_1, B_2, P_1, P_2, b_0, derive, lam, p_0
+from lmetric_theory.theory.derivation import B_1, B_2, P_1, P_2, b_0, derive, lam, p_0
 
 __all__ = ["LANGUAGES", "emit", "emit_c", "emit_rust"]
 
@@ -88,7 +88,7 @@ _C_HEADER = """\
  *
  * LMetric product score S_i = (P_i + p_0) * (B_i + b_0) vs linear score
  * C_i = P_i + lam * B_i (lower wins); lam = lam_num / lam_den with lam_den > 0.
- * Decisions are integer-exact (no division); see the lmetric_theory.codegen docs
+ * Decisions are integer-exact (no division); see the lmetric_theory.theory.codegen docs
  * for the input range of the int64 fallback.
  */
 #include <math.h>

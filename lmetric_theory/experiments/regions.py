@@ -14,18 +14,18 @@ region                      code   meaning
 
 Ties
 ----
-Each score is compared exactly (:func:`lmetric_theory.predicates.product_sign` and
-:func:`~lmetric_theory.predicates.linear_sign`). "Picks B" means B's score is
+Each score is compared exactly (:func:`lmetric_theory.core.kernel.product_sign` and
+:func:`~lmetric_theory.core.kernel.linear_sign`). "Picks B" means B's score is
 *strictly* lower; on an exact tie the score keeps A, exactly as the argmins of the
 predicates module do with A listed first (lowest index wins). The regions are therefore
 the argmin choices of the pair ``[A, B]``, and the disagreement share is the share of
 grid points where ``argmin_product != argmin_linear``. It differs from
-:func:`~lmetric_theory.predicates.disagrees` (which never counts ties) only on grid
+:func:`~lmetric_theory.core.kernel.disagrees` (which never counts ties) only on grid
 points where one of the scores ties exactly; those are flagged in ``RegionMap.ties``
 and counted in ``RegionMap.n_ties``.
 
 Geometry (``x = P_B`` in tokens, ``y = B_B`` in requests, as in
-:mod:`lmetric_theory.symbolic.geometry`, whose lambdified helpers draw the curves): the
+:mod:`lmetric_theory.theory.geometry`, whose lambdified helpers draw the curves): the
 product's iso-curve through A is the hyperbola ``(P + p0)(B + b0) = (P_A + p0)(B_A + b0)``,
 the linear iso-line through A is ``P + lam*B = P_A + lam*B_A``; they meet at A and at a
 second point; between the two curves lies the disagreement region.
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmetric_theory import predicates, symbolic
-from lmetric_theory.numbers import finite_scalar
+from lmetric_theory import theory as symbolic
+from lmetric_theory.core import kernel as predicates
+from lmetric_theory.core.validate import finite_scalar
 
 __all__ = [
     "BOTH_A",

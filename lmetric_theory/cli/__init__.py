@@ -1,6 +1,6 @@
-"""Command-line entry point ``lmetric-theory``.
+"""Command-line entry point ``lmetric-theory`` (I/O layer; one module per sub-command).
 
-Each sub-command lives in its own module under :mod:`lmetric_theory.commands`
+Each sub-command lives in its own module under :mod:`lmetric_theory.cli`
 and exposes ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int`` as the handler.
 """
@@ -13,11 +13,11 @@ import sys
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "lmetric_theory.commands.derive",
-    "lmetric_theory.commands.simulate",
-    "lmetric_theory.commands.calibrate",
-    "lmetric_theory.commands.audit",
-    "lmetric_theory.commands.results",
+    "lmetric_theory.cli.derive",
+    "lmetric_theory.cli.simulate",
+    "lmetric_theory.cli.calibrate",
+    "lmetric_theory.cli.audit",
+    "lmetric_theory.cli.results",
 )
 
 

@@ -27,7 +27,7 @@ import math
 import sys
 from typing import Any
 
-from lmetric_theory.commands.common import preset_from_arg, workload_from_args
+from lmetric_theory.cli.common import preset_from_arg, workload_from_args
 
 PROGRESS_MIN_REQUESTS = 2000
 PROG = "lmetric-theory audit"
@@ -163,14 +163,14 @@ def run(args: argparse.Namespace) -> int:
             bar.stop()
 
     if args.out:
-        from lmetric_theory.report import write_report
+        from lmetric_theory.io.report import write_report
 
         try:
             paths = write_report(res, args.out)
         except OSError as exc:
             return _err(f"cannot write {args.out}: {exc}")
     if args.json:
-        from lmetric_theory.report import report_json
+        from lmetric_theory.io.report import report_json
 
         sys.stdout.write(report_json(res.report))
         return 0

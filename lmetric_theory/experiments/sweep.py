@@ -61,7 +61,7 @@ class SimTask:
         Cluster settings.
     policy : str
         Policy spec ``NAME[:key=value,...]``. ``tuned-linear`` specs are resolved to a
-        ``linear`` spec by tuning on ``workload`` first (see :mod:`lmetric_theory.tuning`).
+        ``linear`` spec by tuning on ``workload`` first (see :mod:`lmetric_theory.experiments.tuning`).
     seed : int
         Policy seed.
     tags : dict
@@ -86,7 +86,7 @@ def run_task(task: SimTask) -> dict[str, Any]:
         :meth:`SimResult.summary` (seconds / fractions).
     """
     import lmetric_theory.policies.guarded  # noqa: F401  (registers guarded-lmetric in workers)
-    from lmetric_theory.tuning import resolve_policy  # registers tuned-linear
+    from lmetric_theory.experiments.tuning import resolve_policy  # registers tuned-linear
 
     policy = resolve_policy(task.policy, task.workload, task.config, seed=task.seed)
     res = Simulator(task.workload, task.config, policy, seed=task.seed).run()

@@ -1,0 +1,1 @@
+"""App layer: view models the Streamlit pages render (no Streamlit import here)."""

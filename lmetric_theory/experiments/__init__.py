@@ -1,0 +1,1 @@
+"""Experiments layer: sweeps, tuning, counterfactual forks and decision regions."""

@@ -1,0 +1,1 @@
+"""I/O layer: strict JSON, atomic writes and the HTML report."""

@@ -7,17 +7,18 @@ schema in ``docs/audit.md``). Prints rich summary tables (a progress bar on stde
 long runs); ``--json`` prints the report instead; ``--out DIR`` also writes
 ``audit.json`` and a self-contained ``audit.html``, atomically.
 
-Reference: ``--lambda X``, ``--lambda-band LO,HI`` or ``--tune``; without one, a band
-derived from the preset's latency model (see :func:`lmetric_theory.audit.default_reference`),
-stated in the output.
+Reference: ``--lam X``, ``--lam-band LO,HI`` (``lam`` is the band's geometric centre) or
+``--tune``; without one, a band derived from the preset's latency model (see
+:func:`lmetric_theory.audit.default_reference`), stated in the output. The old spellings
+``--lambda`` and ``--lambda-band`` still work.
 
 Examples
 --------
 ::
 
     lmetric-theory audit                                   # synthetic default, 8 instances
-    lmetric-theory audit trace.jsonl --instances 8 --lambda 512 --out audit/
-    lmetric-theory audit --snapshots decisions.jsonl --lambda-band 256,1024 --json
+    lmetric-theory audit trace.jsonl --instances 8 --lam 512 --out audit/
+    lmetric-theory audit --snapshots decisions.jsonl --lam-band 256,1024 --json
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ import math
 import sys
 from typing import Any
 
-from lmetric_theory.cli.common import preset_from_arg, workload_from_args
+from lmetric_theory.cli.common import (
+    add_lam_arguments,
+    parse_lam_band,
+    preset_from_arg,
+    workload_from_args,
+)
 
 PROGRESS_MIN_REQUESTS = 2000
 PROG = "lmetric-theory audit"
@@ -48,10 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", "-n", type=int, default=8,
                    help="number of instances for the replay (default 8)")
     ref = p.add_mutually_exclusive_group()
-    ref.add_argument("--lambda", dest="lam", type=float, metavar="X",
-                     help="reference rate lam, prefill tokens per batch slot")
-    ref.add_argument("--lambda-band", metavar="LO,HI",
-                     help="reference band; lam is its midpoint")
+    add_lam_arguments(ref)
     ref.add_argument("--tune", action="store_true",
                      help="tune lam with the simulator (linear over a lam grid, mean TTFT)")
     p.add_argument("--snapshots", metavar="FILE",
@@ -81,17 +84,6 @@ def _err(msg: str) -> int:
     return 2
 
 
-def _band(text: str) -> tuple[float, float]:
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise ValueError(f"--lambda-band: expected LO,HI, got {text!r}")
-    try:
-        lo, hi = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ValueError(f"--lambda-band: not two numbers: {text!r}") from None
-    return lo, hi
-
-
 def run(args: argparse.Namespace) -> int:
     """Handler: audit, print tables or JSON, optionally write the report files."""
     from lmetric_theory import audit as A
@@ -107,13 +99,22 @@ def run(args: argparse.Namespace) -> int:
         return _err(f"--top must be >= 0, got {args.top}")
     if args.snapshots and args.trace:
         return _err("give either TRACE or --snapshots, not both")
+    if args.out and not _have_plotly():
+        return _err("--out writes an HTML report with plotly figures; install the app extra: "
+                    "pip install 'lmetric-theory[app]'")
+    band = None
+    if args.lam_band is not None:
+        try:
+            band = parse_lam_band(args.lam_band)
+        except ValueError as exc:
+            return _err(str(exc))
     try:
         preset = preset_from_arg(args.preset)
         workload = None if args.snapshots else workload_from_args(args)
         if args.lam is not None:
             reference = LinearReference.fixed(args.lam)
-        elif args.lambda_band is not None:
-            reference = LinearReference.band(*_band(args.lambda_band))
+        elif band is not None:
+            reference = LinearReference.band(band[0], band[1], lam=band[2])
         elif args.tune:
             reference = A.tuned_reference(workload, instances=args.instances, preset=preset,
                                           seed=args.seed, p_definition=args.p_definition,
@@ -180,6 +181,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _get(d: dict[str, Any], key: str, old_key: str) -> Any:
+    """``d[key]``, or ``d[old_key]`` for reports written with the old ``lambda_*`` keys."""
+    return d[key] if key in d else d[old_key]
+
+
+def _have_plotly() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("plotly") is not None
+
+
 def _f(x: Any, fmt: str = "{:,.4g}") -> str:
     return "-" if x is None else fmt.format(x)
 
@@ -189,7 +201,7 @@ def _print(rep: dict[str, Any]) -> None:
     from rich.table import Table
 
     con = Console()
-    tr, cfg, lr = rep["trace"], rep["config"], rep["lambda_reference"]
+    tr, cfg, lr = rep["trace"], rep["config"], _get(rep, "lam_reference", "lambda_reference")
     skipped = f", {rep['skipped_lines']} bad lines skipped" if rep["skipped_lines"] else ""
     what = (f"{cfg['instances']} instances, {cfg['preset']}" if cfg.get("preset")
             else f"{cfg['instances']} instances, captured snapshots")
@@ -208,9 +220,9 @@ def _print(rep: dict[str, Any]) -> None:
     r = rep["regret_tokens"]
     t.add_row("regret mean / p50 / p99 / max (tokens)",
               " / ".join(_f(r[k]) for k in ("mean", "p50", "p99", "max")))
-    le = rep["lambda_eff"]
-    t.add_row("lambda_eff p1 / p50 / p99", " / ".join(_f(le[k]) for k in ("p1", "p50", "p99")))
-    t.add_row("reference lam [band]",
+    le = _get(rep, "lam_eff", "lambda_eff")
+    t.add_row("λ_eff p1 / p50 / p99 (tokens per slot)", " / ".join(_f(le[k]) for k in ("p1", "p50", "p99")))
+    t.add_row("reference λ [band]",
               f"{_f(lr['lam'])} [{_f(lr['lam_lo'])}, {_f(lr['lam_hi'])}] ({lr['source']})")
     defs = (f"P={cfg['p_definition']}, B={cfg['b_definition']}" if cfg.get("p_definition")
             else "P, B as captured")
@@ -233,11 +245,10 @@ def _print(rep: dict[str, Any]) -> None:
 
     if rep["worst"]:
         w = Table(title="Worst decisions by regret")
-        for col in ("decision", "time (s)", "product", "linear", "regret", "lambda_eff",
-                    "lambda*"):
+        for col in ("decision", "time (s)", "product", "linear", "regret", "λ_eff", "λ*"):
             w.add_column(col, justify="right")
         for x in rep["worst"]:
             w.add_row(str(x["decision"]), _f(x["time_s"], "{:.2f}"), str(x["product_choice"]),
-                      str(x["linear_choice"]), _f(x["regret_tokens"]), _f(x["lambda_eff"]),
-                      _f(x["lambda_star"]))
+                      str(x["linear_choice"]), _f(x["regret_tokens"]),
+                      _f(_get(x, "lam_eff", "lambda_eff")), _f(_get(x, "lam_star", "lambda_star")))
         con.print(w)

@@ -1,9 +1,12 @@
-"""Helpers shared by the sub-commands that replay a workload (audit, simulate)."""
+"""Helpers shared by the sub-commands: workload and preset arguments (audit, simulate), the
+reference-rate flags ``--lam``/``--lam-band`` and negative-looking option values."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +49,59 @@ def preset_from_arg(arg: str) -> Any:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
     return load_preset(arg)
+
+
+def parse_lam_band(text: str) -> tuple[float, float, float]:
+    """``LO,HI`` of ``--lam-band`` as ``(lam_lo, lam_hi, lam)``, rates in tokens per batch slot.
+
+    The reference rate ``lam`` is the band's geometric centre ``sqrt(LO * HI)``, as for the
+    default band (``lam / f .. lam * f``). Raises ``ValueError`` with one line starting
+    ``lam band:`` unless ``0 < LO <= HI`` are finite numbers.
+    """
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"lam band: expected LO,HI (two numbers, comma-separated), got {text!r}")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(f"lam band: LO and HI must be numbers, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"lam band: LO and HI must be finite, got {text!r}")
+    if lo <= 0:
+        raise ValueError(f"lam band: LO must be > 0 (the band is centred geometrically), got {lo:g}")
+    if hi < lo:
+        raise ValueError(f"lam band: HI must be >= LO, got {lo:g},{hi:g}")
+    return lo, hi, math.sqrt(lo * hi)
+
+
+def add_lam_arguments(group: argparse._MutuallyExclusiveGroup) -> None:
+    """Add ``--lam X`` and ``--lam-band LO,HI`` (old spellings ``--lambda``/``--lambda-band``
+    kept as hidden aliases) to a mutually exclusive reference group."""
+    group.add_argument("--lam", dest="lam", type=float, metavar="X",
+                       help="reference rate lam (λ), prefill tokens per batch slot")
+    group.add_argument("--lambda", dest="lam", type=float, help=argparse.SUPPRESS)
+    group.add_argument("--lam-band", dest="lam_band", metavar="LO,HI",
+                       help="reference band, 0 < LO <= HI; lam is its geometric centre "
+                       "sqrt(LO*HI), like the default band")
+    group.add_argument("--lambda-band", dest="lam_band", help=argparse.SUPPRESS)
+
+
+_NEGATIVE_VALUE = re.compile(r"^-[0-9.]")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """Let ``--opt -1,5`` mean ``--opt=-1,5``.
+
+    argparse takes a token starting with ``-`` for an option unless it is a plain negative
+    number, so ``--lam-band -1,5`` would fail with "expected one argument" before the value
+    can be checked. A long option without ``=`` followed by a token that starts with ``-``
+    and a digit or dot is joined to it, so the command's own check reports the value.
+    """
+    out: list[str] = []
+    for tok in argv:
+        if (out and _NEGATIVE_VALUE.match(tok) and out[-1].startswith("--")
+                and "=" not in out[-1] and out[-1] != "--"):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out

@@ -24,8 +24,8 @@ int main(void) {
     while (scanf("%lld %lld %lld %lld %lld %lld %lld %lld",
                  &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) == 8) {
         printf("%.17g %.17g %d %d %d\n",
-               lmetric_lambda_eff(v[0], v[1], v[2], v[3], v[6], v[7]),
-               lmetric_lambda_star(v[0], v[1], v[2], v[3]),
+               lmetric_lam_eff(v[0], v[1], v[2], v[3], v[6], v[7]),
+               lmetric_lam_star(v[0], v[1], v[2], v[3]),
                lmetric_product_sign(v[0], v[1], v[2], v[3], v[6], v[7]),
                lmetric_linear_sign(v[0], v[1], v[2], v[3], v[4], v[5]),
                lmetric_disagrees(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
@@ -43,8 +43,8 @@ fn main() {
         let v: Vec<i64> = line.unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
         out.push_str(&format!(
             "{:?} {:?} {} {} {}\n",
-            lmetric_lambda_eff(v[0], v[1], v[2], v[3], v[6], v[7]),
-            lmetric_lambda_star(v[0], v[1], v[2], v[3]),
+            lmetric_lam_eff(v[0], v[1], v[2], v[3], v[6], v[7]),
+            lmetric_lam_star(v[0], v[1], v[2], v[3]),
             lmetric_product_sign(v[0], v[1], v[2], v[3], v[6], v[7]),
             lmetric_linear_sign(v[0], v[1], v[2], v[3], v[4], v[5]),
             lmetric_disagrees(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]) as i32

@@ -257,7 +257,7 @@ def _expression_strings(obj, path=""):
     if isinstance(obj, dict):
         for k, v in obj.items():
             if k in PROSE_KEYS or k in {"symbols", "statements", "P_definitions",
-                                        "B_definitions"}:
+                                        "B_definitions", "key_aliases"}:
                 continue
             yield from _expression_strings(v, f"{path}.{k}")
     elif isinstance(obj, list):
@@ -267,9 +267,26 @@ def _expression_strings(obj, path=""):
         yield path, obj
 
 
+def test_json_old_keys_are_aliases(d):
+    """The ``lambda_*`` keys of the first layout repeat the ``lam_*`` values."""
+    data = to_json_dict(d)
+    assert data["key_aliases"] == {"lambda_eff": "lam_eff", "lambda_star": "lam_star",
+                                   "scale_invariance.lambda_eff_ratio_after_prefill_rescale":
+                                   "scale_invariance.lam_eff_ratio_after_prefill_rescale",
+                                   "regret_forms.via_lambda_star": "regret_forms.via_lam_star"}
+    for old, new in data["key_aliases"].items():
+        def at(path: str) -> object:
+            obj = data
+            for part in path.split("."):
+                obj = obj[part]
+            return obj
+
+        assert at(old) == at(new) is not None
+
+
 def test_json_round_trip(d):
     data = json.loads(json.dumps(to_json_dict(d)))
-    for key in ("pairwise_identity", "lambda_eff", "lambda_star", "second_intersection",
+    for key in ("pairwise_identity", "lam_eff", "lam_star", "second_intersection",
                 "regret", "scale_invariance", "degenerate_cases", "robust_band"):
         assert key in data
     assert set(data["pairwise_identity"]) >= {"lhs", "rhs"}
@@ -282,8 +299,8 @@ def test_json_round_trip(d):
         n += 1
     assert n > 50
     parse = lambda s: sp.parse_expr(s, local_dict=SYMBOLS)  # noqa: E731
-    assert sp.simplify(parse(data["lambda_eff"]) - d.lambda_eff) == 0
-    assert sp.simplify(parse(data["lambda_star"]) - d.lambda_star) == 0
+    assert sp.simplify(parse(data["lam_eff"]) - d.lam_eff) == 0
+    assert sp.simplify(parse(data["lam_star"]) - d.lam_star) == 0
     assert sp.simplify(parse(data["regret"]) - d.regret) == 0
     assert sp.simplify(
         parse(data["pairwise_identity"]["lhs"]) - parse(data["pairwise_identity"]["rhs"])
@@ -336,11 +353,15 @@ def test_cli_formats(capsys, fmt):
     assert cli.main(["derive", "--format", fmt]) == 0
     out = capsys.readouterr().out
     if fmt == "json":
-        assert json.loads(out)["lambda_eff"]
+        data = json.loads(out)
+        assert data["lam_eff"] and data["lam_eff"] == data["lambda_eff"]
     elif fmt == "markdown":
         assert out == to_markdown()
-    else:
-        assert "lambda" in out or r"\lambda" in out
+    elif fmt == "latex":
+        assert r"\lambda" in out
+    else:  # one vocabulary in the prose: lam, lam_eff, lam*
+        assert "lam_eff" in out and "lam*" in out
+        assert "lambda_eff" not in out and "lambda_star" not in out
 
 
 def test_cli_emit(capsys):

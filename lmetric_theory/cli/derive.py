@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--emit",
         choices=EMIT_LANGUAGES,
         default=None,
-        help="print self-contained native code (lambda_eff, lambda_star, disagreement "
+        help="print self-contained native code (lam_eff, lam_star, disagreement "
         "predicate) instead of the results",
     )
     p.set_defaults(func=run)

@@ -6,9 +6,9 @@ function scaffolding around them is a template.
 
 Emitted functions (C names; Rust drops the ``static inline``):
 
-- ``lmetric_lambda_eff(P_1, B_1, P_2, B_2, p_0, b_0) -> double`` — the product's
+- ``lmetric_lam_eff(P_1, B_1, P_2, B_2, p_0, b_0) -> double`` — the product's
   effective exchange rate for the pair (IEEE ``inf``/``nan`` when its denominator is 0);
-- ``lmetric_lambda_star(P_1, B_1, P_2, B_2) -> double`` — break-even rate (``NAN`` when
+- ``lmetric_lam_star(P_1, B_1, P_2, B_2) -> double`` — break-even rate (``NAN`` when
   ``B_1 == B_2``);
 - ``lmetric_product_sign``, ``lmetric_linear_sign`` -> -1/0/+1 (-1: instance 1 scores
   lower, i.e. is chosen);
@@ -121,15 +121,15 @@ def emit_c() -> str:
     parts = [
         _C_HEADER,
         "/* Effective exchange rate of the product for the pair (tokens per batch slot):\n"
-        " * the product ranks the pair as linear(lambda_eff) does. */\n"
-        f"static inline double lmetric_lambda_eff({_c_params(eff_args)}) {{\n"
+        " * the product ranks the pair as linear(lam_eff) does. */\n"
+        f"static inline double lmetric_lam_eff({_c_params(eff_args)}) {{\n"
         + _c_widen(eff_args)
         + f"    const double num = (double)({ccode(w(x['eff_num']))});\n"
         f"    const double den = (double)({ccode(w(x['eff_den']))});\n"
         "    return num / den;\n}\n",
-        "/* Break-even rate: linear(lam) changes its choice at lam = lambda_star;\n"
+        "/* Break-even rate: linear(lam) changes its choice at lam = lam*;\n"
         " * NAN when B_1 == B_2 (no break-even). */\n"
-        f"static inline double lmetric_lambda_star({_c_params(_PAIR)}) {{\n"
+        f"static inline double lmetric_lam_star({_c_params(_PAIR)}) {{\n"
         + _c_widen(_PAIR)
         + f"    const lmetric_wide den = {ccode(w(x['star_den']))};\n"
         "    if (den == 0) return NAN;\n"
@@ -179,15 +179,15 @@ def emit_rust() -> str:
         _RUST_HEADER,
         "/// Effective exchange rate of the product for the pair (tokens per batch slot).\n"
         + allow
-        + f"pub fn lmetric_lambda_eff({_rs_params(eff_args)}) -> f64 {{\n"
+        + f"pub fn lmetric_lam_eff({_rs_params(eff_args)}) -> f64 {{\n"
         + _rs_widen(eff_args)
         + f"    let num = ({_rs(x['eff_num'])}) as f64;\n"
         f"    let den = ({_rs(x['eff_den'])}) as f64;\n"
         "    num / den\n}\n",
-        "/// Break-even rate: linear(lam) changes its choice at lam = lambda_star;\n"
+        "/// Break-even rate: linear(lam) changes its choice at lam = lam*;\n"
         "/// NaN when B_1 == B_2.\n"
         + allow
-        + f"pub fn lmetric_lambda_star({_rs_params(_PAIR)}) -> f64 {{\n"
+        + f"pub fn lmetric_lam_star({_rs_params(_PAIR)}) -> f64 {{\n"
         + _rs_widen(_PAIR)
         + f"    let den: i128 = {_rs(x['star_den'])};\n"
         "    if den == 0 {\n        return f64::NAN;\n    }\n"

@@ -229,6 +229,16 @@ class Derivation:
                 return r
         raise KeyError(f"unknown result {key!r}; valid: {', '.join(r.key for r in self.results)}")
 
+    @property
+    def lam_eff(self) -> sp.Expr:
+        """The product's pairwise exchange rate ``lam_eff`` (same as ``lambda_eff``)."""
+        return self.lambda_eff
+
+    @property
+    def lam_star(self) -> sp.Expr:
+        """The pair's break-even rate ``lam*`` (same as ``lambda_star``)."""
+        return self.lambda_star
+
 
 # -------------------------------------------------------------------------- helpers
 
@@ -285,10 +295,10 @@ def derive() -> Derivation:
             "S_1 - S_2 = (mean(B) + b0)(P_1 - P_2) + (mean(P) + p0)(B_1 - B_2).",
         ),
         Identity(
-            "product_is_linear_at_lambda_eff", S_1 - S_2,
+            "product_is_linear_at_lam_eff", S_1 - S_2,
             prefill_weight * linear_score(P_1, B_1, lambda_eff)
             - prefill_weight * linear_score(P_2, B_2, lambda_eff),
-            "For each pair the product ranks like linear(lambda_eff), scaled by "
+            "For each pair the product ranks like linear(lam_eff), scaled by "
             "mean(B) + b0 > 0.",
         ),
     ]
@@ -306,16 +316,16 @@ def derive() -> Derivation:
     identities += [
         Identity(
             "linear_difference_factors", C_1 - C_2, dB * (lam - lambda_star),
-            "C_1 - C_2 = (B_1 - B_2)(lam - lambda_star): linear(lam) flips at lambda_star.",
+            "C_1 - C_2 = (B_1 - B_2)(lam - lam*): linear(lam) flips at lam*.",
         ),
         Identity(
             "conflict_sign", lambda_star * dB**2, conflict_rhs,
-            "lambda_star > 0 exactly when (P_1 - P_2)(B_1 - B_2) < 0 (a conflicting pair).",
+            "lam* > 0 exactly when (P_1 - P_2)(B_1 - B_2) < 0 (a conflicting pair).",
         ),
         Identity(
             "disagreement_factors", disagreement_lhs, disagreement_rhs,
-            "(S_1 - S_2)(C_1 - C_2) = (mean(B) + b0)(B_1 - B_2)^2 (lam - lambda_star)"
-            "(lambda_eff - lambda_star).",
+            "(S_1 - S_2)(C_1 - C_2) = (mean(B) + b0)(B_1 - B_2)^2 (lam - lam*)"
+            "(lam_eff - lam*).",
         ),
     ]
 
@@ -413,12 +423,12 @@ def derive() -> Derivation:
     regret_bound = (lam - lambda_eff) * sp.factor(dB)
     identities += [
         Identity(
-            "regret_via_lambda_star", regret, regret_via_star,
-            "Regret = (B_1 - B_2)(lam - lambda_star).",
+            "regret_via_lam_star", regret, regret_via_star,
+            "Regret = (B_1 - B_2)(lam - lam*).",
         ),
         Identity(
             "regret_decomposition", regret, regret_decomposition,
-            "Regret = (lam - lambda_eff)(B_1 - B_2) + (S_1 - S_2)/(mean(B) + b0); the "
+            "Regret = (lam - lam_eff)(B_1 - B_2) + (S_1 - S_2)/(mean(B) + b0); the "
             "last term is <= 0 when the product chose 1.",
         ),
     ]
@@ -528,7 +538,7 @@ def derive() -> Derivation:
             sp.cancel((C_1 - C_2).subs(lam, lambda_star)),
             None,
             None,
-            "linear(lam) ties exactly at lam = lambda_star (a boundary of every "
+            "linear(lam) ties exactly at lam = lam* (a boundary of every "
             "disagreement interval); not a disagreement.",
         ),
         Degenerate(
@@ -538,18 +548,18 @@ def derive() -> Derivation:
             sp.factor((S_1 - S_2).subs(B_2, B_1)),
             None,
             None,
-            "Equal batches: lambda_star is undefined, both scores rank by P alone in the "
+            "Equal batches: lam* is undefined, both scores rank by P alone in the "
             "same direction, so the pair never disagrees.",
         ),
         Degenerate(
-            "lambda_eff_undefined",
+            "lam_eff_undefined",
             sp.Eq(sp.denom(lambda_eff), 0),
             S_1 - S_2,
             sp.factor((S_1 - S_2).subs(B_2, _solve_one(sp.denom(lambda_eff), B_2))),
             b_reach,
             sp.StrictGreaterThan(b_0, 0),
             "mean(B) + b0 = 0 (only with b0 <= 0; with b0 = 0 both instances idle): the "
-            "product then weights only the batch difference and lambda_eff is undefined; "
+            "product then weights only the batch difference and lam_eff is undefined; "
             "b0 > 0 removes it.",
         ),
     )
@@ -572,14 +582,14 @@ def derive() -> Derivation:
     )
     band_boundary_rule = (
         "With lam_lo <= lam_hi and mean(B) + b0 > 0: some lam in [lam_lo, lam_hi] "
-        "strictly disagrees with the product iff B_1 != B_2 and lambda_star lies in the "
-        "OPEN interval (min(lam_lo, lambda_eff), max(lam_hi, lambda_eff)) and "
-        "lambda_star != lambda_eff. Boundaries: lambda_star equal to a band end that is "
-        "a hull end means linear(lam) only ties there (no disagreement); lambda_star = "
-        "lambda_eff means the product ties (no disagreement for any lam). Equivalently, "
+        "strictly disagrees with the product iff B_1 != B_2 and lam* lies in the "
+        "OPEN interval (min(lam_lo, lam_eff), max(lam_hi, lam_eff)) and "
+        "lam* != lam_eff. Boundaries: lam* equal to a band end that is "
+        "a hull end means linear(lam) only ties there (no disagreement); lam* = "
+        "lam_eff means the product ties (no disagreement for any lam). Equivalently, "
         "division-free: (S_1 - S_2)(C_1 - C_2) < 0 at lam_lo or at lam_hi. The product's "
         "choice is strictly the linear choice for every lam in the band iff "
-        "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and lambda_star is "
+        "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and lam* is "
         "outside the CLOSED hull (or B_1 = B_2)."
     )
 
@@ -588,15 +598,15 @@ def derive() -> Derivation:
     n_statement = (
         "Among N instances let i* be the product's choice and j* the linear(lam) choice. "
         "When all scores are distinct, i* != j* exactly when the pair (i*, j*) disagrees "
-        "as in (d) - lambda_star(i*, j*) strictly between lam and lambda_eff(i*, j*) - so "
+        "as in (d) - lam*(i*, j*) strictly between lam and lam_eff(i*, j*) - so "
         "one O(N) pass (two argmins, one pair test) decides it; no pair other than "
         "(i*, j*) matters, and the regret of the decision is that pair's regret."
     )
     n_ties_statement = (
         "With ties and lowest-index tie-breaking, i* != j* exactly when S_i* <= S_j* and "
         "C_j* <= C_i* with at least one strict: a strict pair disagreement, or a "
-        "tie-break disagreement (S_i* = S_j*, i.e. lambda_star = lambda_eff; or "
-        "C_i* = C_j*, i.e. lambda_star = lam) that a different tie-break would remove. "
+        "tie-break disagreement (S_i* = S_j*, i.e. lam* = lam_eff; or "
+        "C_i* = C_j*, i.e. lam* = lam) that a different tie-break would remove. "
         "'No instance is optimal for both scores' is stronger than a strict pair "
         "disagreement when scores tie: check it in O(N) as 'no k with S_k = min S and "
         "C_k = min C'."
@@ -625,7 +635,7 @@ def derive() -> Derivation:
             "(otherwise a tie with B_1 != B_2, resp. P_1 != P_2, is broken). Otherwise the "
             "rescaled product ranks like the original with offset p0/k_P (or b0/k_B), so "
             "with the public default b0 = 1 the unit of B matters. The linear score always "
-            "needs lam re-tuned to lam/k_P, while the product's implicit rate lambda_eff "
+            "needs lam re-tuned to lam/k_P, while the product's implicit rate lam_eff "
             "follows the unit of P by itself (ratio k_P when p0 = 0).",
             (
                 F("prefill_remainder", "(S'_1 - S'_2) - k_P (S_1 - S_2)",
@@ -642,7 +652,7 @@ def derive() -> Derivation:
                   r"b_0^{\mathrm{equiv}}", batch_rescale_equivalent_b0),
                 F("linear_lam", "linear lam after P -> k_P P", r"\lambda'",
                   linear_lam_after_prefill_rescale),
-                F("lambda_eff_ratio", "lambda_eff ratio after P -> k_P P (p_0 = 0)",
+                F("lam_eff_ratio", "lam_eff ratio after P -> k_P P (p_0 = 0)",
                   r"\lambda_{\mathrm{eff}}' / \lambda_{\mathrm{eff}}",
                   lambda_eff_ratio_after_prefill_rescale),
             ),
@@ -651,28 +661,28 @@ def derive() -> Derivation:
             "pairwise_identity", "c", "Pairwise identity and the effective exchange rate",
             "For every pair, the product's difference is a linear score difference whose "
             "weights are the pair's mean batch (+ b0) and mean prefill (+ p0): the product "
-            "chooses exactly as linear(lambda_eff) would, with a rate that adapts to the "
+            "chooses exactly as linear(lam_eff) would, with a rate that adapts to the "
             "state - more prefill-tolerant when instances hold many tokens, more "
             "batch-averse when batches are small.",
             (
                 F("lhs", "S_1 - S_2", "S_1 - S_2", S_1 - S_2),
                 F("rhs", "S_1 - S_2", "S_1 - S_2", pairwise_rhs),
-                F("lambda_eff", "lambda_eff", r"\lambda_{\mathrm{eff}}", lambda_eff),
+                F("lam_eff", "lam_eff", r"\lambda_{\mathrm{eff}}", lambda_eff),
             ),
         ),
         Result(
             "disagreement", "d", "Break-even rate and exact disagreement condition",
             "A conflicting pair (one instance needs fewer prefill tokens, the other has the "
-            "smaller batch) has a break-even rate lambda_star > 0 at which linear(lam) "
-            "changes its choice; a dominated pair has lambda_star <= 0 (or none) and never "
-            "disagrees (lam and lambda_eff are >= 0). Whenever mean(B) + b0 > 0, product "
-            "and linear(lam) strictly disagree exactly when lambda_star lies strictly "
-            "between lam and lambda_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
-            "Ties are separate: lam = lambda_star is a linear tie, lambda_eff = "
-            "lambda_star a product tie, B_1 = B_2 leaves both ranking by P; none is a "
+            "smaller batch) has a break-even rate lam* > 0 at which linear(lam) "
+            "changes its choice; a dominated pair has lam* <= 0 (or none) and never "
+            "disagrees (lam and lam_eff are >= 0). Whenever mean(B) + b0 > 0, product "
+            "and linear(lam) strictly disagree exactly when lam* lies strictly "
+            "between lam and lam_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
+            "Ties are separate: lam = lam* is a linear tie, lam_eff = "
+            "lam* a product tie, B_1 = B_2 leaves both ranking by P; none is a "
             "disagreement.",
             (
-                F("lambda_star", "lambda_star", r"\lambda^{*}", lambda_star),
+                F("lam_star", "lam*", r"\lambda^{*}", lambda_star),
                 F("conflict", "conflicting pair", r"\text{conflict}", conflict_condition),
                 F("disagreement_lhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
                   disagreement_lhs),
@@ -724,8 +734,8 @@ def derive() -> Derivation:
             "regret", "h", "Regret of following the product",
             "When the product picks 1 and linear(lam) - the reference - picks 2, following "
             "the product costs (P_1 - P_2) + lam (B_1 - B_2) >= 0 prefill-token "
-            "equivalents. It equals (B_1 - B_2)(lam - lambda_star) and is at most "
-            "(lam - lambda_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
+            "equivalents. It equals (B_1 - B_2)(lam - lam*) and is at most "
+            "(lam - lam_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
             "the reference rate, the more a disagreement can cost.",
             (
                 F("regret", "regret", r"\mathrm{regret}", regret),
@@ -738,8 +748,8 @@ def derive() -> Derivation:
         Result(
             "robust_band", "i", "Robust band of exchange rates",
             "If the right rate is only known to lie in [lam_lo, lam_hi], the product's "
-            "choice agrees with linear(lam) for every lam in the band iff lambda_star lies "
-            "outside the hull of {lam_lo, lam_hi, lambda_eff}. " + band_boundary_rule,
+            "choice agrees with linear(lam) for every lam in the band iff lam* lies "
+            "outside the hull of {lam_lo, lam_hi, lam_eff}. " + band_boundary_rule,
             (
                 F("hull_lo", "hull low end", r"\underline{h}", band_hull_lo),
                 F("hull_hi", "hull high end", r"\overline{h}", band_hull_hi),

@@ -15,6 +15,7 @@ import sympy as sp
 from lmetric_theory.theory.derivation import SYMBOLS, Derivation, Formula, derive
 
 __all__ = [
+    "KEY_ALIASES",
     "MARKDOWN_COMMAND",
     "SCHEMA",
     "expr_str",
@@ -29,6 +30,15 @@ __all__ = [
 
 #: Identifies the layout of the JSON object; bump when keys change meaning.
 SCHEMA = "lmetric-theory.derive/1"
+#: Older JSON key -> current key; both are emitted (same value) so readers of the first
+#: layout keep working.
+KEY_ALIASES: tuple[tuple[str, str], ...] = (
+    ("lambda_eff", "lam_eff"),
+    ("lambda_star", "lam_star"),
+    ("scale_invariance.lambda_eff_ratio_after_prefill_rescale",
+     "scale_invariance.lam_eff_ratio_after_prefill_rescale"),
+    ("regret_forms.via_lambda_star", "regret_forms.via_lam_star"),
+)
 #: The command that regenerates ``docs/theory.md``.
 MARKDOWN_COMMAND = "lmetric-theory derive --format markdown > docs/theory.md"
 
@@ -82,8 +92,9 @@ def formula_latex(f: Formula) -> str:
 def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
     """The JSON object of ``lmetric-theory derive --format json``.
 
-    Keys named ``statement``, ``boundary_rule``, ``ties_statement``, ``name`` and the
-    lists of definition names are prose/labels; ``bounded`` is a bool and
+    Keys named ``statement``, ``boundary_rule``, ``ties_statement``, ``name``, the
+    lists of definition names and ``key_aliases`` (old key -> current key, both emitted)
+    are prose/labels; ``bounded`` is a bool and
     ``*_favours`` an instance number; every other string value is a sympy expression.
     """
     d = derive() if d is None else d
@@ -96,8 +107,10 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
             "Lower score wins. S_i = (P_i + p_0)(B_i + b_0) is the product (LMetric) "
             "score, C_i = P_i + lam*B_i the linear score. Parse expressions with "
             "sympy.parse_expr; keys named statement/boundary_rule/ties_statement/name "
-            "hold prose."
+            "hold prose. Keys spell the rates lam, lam_eff, lam_star (rendered λ, λ_eff, "
+            "λ*); the keys listed under key_aliases repeat a value under its older name."
         ),
+        "key_aliases": dict(KEY_ALIASES),
         "symbols": {name: _SYMBOL_MEANING[name] for name in SYMBOLS},
         "definitions": {
             "S_1": e(d.S_1),
@@ -117,6 +130,7 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
             "batch_offset_for_invariance": e(d.batch_offset_for_invariance),
             "batch_rescale_equivalent_b0": e(d.batch_rescale_equivalent_b0),
             "linear_lam_after_prefill_rescale": e(d.linear_lam_after_prefill_rescale),
+            "lam_eff_ratio_after_prefill_rescale": e(d.lambda_eff_ratio_after_prefill_rescale),
             "lambda_eff_ratio_after_prefill_rescale": e(
                 d.lambda_eff_ratio_after_prefill_rescale
             ),
@@ -127,6 +141,8 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
             "rhs": e(d.pairwise_rhs),
             "statement": st["pairwise_identity"],
         },
+        "lam_eff": e(d.lambda_eff),
+        "lam_star": e(d.lambda_star),
         "lambda_eff": e(d.lambda_eff),
         "lambda_star": e(d.lambda_star),
         "disagreement": {
@@ -179,6 +195,7 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
         ],
         "regret": e(d.regret),
         "regret_forms": {
+            "via_lam_star": e(d.regret_via_star),
             "via_lambda_star": e(d.regret_via_star),
             "decomposition": e(d.regret_decomposition),
             "bound": e(d.regret_bound),

@@ -1,20 +1,9 @@
 """Streamlit app: decision regions, snapshot checker and trace audit.
 
-Run with ``streamlit run app.py``. Each page lives in ``app_pages/`` and is thin: it reads
-its widgets, calls one library function and renders the result.
+Run with ``streamlit run app.py`` from a source checkout, or ``lmetric-theory app`` from an
+installed package (needs the ``app`` extra). The pages live in ``lmetric_theory/app/pages/``.
 """
 
-from __future__ import annotations
+from lmetric_theory.app.main import run
 
-import streamlit as st
-
-st.set_page_config(page_title="lmetric-theory", layout="wide")
-
-PAGES = [
-    st.Page("app_pages/decision_regions.py", title="Decision regions", url_path="regions",
-            default=True),
-    st.Page("app_pages/snapshot_checker.py", title="Snapshot checker", url_path="snapshot"),
-    st.Page("app_pages/trace_audit.py", title="Trace audit", url_path="audit"),
-]
-
-st.navigation(PAGES).run()
+run()

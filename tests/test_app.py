@@ -1,5 +1,6 @@
-"""AppTest tests of every page of ``app.py``: no exception, and the numbers shown equal the
-library's for the same inputs."""
+"""AppTest tests of every page of the app (``lmetric_theory/app/main.py``, which ``app.py``
+and ``lmetric-theory app`` run): no exception, and the numbers shown equal the library's (and
+the CLI's) for the same inputs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from lmetric_theory.app.support import EXAMPLE_SNAPSHOTS, check_table
 from lmetric_theory.detector import Detector, LinearReference, Snapshot
 from lmetric_theory.experiments.regions import compute_regions
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "lmetric_theory" / "app" / "main.py")
+TOP_APP = str(ROOT / "app.py")
 TIMEOUT = 60
 
 
@@ -26,6 +29,10 @@ def _app(page: str | None = None) -> AppTest:
     return at
 
 
+REGIONS = "pages/decision_regions.py"
+SNAPSHOT = "pages/snapshot_checker.py"
+
+
 def _metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -34,7 +41,7 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 
 def test_regions_default_share_equals_library():
-    at = _app()
+    at = _app(REGIONS)
     shown = _metrics(at)["Disagreement share of the plotted area"]
     rm = compute_regions(1024.0, 8.0, lam=300.0, p0=0.0, b0=1.0, p_range=(0.0, 4096.0),
                          b_range=(0.0, 32.0), resolution=(400, 400))
@@ -45,7 +52,7 @@ def test_regions_default_share_equals_library():
 
 
 def test_regions_controls_change_the_numbers():
-    at = _app()
+    at = _app(REGIONS)
     at.number_input(key="lam").set_value(50.0)
     at.number_input(key="b0").set_value(2.0)
     at.checkbox(key="log_b").check()
@@ -60,15 +67,41 @@ def test_regions_controls_change_the_numbers():
     assert m["Grid points with an exact tie"] == str(rm.n_ties)
 
 
-def test_regions_log_axis_from_zero_is_a_message_not_a_traceback():
+def test_top_level_app_py_runs_the_same_app():
+    at = AppTest.from_file(TOP_APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "lmetric-theory"
+    at.switch_page("lmetric_theory/app/pages/decision_regions.py").run()
+    assert not at.exception and at.title[0].value == "Decision regions"
+
+
+def test_overview_links_every_page():
     at = _app()
+    assert not at.error
+    assert at.title[0].value == "lmetric-theory"
+
+
+def test_regions_log_axis_with_the_default_range_draws():
+    """The default P range starts at 0; the log axis then starts at 1 token and says so."""
+    at = _app(REGIONS)
     at.checkbox(key="log_p").check().run()
-    assert not at.exception
-    assert len(at.error) == 1 and "log axis" in at.error[0].value
+    assert not at.exception and not at.error
+    assert any("log P axis starts at 1" in c.value for c in at.caption)
+    rm = compute_regions(1024.0, 8.0, lam=300.0, p0=0.0, b0=1.0, p_range=(1.0, 4096.0),
+                         b_range=(0.0, 32.0), log_p=True, resolution=(400, 400))
+    assert _metrics(at)["Disagreement share of the plotted area"] == (
+        f"{rm.disagreement_share:.4%}")
+
+
+def test_regions_page_speaks_of_instances_1_and_2():
+    at = _app(REGIONS)
+    text = " ".join([c.value for c in at.caption] + [n.label for n in at.number_input])
+    assert "instance 2" in text and "P_2" in text and "B_1" in text
+    assert "B_B" not in text and "instance B" not in text and "P_A" not in text
 
 
 def test_regions_widget_bounds_keep_values_in_range():
-    at = _app()
+    at = _app(REGIONS)
     before = _metrics(at)["Disagreement share of the plotted area"]
     at.number_input(key="lam").set_value(-5.0).run()  # below min_value: rejected
     assert not at.exception and not at.error
@@ -81,7 +114,7 @@ def test_regions_widget_bounds_keep_values_in_range():
 
 @pytest.mark.parametrize("name", list(EXAMPLE_SNAPSHOTS))
 def test_snapshot_examples_match_detector(name):
-    at = _app("app_pages/snapshot_checker.py")
+    at = _app(SNAPSHOT)
     if name != next(iter(EXAMPLE_SNAPSHOTS)):
         at.selectbox(key="example").select(name).run()
     assert not at.exception and not at.error
@@ -91,18 +124,18 @@ def test_snapshot_examples_match_detector(name):
     m = _metrics(at)
     assert m["Product picks"] == f"#{v.product_choice}"
     assert m["Linear picks"] == f"#{v.linear_choice}"
-    assert m["lam_eff"] == f"{v.lambda_eff:.6g}"
-    assert m["lam*"] == f"{v.lambda_star:.6g}"
+    assert m["λ_eff"] == f"{v.lambda_eff:.6g}"
+    assert m["λ*"] == f"{v.lambda_star:.6g}"
     assert m["Regret (token equiv.)"] == f"{v.regret_tokens:.6g}"
     verdict = [e.value for e in (*at.warning, *at.info, *at.success)
                if e.value.startswith("Verdict")]
     assert len(verdict) == 1
     assert ("DISAGREE" in verdict[0]) == v.disagrees
-    # Every finding kind of the detector is listed on the page.
-    shown = at.dataframe[1].value if v.findings else None
-    if v.findings:
-        assert list(shown["kind"]) == [f.kind for f in v.findings]
-        assert list(shown["mitigation"]) == [f.mitigation.message for f in v.findings]
+    # Every finding of the detector is listed on the page in full (message and mitigation).
+    text = " ".join(md.value for md in at.markdown)
+    for f in v.findings:
+        assert f.kind.replace("_", " ") in text
+        assert f.message in text and f.mitigation.message in text
     assert len(at.get("plotly_chart")) == 1
 
 
@@ -141,31 +174,93 @@ def test_check_table_band_below_lam_is_a_value_error():
 
 
 def test_snapshot_bad_band_is_a_message_on_the_page():
-    at = _app("app_pages/snapshot_checker.py")
+    at = _app(SNAPSHOT)
     name = next(iter(EXAMPLE_SNAPSHOTS))
+    at.checkbox(key=f"band_{name}").check().run()
     at.number_input(key=f"lo_{name}").set_value(500.0).run()  # lo > lam
     assert not at.exception
     assert len(at.error) == 1 and "Cannot check this snapshot" in at.error[0].value
 
 
+def test_snapshot_lam_alone_is_editable():
+    """Without the band, λ can be moved past the example's band and the page follows."""
+    at = _app(SNAPSHOT)
+    name = next(iter(EXAMPLE_SNAPSHOTS))
+    ex = EXAMPLE_SNAPSHOTS[name]
+    at.checkbox(key=f"band_{name}").uncheck().run()
+    at.number_input(key=f"lam_{name}").set_value(150.0).run()
+    assert not at.exception and not at.error
+    v = Detector(LinearReference.fixed(150.0), ex["p0"], ex["b0"]).check(
+        Snapshot(ex["P"], ex["B"]))
+    assert _metrics(at)["Linear picks"] == f"#{v.linear_choice}"
+    assert _metrics(at)["Regret (token equiv.)"] == f"{v.regret_tokens:.6g}"
+
+
+def test_snapshot_pasted_json_replaces_the_table():
+    at = _app(SNAPSHOT)
+    name = next(iter(EXAMPLE_SNAPSHOTS))
+    ex = EXAMPLE_SNAPSHOTS[name]
+    at.text_area(key="paste_json").input(
+        '{"prefill_tokens": [0, 300, 2000], "batch_size": [60, 1, 0], '
+        '"instance_ids": ["x", "y", "z"]}').run()
+    assert not at.exception and not at.error
+    ref = LinearReference(ex["lam"], ex["lam_lo"], ex["lam_hi"])
+    v = Detector(ref, ex["p0"], ex["b0"]).check(Snapshot([0, 300, 2000], [60, 1, 0]))
+    assert _metrics(at)["Product picks"] == "xyz"[v.product_choice]
+    assert _metrics(at)["Linear picks"] == "xyz"[v.linear_choice]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("{", "line 1"),
+        ("[1, 2]", "expected an object"),
+        ('{"prefill_tokens": [1, 2]}', "'batch_size' missing"),
+        ('{"prefill_tokens": [1, 2], "batch_size": [1]}', "has 2 values"),
+        ('{"prefill_tokens": [1], "batch_size": [1], "instance_ids": [3]}', "instance_ids"),
+    ],
+)
+def test_pasted_json_errors_name_the_field(text, needle):
+    from lmetric_theory.app.support import records_from_json
+
+    with pytest.raises(ValueError, match=needle):
+        records_from_json(text)
+
+
+def test_pasted_json_error_is_a_message_on_the_page():
+    at = _app(SNAPSHOT)
+    at.text_area(key="paste_json").input('{"prefill_tokens": [1, 2]}').run()
+    assert not at.exception
+    assert len(at.error) == 1 and "'batch_size' missing" in at.error[0].value
+
+
 # ----------------------------------------------------------------------- trace audit
 
-AUDIT_PAGE = "app_pages/trace_audit.py"
+AUDIT_PAGE = "pages/trace_audit.py"
 
 
-def test_audit_default_matches_library():
-    from lmetric_theory.app.support import audit_for_app
-    from lmetric_theory.workload import default_workload, select
+def test_audit_default_matches_the_cli(capsys):
+    """Same workload, same defaults: the page shows the CLI's disagreement rate."""
+    import json
+
+    from lmetric_theory import cli
 
     at = _app(AUDIT_PAGE)
     assert not at.error
-    view = audit_for_app(select(default_workload(0), count=3000), source="synthetic default",
-                         instances=8, lam=256.0, lam_lo=128.0, lam_hi=512.0, p0=0.0, b0=1.0)
+    assert cli.main(["audit", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
     m = _metrics(at)
-    assert m["Decisions"] == f"{view.report['decisions']:,}"
-    assert m["Disagreement rate"] == f"{view.report['disagreement_rate']:.3%}"
-    assert m["Fragile"] == f"{view.report['fragile']:,}"
-    assert view.report["decisions"] == 3000
+    assert m["Decisions"] == f"{rep['decisions']:,}"
+    assert m["Disagreement rate"] == f"{rep['disagreement_rate']:.3%}"
+    assert m["Fragile"] == f"{rep['fragile']:,}"
+    lam = rep.get("lam_reference", rep.get("lambda_reference"))["lam"]
+    assert any(f"Reference λ = {lam:.4g}" in c.value for c in at.caption)
+    # Worst decisions: readable headers, values rounded to 4 significant figures.
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["decision", "time (s)", "product picks", "linear picks",
+                                   "regret (tokens)", "λ_eff (tokens/slot)", "λ* (tokens/slot)"]
+    for x in table["λ* (tokens/slot)"]:
+        assert float(f"{x:.4g}") == x
     # Three charts plus the selected worst decision on the region view.
     assert len(at.get("plotly_chart")) == 4
     assert len(at.get("download_button")) == 1
@@ -177,6 +272,7 @@ def test_audit_default_matches_library():
 
 def test_audit_bad_band_is_a_message_on_the_page():
     at = _app(AUDIT_PAGE)
+    at.radio(key="ref_mode").set_value("my own λ and band").run()
     at.number_input(key="lam_lo").set_value(1000.0).run()  # band low above lam
     assert not at.exception
     assert len(at.error) == 1 and "Cannot audit with these settings" in at.error[0].value

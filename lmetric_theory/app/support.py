@@ -1,4 +1,5 @@
-"""Presentation helpers for the Streamlit app (``app.py``): figures, formulas, examples.
+"""Presentation helpers for the Streamlit app (``lmetric_theory.app.pages``): figures, formulas,
+examples.
 
 Everything here is pure: it turns library results into plotly figures, LaTeX strings and
 tables; no Streamlit calls, no files. The pages stay thin (read widgets, call the
@@ -19,7 +20,7 @@ import plotly.graph_objects as go
 from lmetric_theory.audit import audit_workload
 from lmetric_theory.core.kernel import linear_scores, product_scores
 from lmetric_theory.detector import Detector, LinearReference, Snapshot, Verdict, Verdicts
-from lmetric_theory.experiments.regions import REGION_LABELS, RegionMap
+from lmetric_theory.experiments.regions import RegionMap
 from lmetric_theory.workload import Workload, parse_trace
 
 __all__ = [
@@ -30,12 +31,24 @@ __all__ = [
     "audit_for_app",
     "read_jsonl_upload",
     "REGION_COLOURS",
+    "REGION_LABELS",
     "TableCheck",
     "check_table",
+    "records_from_json",
+    "worst_rows",
     "pair_view_ranges",
     "region_figure",
     "theory_latex",
 ]
+
+#: Label of each region code (index = code) in the app's vocabulary: instance 1 is the fixed
+#: one, instance 2 the plotted state.
+REGION_LABELS: tuple[str, ...] = (
+    "both prefer instance 1",
+    "both prefer instance 2",
+    "only the product prefers instance 2",
+    "only the linear score prefers instance 2",
+)
 
 #: Colour of each region code (index = code): agree regions pale, disagreements strong.
 REGION_COLOURS: tuple[str, ...] = ("#dbe9f6", "#e6f2df", "#d62728", "#ff7f0e")
@@ -210,6 +223,84 @@ def check_table(
     return TableCheck(verdict, tuple(ids), tuple(P), tuple(B), rows, findings)
 
 
+#: Placeholder of the paste-JSON box on the snapshot page (the snapshot-file schema).
+SNAPSHOT_JSON_EXAMPLE = ('{"prefill_tokens": [1200, 0, 640], "batch_size": [3, 9, 4], '
+                         '"instance_ids": ["a", "b", "c"]}')
+
+
+def records_from_json(text: str) -> list[dict[str, Any]]:
+    """Table rows of a snapshot pasted as JSON (one line of a snapshot file).
+
+    Accepts an object with ``prefill_tokens`` and ``batch_size`` (arrays of the same length
+    N >= 1) and optional ``instance_ids`` (N strings); other keys of the snapshot-file schema
+    are ignored. Cell values are checked by :func:`check_table`.
+
+    Raises
+    ------
+    ValueError
+        One line naming the field: not JSON, not an object, a missing or non-array field,
+        or arrays of different lengths.
+    """
+    import json
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"pasted JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("pasted JSON: expected an object like " + SNAPSHOT_JSON_EXAMPLE)
+    cols = {}
+    for key in ("prefill_tokens", "batch_size"):
+        if key not in obj:
+            raise ValueError(f"pasted JSON: field {key!r} missing (an array of N numbers >= 0)")
+        if not isinstance(obj[key], list) or not obj[key]:
+            raise ValueError(f"pasted JSON: field {key!r} must be a non-empty array of numbers")
+        cols[key] = obj[key]
+    n = len(cols["prefill_tokens"])
+    if len(cols["batch_size"]) != n:
+        raise ValueError(f"pasted JSON: 'prefill_tokens' has {n} values, 'batch_size' "
+                         f"{len(cols['batch_size'])}")
+    if n > MAX_INSTANCES:
+        raise ValueError(f"pasted JSON: {n} instances, at most {MAX_INSTANCES}")
+    ids = obj.get("instance_ids")
+    if ids is None:
+        ids = [f"#{i}" for i in range(n)]
+    elif (not isinstance(ids, list) or len(ids) != n
+          or not all(isinstance(x, str) for x in ids)):
+        raise ValueError(f"pasted JSON: field 'instance_ids' must be an array of {n} strings")
+    return [{"instance": ids[i], "P": cols["prefill_tokens"][i], "B": cols["batch_size"][i]}
+            for i in range(n)]
+
+
+def _sig(x: Any, digits: int = 4) -> Any:
+    """A number rounded to ``digits`` significant figures for display (``None`` stays)."""
+    if x is None or isinstance(x, bool) or not isinstance(x, int | float):
+        return x
+    if not math.isfinite(x) or x == 0:
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+def worst_rows(worst: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The report's worst decisions as table rows with readable headers and values rounded
+    to 4 significant figures (time to 0.01 s)."""
+    def get(w: Mapping[str, Any], key: str, old: str) -> Any:
+        return w[key] if key in w else w.get(old)
+
+    return [
+        {
+            "decision": w["decision"],
+            "time (s)": round(float(w["time_s"]), 2) if w.get("time_s") is not None else None,
+            "product picks": w["product_choice"],
+            "linear picks": w["linear_choice"],
+            "regret (tokens)": _sig(w["regret_tokens"]),
+            "λ_eff (tokens/slot)": _sig(get(w, "lam_eff", "lambda_eff")),
+            "λ* (tokens/slot)": _sig(get(w, "lam_star", "lambda_star")),
+        }
+        for w in worst
+    ]
+
+
 @functools.cache
 def theory_latex(keys: tuple[str, ...] = ("pairwise_identity", "disagreement", "geometry")) -> tuple[
     tuple[str, str, tuple[str, ...]], ...
@@ -249,7 +340,7 @@ def region_figure(
     rm: RegionMap,
     *,
     marker: tuple[float, float] | None = None,
-    marker_label: str = "B",
+    marker_label: str = "instance 2",
     height: int = 560,
 ) -> go.Figure:
     """Heatmap of the four regions with the hyperbola, the line and their intersections.
@@ -259,7 +350,7 @@ def region_figure(
     rm : RegionMap
         From :func:`lmetric_theory.experiments.regions.compute_regions`.
     marker : (float, float), optional
-        A state ``(P, B)`` of instance B to mark (tokens, requests).
+        A state ``(P, B)`` of instance 2 to mark (tokens, requests).
     marker_label : str
         Legend name of that marker.
     height : int
@@ -284,7 +375,7 @@ def region_figure(
             zmax=n - 0.5,
             colorscale=scale,
             showscale=False,
-            hovertemplate="P_B=%{x:.4g} tokens<br>B_B=%{y:.4g} requests<br>region %{z} "
+            hovertemplate="P_2=%{x:.4g} tokens<br>B_2=%{y:.4g} requests<br>region %{z} "
             "(see legend order 0-3)<extra></extra>",
             name="regions",
         )
@@ -297,18 +388,18 @@ def region_figure(
         )
     b_lo, b_hi = float(rm.B[0]), float(rm.B[-1])
     xs, ys = _finite_xy(rm.P, rm.product_curve, b_lo, b_hi)
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="product iso-curve through A",
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="product iso-curve through instance 1",
                              line={"color": "black", "width": 2}))
     if rm.lam > 0:
         xs, ys = _finite_xy(rm.P, rm.linear_curve, b_lo, b_hi)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="linear iso-line through A",
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="linear iso-line through instance 1",
                                  line={"color": "black", "width": 2, "dash": "dash"}))
-    else:  # lam = 0: the linear score is P alone, its iso-line is vertical at P_A
+    else:  # lam = 0: the linear score is P alone, its iso-line is vertical at P_1
         fig.add_trace(go.Scatter(x=[rm.P_A, rm.P_A], y=[b_lo, b_hi], mode="lines",
-                                 name="linear iso-line through A",
+                                 name="linear iso-line through instance 1",
                                  line={"color": "black", "width": 2, "dash": "dash"}))
     pts = rm.intersections
-    fig.add_trace(go.Scatter(x=[pts[0][0]], y=[pts[0][1]], mode="markers", name="instance A",
+    fig.add_trace(go.Scatter(x=[pts[0][0]], y=[pts[0][1]], mode="markers", name="instance 1",
                              marker={"color": "black", "size": 11, "symbol": "circle"}))
     if len(pts) > 1:
         fig.add_trace(go.Scatter(x=[pts[1][0]], y=[pts[1][1]], mode="markers",
@@ -319,9 +410,9 @@ def region_figure(
                                  name=marker_label,
                                  marker={"color": "#9467bd", "size": 13, "symbol": "star",
                                          "line": {"color": "black", "width": 1}}))
-    fig.update_xaxes(title="P_B: prefill tokens of instance B", range=_range(rm.P, rm.log_p),
+    fig.update_xaxes(title="P_2: prefill tokens of instance 2", range=_range(rm.P, rm.log_p),
                      type="log" if rm.log_p else "linear")
-    fig.update_yaxes(title="B_B: batch size of instance B (requests)",
+    fig.update_yaxes(title="B_2: batch size of instance 2 (requests)",
                      range=_range(rm.B, rm.log_b), type="log" if rm.log_b else "linear")
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       legend={"orientation": "h", "y": -0.15})
@@ -443,6 +534,7 @@ def audit_for_app(
     b0: float = 1,
     top: int = 20,
     progress: Callable[[float], None] | None = None,
+    reference: LinearReference | None = None,
 ) -> AuditView:
     """Audit a workload for the trace-audit page (its one library call).
 
@@ -466,6 +558,9 @@ def audit_for_app(
         Worst decisions to keep.
     progress : callable, optional
         Called with the fraction done, in [0, 1].
+    reference : LinearReference, optional
+        Use this reference instead of ``lam``/``lam_lo``/``lam_hi`` (the page passes the
+        CLI's default, :func:`lmetric_theory.audit.default_reference`).
 
     Raises
     ------
@@ -474,7 +569,8 @@ def audit_for_app(
     """
     if not 1 <= int(instances) <= 64:
         raise ValueError(f"instances: must lie in [1, 64], got {instances}")
-    ref = LinearReference(lam, lam_lo, lam_hi, source="band" if lam_lo < lam_hi else "fixed")
+    ref = reference if reference is not None else LinearReference(
+        lam, lam_lo, lam_hi, source="band" if lam_lo < lam_hi else "fixed")
     res = audit_workload(workload, instances=int(instances), reference=ref, prefill_offset=p0,
                          batch_offset=b0, top=top, progress=progress, source=source)
     return AuditView(source, np.asarray(res.time_s, dtype=np.float64), res.verdicts,

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lmetric_theory.cli.calibrate",
     "lmetric_theory.cli.audit",
     "lmetric_theory.cli.results",
+    "lmetric_theory.cli.app",
 )
 
 
@@ -38,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from lmetric_theory.cli.common import join_negative_values
 
     parser = build_parser()
-    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    tokens = join_negative_values(sys.argv[1:] if argv is None else list(argv))
+    args, extra = parser.parse_known_args(tokens)
+    if getattr(args, "passes_unknown_args", False):  # `app`: the rest goes to Streamlit
+        args.extra_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -7,8 +7,10 @@ import streamlit as st
 from lmetric_theory.app.support import (
     EXAMPLE_SNAPSHOTS,
     MAX_INSTANCES,
+    SNAPSHOT_JSON_EXAMPLE,
     check_table,
     pair_view_ranges,
+    records_from_json,
     region_figure,
 )
 from lmetric_theory.experiments.regions import compute_regions
@@ -16,7 +18,7 @@ from lmetric_theory.experiments.regions import compute_regions
 st.title("Snapshot checker")
 st.caption(
     "One routing decision: the load of every candidate instance. The detector compares the "
-    "product score (P + p0)(B + b0) with the linear reference P + lam*B and explains what it "
+    "product score (P + p0)(B + b0) with the linear reference P + λB and explains what it "
     f"finds. Up to {MAX_INSTANCES} instances; P in prefill tokens, B in requests."
 )
 
@@ -24,13 +26,22 @@ name = st.selectbox("Example", list(EXAMPLE_SNAPSHOTS), key="example")
 ex = EXAMPLE_SNAPSHOTS[name]
 st.caption(ex["note"])
 
-c1, c2, c3, c4, c5 = st.columns(5)
+c1, c2, c3, c4, c5, c6 = st.columns(6)
 # Widget keys carry the example name so picking another example loads its settings.
-lam = c1.number_input("lam: reference rate", 0.0, 1e7, float(ex["lam"]), 10.0, key=f"lam_{name}")
-lam_lo = c2.number_input("band low", 0.0, 1e7, float(ex["lam_lo"]), 10.0, key=f"lo_{name}")
-lam_hi = c3.number_input("band high", 0.0, 1e7, float(ex["lam_hi"]), 10.0, key=f"hi_{name}")
-p0 = c4.number_input("p0: prefill offset", 0.0, 1e6, float(ex["p0"]), 1.0, key=f"p0_{name}")
-b0 = c5.number_input("b0: batch offset", 0.0, 1e4, float(ex["b0"]), 1.0, key=f"b0_{name}")
+lam = c1.number_input("λ: reference rate (tokens per slot)", 0.0, 1e7, float(ex["lam"]), 10.0,
+                      key=f"lam_{name}")
+use_band = c2.checkbox("reference band around λ", value=ex["lam_lo"] < ex["lam_hi"],
+                       key=f"band_{name}",
+                       help="Off: λ alone is the reference. On: also flag decisions that "
+                       "disagree with part of the band [low, high] (which must contain λ).")
+lam_lo = c3.number_input("band low", 0.0, 1e7, float(ex["lam_lo"]), 10.0, key=f"lo_{name}",
+                         disabled=not use_band)
+lam_hi = c4.number_input("band high", 0.0, 1e7, float(ex["lam_hi"]), 10.0, key=f"hi_{name}",
+                         disabled=not use_band)
+p0 = c5.number_input("p0: prefill offset", 0.0, 1e6, float(ex["p0"]), 1.0, key=f"p0_{name}")
+b0 = c6.number_input("b0: batch offset", 0.0, 1e4, float(ex["b0"]), 1.0, key=f"b0_{name}")
+if not use_band:
+    lam_lo = lam_hi = lam
 
 initial = [
     {"instance": f"#{i}", "P": p, "B": b} for i, (p, b) in enumerate(zip(ex["P"], ex["B"],
@@ -49,8 +60,13 @@ edited = st.data_editor(
     },
 )
 
+pasted = st.text_area(
+    "…or paste one snapshot as JSON (one line of a snapshot file; replaces the table)",
+    key="paste_json", placeholder=SNAPSHOT_JSON_EXAMPLE, height=80,
+)
 try:
-    result = check_table(edited, lam=lam, lam_lo=lam_lo, lam_hi=lam_hi, p0=p0, b0=b0)
+    records = records_from_json(pasted) if pasted.strip() else edited
+    result = check_table(records, lam=lam, lam_lo=lam_lo, lam_hi=lam_hi, p0=p0, b0=b0)
 except ValueError as exc:
     st.error(f"Cannot check this snapshot: {exc}")
     st.stop()
@@ -60,13 +76,13 @@ ids = result.instance_ids
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Product picks", ids[v.product_choice])
 m2.metric("Linear picks", ids[v.linear_choice])
-m3.metric("lam_eff", f"{v.lambda_eff:.6g}")
-m4.metric("lam*", f"{v.lambda_star:.6g}")
+m3.metric("λ_eff", f"{v.lambda_eff:.6g}")
+m4.metric("λ*", f"{v.lambda_star:.6g}")
 m5.metric("Regret (token equiv.)", f"{v.regret_tokens:.6g}")
 
 if v.disagrees:
     st.warning(f"Verdict: DISAGREE — the product picks {ids[v.product_choice]}, "
-             f"linear(lam={lam:g}) picks {ids[v.linear_choice]}.")
+             f"linear(λ={lam:g}) picks {ids[v.linear_choice]}.")
 elif v.flagged:
     st.info(f"Verdict: AGREE, with findings — both pick {ids[v.product_choice]}.")
 else:
@@ -74,7 +90,10 @@ else:
 
 st.subheader("Findings and mitigations")
 if result.findings:
-    st.dataframe(list(result.findings), key="findings", hide_index=True)
+    # Full sentences, wrapped (a table would cut them off).
+    for f in result.findings:
+        st.markdown(f"- **{f['kind'].replace('_', ' ')}** ({f['severity']}): {f['message']}  \n"
+                    f"  *Mitigation:* {f['mitigation']}")
 else:
     st.write("No findings.")
 
@@ -91,6 +110,7 @@ if v.rival >= 0:
     except ValueError as exc:
         st.error(f"Cannot draw the decision regions of this pair: {exc}")
     else:
-        st.subheader(f"Decision regions: A = {ids[i]} (product's choice), marker = {ids[r]}")
+        st.subheader(f"Decision regions: instance 1 = {ids[i]} (product's choice), "
+                     f"instance 2 = {ids[r]} (rival, the star)")
         st.plotly_chart(region_figure(rm, marker=b, marker_label=f"{ids[r]} (rival)"),
                         key="pair_plot")

@@ -13,7 +13,9 @@ from lmetric_theory.app.support import (
     pair_view_ranges,
     read_jsonl_upload,
     region_figure,
+    worst_rows,
 )
+from lmetric_theory.audit import default_reference
 from lmetric_theory.experiments.regions import compute_regions
 from lmetric_theory.io.report import (
     disagreement_rate_figure,
@@ -25,6 +27,11 @@ from lmetric_theory.workload import TraceOrderWarning, Workload, default_workloa
 
 SYNTHETIC = "Synthetic default workload"
 UPLOAD = "Upload a JSONL trace"
+DEFAULT_REF = "latency-model default (as the CLI)"
+CUSTOM_REF = "my own λ and band"
+#: The CLI's defaults: `lmetric-theory audit` replays every request on 8 instances with the
+#: h100-llama3-8b preset and the reference band derived from its latency model.
+PRESET = "h100-llama3-8b"
 
 
 @st.cache_data(max_entries=2, show_spinner=False)
@@ -45,16 +52,21 @@ def load_upload(name: str, data: bytes, skip_bad_lines: bool) -> tuple[Workload,
 st.title("Trace audit")
 st.caption(
     "Replays a trace on a simulated cluster routed by the product score, checks every routing "
-    "decision against the linear reference and summarises where and how much they disagree."
+    "decision against the linear reference P + λB and summarises where and how much they "
+    "disagree. The defaults are those of `lmetric-theory audit`: every request, 8 instances, "
+    f"preset {PRESET}, reference band from its latency model."
 )
 
 source = st.radio("Trace", [SYNTHETIC, UPLOAD], horizontal=True, key="source")
+ref_mode = st.radio("Reference", [DEFAULT_REF, CUSTOM_REF], horizontal=True, key="ref_mode")
+custom = ref_mode == CUSTOM_REF
 c1, c2, c3, c4, c5, c6 = st.columns(6)
 instances = c1.number_input("instances", 1, 64, 8, 1, key="instances")
-n_req = c2.number_input("requests to audit (first N)", 100, 200_000, 3000, 500, key="n_req")
-lam = c3.number_input("lam: reference rate", 0.0, 1e7, 256.0, 16.0, key="lam")
-lam_lo = c4.number_input("band low", 0.0, 1e7, 128.0, 16.0, key="lam_lo")
-lam_hi = c5.number_input("band high", 0.0, 1e7, 512.0, 16.0, key="lam_hi")
+n_req = c2.number_input("requests to audit (first N; 0 = all)", 0, 10_000_000, 0, 500,
+                        key="n_req")
+lam = c3.number_input("λ: reference rate", 0.0, 1e7, 256.0, 16.0, key="lam", disabled=not custom)
+lam_lo = c4.number_input("band low", 0.0, 1e7, 128.0, 16.0, key="lam_lo", disabled=not custom)
+lam_hi = c5.number_input("band high", 0.0, 1e7, 512.0, 16.0, key="lam_hi", disabled=not custom)
 c7, c8 = c6.columns(2)
 p0 = c7.number_input("p0", 0.0, 1e6, 0.0, 1.0, key="p0")
 b0 = c8.number_input("b0", 0.0, 1e4, 1.0, 1.0, key="b0")
@@ -84,15 +96,17 @@ if source == UPLOAD:
 else:
     workload, name = load_default(0), "synthetic default"
 
-workload = select(workload, count=int(n_req))
-settings = (name, len(workload), instances, lam, lam_lo, lam_hi, p0, b0,
+if n_req:
+    workload = select(workload, count=int(n_req))
+reference = None if custom else default_reference(PRESET, workload)
+settings = (name, len(workload), instances, custom, lam, lam_lo, lam_hi, p0, b0,
             source == UPLOAD and st.session_state.get("skip", False))
 if st.session_state.get("audit_key") != settings:
     bar = st.progress(0.0, text=f"Auditing {len(workload)} requests on {instances} instances ...")
     try:
         view = audit_for_app(
             workload, source=name, instances=int(instances), lam=lam, lam_lo=lam_lo,
-            lam_hi=lam_hi, p0=p0, b0=b0,
+            lam_hi=lam_hi, p0=p0, b0=b0, reference=reference,
             progress=lambda f: bar.progress(min(max(f, 0.0), 1.0)),
         )
     except ValueError as exc:
@@ -110,29 +124,35 @@ m1.metric("Decisions", f"{rep['decisions']:,}")
 m2.metric("Disagreement rate", f"{rep['disagreement_rate']:.3%}")
 m3.metric("Fragile", f"{rep['fragile']:,}")
 m4.metric("Mean regret (token equiv.)", f"{rep['regret_tokens']['mean']:.4g}")
-m5.metric("lam_eff p50", f"{rep['lambda_eff']['p50']:.4g}"
-          if rep["lambda_eff"]["p50"] is not None else "n/a")
+le = rep["lam_eff"] if "lam_eff" in rep else rep["lambda_eff"]
+m5.metric("λ_eff p50", f"{le['p50']:.4g}" if le["p50"] is not None else "n/a")
+st.caption(f"Reference λ = {view.lam:.4g} tokens per slot, band [{view.lam_lo:.4g}, "
+           f"{view.lam_hi:.4g}]" + ("" if custom else f", derived from the {PRESET} latency "
+                                     "model and the workload's mean request shape") + ".")
 deg = rep["degenerate"]
 st.caption(f"Degenerate decisions — zero-prefill hot-spots: {deg['zero_prefill']}, idle ties: "
            f"{deg['idle_tie']}, exact ties: {deg['exact_tie']}.")
 
 v = view.verdicts
-g1, g2, g3 = st.columns(3)
-g1.plotly_chart(disagreement_rate_figure(view.time_s, v.disagrees), key="rate_plot")
-g2.plotly_chart(regret_figure(v.regret_tokens, v.disagrees), key="regret_plot")
-g3.plotly_chart(lambda_eff_figure(view.time_s, v.lambda_eff, view.lam, view.lam_lo,
-                                  view.lam_hi), key="lam_plot")
+# Two columns (three would clip the plot titles at 1400 px); titles sized to fit.
+figs = (disagreement_rate_figure(view.time_s, v.disagrees),
+        regret_figure(v.regret_tokens, v.disagrees),
+        lambda_eff_figure(view.time_s, v.lambda_eff, view.lam, view.lam_lo, view.lam_hi))
+for f in figs:
+    f.update_layout(title_font_size=15, margin={"t": 50})
+figs[2].update_layout(title_text="λ_eff of each decision against the reference band")
+figs[2].update_yaxes(title="λ_eff (tokens per batch slot)")
+g1, g2 = st.columns(2)
+g1.plotly_chart(figs[0], key="rate_plot")
+g2.plotly_chart(figs[1], key="regret_plot")
+st.plotly_chart(figs[2], key="lam_plot")
 
 st.subheader("Worst decisions")
 worst = rep["worst"]
 if not worst:
     st.write("No decision disagrees with the reference.")
 else:
-    st.dataframe(
-        [{k: w[k] for k in ("decision", "time_s", "product_choice", "linear_choice",
-                            "regret_tokens", "lambda_eff", "lambda_star")} for w in worst],
-        key="worst_table", hide_index=True,
-    )
+    st.dataframe(worst_rows(worst), key="worst_table", hide_index=True)
     labels = [f"{k + 1}. decision {w['decision']} at {w['time_s']:.2f} s — regret "
               f"{w['regret_tokens']:.4g}" for k, w in enumerate(worst)]
     pick = st.selectbox("Show on the decision-region view", range(len(worst)),
@@ -143,8 +163,9 @@ else:
     p_rng, b_rng = pair_view_ranges([a, b])
     rm = compute_regions(a[0], a[1], lam=view.lam, p0=view.p0, b0=view.b0, p_range=p_rng,
                          b_range=b_rng, resolution=(300, 300))
-    st.caption(f"A = instance {i} (the product's choice, P={a[0]}, B={a[1]}); the star is "
-               f"instance {j} (the linear choice, P={b[0]}, B={b[1]}).")
+    st.caption(f"Instance 1 of the plot = instance {i} (the product's choice, P={a[0]:.4g}, "
+               f"B={a[1]:.4g}); the star, instance 2 of the plot = instance {j} (the linear "
+               f"choice, P={b[0]:.4g}, B={b[1]:.4g}).")
     st.plotly_chart(region_figure(rm, marker=b, marker_label=f"instance {j} (linear choice)"),
                     key="worst_plot")
 

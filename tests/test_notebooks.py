@@ -1,4 +1,5 @@
-"""The notebooks: committed without outputs, built from their generator, and run clean.
+"""The notebooks: committed without outputs, generated from their jupytext percent sources
+(``notebooks/NN_*.py``, the source of truth), and run clean.
 
 Each notebook is executed with nbclient in small mode (``LMETRIC_NOTEBOOK_FULL`` unset)
 with ``notebooks/`` as working directory, on the ``python3`` kernel of this interpreter.
@@ -6,7 +7,6 @@ with ``notebooks/`` as working directory, on the ``python3`` kernel of this inte
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -20,12 +20,10 @@ NAMES = ("01_theory.ipynb", "02_audit_mooncake.ipynb", "03_policy_comparison.ipy
 SLOW = {"03_policy_comparison.ipynb"}
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+def test_every_notebook_has_a_percent_source() -> None:
+    sources = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+    notebooks = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert sources == notebooks == sorted(n.removesuffix(".ipynb") for n in NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,13 +41,17 @@ def test_committed_without_outputs(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_matches_generator(name: str) -> None:
-    gen = _generator()
-    built = gen.build(gen.NOTEBOOKS[name])
+def test_matches_percent_source(name: str) -> None:
+    """The .ipynb holds exactly the cells of its percent source (jupytext reads it)."""
+    import jupytext
+
+    source = NOTEBOOKS / name.replace(".ipynb", ".py")
+    built = jupytext.read(source)
     stored = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert [(c.cell_type, c.source) for c in stored.cells] == [(c.cell_type, c.source) for c in built.cells], (
-        f"{name} differs from notebooks/build_notebooks.py; rerun it"
-    )
+    assert [(c.cell_type, c.source) for c in stored.cells] == [
+        (c.cell_type, c.source) for c in built.cells
+    ], (f"{name} differs from {source.name}; regenerate it: "
+        f"jupytext --update --to ipynb notebooks/{source.name}")
 
 
 def test_python3_kernel_is_this_interpreter() -> None:

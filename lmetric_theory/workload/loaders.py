@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.limits import ID_MAX, ID_MIN, TIME_MAX_S, TOKENS_MAX
 from lmetric_theory.workload.base import Workload
 from lmetric_theory.workload.errors import TraceError, TraceOrderWarning
 
@@ -85,8 +86,16 @@ DEFAULT_BLOCK_SIZE: dict[str, int] = {"mooncake": 512, "bailian": 16, "jsonl": 1
 #: How many skip reasons are kept in ``meta["skipped_reasons"]``.
 MAX_REASONS = 5
 
-_INT64_MAX = 2**63 - 1
-_INT64_MIN = -(2**63)
+_INT64_MAX = ID_MAX
+_INT64_MIN = ID_MIN
+
+#: File name suffixes that fix the format family without looking at the content.
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+CSV_SUFFIXES = (".csv",)
+
+#: JSON type names, for messages.
+_JSON_TYPE = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+              bool: "boolean", type(None): "null"}
 
 
 class _Missing:
@@ -105,6 +114,7 @@ class _Spec:
 
     time_field: str
     time_to_s: float
+    time_unit: str
     input_field: str
     output_field: str
     hash_required: bool
@@ -112,10 +122,10 @@ class _Spec:
 
 
 _SPECS: dict[str, _Spec] = {
-    "mooncake": _Spec("timestamp", 1e-3, "input_length", "output_length", True, "none"),
-    "bailian": _Spec("timestamp", 1.0, "input_length", "output_length", True, "chain"),
-    "jsonl": _Spec("arrival_s", 1.0, "input_tokens", "output_tokens", False, "field"),
-    "csv": _Spec("arrival_s", 1.0, "input_tokens", "output_tokens", False, "field"),
+    "mooncake": _Spec("timestamp", 1e-3, "ms", "input_length", "output_length", True, "none"),
+    "bailian": _Spec("timestamp", 1.0, "s", "input_length", "output_length", True, "chain"),
+    "jsonl": _Spec("arrival_s", 1.0, "s", "input_tokens", "output_tokens", False, "field"),
+    "csv": _Spec("arrival_s", 1.0, "s", "input_tokens", "output_tokens", False, "field"),
 }
 
 
@@ -163,54 +173,120 @@ def load_trace(
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise TraceError(source, line, None, f"not valid UTF-8 ({exc.reason})") from None
+    if "\0" in text:
+        k = text.index("\0")
+        raise TraceError(
+            source, text.count("\n", 0, k) + 1, None, "contains a NUL byte: a binary file, not a trace"
+        )
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    if format == "auto" and p.suffix.lower() == ".csv":
-        format = "csv"
     return parse_trace(
         text.split("\n"),
         source=source,
         format=format,
         block_size=block_size,
         skip_bad_lines=skip_bad_lines,
+        suffix=p.suffix,
     )
 
 
-def detect_format(first_line: str, *, source: str = "<lines>", line: int = 1) -> str:
-    """Name the format of a trace from its first non-blank line.
+def detect_format(
+    first_line: str, *, source: str = "<lines>", line: int = 1, suffix: str = ""
+) -> str:
+    """Name the format of a trace from its file name suffix and its first non-blank line.
+
+    A ``.csv`` suffix means CSV; a ``.jsonl``/``.json``/``.ndjson`` suffix, or a first line
+    that is JSON (starts with ``{`` or ``[``, or parses as JSON), means JSON Lines, and the
+    keys of the first object name the variant. Anything else is read as CSV.
 
     Parameters
     ----------
     first_line : str
         The first non-blank line of the trace.
+    source, line : str, int
+        File name and line number for messages.
+    suffix : str
+        The file name suffix (``".jsonl"``), or ``""`` for in-memory input.
 
     Returns
     -------
     str
         One of :data:`FORMATS`.
+
+    Raises
+    ------
+    TraceError
+        The line is JSON but not an object, or has none of the detecting keys; the
+        message says why the line was read as JSON.
     """
+    return _detect(first_line, source=source, line=line, suffix=suffix)[0]
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPE.get(type(value), type(value).__name__)
+
+
+def _detect(first_line: str, *, source: str, line: int, suffix: str) -> tuple[str, str]:
+    """``(format, reason)``: :func:`detect_format` with the reason in words."""
+    suffix = suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return "csv", f"the file name ends in {suffix}"
     stripped = first_line.strip()
-    if not stripped.startswith("{"):
-        return "csv"
+    if suffix in JSON_SUFFIXES:
+        why = f"the file name ends in {suffix}"
+    elif stripped[:1] in ("{", "["):
+        why = f"its first line starts with {stripped[:1]!r}"
+    else:
+        try:
+            json.loads(stripped)
+        except (ValueError, RecursionError):
+            return "csv", "its first line is not JSON"
+        why = "its first line is a JSON value"
     try:
         obj = json.loads(stripped)
     except json.JSONDecodeError as exc:
-        raise TraceError(source, line, None, f"invalid JSON: {exc.msg}") from None
+        raise TraceError(
+            source, line, None,
+            f"invalid JSON: {exc.msg} (column {exc.colno}); read as JSON Lines because {why}",
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise TraceError(source, line, None, f"invalid JSON: {_short_reason(exc)}") from None
     if not isinstance(obj, dict):
-        raise TraceError(source, line, None, "line is not a JSON object")
+        raise TraceError(
+            source, line, None,
+            f"expected a JSON object, got {_json_type(obj)} (read as JSON Lines because {why})",
+        )
+    reason = f"read as JSON Lines because {why}"
     if "chat_id" in obj:
-        return "bailian"
+        return "bailian", f"{reason}; the first object has a 'chat_id' field"
     if "arrival_s" in obj:
-        return "jsonl"
+        return "jsonl", f"{reason}; the first object has an 'arrival_s' field"
     if "timestamp" in obj:
-        return "mooncake"
+        return "mooncake", f"{reason}; the first object has a 'timestamp' field"
     raise TraceError(
         source,
         line,
         None,
         "cannot detect the trace format: expected a 'chat_id' (bailian), 'arrival_s' "
-        f"(jsonl) or 'timestamp' (mooncake) field; found {sorted(obj)}",
+        f"(jsonl) or 'timestamp' (mooncake) field; found {_clip_list(sorted(obj))}",
     )
+
+
+def _short_reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = str(exc).split(";")[0]
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _clip_list(items: list[str], n: int = 8) -> str:
+    shown = [_clip(str(x)) for x in items[:n]]
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return f"{shown}{more}"
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def parse_trace(
@@ -220,11 +296,13 @@ def parse_trace(
     format: str = "auto",
     block_size: int | None = None,
     skip_bad_lines: bool = False,
+    suffix: str = "",
 ) -> Workload:
     """Parse trace lines (already read into memory) into a :class:`Workload`.
 
     Same rules as :func:`load_trace`; ``lines[i]`` is reported as line ``i + 1`` of
-    ``source``.
+    ``source``; ``suffix`` (the file name's, e.g. ``".jsonl"``) takes part in format
+    detection as in :func:`detect_format`.
     """
     if format != "auto" and format not in _SPECS:
         raise ValueError(f"unknown trace format {format!r}; valid: auto, {', '.join(FORMATS)}")
@@ -244,7 +322,9 @@ def parse_trace(
         return (i if line_nos is None else line_nos[i]) + 1
 
     if format == "auto":
-        format = detect_format(body[0], source=source, line=lineno(0))
+        format, format_reason = _detect(body[0], source=source, line=lineno(0), suffix=suffix)
+    else:
+        format_reason = "format given"
     if block_size is None:
         block_size = DEFAULT_BLOCK_SIZE[format]
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -253,7 +333,7 @@ def parse_trace(
     errors: dict[int, tuple[str | None, str]] = {}
     if format == "csv":
         header_line = lineno(0)
-        rows = _csv_rows(body, source, header_line, errors)
+        rows = _csv_rows(body, source, header_line, errors, format_reason)
         body_line = lineno
         lineno = lambda i: body_line(i + 1)  # noqa: E731 - data rows follow the header
         if not rows:
@@ -263,9 +343,9 @@ def parse_trace(
     spec = _SPECS[format]
     cols = _Columns(rows, errors)
 
-    t = cols.number(spec.time_field)
-    inp = cols.integer(spec.input_field, 1)
-    out = cols.integer(spec.output_field, 1)
+    t = cols.number(spec.time_field, TIME_MAX_S / spec.time_to_s, spec.time_unit)
+    inp = cols.integer(spec.input_field, 1, TOKENS_MAX)
+    out = cols.integer(spec.output_field, 1, TOKENS_MAX)
     flat, lens, has_hash = cols.hashes("hash_ids", spec.hash_required, inp, block_size)
     chat = parent = sess_vals = None
     if spec.session == "chain":
@@ -306,7 +386,7 @@ def parse_trace(
     elif sess_vals is not None:
         session_ids = _factorize_sessions(sess_vals)
 
-    flat, lens = _fill_missing_hashes(flat, lens, has_hash, inp, block_size)
+    flat, lens = _fill_missing_hashes(flat, lens, has_hash, inp, block_size, source)
 
     t = t * spec.time_to_s
     reordered = 0
@@ -331,6 +411,7 @@ def parse_trace(
     meta: dict[str, Any] = {
         "source": source,
         "format": format,
+        "format_reason": format_reason,
         "block_size": block_size,
         "n_lines": n_rows,
         "skipped_lines": len(errors),
@@ -421,27 +502,39 @@ def _json_rows(body: list[str], errors: dict[int, tuple[str | None, str]]) -> li
             except json.JSONDecodeError as exc:
                 rows.append({})
                 errors[i] = (None, f"invalid JSON: {exc.msg} (column {exc.colno})")
-            except RecursionError:
+            except (ValueError, RecursionError) as exc:  # e.g. an integer of > 4300 digits
                 rows.append({})
-                errors[i] = (None, "invalid JSON: nested too deeply")
+                errors[i] = (None, f"invalid JSON: {_short_reason(exc)}")
     if set(map(type, rows)) != {dict}:
         for i, r in enumerate(rows):
             if type(r) is not dict:
-                errors.setdefault(i, (None, f"line is not a JSON object (got {type(r).__name__})"))
+                errors.setdefault(i, (None, f"expected a JSON object, got {_json_type(r)}"))
                 rows[i] = {}
     return rows
 
 
 def _csv_rows(
-    body: list[str], source: str, header_line: int, errors: dict[int, tuple[str | None, str]]
+    body: list[str],
+    source: str,
+    header_line: int,
+    errors: dict[int, tuple[str | None, str]],
+    format_reason: str = "format given",
 ) -> list[dict[str, Any]]:
     """Turn CSV records into dicts of converted values (unconvertible cells kept as str)."""
-    records = list(csv.reader(body))
+    try:
+        records = list(csv.reader(body))
+    except csv.Error as exc:  # e.g. a field larger than the csv module's limit
+        raise TraceError(source, None, None, f"not readable as CSV: {exc}") from None
     header = [h.strip() for h in records[0]]
+    why = "the format was given" if format_reason == "format given" else format_reason
     for name in ("arrival_s", "input_tokens", "output_tokens"):
         if name not in header:
             raise TraceError(
-                source, header_line, name, f"required CSV column missing; header is {header}"
+                source,
+                header_line,
+                name,
+                f"required CSV column missing; header is {_clip_list(header)} "
+                f"(read as CSV because {why})",
             )
     if len(set(header)) != len(header):
         raise TraceError(source, header_line, None, f"duplicate CSV column names in {header}")
@@ -494,6 +587,20 @@ def _to_number(cell: str) -> Any:
 # --------------------------------------------------------------------------- columns
 
 
+def _what(v: Any) -> str:
+    """A JSON value in a message: its (clipped) text and JSON type, e.g. ``true (boolean)``."""
+    text = _clip(json.dumps(v) if type(v) in (str, bool, type(None)) else repr(v))
+    return f"{text} ({_json_type(v)})"
+
+
+def _num(v: Any) -> str:
+    """A number in a message, abbreviated when it has many digits."""
+    if type(v) is int and abs(v) >= 10**15:
+        return f"{v:.3e}" if v.bit_length() < 1000 else f"an integer of {len(str(abs(v)))} digits"
+    return repr(v)
+
+
+
 class _Columns:
     """Column extraction with vectorised validation; errors go to ``errors[row]``."""
 
@@ -511,61 +618,65 @@ class _Columns:
     def _err(self, i: int, name: str, reason: str) -> None:
         self.errors.setdefault(int(i), (name, reason))
 
-    def number(self, name: str) -> np.ndarray:
-        """Finite number >= 0 (timestamps); float64, shape (n,)."""
+    def number(self, name: str, hi: float, unit: str) -> np.ndarray:
+        """Finite number in ``[0, hi]`` (timestamps, in ``unit``); float64, shape (n,)."""
         values = self._values(name)
         types = set(map(type, values))
+        want = f"must be a finite number in [0, {hi:g}] {unit}"
         if types <= {int, float}:
             try:
                 arr = np.array(values, dtype=np.float64)
             except OverflowError:
                 arr = None
             if arr is not None:
-                ok = np.isfinite(arr) & (arr >= 0)
+                ok = np.isfinite(arr) & (arr >= 0) & (arr <= hi)
                 if not ok.all():
                     for i in np.flatnonzero(~ok):
-                        self._err(i, name, f"must be a finite number >= 0, got {values[i]!r}")
+                        self._err(i, name, f"{want}, got {_num(values[i])}")
                 return arr
         arr = np.zeros(self.n, dtype=np.float64)
         for i, v in enumerate(values):
             if v is _MISSING:
                 self._err(i, name, "missing")
             elif type(v) not in (int, float):
-                self._err(i, name, f"must be a number, got {v!r}")
+                self._err(i, name, f"{want}, got {_what(v)}")
             else:
                 try:
                     x = float(v)
                 except OverflowError:
                     x = math.inf
-                if not (math.isfinite(x) and x >= 0):
-                    self._err(i, name, f"must be a finite number >= 0, got {v!r}")
+                if not (math.isfinite(x) and 0 <= x <= hi):
+                    self._err(i, name, f"{want}, got {_num(v)}")
                 else:
                     arr[i] = x
         return arr
 
-    def integer(self, name: str, lo: int) -> np.ndarray:
-        """Integer >= ``lo`` (JSON integers only; bools and 12.0 rejected); int64, shape (n,)."""
+    def integer(self, name: str, lo: int, hi: int = _INT64_MAX) -> np.ndarray:
+        """Integer in ``[lo, hi]`` (JSON integers only; booleans and 12.0 rejected);
+        int64, shape (n,)."""
         values = self._values(name)
+        want = (
+            "must be a 64-bit integer"
+            if (lo, hi) == (_INT64_MIN, _INT64_MAX)
+            else f"must be an integer in [{lo}, {hi}]"
+        )
         if set(map(type, values)) == {int}:
             try:
                 arr = np.array(values, dtype=np.int64)
             except OverflowError:
                 arr = None
             if arr is not None:
-                if lo > _INT64_MIN:
-                    for i in np.flatnonzero(arr < lo):
-                        self._err(i, name, f"must be an integer >= {lo}, got {values[i]}")
+                for i in np.flatnonzero((arr < lo) | (arr > hi)):
+                    self._err(i, name, f"{want}, got {_num(values[i])}")
                 return arr
         arr = np.zeros(self.n, dtype=np.int64)
         for i, v in enumerate(values):
             if v is _MISSING:
                 self._err(i, name, "missing")
             elif type(v) is not int:
-                self._err(i, name, f"must be an integer, got {v!r}")
-            elif v < lo:
-                self._err(i, name, f"must be an integer >= {lo}, got {v}")
-            elif v > _INT64_MAX or v < _INT64_MIN:
-                self._err(i, name, f"out of the 64-bit integer range: {v}")
+                self._err(i, name, f"{want}, got {_what(v)}")
+            elif not lo <= v <= hi:
+                self._err(i, name, f"{want}, got {_num(v)}")
             else:
                 arr[i] = v
         return arr
@@ -597,11 +708,11 @@ class _Columns:
                     if required:
                         self._err(i, name, "missing")
                 elif type(v) is not list:
-                    self._err(i, name, f"must be a list of integers, got {v!r}")
+                    self._err(i, name, f"must be a list of integers, got {_what(v)}")
                 else:
                     bad = next((x for x in v if type(x) is not int), _MISSING)
                     if bad is not _MISSING:
-                        self._err(i, name, f"must be a list of integers; contains {bad!r}")
+                        self._err(i, name, f"must be a list of integers; contains {_what(bad)}")
                     elif v and (max(v) > _INT64_MAX or min(v) < _INT64_MIN):
                         self._err(i, name, "contains an id out of the 64-bit integer range")
                     else:
@@ -637,7 +748,9 @@ class _Columns:
             elif type(v) is str and v:
                 out.append(v)
             else:
-                self._err(i, name, f"must be an integer >= 0 or a non-empty string, got {v!r}")
+                self._err(
+                    i, name, f"must be an integer in [0, 2**63) or a non-empty string, got {_what(v)}"
+                )
                 out.append(None)
         return out
 
@@ -703,9 +816,15 @@ def _factorize_sessions(values: list[Any]) -> np.ndarray:
 
 
 def _fill_missing_hashes(
-    flat: np.ndarray, lens: np.ndarray, has: np.ndarray, inp: np.ndarray, block_size: int
+    flat: np.ndarray,
+    lens: np.ndarray,
+    has: np.ndarray,
+    inp: np.ndarray,
+    block_size: int,
+    source: str = "<lines>",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Give requests without hash ids fresh ids that no other request uses."""
+    """Give requests without hash ids fresh ids that no other request uses
+    (above the largest given id, or below the smallest when that would overflow int64)."""
     if has.all():
         return flat, lens
     need = (inp + (block_size - 1)) // block_size
@@ -714,8 +833,14 @@ def _fill_missing_hashes(
     out = np.empty(total, dtype=np.int64)
     given = np.repeat(has, new_lens)
     out[given] = flat
-    start = int(flat.max()) + 1 if flat.size else 0
     n_new = total - int(flat.size)
+    start = int(flat.max()) + 1 if flat.size else 0
+    if start + n_new - 1 > _INT64_MAX:
+        start = int(flat.min()) - n_new
+        if start < _INT64_MIN:
+            raise TraceError(
+                source, None, "hash_ids", "no 64-bit ids left for the requests without hash_ids"
+            )
     out[~given] = np.arange(start, start + n_new, dtype=np.int64)
     return out, new_lens
 

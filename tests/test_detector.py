@@ -382,7 +382,7 @@ def test_check_many_accepts_float_arrays_with_integral_values():
         ([1, 2, 3], [1, 2], r"batch_size: length 2 does not match prefill_tokens length 3"),
         ([], [], r"prefill_tokens: empty"),
         ([[1, 2]], [[1, 2]], r"prefill_tokens: expected shape \(N,\)"),
-        (["a", "b"], [1, 2], r"prefill_tokens: expected numbers"),
+        (["a", "b"], [1, 2], r"prefill_tokens\[0\]: expected a finite number"),
         ([2**40, 1], [1, 2], r"prefill_tokens: value .* too large"),
     ],
 )
@@ -400,7 +400,7 @@ def test_snapshot_optional_fields_validated():
         Snapshot([1, 2], [1, 2], kv_usage=[1.5, 0.2])
     with pytest.raises(ValueError, match="uncached_tokens: 5 at index 0 exceeds prefill_tokens 1"):
         Snapshot([1, 2], [1, 2], uncached_tokens=[5, 0])
-    with pytest.raises(ValueError, match="time_s: NaN"):
+    with pytest.raises(ValueError, match="time_s: expected a finite number, got NaN"):
         Snapshot([1, 2], [1, 2], time_s=float("nan"))
     with pytest.raises(ValueError, match="bogus: unknown field"):
         Snapshot.from_dict({"prefill_tokens": [1], "batch_size": [1], "bogus": 1})

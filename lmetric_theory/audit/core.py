@@ -16,6 +16,7 @@ snapshot files but never prints; :mod:`lmetric_theory.io.report` writes the JSON
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -267,7 +268,7 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
     n_inst: int | None = None
     n_line = 0
     all_unc = True
-    with p.open("r", encoding="utf-8-sig") as f:
+    with contextlib.nullcontext(_decoded_lines(p, name)) as f:
         for k, raw in enumerate(f, start=1):
             n_line = k
             if not raw.strip():
@@ -277,6 +278,8 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
                     obj = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line: not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise ValueError("line: not valid JSON (nested too deeply)") from None
                 fast = _fast_row(obj, n_inst)
                 if fast is not None:
                     P_rows.append(fast[0])
@@ -325,6 +328,23 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
         skipped_lines=skipped,
         skipped_reasons=tuple(reasons),
     )
+
+
+def _decoded_lines(p: Path, name: str) -> list[str]:
+    """The lines of a UTF-8 text file; ``ValueError`` naming the file and line for a
+    binary file (NUL byte) or invalid UTF-8."""
+    data = p.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ValueError(f"{name}, line {line}: contains a NUL byte: a binary file, not JSON Lines")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{name}, line {line}: not valid UTF-8 ({exc.reason})") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 _FAST_KEYS = frozenset(("prefill_tokens", "batch_size", "time_s", "instance_ids"))

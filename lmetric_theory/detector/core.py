@@ -404,6 +404,11 @@ class Detector:
         Verdict
             ``findings`` is empty (a shared empty tuple) unless something is flagged.
         """
+        if snapshot.__class__ is not Snapshot and not isinstance(snapshot, Snapshot):
+            raise TypeError(
+                f"check: expected a Snapshot, got {type(snapshot).__name__}; build one with "
+                "Snapshot(prefill_tokens, batch_size), or pass arrays to check_many(P, B)"
+            )
         hot = self._hot
         if hot is None or not snapshot._exact:
             return self._check_general(snapshot)
@@ -757,6 +762,11 @@ class Detector:
         Verdicts
             Columnar results; ``verdicts[k]`` gives decision ``k``'s :class:`Verdict`.
         """
+        if isinstance(prefill_tokens, Snapshot) or isinstance(batch_size, Snapshot):
+            raise TypeError(
+                "check_many: expected arrays prefill_tokens and batch_size of shape (D, N) or "
+                "(N,), got a Snapshot; use check(snapshot) for one Snapshot"
+            )
         P = as_exact_array(prefill_tokens, "prefill_tokens", validate=validate)
         B = as_exact_array(batch_size, "batch_size", validate=validate)
         if P.ndim == 1:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
+
+from lmetric_theory.core.limits import COUNT_MAX, check_number
 
 __all__ = ["Snapshot", "as_exact_array"]
 
@@ -15,7 +20,59 @@ _KNOWN_KEYS = frozenset(
     ("prefill_tokens", "batch_size", "instance_ids", "time_s", *_OPTIONAL_ARRAYS)
 )
 # int64 arithmetic of the detector stays exact below this magnitude (see predicates).
-_INT_LIMIT = 2**31
+_INT_LIMIT = COUNT_MAX + 1
+_EXPECTED = f"a finite number in [0, {COUNT_MAX}] (int, float or Fraction)"
+
+
+def _what(x: object) -> str:
+    if x is None:
+        return "None"
+    if isinstance(x, bool | np.bool_):
+        return f"{bool(x)!r} (a boolean)"
+    text = repr(x)
+    if isinstance(x, int) and len(text) > 24:
+        text = f"{x:.3e}" if x.bit_length() < 1000 else f"an integer of {len(text)} digits"
+    elif len(text) > 40:
+        text = text[:37] + "..."
+    return text if isinstance(x, Real) else f"{text} (a {type(x).__name__})"
+
+
+def _element_error(name: str, values: Any) -> str | None:
+    """The first element of a (nested) sequence that is not a number in range, worded as
+    ``"<name>[i]: expected ..., got ..."``; ``None`` when every element is fine."""
+    if isinstance(values, np.ndarray) or not isinstance(values, list | tuple):
+        return None
+    rows = values if values and all(isinstance(r, list | tuple) for r in values) else [values]
+    if all(set(map(type, r)) <= {int, float} for r in rows):
+        # plain numbers: numpy's own checks word NaN, negative and too-large values, except
+        # for ints beyond int64, which must be named here
+        if all(max((abs(x) for x in r if type(x) is int), default=0) < 2**63 for r in rows):
+            return None
+    stack: list[tuple[str, Any]] = [(name, values)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, list | tuple):
+            stack.extend((f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+            continue
+        if isinstance(v, bool | np.bool_) or not isinstance(v, Real):
+            return f"{where}: expected {_EXPECTED}, got {_what(v)}"
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not (math.isfinite(f) and 0 <= f <= COUNT_MAX):
+            return f"{where}: expected {_EXPECTED}, got {_what(v)}"
+    return None
+
+
+def _from_objects(arr: np.ndarray, name: str) -> np.ndarray:
+    """An object array of valid numbers (ints, Fractions, floats) as int64 when every value
+    is integral, else float64 (a Fraction rounds to the nearest float)."""
+    flat = arr.ravel().tolist()
+    if all(isinstance(x, Integral) or (isinstance(x, Fraction) and x.denominator == 1)
+           for x in flat):
+        return np.array([int(x) for x in flat], dtype=np.int64).reshape(arr.shape)
+    return np.array([float(x) for x in flat], dtype=np.float64).reshape(arr.shape)
 
 
 def as_exact_array(values: Any, name: str, *, validate: bool = True) -> np.ndarray:
@@ -36,16 +93,29 @@ def as_exact_array(values: Any, name: str, *, validate: bool = True) -> np.ndarr
     Raises
     ------
     ValueError
-        Naming ``name`` and the reason.
+        Naming ``name`` (with the index of the bad element) and what was expected:
+        ``"prefill_tokens[0]: expected a finite number in [0, 2147483647] (int, float or
+        Fraction), got None"``. Booleans are not numbers (``True`` is not 1).
     """
+    if validate:
+        bad = _element_error(name, values)
+        if bad is not None:
+            raise ValueError(bad)
     try:
         arr = np.asarray(values)
-    except (TypeError, ValueError) as exc:  # ragged input
-        raise ValueError(f"{name}: not a numeric array ({exc})") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # ragged input
+        why = "rows of different lengths" if "inhomogeneous" in str(exc) else str(exc)[:80]
+        raise ValueError(f"{name}: not a rectangular array of numbers ({why})") from None
     kind = arr.dtype.kind
+    if kind == "O" and validate and isinstance(values, list | tuple):
+        arr = _from_objects(arr, name)  # ints beyond int64 were refused above; Fractions
+        kind = arr.dtype.kind
     if kind == "b" or kind not in "iuf":
         if validate:
-            raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
+            raise ValueError(
+                f"{name}: expected an array of numbers (int, float or Fraction), "
+                f"got dtype {arr.dtype}"
+            )
         arr = arr.astype(np.float64)
         kind = "f"
     if validate:
@@ -63,11 +133,11 @@ def as_exact_array(values: Any, name: str, *, validate: bool = True) -> np.ndarr
             raise ValueError(
                 f"{name}: negative value {arr.ravel()[k].item()!r} at index {_index(arr, k)}"
             )
-        if kind in "iu" and hi >= _INT_LIMIT:
+        if hi >= _INT_LIMIT:
             k = int(np.flatnonzero((arr >= _INT_LIMIT).ravel())[0])
             raise ValueError(
                 f"{name}: value {arr.ravel()[k].item()!r} at index {_index(arr, k)} is too "
-                "large (integer inputs must stay below 2**31 for exact arithmetic)"
+                "large (inputs must stay below 2**31 for exact arithmetic)"
             )
     if kind == "f":
         if arr.size and np.all(arr == np.floor(arr)) and np.max(np.abs(arr)) < _INT_LIMIT:
@@ -115,7 +185,12 @@ class Snapshot:
     the reason (NaN, infinite, negative, wrong shape, mismatched length, empty).
     :meth:`from_arrays` with ``validate=False`` skips validation for trusted input.
     Arrays are stored as ``int64`` when all values are integral (exact detector
-    arithmetic), else ``float64``. Equality is identity (arrays do not compare as bools).
+    arithmetic), else ``float64``; a :class:`~fractions.Fraction` that is not integral
+    rounds to the nearest float. Every value must be a finite number in ``[0, 2**31 - 1]``
+    (booleans, ``None`` and text are refused, naming the index). The stored arrays are
+    read-only and never the caller's own array (validated input is copied when needed), so
+    the verdict always describes the values the snapshot holds. Equality is identity
+    (arrays do not compare as bools).
     """
 
     prefill_tokens: np.ndarray
@@ -284,11 +359,27 @@ def _small_int(values: Any, name: str, validate: bool) -> np.ndarray:
     return as_exact_array(values, name, validate=validate)
 
 
+def _frozen(arr: np.ndarray, given: Any, validate: bool) -> np.ndarray:
+    """``arr`` made read-only without touching the caller's array: a copy when it shares
+    memory with ``given`` (validated input: later changes to the caller's array cannot
+    reach the snapshot), a read-only view for trusted input (``validate=False``)."""
+    if isinstance(given, np.ndarray) and np.may_share_memory(arr, given):
+        arr = arr.copy() if validate else arr.view()
+    arr.flags.writeable = False
+    return arr
+
+
 def _fill(self: Snapshot, *, validate: bool) -> None:
-    """Normalise (and optionally validate) the fields of a freshly built snapshot."""
+    """Normalise (and optionally validate) the fields of a freshly built snapshot.
+
+    Every array field ends read-only: the detector judges the values captured here, so a
+    snapshot must not be mutated afterwards (assigning to an element raises ``ValueError``).
+    """
     s = object.__setattr__
-    P = _small_int(self.prefill_tokens, "prefill_tokens", validate)
-    B = _small_int(self.batch_size, "batch_size", validate)
+    P = _frozen(
+        _small_int(self.prefill_tokens, "prefill_tokens", validate), self.prefill_tokens, validate
+    )
+    B = _frozen(_small_int(self.batch_size, "batch_size", validate), self.batch_size, validate)
     if validate:
         for name, arr in (("prefill_tokens", P), ("batch_size", B)):
             if arr.ndim != 1:
@@ -305,7 +396,7 @@ def _fill(self: Snapshot, *, validate: bool) -> None:
         v = getattr(self, name)
         if v is None:
             continue
-        arr = as_exact_array(v, name, validate=validate)
+        arr = _frozen(as_exact_array(v, name, validate=validate), v, validate)
         if validate:
             if arr.shape != (n,):
                 raise ValueError(
@@ -336,12 +427,10 @@ def _fill(self: Snapshot, *, validate: bool) -> None:
         s(self, "instance_ids", ids)
     t = self.time_s
     if t is not None:
-        try:
+        if validate:
+            t = check_number("time_s", t, lo=None, hi=None)
+        else:
             t = float(t)
-        except (TypeError, ValueError):
-            raise ValueError(f"time_s: not a number ({t!r})") from None
-        if validate and not np.isfinite(t):
-            raise ValueError(f"time_s: {'NaN' if np.isnan(t) else 'infinite'} value")
         s(self, "time_s", t)
     pl, bl = P.tolist(), B.tolist()
     s(self, "_p", pl)

@@ -4,7 +4,6 @@ reference-rate flags ``--lam``/``--lam-band`` and negative-looking option values
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 from pathlib import Path
@@ -40,14 +39,12 @@ def preset_from_arg(arg: str) -> Any:
     Raises ``ValueError`` naming the file and line for invalid JSON, or listing the valid
     preset names for an unknown one.
     """
-    from lmetric_theory.sim import load_preset, preset_from_dict
+    from lmetric_theory.sim import load_preset
+    from lmetric_theory.sim.latency import load_preset_file
 
     path = Path(arg)
     if arg.endswith(".json") and path.is_file():
-        try:
-            return preset_from_dict(json.loads(path.read_text()), name=path.stem)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        return load_preset_file(path)  # checks every field's range; names file, line, field
     return load_preset(arg)
 
 

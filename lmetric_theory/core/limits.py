@@ -89,16 +89,23 @@ COEF_MAX: dict[str, float] = {
 }
 
 
-def describe(lo: float | None, hi: float | None, *, integer: bool, lo_open: bool = False) -> str:
-    """Words for a range: ``"an integer in [1, 16777216]"``, ``"a finite number >= 0"``."""
+def describe(
+    lo: float | None, hi: float | None, *, integer: bool, lo_open: bool = False, unit: str = ""
+) -> str:
+    """Words for a range: ``"an integer in [1, 16777216]"``, ``"a finite number >= 0 s"``."""
     kind = "an integer" if integer else "a finite number"
+    u = f" {unit}" if unit else ""
+
+    def f(x: float) -> str:
+        return str(int(x)) if integer else f"{x:g}"
+
     if lo is not None and hi is not None:
-        return f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        return f"{kind} in {'(' if lo_open else '['}{f(lo)}, {f(hi)}]{u}"
     if lo is not None:
-        return f"{kind} {'>' if lo_open else '>='} {lo:g}"
+        return f"{kind} {'>' if lo_open else '>='} {f(lo)}{u}"
     if hi is not None:
-        return f"{kind} <= {hi:g}"
-    return kind
+        return f"{kind} <= {f(hi)}{u}"
+    return kind + u
 
 
 def _what(value: object) -> str:
@@ -123,6 +130,7 @@ def check_number(
     lo: float | None = 0.0,
     hi: float | None = None,
     lo_open: bool = False,
+    unit: str = "",
 ) -> float:
     """``value`` as a float inside ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``).
 
@@ -134,7 +142,7 @@ def check_number(
     ValueError
         ``"<name>: expected <range>, got <value>"``.
     """
-    want = describe(lo, hi, integer=False, lo_open=lo_open)
+    want = describe(lo, hi, integer=False, lo_open=lo_open, unit=unit)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{name}: expected {want}, got {_what(value)}")
     try:

@@ -17,22 +17,46 @@ the module docstring of :func:`roofline_preset` for how the numbers are derived)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.limits import (
+    BATCH_MAX,
+    COEF_MAX,
+    KV_CAPACITY_MAX,
+    TOKENS_MAX,
+    check_int,
+    check_number,
+)
+
 __all__ = [
+    "COEFFICIENTS",
     "LatencyModel",
     "FitReport",
     "Preset",
+    "UnidentifiableError",
     "fit_latency",
     "list_presets",
     "load_preset",
+    "load_preset_file",
     "preset_from_dict",
     "roofline_preset",
 ]
+
+#: Coefficient names, in the order of the model's terms, with their units.
+COEFFICIENTS: dict[str, str] = {
+    "c0": "s",
+    "c_pf": "s/token",
+    "c_dec": "s/sequence",
+    "c_kv": "s/token read",
+    "c_att": "s/token^2",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +84,12 @@ class LatencyModel:
     c_att: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("c0", "c_pf", "c_dec", "c_kv", "c_att"):
+        for name, unit in COEFFICIENTS.items():
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
-                raise ValueError(f"latency coefficient {name} must be a finite number >= 0, got {v!r}")
+            try:
+                check_number(name, v, lo=0.0, hi=COEF_MAX[name], unit=unit)
+            except ValueError as exc:
+                raise ValueError(f"latency coefficient {exc}") from None
 
     def iteration_time(
         self,
@@ -130,22 +156,135 @@ class Preset:
         return d
 
 
-def preset_from_dict(d: dict[str, Any], name: str | None = None) -> Preset:
-    """Build a :class:`Preset` from its JSON dictionary; ``ValueError`` on a bad field."""
+class PresetFieldError(ValueError):
+    """A preset field is missing or out of range; ``field`` is its dotted name
+    (``"latency.c_pf"``), or ``None`` for the whole document."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def preset_from_dict(d: Any, name: str | None = None) -> Preset:
+    """Build a :class:`Preset` from its JSON dictionary.
+
+    Every number is checked against its stated range (:mod:`lmetric_theory.core.limits`):
+    coefficients ``latency.c0 .. latency.c_att`` finite, ``>= 0`` and at most
+    ``COEF_MAX`` (seconds per unit), ``kv_capacity_tokens`` an integer in ``[1, 2**40]``,
+    ``token_budget`` in ``[1, 2**24]``, ``max_batch`` in ``[1, 2**20]``; booleans and text
+    are refused. Other keys (such as a calibration's ``fit``) are ignored.
+
+    Raises
+    ------
+    ValueError
+        ``"preset 'NAME': field 'latency.c_pf': expected ..., got ..."`` (a
+        :class:`PresetFieldError` whose ``field`` names the field).
+    """
+    label = repr(name) if name is not None else "document"
+    if not isinstance(d, dict):
+        raise PresetFieldError(None, f"preset {label}: expected a JSON object, got {_json_type(d)}")
+    if name is None:
+        if "name" not in d:
+            raise PresetFieldError("name", "preset document: field 'name': missing")
+        if not isinstance(d["name"], str) or not d["name"]:
+            raise PresetFieldError("name", f"preset document: field 'name': expected a non-empty "
+                                   f"string, got {_json_type(d['name'])}")
+        name = d["name"]
+        label = repr(name)
+
+    def bad(field: str, msg: str) -> PresetFieldError:
+        return PresetFieldError(field, f"preset {label}: field '{field}': {msg}")
+
+    lat = d.get("latency")
+    if not isinstance(lat, dict):
+        raise bad("latency", "missing" if lat is None else
+                  f"expected an object of coefficients, got {_json_type(lat)}")
+    coef: dict[str, float] = {}
+    for k, unit in COEFFICIENTS.items():
+        if k not in lat:
+            if k == "c_att":
+                coef[k] = 0.0
+                continue
+            raise bad(f"latency.{k}", "missing")
+        try:
+            coef[k] = check_number(k, lat[k], lo=0.0, hi=COEF_MAX[k], unit=unit)
+        except ValueError as exc:
+            raise bad(f"latency.{k}", str(exc).partition(": ")[2]) from None
+    limits = {
+        "kv_capacity_tokens": (None, KV_CAPACITY_MAX),
+        "token_budget": (8192, TOKENS_MAX),
+        "max_batch": (256, BATCH_MAX),
+    }
+    ints: dict[str, int] = {}
+    for k, (default, hi) in limits.items():
+        if k not in d and default is None:
+            raise bad(k, "missing")
+        try:
+            ints[k] = check_int(k, d.get(k, default), lo=1, hi=hi)
+        except ValueError as exc:
+            raise bad(k, str(exc).partition(": ")[2]) from None
+    desc = d.get("description", "")
+    if not isinstance(desc, str):
+        raise bad("description", f"expected a string, got {_json_type(desc)}")
+    return Preset(
+        name=str(name),
+        latency=LatencyModel(**coef),
+        kv_capacity_tokens=ints["kv_capacity_tokens"],
+        token_budget=ints["token_budget"],
+        max_batch=ints["max_batch"],
+        description=desc,
+    )
+
+
+def _json_type(v: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+             int: "number", float: "number"}
+    return names.get(type(v), type(v).__name__)
+
+
+def load_preset_file(path: str | PathLike[str]) -> Preset:
+    """Read a preset JSON file (as ``calibrate --out`` writes); its name is the file stem.
+
+    Raises
+    ------
+    ValueError
+        ``"FILE, line K: field 'latency.c_pf': expected ..."``: invalid UTF-8 or JSON, a
+        missing field or a value out of range (see :func:`preset_from_dict`); the line is the
+        one holding the field's key.
+    OSError
+        The file cannot be read.
+    """
+    p = Path(path)
+    data = p.read_bytes()
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise ValueError(f"{p}, line {line}: contains a NUL byte: a binary file, not a preset")
     try:
-        lat = d["latency"]
-        latency = LatencyModel(**{k: float(lat[k]) for k in ("c0", "c_pf", "c_dec", "c_kv")},
-                               c_att=float(lat.get("c_att", 0.0)))
-        return Preset(
-            name=str(name if name is not None else d["name"]),
-            latency=latency,
-            kv_capacity_tokens=int(d["kv_capacity_tokens"]),
-            token_budget=int(d.get("token_budget", 8192)),
-            max_batch=int(d.get("max_batch", 256)),
-            description=str(d.get("description", "")),
-        )
-    except KeyError as exc:
-        raise ValueError(f"preset {name or d.get('name')!r}: missing field {exc.args[0]!r}") from None
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{p}, line {line}: not valid UTF-8 ({exc.reason})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{p}: not valid JSON ({str(exc)[:80] or 'nested too deeply'})") from None
+    try:
+        return preset_from_dict(doc, name=p.stem)
+    except PresetFieldError as exc:
+        line = _key_line(text, exc.field)
+        where = f"{p}, line {line}" if line is not None else str(p)
+        msg = str(exc).split(": ", 1)[1] if str(exc).startswith("preset ") else str(exc)
+        raise ValueError(f"{where}: {msg}") from None
+
+
+def _key_line(text: str, field: str | None) -> int | None:
+    """1-based line of the first occurrence of the last key of a dotted field name."""
+    if not field:
+        return None
+    m = re.search(r'"' + re.escape(field.rsplit(".", 1)[-1]) + r'"\s*:', text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
 
 
 def list_presets() -> list[str]:
@@ -238,6 +377,33 @@ class FitReport:
     rel_errors: np.ndarray
 
 
+class UnidentifiableError(ValueError):
+    """The calibration rows cannot determine some coefficients.
+
+    Attributes
+    ----------
+    coefficients : tuple of str
+        The coefficients the rows leave undetermined (``"c_pf"``, ...).
+    """
+
+    def __init__(self, coefficients: tuple[str, ...], message: str) -> None:
+        self.coefficients = coefficients
+        super().__init__(message)
+
+
+#: What a coefficient needs in the rows, worded as what is missing when it is absent.
+_MISSING_ROWS = {
+    "c_pf": "no rows with prefill_tokens > 0",
+    "c_dec": "no rows with decode_seqs > 0",
+    "c_kv": "no rows that read the KV cache (prefill_tokens > 0, or decode_seqs > 0 with "
+    "decode_context > 0)",
+    "c_att": "no rows with prefill_tokens > 0",
+}
+#: Smallest singular value, relative to the largest, of the column-normalised relative
+#: design matrix for the coefficients to count as separable.
+_RANK_TOL = 1e-9
+
+
 def fit_latency(
     prefill_tokens: np.ndarray,
     prefill_context: np.ndarray,
@@ -246,21 +412,36 @@ def fit_latency(
     iteration_s: np.ndarray,
     *,
     attention: bool = False,
+    pin: dict[str, float] | None = None,
 ) -> FitReport:
     """Fit the coefficients to measured iteration times by least squares on relative error.
 
     Parameters
     ----------
     prefill_tokens, prefill_context, decode_seqs, decode_context : np.ndarray, shape (n,)
-        Iteration composition (tokens, tokens, sequences, tokens per sequence).
+        Iteration composition (tokens, tokens, sequences, tokens per sequence), finite, >= 0.
     iteration_s : np.ndarray, shape (n,)
-        Measured iteration time, seconds (> 0).
+        Measured iteration time, seconds (finite, > 0).
     attention : bool
         Fit the prefill-attention coefficient ``c_att`` too (otherwise it is 0).
+    pin : dict, optional
+        Coefficients held at given values instead of fitted (``{"c_pf": 2.1e-5}``), e.g.
+        one the rows cannot determine.
 
     Returns
     -------
     FitReport
+
+    Raises
+    ------
+    UnidentifiableError
+        A free coefficient is not determined by the rows: its term is zero in every row
+        (the message names the rows that are missing, e.g. "no rows with prefill_tokens >
+        0"), or two terms are proportional over the rows; also fewer rows than free
+        coefficients. Nothing is fitted then: pin the coefficient or add rows.
+    ValueError
+        Invalid input, or a fit whose coefficients leave the stated ranges of
+        :class:`LatencyModel` (the data are not iteration times in seconds).
     """
     from scipy.optimize import least_squares  # slow import; only the calibrator needs it
 
@@ -273,27 +454,77 @@ def fit_latency(
         raise ValueError("calibration columns must be 1-d arrays of the same non-zero length")
     if np.any(~np.isfinite(y)) or np.any(y <= 0):
         raise ValueError("measured iteration times must be finite and > 0")
+    for col, a in (("prefill_tokens", pt), ("prefill_context", pc), ("decode_seqs", ds),
+                   ("decode_context", dc)):
+        if not np.all(np.isfinite(a) & (a >= 0)):
+            raise ValueError(f"{col}: every value must be finite and >= 0")
+    pin = dict(pin or {})
+    for k, v in pin.items():
+        if k not in COEFFICIENTS:
+            raise ValueError(f"pin: unknown coefficient {k!r}; valid: {', '.join(COEFFICIENTS)}")
+        pin[k] = check_number(f"pin {k}", v, lo=0.0, hi=COEF_MAX[k])
     kv = np.where(pt > 0, pc + pt, 0.0) + ds * dc
-    cols = [np.ones_like(y), pt, ds, kv]
-    if attention:
-        cols.append(pt * (pc + pt / 2.0))
-    X = np.stack(cols, axis=1)
+    terms = {"c0": np.ones_like(y), "c_pf": pt, "c_dec": ds, "c_kv": kv}
+    if attention or "c_att" in pin:
+        terms["c_att"] = pt * (pc + pt / 2.0)
+    free = [k for k in terms if k not in pin]
+    fixed = sum((pin[k] * terms[k] for k in terms if k in pin), np.zeros_like(y))
+    _check_identifiable(free, terms, y)
+    X = np.stack([terms[k] for k in free], axis=1)
+    target = y - fixed
     # Scale columns so the solver works on numbers of order one.
-    scale = 1.0 / np.maximum(np.abs(X / y[:, None]).max(axis=0), 1e-300)
+    scale = 1.0 / np.abs(X / y[:, None]).max(axis=0)
     Xs = X * scale
     # Start from the non-negative least-squares solution of the relative problem.
     from scipy.optimize import nnls
 
-    x0, _ = nnls(Xs / y[:, None], np.ones_like(y))
+    x0, _ = nnls(Xs / y[:, None], target / y)
 
     def resid(z: np.ndarray) -> np.ndarray:
-        return (Xs @ z - y) / y
+        return (Xs @ z - target) / y
 
     sol = least_squares(resid, x0 + 1e-12, bounds=(0.0, np.inf), method="trf", x_scale="jac")
-    coef = sol.x * scale
-    model = LatencyModel(
-        c0=float(coef[0]), c_pf=float(coef[1]), c_dec=float(coef[2]), c_kv=float(coef[3]),
-        c_att=float(coef[4]) if attention else 0.0,
-    )
-    rel = (X @ coef - y) / y
+    coef = dict(pin)
+    coef.update({k: float(c) for k, c in zip(free, sol.x * scale, strict=True)})
+    coef.setdefault("c_att", 0.0)
+    for k, unit in COEFFICIENTS.items():
+        if not (np.isfinite(coef[k]) and coef[k] <= COEF_MAX[k]):
+            raise ValueError(
+                f"the fit gives {k} = {coef[k]:.3g} {unit}, outside the stated range "
+                f"[0, {COEF_MAX[k]:g}] {unit}: are iteration_s_median values in seconds?"
+            )
+    model = LatencyModel(**coef)
+    pred = model.iteration_time(pt, pc, ds, ds * dc)
+    rel = (np.asarray(pred) - y) / y
     return FitReport(model, float(np.mean(np.abs(rel))), float(np.max(np.abs(rel))), int(y.size), rel)
+
+
+def _check_identifiable(free: list[str], terms: dict[str, np.ndarray], y: np.ndarray) -> None:
+    """Raise :class:`UnidentifiableError` unless the rows determine every free coefficient."""
+    zero = [k for k in free if not np.any(terms[k] > 0)]
+    if zero:
+        why = "; ".join(dict.fromkeys(_MISSING_ROWS[k] for k in zero))
+        raise UnidentifiableError(
+            tuple(zero),
+            f"cannot fit {', '.join(zero)}: {why}; add such rows, or pin "
+            f"{'it' if len(zero) == 1 else 'them'} (e.g. --pin {zero[0]}=VALUE)",
+        )
+    if y.size < len(free):
+        raise UnidentifiableError(
+            tuple(free),
+            f"cannot fit {len(free)} coefficients ({', '.join(free)}) from {y.size} row(s); "
+            "add rows or pin coefficients",
+        )
+    Z = np.stack([terms[k] for k in free], axis=1) / y[:, None]
+    Z = Z / np.linalg.norm(Z, axis=0)
+    _, sv, vt = np.linalg.svd(Z, full_matrices=False)
+    if sv[-1] <= _RANK_TOL * sv[0]:
+        null = np.abs(vt[-1])
+        tied = tuple(k for k, w in zip(free, null, strict=True) if w > 0.05)
+        raise UnidentifiableError(
+            tied,
+            f"cannot separate {', '.join(tied)}: over these rows their terms are linearly "
+            "dependent, so only a combination of them is determined (e.g. decode_seqs is the "
+            "same in every row); add rows where they vary independently, or pin one of them "
+            "(--pin NAME=VALUE)",
+        )

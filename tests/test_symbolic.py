@@ -359,8 +359,8 @@ def test_cli_formats(capsys, fmt):
         assert out == to_markdown()
     elif fmt == "latex":
         assert r"\lambda" in out
-    else:  # one vocabulary in the prose: lam, lam_eff, lam*
-        assert "lam_eff" in out and "lam*" in out
+    else:  # the prose renders the rates as λ, λ_eff, λ*
+        assert "λ_eff" in out and "λ*" in out
         assert "lambda_eff" not in out and "lambda_star" not in out
 
 

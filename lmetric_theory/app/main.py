@@ -24,11 +24,17 @@ PAGES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: Page-wide style fixes: KaTeX display formulas get room above and below (their fraction
+#: numerators were cut off by the box's hidden vertical overflow).
+CSS = ".katex-display { padding: 0.5em 0 0.4em; overflow-y: visible; }"
+
+
 def run() -> None:
     """Configure the page and run the navigation (call once per Streamlit script run)."""
     import streamlit as st
 
     st.set_page_config(page_title="lmetric-theory", layout="wide")
+    st.html(f"<style>{CSS}</style>")
     pages = [
         st.Page(PAGES_DIR / script, title=title, url_path=url, default=(k == 0))
         for k, (script, title, url) in enumerate(PAGES)

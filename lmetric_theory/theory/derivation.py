@@ -298,7 +298,7 @@ def derive() -> Derivation:
             "product_is_linear_at_lam_eff", S_1 - S_2,
             prefill_weight * linear_score(P_1, B_1, lambda_eff)
             - prefill_weight * linear_score(P_2, B_2, lambda_eff),
-            "For each pair the product ranks like linear(lam_eff), scaled by "
+            "For each pair the product ranks like linear(λ_eff), scaled by "
             "mean(B) + b0 > 0.",
         ),
     ]
@@ -316,16 +316,16 @@ def derive() -> Derivation:
     identities += [
         Identity(
             "linear_difference_factors", C_1 - C_2, dB * (lam - lambda_star),
-            "C_1 - C_2 = (B_1 - B_2)(lam - lam*): linear(lam) flips at lam*.",
+            "C_1 - C_2 = (B_1 - B_2)(λ - λ*): linear(λ) flips at λ*.",
         ),
         Identity(
             "conflict_sign", lambda_star * dB**2, conflict_rhs,
-            "lam* > 0 exactly when (P_1 - P_2)(B_1 - B_2) < 0 (a conflicting pair).",
+            "λ* > 0 exactly when (P_1 - P_2)(B_1 - B_2) < 0 (a conflicting pair).",
         ),
         Identity(
             "disagreement_factors", disagreement_lhs, disagreement_rhs,
-            "(S_1 - S_2)(C_1 - C_2) = (mean(B) + b0)(B_1 - B_2)^2 (lam - lam*)"
-            "(lam_eff - lam*).",
+            "(S_1 - S_2)(C_1 - C_2) = (mean(B) + b0)(B_1 - B_2)^2 (λ - λ*)"
+            "(λ_eff - λ*).",
         ),
     ]
 
@@ -369,7 +369,7 @@ def derive() -> Derivation:
         ),
         Identity(
             "linear_side_of_line", C_2 - C_1, c_side * (B_2 - line_B2),
-            "C_2 - C_1 = lam (B_2 - line): above the line linear(lam) favours instance 1.",
+            "C_2 - C_1 = λ (B_2 - line): above the line linear(λ) favours instance 1.",
         ),
         Identity(
             "second_intersection_on_hyperbola",
@@ -383,7 +383,7 @@ def derive() -> Derivation:
         ),
         Identity(
             "gap_factors", hyperbola_B2 - line_B2, gap,
-            "hyperbola - line = (P_2 - P_1)(P_2 - P_2*) / (lam (P_2 + p0)).",
+            "hyperbola - line = (P_2 - P_1)(P_2 - P_2*) / (λ (P_2 + p0)).",
         ),
     ]
     product_above = 1 if s_side.subs({P_2: 1 - p_0}) > 0 else 2  # P_2 + p0 = 1 > 0
@@ -395,8 +395,8 @@ def derive() -> Derivation:
             "lens", True, lo_x, hi_x, hyperbola_B2, line_B2,
             product_above, below[linear_above],
             "Bounded lens between instance 1 and the second intersection, above the "
-            "hyperbola and below the line: the product keeps instance 1, linear(lam) "
-            "moves to instance 2. For lam above (P_1 + p0)/(B_1 + b0) the lens lies right "
+            "hyperbola and below the line: the product keeps instance 1, linear(λ) "
+            "moves to instance 2. For λ above (P_1 + p0)/(B_1 + b0) the lens lies right "
             "of instance 1 (instance 2 has more tokens and a smaller batch), below it left "
             "(fewer tokens, larger batch).",
         ),
@@ -405,14 +405,14 @@ def derive() -> Derivation:
             below[product_above], linear_above,
             "Unbounded part left of both intersections (instance 2 has fewer prefill "
             "tokens and a larger batch), above the line and below the hyperbola: the "
-            "product moves to instance 2, linear(lam) keeps instance 1.",
+            "product moves to instance 2, linear(λ) keeps instance 1.",
         ),
         Region(
             "right", False, hi_x, sp.oo, line_B2, hyperbola_B2,
             below[product_above], linear_above,
             "Unbounded part right of both intersections (instance 2 has more prefill "
             "tokens and a smaller batch), above the line and below the hyperbola: the "
-            "product moves to instance 2, linear(lam) keeps instance 1.",
+            "product moves to instance 2, linear(λ) keeps instance 1.",
         ),
     )
 
@@ -424,11 +424,11 @@ def derive() -> Derivation:
     identities += [
         Identity(
             "regret_via_lam_star", regret, regret_via_star,
-            "Regret = (B_1 - B_2)(lam - lam*).",
+            "Regret = (B_1 - B_2)(λ - λ*).",
         ),
         Identity(
             "regret_decomposition", regret, regret_decomposition,
-            "Regret = (lam - lam_eff)(B_1 - B_2) + (S_1 - S_2)/(mean(B) + b0); the "
+            "Regret = (λ - λ_eff)(B_1 - B_2) + (S_1 - S_2)/(mean(B) + b0); the "
             "last term is <= 0 when the product chose 1.",
         ),
     ]
@@ -485,7 +485,7 @@ def derive() -> Derivation:
         Identity(
             "linear_needs_retuning", linear_score(k_P * P_1, B_1),
             k_P * linear_score(P_1, B_1, linear_lam_after_prefill_rescale),
-            "Rescaling P by k_P ranks linear(lam) like linear(lam / k_P): lam must be re-tuned.",
+            "Rescaling P by k_P ranks linear(λ) like linear(λ / k_P): λ must be re-tuned.",
         ),
     ]
 
@@ -538,7 +538,7 @@ def derive() -> Derivation:
             sp.cancel((C_1 - C_2).subs(lam, lambda_star)),
             None,
             None,
-            "linear(lam) ties exactly at lam = lam* (a boundary of every "
+            "linear(λ) ties exactly at λ = λ* (a boundary of every "
             "disagreement interval); not a disagreement.",
         ),
         Degenerate(
@@ -548,7 +548,7 @@ def derive() -> Derivation:
             sp.factor((S_1 - S_2).subs(B_2, B_1)),
             None,
             None,
-            "Equal batches: lam* is undefined, both scores rank by P alone in the "
+            "Equal batches: λ* is undefined, both scores rank by P alone in the "
             "same direction, so the pair never disagrees.",
         ),
         Degenerate(
@@ -559,7 +559,7 @@ def derive() -> Derivation:
             b_reach,
             sp.StrictGreaterThan(b_0, 0),
             "mean(B) + b0 = 0 (only with b0 <= 0; with b0 = 0 both instances idle): the "
-            "product then weights only the batch difference and lam_eff is undefined; "
+            "product then weights only the batch difference and λ_eff is undefined; "
             "b0 > 0 removes it.",
         ),
     )
@@ -581,32 +581,32 @@ def derive() -> Derivation:
         sp.StrictLessThan(lambda_star, band_hull_hi),
     )
     band_boundary_rule = (
-        "With lam_lo <= lam_hi and mean(B) + b0 > 0: some lam in [lam_lo, lam_hi] "
-        "strictly disagrees with the product iff B_1 != B_2 and lam* lies in the "
-        "OPEN interval (min(lam_lo, lam_eff), max(lam_hi, lam_eff)) and "
-        "lam* != lam_eff. Boundaries: lam* equal to a band end that is "
-        "a hull end means linear(lam) only ties there (no disagreement); lam* = "
-        "lam_eff means the product ties (no disagreement for any lam). Equivalently, "
-        "division-free: (S_1 - S_2)(C_1 - C_2) < 0 at lam_lo or at lam_hi. The product's "
-        "choice is strictly the linear choice for every lam in the band iff "
-        "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and lam* is "
+        "With λ_lo <= λ_hi and mean(B) + b0 > 0: some λ in [λ_lo, λ_hi] "
+        "strictly disagrees with the product iff B_1 != B_2 and λ* lies in the "
+        "OPEN interval (min(λ_lo, λ_eff), max(λ_hi, λ_eff)) and "
+        "λ* != λ_eff. Boundaries: λ* equal to a band end that is "
+        "a hull end means linear(λ) only ties there (no disagreement); λ* = "
+        "λ_eff means the product ties (no disagreement for any λ). Equivalently, "
+        "division-free: (S_1 - S_2)(C_1 - C_2) < 0 at λ_lo or at λ_hi. The product's "
+        "choice is strictly the linear choice for every λ in the band iff "
+        "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and λ* is "
         "outside the CLOSED hull (or B_1 = B_2)."
     )
 
     # ------------------------------------------------------------ (f) N instances
     n_pair_condition = sp.StrictLessThan(disagreement_lhs, 0)
     n_statement = (
-        "Among N instances let i* be the product's choice and j* the linear(lam) choice. "
+        "Among N instances let i* be the product's choice and j* the linear(λ) choice. "
         "When all scores are distinct, i* != j* exactly when the pair (i*, j*) disagrees "
-        "as in (d) - lam*(i*, j*) strictly between lam and lam_eff(i*, j*) - so "
+        "as in (d) - λ*(i*, j*) strictly between λ and λ_eff(i*, j*) - so "
         "one O(N) pass (two argmins, one pair test) decides it; no pair other than "
         "(i*, j*) matters, and the regret of the decision is that pair's regret."
     )
     n_ties_statement = (
         "With ties and lowest-index tie-breaking, i* != j* exactly when S_i* <= S_j* and "
         "C_j* <= C_i* with at least one strict: a strict pair disagreement, or a "
-        "tie-break disagreement (S_i* = S_j*, i.e. lam* = lam_eff; or "
-        "C_i* = C_j*, i.e. lam* = lam) that a different tie-break would remove. "
+        "tie-break disagreement (S_i* = S_j*, i.e. λ* = λ_eff; or "
+        "C_i* = C_j*, i.e. λ* = λ) that a different tie-break would remove. "
         "'No instance is optimal for both scores' is stronger than a strict pair "
         "disagreement when scores tie: check it in O(N) as 'no k with S_k = min S and "
         "C_k = min C'."
@@ -619,7 +619,7 @@ def derive() -> Derivation:
             "definitions", "a", "Definitions",
             "Lower score wins. The product (LMetric) score multiplies the prefill tokens the "
             "request would cost on instance i by its batch size, each with an offset; the "
-            "linear score adds them with an exchange rate lam (prefill tokens per batch "
+            "linear score adds them with an exchange rate λ (prefill tokens per batch "
             "slot). P counts the request's uncached tokens ('uncached') or queued prefill "
             "plus uncached ('queued+uncached'); B counts running or in-flight requests. "
             "Defaults p0 = 0, b0 = 1. Every result below holds for either definition.",
@@ -635,7 +635,7 @@ def derive() -> Derivation:
             "(otherwise a tie with B_1 != B_2, resp. P_1 != P_2, is broken). Otherwise the "
             "rescaled product ranks like the original with offset p0/k_P (or b0/k_B), so "
             "with the public default b0 = 1 the unit of B matters. The linear score always "
-            "needs lam re-tuned to lam/k_P, while the product's implicit rate lam_eff "
+            "needs λ re-tuned to λ/k_P, while the product's implicit rate λ_eff "
             "follows the unit of P by itself (ratio k_P when p0 = 0).",
             (
                 F("prefill_remainder", "(S'_1 - S'_2) - k_P (S_1 - S_2)",
@@ -650,9 +650,9 @@ def derive() -> Derivation:
                   batch_offset_for_invariance),
                 F("equivalent_b0", "equivalent b_0 after B -> k_B B",
                   r"b_0^{\mathrm{equiv}}", batch_rescale_equivalent_b0),
-                F("linear_lam", "linear lam after P -> k_P P", r"\lambda'",
+                F("linear_lam", "linear λ after P -> k_P P", r"\lambda'",
                   linear_lam_after_prefill_rescale),
-                F("lam_eff_ratio", "lam_eff ratio after P -> k_P P (p_0 = 0)",
+                F("lam_eff_ratio", "λ_eff ratio after P -> k_P P (p_0 = 0)",
                   r"\lambda_{\mathrm{eff}}' / \lambda_{\mathrm{eff}}",
                   lambda_eff_ratio_after_prefill_rescale),
             ),
@@ -661,28 +661,28 @@ def derive() -> Derivation:
             "pairwise_identity", "c", "Pairwise identity and the effective exchange rate",
             "For every pair, the product's difference is a linear score difference whose "
             "weights are the pair's mean batch (+ b0) and mean prefill (+ p0): the product "
-            "chooses exactly as linear(lam_eff) would, with a rate that adapts to the "
+            "chooses exactly as linear(λ_eff) would, with a rate that adapts to the "
             "state - more prefill-tolerant when instances hold many tokens, more "
             "batch-averse when batches are small.",
             (
                 F("lhs", "S_1 - S_2", "S_1 - S_2", S_1 - S_2),
                 F("rhs", "S_1 - S_2", "S_1 - S_2", pairwise_rhs),
-                F("lam_eff", "lam_eff", r"\lambda_{\mathrm{eff}}", lambda_eff),
+                F("lam_eff", "λ_eff", r"\lambda_{\mathrm{eff}}", lambda_eff),
             ),
         ),
         Result(
             "disagreement", "d", "Break-even rate and exact disagreement condition",
             "A conflicting pair (one instance needs fewer prefill tokens, the other has the "
-            "smaller batch) has a break-even rate lam* > 0 at which linear(lam) "
-            "changes its choice; a dominated pair has lam* <= 0 (or none) and never "
-            "disagrees (lam and lam_eff are >= 0). Whenever mean(B) + b0 > 0, product "
-            "and linear(lam) strictly disagree exactly when lam* lies strictly "
-            "between lam and lam_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
-            "Ties are separate: lam = lam* is a linear tie, lam_eff = "
-            "lam* a product tie, B_1 = B_2 leaves both ranking by P; none is a "
+            "smaller batch) has a break-even rate λ* > 0 at which linear(λ) "
+            "changes its choice; a dominated pair has λ* <= 0 (or none) and never "
+            "disagrees (λ and λ_eff are >= 0). Whenever mean(B) + b0 > 0, product "
+            "and linear(λ) strictly disagree exactly when λ* lies strictly "
+            "between λ and λ_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
+            "Ties are separate: λ = λ* is a linear tie, λ_eff = "
+            "λ* a product tie, B_1 = B_2 leaves both ranking by P; none is a "
             "disagreement.",
             (
-                F("lam_star", "lam*", r"\lambda^{*}", lambda_star),
+                F("lam_star", "λ*", r"\lambda^{*}", lambda_star),
                 F("conflict", "conflicting pair", r"\text{conflict}", conflict_condition),
                 F("disagreement_lhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
                   disagreement_lhs),
@@ -696,9 +696,9 @@ def derive() -> Derivation:
         Result(
             "geometry", "e", "Geometry in the plane of instance 2's state",
             "Fix instance 1. In the (P_2, B_2) plane the product's iso-curve through "
-            "instance 1 is a hyperbola (asymptotes P_2 = -p0, B_2 = -b0) and linear(lam)'s "
-            "is a line of slope -1/lam. They meet at instance 1 and at one second point; "
-            "they touch when lam = (P_1 + p0)/(B_1 + b0). Between the two points the line "
+            "instance 1 is a hyperbola (asymptotes P_2 = -p0, B_2 = -b0) and linear(λ)'s "
+            "is a line of slope -1/λ. They meet at instance 1 and at one second point; "
+            "they touch when λ = (P_1 + p0)/(B_1 + b0). Between the two points the line "
             "lies above the hyperbola (bounded lens: product keeps 1, linear moves to 2); "
             "outside them the hyperbola lies above the line (two unbounded parts: product "
             "moves to 2, linear keeps 1). Above both curves both keep 1; below both, both "
@@ -711,7 +711,7 @@ def derive() -> Derivation:
                 F("second_B2", "B_2 (second intersection)", r"B_2^{\times}", second_B2),
                 F("gap", "hyperbola - line", r"B_2^{\mathrm{prod}} - B_2^{\mathrm{lin}}",
                   gap),
-                F("tangent", "lam (tangent, empty lens)", r"\lambda_{\mathrm{tangent}}",
+                F("tangent", "λ (tangent, empty lens)", r"\lambda_{\mathrm{tangent}}",
                   tangent_lam),
             ),
         ),
@@ -732,10 +732,10 @@ def derive() -> Derivation:
         ),
         Result(
             "regret", "h", "Regret of following the product",
-            "When the product picks 1 and linear(lam) - the reference - picks 2, following "
-            "the product costs (P_1 - P_2) + lam (B_1 - B_2) >= 0 prefill-token "
-            "equivalents. It equals (B_1 - B_2)(lam - lam*) and is at most "
-            "(lam - lam_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
+            "When the product picks 1 and linear(λ) - the reference - picks 2, following "
+            "the product costs (P_1 - P_2) + λ (B_1 - B_2) >= 0 prefill-token "
+            "equivalents. It equals (B_1 - B_2)(λ - λ*) and is at most "
+            "(λ - λ_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
             "the reference rate, the more a disagreement can cost.",
             (
                 F("regret", "regret", r"\mathrm{regret}", regret),
@@ -747,15 +747,15 @@ def derive() -> Derivation:
         ),
         Result(
             "robust_band", "i", "Robust band of exchange rates",
-            "If the right rate is only known to lie in [lam_lo, lam_hi], the product's "
-            "choice agrees with linear(lam) for every lam in the band iff lam* lies "
-            "outside the hull of {lam_lo, lam_hi, lam_eff}. " + band_boundary_rule,
+            "If the right rate is only known to lie in [λ_lo, λ_hi], the product's "
+            "choice agrees with linear(λ) for every λ in the band iff λ* lies "
+            "outside the hull of {λ_lo, λ_hi, λ_eff}. " + band_boundary_rule,
             (
                 F("hull_lo", "hull low end", r"\underline{h}", band_hull_lo),
                 F("hull_hi", "hull high end", r"\overline{h}", band_hull_hi),
-                F("disagrees", "some lam in band disagrees", r"\exists\lambda",
+                F("disagrees", "some λ in band disagrees", r"\exists\lambda",
                   band_disagrees_condition),
-                F("hull_rule", "some lam in band disagrees", r"\exists\lambda",
+                F("hull_rule", "some λ in band disagrees", r"\exists\lambda",
                   band_hull_condition),
                 F("agrees_strictly", "strict agreement on the whole band",
                   r"\forall\lambda", band_agrees_strictly_condition),

@@ -1,0 +1,176 @@
+"""Simulator settings (:class:`SimConfig`) and the outcome of a run (:class:`SimResult`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.sim.latency import LatencyModel, Preset
+from lmetric_theory.sim.snapshots import SnapshotLog
+
+__all__ = ["SimConfig", "SimResult", "VIEWS"]
+
+#: Router cache views.
+VIEWS: tuple[str, ...] = ("precise", "approximate")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Cluster settings.
+
+    Attributes
+    ----------
+    n_instances : int
+        Number of serving instances ``N``.
+    latency : LatencyModel
+        Iteration-latency coefficients.
+    kv_capacity_tokens : int
+        KV capacity of each instance, tokens.
+    kv_capacity_blocks : int or None
+        If set, the capacity in blocks of the workload's block size instead (overrides
+        ``kv_capacity_tokens``).
+    token_budget : int
+        Tokens per iteration (decode tokens + prefill chunks), tokens.
+    max_batch : int
+        Maximum running (prefilling + decoding) requests per instance.
+    view : str
+        Router cache view: ``"precise"`` or ``"approximate"``.
+    signal_delay_s : float
+        Age of the load signals the router sees, seconds (0: current).
+    fast_forward : bool
+        Advance decode-only stretches in closed form (``False``: one iteration per event,
+        the slow reference).
+    record_snapshots : bool
+        Keep the per-decision :class:`SnapshotLog`.
+    """
+
+    n_instances: int
+    latency: LatencyModel
+    kv_capacity_tokens: int
+    token_budget: int = 8192
+    max_batch: int = 256
+    kv_capacity_blocks: int | None = None
+    view: str = "precise"
+    signal_delay_s: float = 0.0
+    fast_forward: bool = True
+    record_snapshots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_instances < 1:
+            raise ValueError(f"n_instances must be >= 1, got {self.n_instances}")
+        if self.kv_capacity_tokens < 1 or self.token_budget < 1 or self.max_batch < 1:
+            raise ValueError("kv_capacity_tokens, token_budget and max_batch must be >= 1")
+        if self.kv_capacity_blocks is not None and self.kv_capacity_blocks < 1:
+            raise ValueError(f"kv_capacity_blocks must be >= 1, got {self.kv_capacity_blocks}")
+        if self.max_batch > self.token_budget:
+            raise ValueError("max_batch must not exceed token_budget (one decode token each)")
+        if self.view not in VIEWS:
+            raise ValueError(f"view: {self.view!r} is not one of {', '.join(VIEWS)}")
+        if not (math.isfinite(self.signal_delay_s) and self.signal_delay_s >= 0):
+            raise ValueError(f"signal_delay_s must be finite and >= 0, got {self.signal_delay_s}")
+
+    @classmethod
+    def from_preset(cls, preset: Preset, n_instances: int, **overrides: Any) -> SimConfig:
+        """Config with the preset's latency and limits; keyword overrides win."""
+        kw: dict[str, Any] = dict(
+            latency=preset.latency,
+            kv_capacity_tokens=preset.kv_capacity_tokens,
+            token_budget=preset.token_budget,
+            max_batch=preset.max_batch,
+        )
+        kw.update(overrides)
+        return cls(n_instances=n_instances, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """Outcome of a run (requests not finished by the stop time hold NaN).
+
+    Attributes
+    ----------
+    arrival_s : np.ndarray, shape (n,), float64
+        Arrival times, seconds.
+    instance : np.ndarray, shape (n,), int32
+        Instance each request was routed to (-1: not routed yet).
+    input_tokens, output_tokens : np.ndarray, shape (n,), int64
+        Prompt and output lengths, tokens.
+    cached_tokens : np.ndarray, shape (n,), int64
+        Prompt tokens served from the prefix cache at admission (-1: not admitted), tokens.
+    ttft_s : np.ndarray, shape (n,), float64
+        Time to first token (arrival to end of the last prefill iteration), seconds.
+    tpot_s : np.ndarray, shape (n,), float64
+        Time per output token after the first, seconds (NaN for one-token outputs).
+    e2e_s : np.ndarray, shape (n,), float64
+        Arrival to last token, seconds.
+    snapshots : SnapshotLog or None
+        Router views of the decisions made.
+    iterations : int
+        Iterations executed over all instances (closed-form stretches counted in full).
+    events : int
+        Events processed.
+    peak_kv_tokens : np.ndarray, shape (N,), int64
+        Highest KV occupancy (cached blocks + reservations) per instance, tokens.
+    prefill_tokens_computed : np.ndarray, shape (N,), int64
+        Prompt tokens computed by prefill iterations per instance, tokens.
+    output_tokens_produced : np.ndarray, shape (N,), int64
+        Tokens produced per instance (first tokens plus decode-iteration tokens), tokens.
+    end_time_s : float
+        Simulated time reached, seconds.
+    policy : str
+        Canonical policy spec.
+    config : dict
+        The :class:`SimConfig` as a dictionary, plus the seed.
+    """
+
+    arrival_s: np.ndarray
+    instance: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    cached_tokens: np.ndarray
+    ttft_s: np.ndarray
+    tpot_s: np.ndarray
+    e2e_s: np.ndarray
+    snapshots: SnapshotLog | None
+    iterations: int
+    events: int
+    peak_kv_tokens: np.ndarray
+    prefill_tokens_computed: np.ndarray
+    output_tokens_produced: np.ndarray
+    end_time_s: float
+    policy: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> np.ndarray:
+        """Mask of finished requests, shape (n,), bool."""
+        return np.isfinite(self.e2e_s)
+
+    def summary(self) -> dict[str, float | int]:
+        """Headline figures: completed count, TTFT/TPOT statistics (s), prefix-hit rate."""
+        done = self.completed
+        ttft = self.ttft_s[done]
+        tpot = self.tpot_s[done]
+        tpot = tpot[np.isfinite(tpot)]
+        admitted = self.cached_tokens >= 0
+
+        def stat(a: np.ndarray, f: Any) -> float:
+            return float(f(a)) if a.size else float("nan")
+
+        inp = int(self.input_tokens[admitted].sum())
+        return {
+            "completed": int(done.sum()),
+            "ttft_mean_s": stat(ttft, np.mean),
+            "ttft_p50_s": stat(ttft, lambda a: np.percentile(a, 50)),
+            "ttft_p90_s": stat(ttft, lambda a: np.percentile(a, 90)),
+            "ttft_p99_s": stat(ttft, lambda a: np.percentile(a, 99)),
+            "tpot_mean_s": stat(tpot, np.mean),
+            "tpot_p99_s": stat(tpot, lambda a: np.percentile(a, 99)),
+            "prefix_hit_rate": float(self.cached_tokens[admitted].sum() / inp) if inp else float("nan"),
+        }

@@ -1,0 +1,57 @@
+"""Typed simulator events and the kinds of plan an instance can be executing.
+
+The event queue holds ``(time, seq, event)`` entries. ``seq`` is unique, so ties in time
+are broken by it and events themselves are never compared. Arrivals carry sequence numbers
+from :data:`ARRIVAL_SEQ` upwards (their index in the workload added), so at one instant
+every iteration end comes before every arrival, and arrivals keep workload order;
+:data:`WAKE_SEQ` numbers the step starts that must follow every arrival of the same instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = ["ARRIVAL_SEQ", "WAKE_SEQ", "Arrival", "Event", "IterationEnd", "PlanKind", "StepStart"]
+
+#: First sequence number of arrivals (iteration ends use smaller numbers).
+ARRIVAL_SEQ = 1 << 40
+#: First sequence number of step starts (after every arrival of the same instant).
+WAKE_SEQ = 1 << 50
+
+
+class PlanKind(IntEnum):
+    """What an instance is doing between two of its events."""
+
+    IDLE = 0
+    """Nothing scheduled."""
+    MIXED = 1
+    """One iteration with prefill chunks (and decodes)."""
+    DECODE = 2
+    """A stretch of decode-only iterations (one or more, advanced in closed form)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """Request ``request`` (index in the workload) reaches the router."""
+
+    request: int
+
+
+@dataclass(frozen=True, slots=True)
+class IterationEnd:
+    """The plan of ``instance`` numbered ``version`` ends (stale if the plan was replaced)."""
+
+    instance: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepStart:
+    """An idle ``instance`` starts an iteration (after every arrival of the same instant)."""
+
+    instance: int
+    version: int
+
+
+Event = Arrival | IterationEnd | StepStart

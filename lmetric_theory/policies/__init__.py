@@ -17,6 +17,9 @@ from lmetric_theory.policies.base import (
     register_policy,
     tie_field,
 )
+from lmetric_theory.policies.baselines import register_baselines as _register_baselines
+
+_register_baselines()  # the paper's baseline catalog (vllm-v1, dynamo, bailian, ...)
 
 __all__ = [
     "TIE_RULES",

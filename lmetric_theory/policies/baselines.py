@@ -1,0 +1,690 @@
+"""The paper's baseline catalog, formula for formula as the authors' router lists them.
+
+Every policy here follows one listing of ``blitz-serving/blitz-router`` (``docs/dsl/policies.md``
+and the ``policy!`` invocation under ``router/src/policies/``); ``docs/policies.md`` gives
+each formula, the signals it reads, its tie rule, its defaults and what is simplified.
+
+Signals (read as attributes of the decision view, shapes (N,)):
+
+- ``hit_blocks`` - cached prefix blocks of the request on each instance (router's cache view);
+  ``block_size`` - tokens per block;
+- ``router_queued`` - router-counted queued prefill tokens (``queued_tokens``, clamped at 0);
+- ``router_inflight`` - router-counted requests in flight, running + queued (``bs``);
+- ``router_all_tokens`` - router-counted tokens of the in-flight requests (``all_tokens``);
+- ``waiting`` - waiting requests (engine-reported; the authors' router counts them itself).
+
+Derived, per instance ``i`` with prompt length ``T`` tokens and block size ``s``:
+``new_tokens = max(T - hit_blocks * s, 0)``, ``new_blocks = max(ceil(T / s) - hit_blocks, 0)``,
+``prefill_tokens = queued_tokens + new_tokens``, ``hit_pct = hit_blocks * s / T``,
+``decode_blocks = floor(all_tokens / s)``.
+
+Scores are exact (Python ints and :class:`fractions.Fraction`). Where the authors' router turns
+a real score into an integer (``(score * 1000) as u64``) the policy does the same with its
+``scale`` parameter, so the ties that truncation creates are reproduced; ``scale=0`` keeps the
+exact score.
+
+Tie rules (``tie`` parameter of every policy here): ``rust`` is the authors' router's own rule
+- ``Select min`` is Rust's ``Iterator::min_by`` (the first, i.e. lowest-index, minimum) and
+``Select max`` is ``Iterator::max_by`` (the last, i.e. highest-index, maximum); ``lowest`` and
+``highest`` pick that index among the best; ``random`` picks uniformly among them with the
+policy's seeded generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lmetric_theory.policies.base import Policy, register_policy
+
+__all__ = [
+    "BASELINE_POLICIES",
+    "CATALOG_TIE_RULES",
+    "Aibrix",
+    "Bailian",
+    "BoundedMostHit",
+    "CatalogPolicy",
+    "Dynamo",
+    "DynamoPO",
+    "LeastActive",
+    "LeastBatch",
+    "LeastTokenLoad",
+    "LeastWaitToken",
+    "LeastWaiting",
+    "MostHit",
+    "MostHitLoad",
+    "MostHitLoadActive",
+    "Preble",
+    "VllmV1",
+    "all_tokens",
+    "batch_size",
+    "block_size",
+    "decode_blocks",
+    "hit_blocks",
+    "hit_fraction",
+    "new_blocks",
+    "new_tokens",
+    "prefill_tokens",
+    "queued_tokens",
+    "register_baselines",
+    "select",
+    "waiting",
+]
+
+#: Tie rules of the catalog policies (``rust``: first minimum / last maximum, as the
+#: authors' router's ``select_min_by`` / ``select_max_by``).
+CATALOG_TIE_RULES: tuple[str, ...] = ("rust", "lowest", "highest", "random")
+
+Score = Any  # int, Fraction or a tuple of them: anything totally ordered and exact
+
+
+def catalog_tie_field(default: str = "rust") -> Any:
+    """The ``tie`` dataclass field of catalog policies (choices :data:`CATALOG_TIE_RULES`)."""
+    return dataclasses.field(default=default, metadata={"choices": CATALOG_TIE_RULES})
+
+
+def _check_tie(tie: str) -> None:
+    if tie not in CATALOG_TIE_RULES:
+        raise ValueError(f"tie: {tie!r} is not one of {', '.join(CATALOG_TIE_RULES)}")
+
+
+def _nonneg(name: str, value: Any) -> None:
+    if Fraction(value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _ints(a: Any) -> list[int]:
+    return np.asarray(a).astype(np.int64).tolist()
+
+
+def block_size(view: Any) -> int:
+    """Tokens per KV block of the router's cache view (``view.block_size``), > 0."""
+    s = int(view.block_size)
+    if s <= 0:
+        raise ValueError(f"block_size must be > 0, got {s}")
+    return s
+
+
+def hit_blocks(view: Any) -> list[int]:
+    """Cached prefix blocks of the request per instance (router's cache view), blocks."""
+    return [max(h, 0) for h in _ints(view.hit_blocks)]
+
+
+def new_tokens(view: Any) -> list[int]:
+    """``max(T - hit_blocks * block_size, 0)``: the request's uncached tokens, hits in whole
+    blocks (``new_tokens`` of the authors' router), tokens."""
+    s, t = block_size(view), int(view.input_tokens)
+    return [max(t - h * s, 0) for h in hit_blocks(view)]
+
+
+def new_blocks(view: Any) -> list[int]:
+    """``max(ceil(T / block_size) - hit_blocks, 0)``: the request's uncached blocks, blocks."""
+    s, t = block_size(view), int(view.input_tokens)
+    total = -(-t // s)
+    return [max(total - h, 0) for h in hit_blocks(view)]
+
+
+def queued_tokens(view: Any) -> list[int]:
+    """Router-counted queued prefill tokens, clamped at 0 (``queued_tokens``), tokens."""
+    return [max(q, 0) for q in _ints(view.router_queued)]
+
+
+def prefill_tokens(view: Any) -> list[int]:
+    """``queued_tokens + new_tokens`` (``prefill_tokens`` of the authors' router), tokens."""
+    return [q + n for q, n in zip(queued_tokens(view), new_tokens(view), strict=True)]
+
+
+def batch_size(view: Any) -> list[int]:
+    """Router-counted running + queued requests (``bs``), requests."""
+    return [max(b, 0) for b in _ints(view.router_inflight)]
+
+
+def waiting(view: Any) -> list[int]:
+    """Waiting requests per instance (``waiting``), requests."""
+    return [max(w, 0) for w in _ints(view.waiting)]
+
+
+def all_tokens(view: Any) -> list[int]:
+    """Router-counted tokens of the in-flight requests (``all_tokens``), tokens."""
+    return [max(a, 0) for a in _ints(view.router_all_tokens)]
+
+
+def decode_blocks(view: Any) -> list[int]:
+    """``floor(all_tokens / block_size)`` (``decode_blocks``), blocks."""
+    s = block_size(view)
+    return [a // s for a in all_tokens(view)]
+
+
+def hit_fraction(view: Any) -> list[Fraction]:
+    """``hit_blocks * block_size / T`` (``hit_pct``; 0 for an empty prompt), exact."""
+    s, t = block_size(view), int(view.input_tokens)
+    if t <= 0:
+        return [Fraction(0)] * len(hit_blocks(view))
+    return [Fraction(h * s, t) for h in hit_blocks(view)]
+
+
+# ------------------------------------------------------------------------- selection
+
+
+def select(
+    scores: Sequence[Score],
+    candidates: Sequence[int] | None = None,
+    *,
+    maximize: bool,
+    tie: str,
+    rng: np.random.Generator,
+) -> int:
+    """Index of the best score among ``candidates`` (default: all) under a tie rule.
+
+    Parameters
+    ----------
+    scores : sequence, shape (N,)
+        Exact scores (ints, Fractions or tuples of them), one per instance.
+    candidates : sequence of int, optional
+        Instance indices to choose from, in increasing order.
+    maximize : bool
+        ``True`` for ``Select max``, ``False`` for ``Select min``.
+    tie : str
+        One of :data:`CATALOG_TIE_RULES`.
+    rng : numpy.random.Generator
+        Used by ``tie='random'`` only.
+
+    Returns
+    -------
+    int
+        The chosen instance index.
+    """
+    cand = range(len(scores)) if candidates is None else candidates
+    best_val = (max if maximize else min)(scores[i] for i in cand)
+    best = [i for i in cand if scores[i] == best_val]
+    if len(best) == 1:
+        return best[0]
+    if tie == "lowest" or (tie == "rust" and not maximize):
+        return best[0]
+    if tie == "highest" or tie == "rust":
+        return best[-1]
+    return best[int(rng.integers(len(best)))]
+
+
+def _truncate(x: Fraction, scale: int) -> int | Fraction:
+    """``trunc(x * scale)`` as the authors' router's ``(x * 1000.0) as u64`` (exact), or ``x``."""
+    return int(x * scale) if scale > 0 else x
+
+
+# ---------------------------------------------------------------------------- policies
+
+
+class CatalogPolicy(Policy):
+    """Base of the catalog policies: adds ``formula``, ``source`` and ``signals``."""
+
+    #: The score or rule, in the notation of ``docs/policies.md``.
+    formula: ClassVar[str] = ""
+    #: Repository and file the policy follows.
+    source: ClassVar[str] = ""
+    #: View attributes the policy reads.
+    signals: ClassVar[tuple[str, ...]] = ()
+
+    def _pick(self, scores: Sequence[Score], candidates: Sequence[int] | None = None, *,
+              maximize: bool) -> int:
+        return select(scores, candidates, maximize=maximize, tie=self.params.tie, rng=self.rng)
+
+
+_BLITZ = "blitz-serving/blitz-router"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogTieParams:
+    """Parameters of catalog policies that only choose a tie rule (default ``rust``)."""
+
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+
+
+class _SelectMin(CatalogPolicy):
+    """A policy that is one ``Select min by f`` over all instances."""
+
+    Params = CatalogTieParams
+    score: ClassVar[Callable[[Any], list[Score]]]
+
+    def choose(self, view: Any) -> int:
+        return self._pick(type(self).score(view), maximize=False)
+
+
+class VllmV1(_SelectMin):
+    """vLLM v1 data-parallel load balancing: join the shortest weighted queue."""
+
+    name = "vllm-v1"
+    formula = "argmin 4 * waiting + bs"
+    source = f"{_BLITZ}: docs/dsl/policies.md (join-shortest-weight-q), router/src/policies/vllm.rs"
+    signals = ("waiting", "router_inflight")
+
+    @staticmethod
+    def score(view: Any) -> list[int]:
+        return [4 * w + b for w, b in zip(waiting(view), batch_size(view), strict=True)]
+
+
+class LeastWaitToken(_SelectMin):
+    """Fewest prefill tokens: queued plus the request's new tokens."""
+
+    name = "least-wait-token"
+    formula = "argmin prefill_tokens = queued_tokens + new_tokens"
+    source = f"{_BLITZ}: docs/dsl/policies.md (least-wait-token-q), router/src/policies/simple.rs"
+    signals = ("router_queued", "hit_blocks", "block_size", "input_tokens")
+    score = staticmethod(prefill_tokens)
+
+
+class LeastWaiting(_SelectMin):
+    """llm-d ``load-aware-scorer`` / ``queue-depth-scorer`` alone."""
+
+    name = "least-waiting"
+    formula = "argmin waiting"
+    source = f"{_BLITZ}: docs/dsl/policies.md (least-waiting-q), router/src/policies/llm_d/least_waiting.rs"
+    signals = ("waiting",)
+    score = staticmethod(waiting)
+
+
+class LeastBatch(_SelectMin):
+    """llm-d ``running-requests-scorer`` alone (bs = running + queued)."""
+
+    name = "least-bs"
+    formula = "argmin bs"
+    source = f"{_BLITZ}: docs/dsl/policies.md (least-bs-q), router/src/policies/llm_d/least_bs.rs"
+    signals = ("router_inflight",)
+    score = staticmethod(batch_size)
+
+
+class LeastActive(_SelectMin):
+    """llm-d ``kv-cache-utilization-scorer`` alone, capacity-free (all_tokens)."""
+
+    name = "least-active"
+    formula = "argmin all_tokens"
+    source = f"{_BLITZ}: docs/dsl/policies.md (least-active-q), router/src/policies/llm_d/least_active.rs"
+    signals = ("router_all_tokens",)
+    score = staticmethod(all_tokens)
+
+
+class LeastTokenLoad(_SelectMin):
+    """llm-d ``token-load-scorer`` alone: queued prefill plus active tokens."""
+
+    name = "least-token-load"
+    formula = "argmin queued_tokens + all_tokens"
+    source = (f"{_BLITZ}: docs/dsl/policies.md (least-token-load-q), "
+              "router/src/policies/llm_d/least_token_load.rs")
+    signals = ("router_queued", "router_all_tokens")
+
+    @staticmethod
+    def score(view: Any) -> list[int]:
+        return [q + a for q, a in zip(queued_tokens(view), all_tokens(view), strict=True)]
+
+
+class MostHit(CatalogPolicy):
+    """llm-d ``precise-prefix-cache-scorer`` + ``max-score-picker``: longest cached prefix."""
+
+    name = "most-hit"
+    formula = "argmax hit_blocks"
+    source = f"{_BLITZ}: docs/dsl/policies.md (most-hit-q), router/src/policies/llm_d/most_hit.rs"
+    signals = ("hit_blocks",)
+    Params = CatalogTieParams
+
+    def choose(self, view: Any) -> int:
+        return self._pick(hit_blocks(view), maximize=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedMostHitParams:
+    """``bounded-most-hit``: ``bound`` on queued prefill tokens (authors' default 2048)."""
+
+    bound: int = 2048
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        _nonneg("bound", self.bound)
+
+
+class BoundedMostHit(CatalogPolicy):
+    """Most hit blocks among instances with fewer than ``bound`` queued prefill tokens; when
+    none qualifies, fewest prefill tokens (the authors' "attention black hole" guard)."""
+
+    name = "bounded-most-hit"
+    formula = ("among {i: queued_tokens < bound}: argmax hit_blocks; "
+               "if that set is empty: argmin prefill_tokens")
+    source = f"{_BLITZ}: docs/dsl/policies.md (bounded-most-hit-q), router/src/policies/simple.rs"
+    signals = ("router_queued", "hit_blocks", "block_size", "input_tokens")
+    Params = BoundedMostHitParams
+
+    def choose(self, view: Any) -> int:
+        q = queued_tokens(view)
+        ok = [i for i, x in enumerate(q) if x < self.params.bound]
+        if ok:
+            return self._pick(hit_blocks(view), ok, maximize=True)
+        return self._pick(prefill_tokens(view), maximize=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DynamoParams:
+    """Dynamo's logit: overlap weight ``w`` (default 1) and the router's integer ``scale``."""
+
+    w: Fraction = Fraction(1)
+    scale: int = 1000
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        _nonneg("w", self.w)
+        _nonneg("scale", self.scale)
+
+
+class Dynamo(CatalogPolicy):
+    """Dynamo's KV-router logit as a prefill instance sees it (queued prefill folded in; the
+    decode term falls back to ``floor`` of the prefill blocks)."""
+
+    name = "dynamo"
+    formula = ("argmin trunc(scale * (w * prefill_tokens / block_size "
+               "+ floor(prefill_tokens / block_size)))")
+    source = (f"{_BLITZ}: router/src/policies/dynamo.rs (dynamo-q = DynamoQ), "
+              "router/src/policies/dynamo/prefill.rs; after ai-dynamo/dynamo selector.rs")
+    signals = ("router_queued", "hit_blocks", "block_size", "input_tokens")
+    Params = DynamoParams
+
+    def scores(self, view: Any) -> list[int | Fraction]:
+        """Per-instance logits (truncated as the router does unless ``scale=0``)."""
+        s, w, k = block_size(view), Fraction(self.params.w), self.params.scale
+        return [_truncate(w * Fraction(p, s) + p // s, k) for p in prefill_tokens(view)]
+
+    def choose(self, view: Any) -> int:
+        return self._pick(self.scores(view), maximize=False)
+
+
+class DynamoPO(Dynamo):
+    """Dynamo's KV-router logit as a decode instance sees it: the request's own new tokens
+    (no queue) and real decode blocks (the request's new blocks + active blocks)."""
+
+    name = "dynamo-po"
+    formula = ("argmin trunc(scale * (w * new_tokens / block_size "
+               "+ new_blocks + decode_blocks))")
+    source = (f"{_BLITZ}: router/src/policies/dynamo.rs (dynamo-po-q = DynamoDecodeQ), "
+              "router/src/policies/dynamo/decode.rs; after ai-dynamo/dynamo selector.rs")
+    signals = ("router_all_tokens", "hit_blocks", "block_size", "input_tokens")
+
+    def scores(self, view: Any) -> list[int | Fraction]:
+        s, w, k = block_size(view), Fraction(self.params.w), self.params.scale
+        return [_truncate(w * Fraction(n, s) + nb + d, k) for n, nb, d in
+                zip(new_tokens(view), new_blocks(view), decode_blocks(view), strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class BailianParams:
+    """Bailian: weights ``alpha`` (hit), ``beta`` (requests), ``gamma`` (tokens) and ``norm``.
+
+    Defaults 0.7 / 0.15 / 0.15 are the authors' router's command-line defaults. ``norm``:
+    ``listing`` = ``hit_pct``, ``1 - bs / max bs``, ``1 - all_tokens / max all_tokens`` (the DSL
+    listing); ``minmax`` = each term min-max normalised over the instances, as the
+    ``bailian.rs`` code does. ``tie`` has no effect (the choice is a weighted draw).
+    """
+
+    alpha: Fraction = Fraction(7, 10)
+    beta: Fraction = Fraction(3, 20)
+    gamma: Fraction = Fraction(3, 20)
+    norm: str = dataclasses.field(default="listing", metadata={"choices": ("listing", "minmax")})
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        for k in ("alpha", "beta", "gamma"):
+            _nonneg(k, getattr(self, k))
+        if self.norm not in ("listing", "minmax"):
+            raise ValueError(f"norm: {self.norm!r} is not one of listing, minmax")
+
+
+def _ratio(x: int, m: int) -> Fraction:
+    """``x / m`` with ``0 / 0 = 0`` (every instance idle)."""
+    return Fraction(x, m) if m else Fraction(0)
+
+
+def _minmax(xs: Sequence[Fraction | int], hi_is_good: bool) -> list[Fraction]:
+    """Min-max normalisation to [0, 1]; all equal gives 0 (the router's ``eps`` guard)."""
+    lo, hi = min(xs), max(xs)
+    if hi == lo:
+        return [Fraction(0)] * len(xs)
+    d = Fraction(hi - lo)
+    return [(x - lo) / d if hi_is_good else (hi - x) / d for x in xs]
+
+
+class Bailian(CatalogPolicy):
+    """Alibaba Bailian's weighted random selection over cache hit, requests and tokens."""
+
+    name = "bailian"
+    formula = ("draw i with probability proportional to max(0, alpha * hit_pct "
+               "+ beta * (1 - bs / max bs) + gamma * (1 - all_tokens / max all_tokens))")
+    source = (f"{_BLITZ}: docs/dsl/policies.md (bailian-impl-q), "
+              "router/src/scheduler/policies/bailian.rs")
+    signals = ("hit_blocks", "block_size", "input_tokens", "router_inflight", "router_all_tokens")
+    Params = BailianParams
+
+    def weights(self, view: Any) -> list[Fraction]:
+        """Per-instance sampling weights (exact, >= 0)."""
+        p = self.params
+        hit, bs, tok = hit_fraction(view), batch_size(view), all_tokens(view)
+        if p.norm == "listing":
+            mb, mt = max(bs), max(tok)
+            n0 = hit
+            n1 = [1 - _ratio(b, mb) for b in bs]
+            n2 = [1 - _ratio(a, mt) for a in tok]
+        else:
+            n0 = _minmax(hit, True)
+            n1 = _minmax(bs, False)
+            n2 = _minmax(tok, False)
+        a, b, g = Fraction(p.alpha), Fraction(p.beta), Fraction(p.gamma)
+        return [max(a * x + b * y + g * z, Fraction(0)) for x, y, z in zip(n0, n1, n2, strict=True)]
+
+    def choose(self, view: Any) -> int:
+        w = self.weights(view)
+        total = sum(w)
+        if total <= 0:
+            return 0  # the router's weighted_pick falls back to the first instance
+        r = Fraction(float(self.rng.random())) * total
+        for i, x in enumerate(w):
+            if r <= x:
+                return i
+            r -= x
+        return len(w) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class AibrixParams:
+    """AIBrix prefix-cache routing: ``imbalance`` (requests, default 8) and ``std_factor``
+    (default 1) of the threshold ``mean bs + std_factor * std bs``."""
+
+    imbalance: int = 8
+    std_factor: Fraction = Fraction(1)
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        _nonneg("imbalance", self.imbalance)
+        _nonneg("std_factor", self.std_factor)
+
+
+def _below_threshold(bs: Sequence[int], factor: Fraction) -> list[bool]:
+    """``bs_i <= mean(bs) + factor * std(bs)`` exactly (sample std, n - 1; 0 for n <= 1)."""
+    n = len(bs)
+    mean = Fraction(sum(bs), n)
+    var = sum((Fraction(b) - mean) ** 2 for b in bs) / (n - 1) if n > 1 else Fraction(0)
+    out = []
+    for b in bs:
+        d = b - mean
+        out.append(d <= 0 or d * d <= factor * factor * var)
+    return out
+
+
+class Aibrix(CatalogPolicy):
+    """AIBrix's prefix-cache router as the authors port it: a load-imbalance gate, then the
+    highest hit among instances at most one standard deviation above the mean load."""
+
+    name = "aibrix"
+    formula = ("C = {i: bs_i = min bs} if max bs - min bs > imbalance else all; "
+               "among {i in C: bs_i <= mean bs + std_factor * std bs}: argmin (-hit_pct, bs); "
+               "if that set is empty: argmax (-hit_pct, bs) over C")
+    source = f"{_BLITZ}: docs/dsl/policies.md (aibrix-q), router/src/policies/aibrix.rs"
+    signals = ("hit_blocks", "block_size", "input_tokens", "router_inflight")
+    Params = AibrixParams
+
+    def choose(self, view: Any) -> int:
+        p = self.params
+        bs = batch_size(view)
+        lo, hi = min(bs), max(bs)
+        cand = [i for i, b in enumerate(bs) if b == lo] if hi - lo > p.imbalance else list(range(len(bs)))
+        below = _below_threshold(bs, Fraction(p.std_factor))
+        key = [(-h, b) for h, b in zip(hit_fraction(view), bs, strict=True)]
+        ok = [i for i in cand if below[i]]
+        if ok:
+            return self._pick(key, ok, maximize=False)
+        return self._pick(key, cand, maximize=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PrebleParams:
+    """Preble: ``threshold`` on the matched fraction of the prompt (default 1/2)."""
+
+    threshold: Fraction = Fraction(1, 2)
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        if not 0 <= Fraction(self.threshold) <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+
+
+class Preble(CatalogPolicy):
+    """Preble's two-stage routing as the authors port it: follow a long cached prefix, else
+    the lowest cost. The cost keeps the terms that can differ between instances (see
+    ``docs/policies.md``: the sliding-window histogram term is the same for every instance in
+    the authors' router and is dropped)."""
+
+    name = "preble"
+    formula = ("among {i: hit_blocks * block_size / T > threshold}: argmax hit_blocks; "
+               "if that set is empty: argmin new_tokens + all_tokens - bonus, "
+               "bonus = floor(hit_pct * T / 2) if hit_pct > 1/2 else 0")
+    source = (f"{_BLITZ}: docs/dsl/policies.md (preble-q), router/src/policies/preble/mod.rs, "
+              "router/src/policies/dsl_runtime.rs (preble_cost)")
+    signals = ("hit_blocks", "block_size", "input_tokens", "router_all_tokens")
+    Params = PrebleParams
+
+    def costs(self, view: Any) -> list[int]:
+        """The stage-two cost per instance, tokens."""
+        t = int(view.input_tokens)
+        out = []
+        for n, a, h in zip(new_tokens(view), all_tokens(view), hit_fraction(view), strict=True):
+            bonus = int(h * t / 2) if h > Fraction(1, 2) else 0
+            out.append(n + a - bonus)
+        return out
+
+    def choose(self, view: Any) -> int:
+        s, t = block_size(view), int(view.input_tokens)
+        hb = hit_blocks(view)
+        thr = Fraction(self.params.threshold)
+        ok = [i for i, h in enumerate(hb) if Fraction(h * s, max(t, 1)) > thr]
+        if ok:
+            return self._pick(hb, ok, maximize=True)
+        return self._pick(self.costs(view), maximize=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MostHitLoadParams:
+    """llm-d scorer weights (defaults ``w_hit=10``, ``w_load=1``, ``w_kv=1``), the load-aware
+    queue threshold ``T`` (128 requests) and the router's integer ``scale`` (1000)."""
+
+    w_hit: Fraction = Fraction(10)
+    w_load: Fraction = Fraction(1)
+    w_kv: Fraction = Fraction(1)
+    T: int = 128
+    scale: int = 1000
+    tie: str = catalog_tie_field()
+
+    def __post_init__(self) -> None:
+        _check_tie(self.tie)
+        for k in ("w_hit", "w_load", "w_kv", "scale"):
+            _nonneg(k, getattr(self, k))
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+
+
+def _load_aware(w: int, T: int) -> Fraction:
+    """llm-d ``load-aware-scorer``: 1/2 when nothing waits, else ``(1 - min(w, T) / T) / 2``."""
+    return Fraction(1, 2) if w == 0 else Fraction(1, 2) * (1 - Fraction(min(w, T), T))
+
+
+class MostHitLoad(CatalogPolicy):
+    """llm-d precise prefix-cache scorer + load-aware scorer."""
+
+    name = "most-hit-load"
+    formula = ("argmax trunc(scale * (w_hit * (hit_blocks - min hit) / (max hit - min hit) "
+               "+ w_load * load_aware(waiting, T)))")
+    source = f"{_BLITZ}: docs/dsl/policies.md (most-hit-load-q), router/src/policies/llm_d/most_hit_load.rs"
+    signals = ("hit_blocks", "waiting")
+    Params = MostHitLoadParams
+    with_kv: ClassVar[bool] = False
+
+    def scores(self, view: Any) -> list[int | Fraction]:
+        """Per-instance score (truncated as the router does unless ``scale=0``)."""
+        p = self.params
+        n_hit = _minmax(hit_blocks(view), True)
+        s = [Fraction(p.w_hit) * h + Fraction(p.w_load) * _load_aware(w, p.T)
+             for h, w in zip(n_hit, waiting(view), strict=True)]
+        if self.with_kv:
+            n_kv = _minmax(all_tokens(view), False)
+            s = [x + Fraction(p.w_kv) * k for x, k in zip(s, n_kv, strict=True)]
+        return [_truncate(x, p.scale) for x in s]
+
+    def choose(self, view: Any) -> int:
+        return self._pick(self.scores(view), maximize=True)
+
+
+class MostHitLoadActive(MostHitLoad):
+    """llm-d precise prefix-cache + load-aware + KV-utilisation scorers."""
+
+    name = "most-hit-load-active"
+    formula = ("argmax trunc(scale * (w_hit * (hit_blocks - min hit) / (max hit - min hit) "
+               "+ w_load * load_aware(waiting, T) "
+               "+ w_kv * (max all_tokens - all_tokens) / (max all_tokens - min all_tokens)))")
+    source = (f"{_BLITZ}: docs/dsl/policies.md (most-hit-load-active-q), "
+              "router/src/policies/llm_d/most_hit_load_active.rs")
+    signals = ("hit_blocks", "waiting", "router_all_tokens")
+    with_kv = True
+
+
+#: Every catalog policy class, in the order of ``docs/policies.md``.
+BASELINE_POLICIES: tuple[type[CatalogPolicy], ...] = (
+    VllmV1,
+    Dynamo,
+    DynamoPO,
+    Bailian,
+    Aibrix,
+    Preble,
+    MostHit,
+    LeastWaiting,
+    LeastBatch,
+    LeastActive,
+    LeastTokenLoad,
+    MostHitLoad,
+    MostHitLoadActive,
+    BoundedMostHit,
+    LeastWaitToken,
+)
+
+
+def register_baselines(register: Callable[[type[Policy]], Any] = register_policy) -> None:
+    """Register every class of :data:`BASELINE_POLICIES` with ``register``."""
+    for cls in BASELINE_POLICIES:
+        register(cls)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.limits import TIME_MAX_S
 from lmetric_theory.workload.base import Workload
 from lmetric_theory.workload.loaders import make_workload
 
@@ -32,7 +33,9 @@ def scale_rate(workload: Workload, k: float) -> Workload:
     ----------
     workload : Workload
     k : float
-        Arrival-rate factor, finite and > 0 (2.0 doubles requests per second).
+        Arrival-rate factor, finite and > 0 (2.0 doubles requests per second), small enough
+        that the last arrival stays within the timestamp limit (``1e10`` s, see
+        :mod:`lmetric_theory.core.limits`).
 
     Returns
     -------
@@ -44,6 +47,13 @@ def scale_rate(workload: Workload, k: float) -> Workload:
         raise ValueError(f"rate factor k must be a finite number > 0, got {k!r}")
     k = float(k)
     w = workload
+    last = float(w.arrival_s[-1]) if len(w) else 0.0
+    stretched = last / k  # inf when it overflows
+    if not stretched <= TIME_MAX_S:
+        raise ValueError(
+            f"rate factor k={k:g} would move the last arrival from {last:g} s to "
+            f"{stretched:g} s, beyond the {TIME_MAX_S:g} s limit on timestamps"
+        )
     meta = _meta_with(
         w, {"op": "scale_rate", "k": k}, rate_scale=float(w.meta.get("rate_scale", 1.0)) * k
     )
@@ -97,7 +107,9 @@ def select(
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"count must be an integer >= 1, got {count!r}")
     for name, v in (("start_s", start_s), ("end_s", end_s)):
-        if v is not None and (not isinstance(v, int | float) or not math.isfinite(v)):
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+        ):
             raise ValueError(f"{name} must be a finite number of seconds, got {v!r}")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise ValueError(f"empty window: end_s={end_s} <= start_s={start_s}")

@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from lmetric_theory.experiments.tuning import TunedLinear, resolve_policy, tune_linear
+from lmetric_theory.experiments.tuning import (
+    TunedLinear,
+    prepare_tuned,
+    resolve_policy,
+    tune_linear,
+)
 from lmetric_theory.policies import DecisionView, make_policy
 from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import synthetic
@@ -53,7 +58,7 @@ def test_tuned_linear_policy_prepare_and_resolve(setup):
                      np.zeros(2, np.int32), np.zeros(2, np.float32))
     with pytest.raises(RuntimeError, match="prepare"):
         pol.choose(v)
-    res = pol.prepare(w, cfg)
+    res = prepare_tuned(pol, w, cfg)
     spec = resolve_policy("tuned-linear:points=3,lam_min=64,lam_max=4096", w, cfg)
     assert spec == pol.linear_spec and spec.startswith(f"linear:lam={res.lam!r}")
     # Routing with the prepared policy equals routing with the resolved linear spec.

@@ -20,13 +20,20 @@ Any object with ``map(fn, items) -> list`` (results in item order) is accepted t
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
 
-from lmetric_theory.sim import SimConfig, Simulator
+from lmetric_theory.experiments.tasks import (
+    DaskExecutor,
+    Executor,
+    LocalExecutor,
+    SimTask,
+    get_executor,
+    simulate_task,
+)
+from lmetric_theory.experiments.tuning import resolve_policy
+from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload, scale_rate
 
 __all__ = [
@@ -42,41 +49,10 @@ __all__ = [
 ]
 
 
-class Executor(Protocol):
-    """Anything that maps a picklable function over items, keeping item order."""
-
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:  # pragma: no cover
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class SimTask:
-    """One simulator run of a sweep.
-
-    Attributes
-    ----------
-    workload : Workload
-        Requests to replay (already rate-scaled / selected).
-    config : SimConfig
-        Cluster settings.
-    policy : str
-        Policy spec ``NAME[:key=value,...]``. ``tuned-linear`` specs are resolved to a
-        ``linear`` spec by tuning on ``workload`` first (see :mod:`lmetric_theory.experiments.tuning`).
-    seed : int
-        Policy seed.
-    tags : dict
-        Labels copied into the result row (e.g. ``{"rate_scale": 2.0}``).
-    """
-
-    workload: Workload
-    config: SimConfig
-    policy: str
-    seed: int = 0
-    tags: dict[str, Any] = field(default_factory=dict)
-
-
 def run_task(task: SimTask) -> dict[str, Any]:
     """Run one task; return its tidy row (tags, policy, instances, requests, summary figures).
+
+    A ``tuned-linear`` spec is tuned on the task's workload first (in this process).
 
     Returns
     -------
@@ -85,93 +61,8 @@ def run_task(task: SimTask) -> dict[str, Any]:
         canonical spec run), ``instances``, ``requests`` and the keys of
         :meth:`SimResult.summary` (seconds / fractions).
     """
-    import lmetric_theory.policies.guarded  # noqa: F401  (registers guarded-lmetric in workers)
-    from lmetric_theory.experiments.tuning import resolve_policy  # registers tuned-linear
-
     policy = resolve_policy(task.policy, task.workload, task.config, seed=task.seed)
-    res = Simulator(task.workload, task.config, policy, seed=task.seed).run()
-    row: dict[str, Any] = dict(task.tags)
-    row.update(policy=task.policy, policy_resolved=res.policy, instances=task.config.n_instances,
-               requests=len(task.workload))
-    row.update(res.summary())
-    return row
-
-
-class LocalExecutor:
-    """Local processes (``ProcessPoolExecutor``); results in item order.
-
-    Parameters
-    ----------
-    workers : int, optional
-        Worker processes (default: CPU count). ``1`` runs sequentially in this process.
-    """
-
-    def __init__(self, workers: int | None = None) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = workers or os.cpu_count() or 1
-
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """``[fn(x) for x in items]``, computed in up to ``workers`` processes."""
-        items = list(items)
-        n = min(self.workers, len(items))
-        if n <= 1:
-            return [fn(x) for x in items]
-        with ProcessPoolExecutor(max_workers=n) as pool:
-            return list(pool.map(fn, items))
-
-
-class DaskExecutor:
-    """A ``dask.distributed`` client; results in item order.
-
-    Parameters
-    ----------
-    address : str, optional
-        Scheduler address (``tcp://host:8786``). Ignored when ``client`` is given.
-    client : dask.distributed.Client, optional
-        An existing client (e.g. on a ``LocalCluster``).
-
-    Raises
-    ------
-    ImportError
-        When ``dask.distributed`` is not installed, naming the ``dask`` extra.
-    """
-
-    def __init__(self, address: str | None = None, *, client: Any = None) -> None:
-        try:
-            from dask.distributed import Client
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "the Dask executor needs dask.distributed: pip install 'lmetric-theory[dask]'"
-            ) from exc
-        self._own = client is None
-        self.client = client if client is not None else Client(address)
-
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """``[fn(x) for x in items]`` on the cluster (``pure=False``: every item runs)."""
-        items = list(items)
-        if not items:
-            return []
-        futures = self.client.map(fn, items, pure=False)
-        return list(self.client.gather(futures))
-
-    def close(self) -> None:
-        """Close the client if this executor created it."""
-        if self._own:
-            self.client.close()
-
-
-def get_executor(executor: Executor | str | None = None, *, workers: int | None = None) -> Executor:
-    """Executor from a name (``"local"``, ``"dask"``), an executor object or ``None`` (local)."""
-    if executor is None or executor == "local":
-        return LocalExecutor(workers)
-    if executor == "dask":
-        return DaskExecutor()
-    if isinstance(executor, str):
-        raise ValueError(f"executor: {executor!r} is not one of local, dask (or an executor object)")
-    if not callable(getattr(executor, "map", None)):
-        raise ValueError("executor must have a map(fn, items) method")
-    return executor
+    return simulate_task(task, policy)
 
 
 def run_sweep(tasks: Iterable[SimTask], executor: Executor | str | None = None, *,

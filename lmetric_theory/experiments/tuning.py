@@ -4,10 +4,10 @@
 sweep executor), optionally refines around the best grid point with
 ``scipy.optimize.minimize_scalar`` (bounded, in ``log(lam)``), and returns the best ``lam``.
 
-``tuned-linear`` (registered on import of this module) is the linear policy whose ``lam`` is
-tuned on the very workload it is about to route. The simulator has no hook that hands a policy
-the workload, so the tuning happens *before* the run: call :meth:`TunedLinear.prepare` or, with
-a spec string, :func:`resolve_policy` (the sweep functions do this), which turns
+``tuned-linear`` (:class:`lmetric_theory.policies.tuned.TunedLinear`) is the linear policy whose
+``lam`` is tuned on the very workload it is about to route. The simulator has no hook that hands
+a policy the workload, so the tuning happens *before* the run: call :func:`prepare_tuned` or,
+with a spec string, :func:`resolve_policy` (the sweep functions do this), which turns
 ``tuned-linear:...`` into the equivalent ``linear:lam=X,...`` spec. An unprepared
 ``tuned-linear`` raises ``RuntimeError`` on its first decision.
 """
@@ -21,21 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory.policies import (
-    DecisionView,
-    Policy,
-    make_policy,
-    parse_policy_spec,
-    register_policy,
-    tie_field,
-)
+from lmetric_theory.experiments.tasks import LocalExecutor, SimTask, get_executor, simulate_task
+from lmetric_theory.policies import make_policy, parse_policy_spec
+from lmetric_theory.policies.tuned import OBJECTIVES, TunedLinear, TunedLinearParams
+from lmetric_theory.policies.tuned import linear_spec as _linear_spec
 from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload
 
-__all__ = ["OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams", "resolve_policy", "tune_linear"]
-
-#: Objectives (keys of ``SimResult.summary()``, all "lower is better", seconds).
-OBJECTIVES: tuple[str, ...] = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot_p99")
+__all__ = ["OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams", "prepare_tuned",
+           "resolve_policy", "tune_linear"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +66,6 @@ class TuneResult:
 def _round_lam(x: float) -> float:
     """6 significant digits, so the spec string reproduces the evaluated value exactly."""
     return float(f"{x:.6g}")
-
-
-def _linear_spec(lam: float, P: str, B: str, tie: str) -> str:
-    return f"linear:lam={lam!r},P={P},B={B},tie={tie}"
 
 
 def tune_linear(
@@ -125,15 +115,13 @@ def tune_linear(
     seed : int
         Policy seed.
     executor, workers
-        Sweep executor (see :func:`lmetric_theory.experiments.sweep.get_executor`).
+        Sweep executor (see :func:`lmetric_theory.experiments.tasks.get_executor`).
 
     Returns
     -------
     TuneResult
         The best of all evaluated points, so ``objective <= min(grid_objective)``.
     """
-    from lmetric_theory.experiments.sweep import SimTask, get_executor, run_task
-
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if config is None:
@@ -161,7 +149,7 @@ def tune_linear(
         return v if math.isfinite(v) else math.inf
 
     tasks = [SimTask(workload, cfg, _linear_spec(float(x), P, B, tie), seed) for x in g]
-    rows = get_executor(executor, workers=workers).map(run_task, tasks)
+    rows = get_executor(executor, workers=workers).map(simulate_task, tasks)
     gobj = np.array([value(r) for r in rows], dtype=np.float64)
     evals: list[tuple[float, float]] = list(zip(g.tolist(), gobj.tolist(), strict=True))
     cache = dict(evals)
@@ -175,7 +163,7 @@ def tune_linear(
         def f(loglam: float) -> float:
             lam = _round_lam(math.exp(loglam))
             if lam not in cache:
-                cache[lam] = value(run_task(SimTask(workload, cfg, _linear_spec(lam, P, B, tie), seed)))
+                cache[lam] = value(simulate_task(SimTask(workload, cfg, _linear_spec(lam, P, B, tie), seed)))
                 evals.append((lam, cache[lam]))
             return cache[lam]
 
@@ -188,63 +176,30 @@ def tune_linear(
                       grid_objective=gobj, evaluations=tuple(evals), refined=refined)
 
 
-@dataclass(frozen=True, slots=True)
-class TunedLinearParams:
-    """``tuned-linear`` parameters: grid bounds and size, objective, definitions, refinement."""
+def prepare_tuned(policy: TunedLinear, workload: Workload, config: SimConfig, *,
+                  executor: Any = None) -> TuneResult:
+    """Tune ``policy``'s ``lam`` on ``workload`` / ``config`` and bind it; afterwards
+    ``policy.choose`` routes with it.
 
-    lam_min: float = 1.0
-    lam_max: float = 65536.0
-    points: int = 9
-    objective: str = dataclasses.field(default="ttft_mean", metadata={"choices": OBJECTIVES})
-    refine: bool = False
-    P: str = "uncached"
-    B: str = "running"
-    tie: str = tie_field()
+    Parameters
+    ----------
+    policy : TunedLinear
+        A ``tuned-linear`` policy (from ``make_policy("tuned-linear:...")``).
+    workload, config
+        What to tune on.
+    executor
+        Sweep executor for the grid (see :func:`lmetric_theory.experiments.tasks.get_executor`).
 
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.lam_min) and math.isfinite(self.lam_max) and 0 < self.lam_min < self.lam_max):
-            raise ValueError(f"need 0 < lam_min < lam_max, got {self.lam_min}, {self.lam_max}")
-        if self.points < 2:
-            raise ValueError(f"points must be >= 2, got {self.points}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        # Validates P, B and tie.
-        make_policy(_linear_spec(1.0, self.P, self.B, self.tie))
-
-
-@register_policy
-class TunedLinear(Policy):
-    """Linear score with ``lam`` tuned on the workload before the run (call :meth:`prepare`)."""
-
-    name = "tuned-linear"
-    Params = TunedLinearParams
-
-    def __init__(self, params: TunedLinearParams, seed: int = 0) -> None:
-        super().__init__(params, seed)
-        self.result: TuneResult | None = None
-        self._linear: Policy | None = None
-
-    def prepare(self, workload: Workload, config: SimConfig, *, executor: Any = None) -> TuneResult:
-        """Tune ``lam`` on ``workload`` / ``config``; afterwards :meth:`choose` routes with it."""
-        p = self.params
-        self.result = tune_linear(workload, config=config, objective=p.objective, lam_min=p.lam_min,
-                                  lam_max=p.lam_max, points=p.points, refine=p.refine, P=p.P, B=p.B,
-                                  tie=p.tie, seed=self.seed, executor=executor)
-        self._linear = make_policy(self.linear_spec, seed=self.seed)
-        return self.result
-
-    @property
-    def linear_spec(self) -> str:
-        """The equivalent ``linear`` spec (after :meth:`prepare`)."""
-        if self.result is None:
-            raise RuntimeError("tuned-linear is not prepared: call prepare(workload, config) first")
-        return _linear_spec(self.result.lam, self.params.P, self.params.B, self.params.tie)
-
-    def choose(self, view: DecisionView) -> int:
-        if self._linear is None:
-            raise RuntimeError("tuned-linear is not prepared: call prepare(workload, config) "
-                               "(or lmetric_theory.experiments.tuning.resolve_policy) before simulating")
-        return self._linear.choose(view)
+    Returns
+    -------
+    TuneResult
+    """
+    p = policy.params
+    result = tune_linear(workload, config=config, objective=p.objective, lam_min=p.lam_min,
+                         lam_max=p.lam_max, points=p.points, refine=p.refine, P=p.P, B=p.B,
+                         tie=p.tie, seed=policy.seed, executor=executor)
+    policy.bind(result)
+    return result
 
 
 def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: int = 0,
@@ -260,10 +215,8 @@ def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: in
     pol = make_policy(spec, seed=seed)
     assert isinstance(pol, TunedLinear)
     if executor is None:
-        from lmetric_theory.experiments.sweep import LocalExecutor
-
         executor = LocalExecutor(1)
-    pol.prepare(workload, config, executor=executor)
+    prepare_tuned(pol, workload, config, executor=executor)
     return pol.linear_spec
 
 

@@ -1,9 +1,10 @@
-"""Policy protocol, per-decision view, typed parameter parsing and the policy registry.
+"""Policy protocol, per-decision view, typed parameter parsing and the registry's table.
 
 A policy is a small class with a frozen ``Params`` dataclass and a ``choose(view)`` method
 returning an instance index. Policies are selected by a spec string
-``NAME[:key=value,...]``; :func:`make_policy` parses and validates it. Other modules add
-policies with :func:`register_policy`.
+``NAME[:key=value,...]``; :func:`lmetric_theory.policies.registry.make_policy` parses and
+validates it. This module holds the table itself (:func:`register_policy` adds to it) and
+imports no policy: :func:`lmetric_theory.policies.registry.register_all` lists them all.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ __all__ = [
     "DecisionView",
     "Policy",
     "TIE_RULES",
-    "make_policy",
+    "build_policy",
     "parse_policy_spec",
-    "policy_names",
     "register_policy",
+    "tie_field",
 ]
 
 #: Tie-breaking rules every policy accepts through its ``tie`` parameter.
@@ -119,6 +120,8 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 
     The class needs a non-empty ``name``, a frozen dataclass ``Params`` whose fields have
     defaults and include ``tie``, and a ``choose`` method. Re-registering a name replaces it.
+    The built-in policies are registered by
+    :func:`lmetric_theory.policies.registry.register_all`, not by importing their modules.
     """
     if not cls.name or not dataclasses.is_dataclass(cls.Params):
         raise ValueError(f"policy class {cls.__name__} needs a name and a dataclass Params")
@@ -127,11 +130,6 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
         raise ValueError(f"policy {cls.name!r}: Params must have a 'tie' field")
     _REGISTRY[cls.name] = cls
     return cls
-
-
-def policy_names() -> list[str]:
-    """Registered policy names, sorted."""
-    return sorted(_REGISTRY)
 
 
 def _convert(policy: str, key: str, raw: str, tp: Any, choices: tuple[str, ...] | None) -> Any:
@@ -177,8 +175,9 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name, raw
 
 
-def make_policy(spec: str, seed: int = 0) -> Policy:
-    """Build a policy from ``NAME[:key=value,...]``.
+def build_policy(spec: str, seed: int = 0) -> Policy:
+    """Build a policy from ``NAME[:key=value,...]`` out of the table as it stands (no
+    registration; :func:`lmetric_theory.policies.registry.make_policy` registers first).
 
     Raises
     ------
@@ -189,7 +188,7 @@ def make_policy(spec: str, seed: int = 0) -> Policy:
     name, raw = parse_policy_spec(spec)
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(policy_names())}")
+        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(_REGISTRY))}")
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     hints = typing.get_type_hints(cls.Params)
     kwargs: dict[str, Any] = {}

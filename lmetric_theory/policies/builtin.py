@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from lmetric_theory.core.definitions import BDefinition, PDefinition, ScoreDefinition
-from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, register_policy, tie_field
+from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, tie_field
 
 __all__ = [
     "CacheAffinity",
@@ -67,7 +67,6 @@ class LMetricParams:
                         _exact_offset(Fraction(self.p0)), _exact_offset(Fraction(self.b0)))
 
 
-@register_policy
 class LMetric(Policy):
     """LMetric: argmin of ``(P_i + p0) * (B_i + b0)``."""
 
@@ -111,7 +110,6 @@ class LinearParams:
             raise ValueError(f"lam must be >= 0, got {self.lam}")
 
 
-@register_policy
 class Linear(Policy):
     """Linear score: argmin of ``P_i + lam * B_i``."""
 
@@ -140,7 +138,6 @@ class TieOnlyParams:
         _check_tie(self.tie)
 
 
-@register_policy
 class RoundRobin(Policy):
     """Instances in turn, 0, 1, ..., N-1, 0, ... (``tie`` has no effect)."""
 
@@ -157,7 +154,6 @@ class RoundRobin(Policy):
         return i
 
 
-@register_policy
 class Random(Policy):
     """Uniformly random instance from the seeded generator."""
 
@@ -168,7 +164,6 @@ class Random(Policy):
         return int(self.rng.integers(view.uncached.shape[0]))
 
 
-@register_policy
 class LeastLoaded(Policy):
     """vLLM-v1 data-parallel load score: argmin of ``4 * waiting + running``."""
 
@@ -201,7 +196,6 @@ class CacheAffinityParams:
             raise ValueError("abs_threshold must be >= 0 and rel_threshold >= 1")
 
 
-@register_policy
 class CacheAffinity(Policy):
     """Longest prefix hit, falling back to least-loaded when load is imbalanced.
 
@@ -227,7 +221,6 @@ class CacheAffinity(Policy):
         return self.pick_min(np.where(hit == best, load, np.iinfo(np.int64).max))
 
 
-@register_policy
 class PowerOfTwo(Policy):
     """Two distinct instances drawn at random; the one with fewer in-flight requests."""
 

@@ -12,7 +12,7 @@ configured mitigation:
 ``load_cap``        the product's argmin among instances with ``B < cap``;
 ``auto``            the mitigation the detector's most severe finding recommends.
 
-Registered on import of this module (``lmetric_theory.policies.guarded``).
+Registered by :func:`lmetric_theory.policies.registry.register_all`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fractions import Fraction
 import numpy as np
 
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, MitigationKind, Snapshot
-from lmetric_theory.policies.base import DecisionView, Policy, register_policy, tie_field
+from lmetric_theory.policies.base import DecisionView, Policy, tie_field
 from lmetric_theory.policies.builtin import LMetric, LMetricParams
 
 __all__ = ["GUARD_MITIGATIONS", "GuardedLMetric", "GuardedLMetricParams"]
@@ -71,7 +71,6 @@ class GuardedLMetricParams:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
 
-@register_policy
 class GuardedLMetric(Policy):
     """Product score; flagged decisions (detector vs linear reference) get a mitigation."""
 

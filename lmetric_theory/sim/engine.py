@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory.policies.base import Policy, make_policy
+from lmetric_theory.policies import Policy, make_policy
 from lmetric_theory.sim.config import VIEWS, SimConfig, SimResult
 from lmetric_theory.sim.events import ARRIVAL_SEQ, Arrival, Event, IterationEnd, PlanKind
 from lmetric_theory.sim.instance import Instance, Requests

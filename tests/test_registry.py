@@ -1,0 +1,173 @@
+"""The explicit policy registry and the package's import graph.
+
+- ``make_policy`` works for every registered name in a fresh interpreter (nothing needs to
+  be imported first to register a policy);
+- importing a policy module registers nothing;
+- no module of the package reaches itself through imports, function-level ones included
+  (the graph is built with ``ast`` from the source, every module, every import).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmetric_theory.policies import make_policy, policy_names
+from lmetric_theory.policies.base import _REGISTRY
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lmetric_theory"
+
+#: Every policy ``register_all`` must list (other names may be added).
+LISTED = {
+    "lmetric", "linear", "tuned-linear", "guarded-lmetric", "round-robin", "random",
+    "least-loaded", "cache-affinity", "power-of-two",
+}
+
+
+def _fresh(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_register_all_lists_every_policy() -> None:
+    assert LISTED <= set(policy_names())
+
+
+def test_make_policy_every_name_in_a_fresh_interpreter() -> None:
+    names = sorted(policy_names())
+    code = (
+        "import json\n"
+        "from lmetric_theory.policies.registry import make_policy\n"
+        f"names = {names!r}\n"
+        "print(json.dumps({n: type(make_policy(n)).__name__ for n in names}))\n"
+    )
+    built = json.loads(_fresh(code))
+    assert set(built) == set(names)
+    for name in names:
+        assert type(make_policy(name)).__name__ == built[name]
+        assert make_policy(name).name == name
+
+
+def test_importing_policy_modules_registers_nothing() -> None:
+    code = (
+        "import lmetric_theory.policies.builtin, lmetric_theory.policies.guarded\n"
+        "import lmetric_theory.policies.tuned, lmetric_theory.experiments.tuning\n"
+        "from lmetric_theory.policies.base import _REGISTRY\n"
+        "print(len(_REGISTRY))\n"
+    )
+    assert _fresh(code).strip() == "0"
+
+
+def test_names_registered_beforehand_are_kept() -> None:
+    assert all(cls.name == name for name, cls in _REGISTRY.items())
+    with pytest.raises(ValueError, match="valid policies: .*tuned-linear"):
+        make_policy("nope")
+
+
+# ---------------------------------------------------------------------------- import graph
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(dotted: str) -> str | None:
+    """The package module ``dotted`` names, or its longest existing prefix."""
+    parts = dotted.split(".")
+    while parts:
+        name = ".".join(parts)
+        if name in MODULES:
+            return name
+        parts.pop()
+    return None
+
+
+def _edges(name: str, path: Path) -> set[str]:
+    is_pkg = path.name == "__init__.py"
+    pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # "from pkg import sub" imports the submodule when it exists, else pkg itself
+            targets = [f"{module}.{a.name}" for a in node.names]
+        for t in targets:
+            if t.split(".")[0] != "lmetric_theory":
+                continue
+            r = _resolve(t)
+            if r is not None and r != name:
+                out.add(r)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_import_graph_is_built_from_every_module() -> None:
+    graph = {n: _edges(n, p) for n, p in MODULES.items()}
+    assert "lmetric_theory.policies.registry" in graph
+    assert "lmetric_theory.policies.builtin" in graph["lmetric_theory.policies.registry"]
+    assert "lmetric_theory.experiments.tasks" in graph["lmetric_theory.experiments.tuning"]
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    graph = {n: _edges(n, p) for n, p in MODULES.items()}
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles (function-level imports included): " + "; ".join(
+        " <-> ".join(c) for c in cycles
+    )

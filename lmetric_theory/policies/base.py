@@ -53,6 +53,28 @@ class DecisionView:
         Waiting requests per instance.
     kv_usage : np.ndarray, shape (N,), float32
         KV-cache usage fraction per instance.
+    hit_blocks : np.ndarray, shape (N,), int32
+        The request's prefix-cache hit per instance in the router's cache view, in engine
+        blocks of ``block_size`` tokens (``uncached = input_tokens - hit_blocks * block_size``).
+    block_size : int
+        Engine KV block size, tokens.
+    router_queued : np.ndarray, shape (N,), int32
+        Prefill tokens the router itself counts as queued per instance: + the request's
+        predicted new tokens at dispatch, - prefill tokens each engine step reports, corrected
+        when the real prefix hit differs from the prediction, never below 0; tokens.
+    router_inflight : np.ndarray, shape (N,), int32
+        Requests the router dispatched to each instance and has not seen finish.
+    router_all_tokens : np.ndarray, shape (N,), int64
+        Tokens of the router's in-flight requests per instance: + prompt at dispatch, + each
+        output token as reported, - (prompt + output) at finish; tokens. Dynamo's
+        ``decode_blocks`` is ``router_all_tokens // block_size``.
+
+    Notes
+    -----
+    The last five fields may be omitted by callers that build views by hand; they then
+    default to ``hit_blocks = input_tokens - uncached`` with ``block_size = 1``,
+    ``router_queued = queued``, ``router_inflight = running + waiting`` and
+    ``router_all_tokens = 0``.
     """
 
     decision: int
@@ -63,6 +85,23 @@ class DecisionView:
     running: np.ndarray
     waiting: np.ndarray
     kv_usage: np.ndarray
+    hit_blocks: np.ndarray | None = None
+    block_size: int = 1
+    router_queued: np.ndarray | None = None
+    router_inflight: np.ndarray | None = None
+    router_all_tokens: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.hit_blocks is None:
+            hit = (self.input_tokens - np.asarray(self.uncached, dtype=np.int64)) // max(self.block_size, 1)
+            object.__setattr__(self, "hit_blocks", hit.astype(np.int32))
+        if self.router_queued is None:
+            object.__setattr__(self, "router_queued", np.asarray(self.queued, dtype=np.int32))
+        if self.router_inflight is None:
+            inflight = np.asarray(self.running, dtype=np.int32) + np.asarray(self.waiting, dtype=np.int32)
+            object.__setattr__(self, "router_inflight", inflight)
+        if self.router_all_tokens is None:
+            object.__setattr__(self, "router_all_tokens", np.zeros(np.shape(self.uncached), np.int64))
 
 
 class Policy:

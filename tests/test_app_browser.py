@@ -1,9 +1,11 @@
 """Real-browser test of ``app.py``: ``streamlit run`` headless on a free localhost port,
-driven by the system's Chromium through Playwright; screenshots of every page are saved.
+driven by the system's Chromium through Playwright at 1400x1000; screenshots of every page.
 
-Screenshots go to ``$LMETRIC_ARTIFACTS`` when set, else to a pytest temporary directory
-(its path is printed). The test skips, with the reason, only when no Chromium binary or
-no Playwright package is available.
+Screenshots of the four pages go to ``docs/img/`` (the README shows them), or to
+``$LMETRIC_ARTIFACTS`` when set; the extra interaction shots go to the same folder's
+``more/`` part only when ``$LMETRIC_ARTIFACTS`` is set. Every page's short URL must resolve,
+and no metric, plot title or formula may be clipped. The test skips, with the reason, only
+when no Chromium binary or no Playwright package is available.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def page(server: str):  # noqa: ANN201 - playwright Page
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         try:
-            pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
             pg.set_default_timeout(PAGE_TIMEOUT_MS)
             yield pg
         finally:
@@ -121,11 +123,60 @@ def page(server: str):  # noqa: ANN201 - playwright Page
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the page screenshots go: ``$LMETRIC_ARTIFACTS``, else ``docs/img``."""
     env = os.environ.get("LMETRIC_ARTIFACTS")
-    out = Path(env) if env else tmp_path_factory.mktemp("artifacts")
+    out = Path(env) if env else ROOT / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
     print(f"screenshots in {out}")
     return out
+
+
+@pytest.fixture(scope="module")
+def more(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the interaction screenshots go (not committed)."""
+    if os.environ.get("LMETRIC_ARTIFACTS"):
+        out = artifacts / "more"
+        out.mkdir(exist_ok=True)
+        return out
+    return tmp_path_factory.mktemp("more")
+
+
+#: JavaScript: descriptions of clipped text — metric labels/values, markdown, captions and
+#: KaTeX wider or taller than their box (beyond a pixel), and plotly titles outside the plot.
+CLIPPED_JS = """() => {
+  const out = [];
+  const sel = ['[data-testid="stMetricValue"]', '[data-testid="stMetricLabel"]',
+               '[data-testid="stCaptionContainer"]', '[data-testid="stMarkdownContainer"]',
+               '.katex-display', '[data-testid="stHeading"]'];
+  for (const s of sel) {
+    for (const e of document.querySelectorAll(s)) {
+      const st = getComputedStyle(e);
+      const hides = (v) => v === 'hidden' || v === 'clip';
+      const tooWide = e.scrollWidth > e.clientWidth + 1 && (hides(st.overflowX) ||
+                      st.textOverflow === 'ellipsis');
+      const tooTall = e.scrollHeight > e.clientHeight + 1 && hides(st.overflowY);
+      const inner = [...e.querySelectorAll('*')].some(c => {
+        const cs = getComputedStyle(c);
+        return cs.textOverflow === 'ellipsis' && c.scrollWidth > c.clientWidth + 1;
+      });
+      if (tooWide || tooTall || inner) out.push(s + ': ' + e.innerText.slice(0, 60));
+    }
+  }
+  for (const svg of document.querySelectorAll('.main-svg')) {
+    const box = svg.getBoundingClientRect();
+    for (const t of svg.querySelectorAll('.gtitle')) {
+      const r = t.getBoundingClientRect();
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1))
+        out.push('plot title: ' + t.textContent.slice(0, 60));
+    }
+  }
+  return out;
+}"""
+
+
+def _not_clipped(pg) -> None:  # noqa: ANN001
+    clipped = pg.evaluate(CLIPPED_JS)
+    assert clipped == [], clipped
 
 
 def _settle(pg) -> None:  # noqa: ANN001
@@ -143,26 +194,67 @@ def _no_exception(pg) -> None:  # noqa: ANN001
     assert pg.get_by_text("Page not found").count() == 0
 
 
-def test_decision_regions_page(server, page, artifacts):
-    page.goto(f"{server}/")  # the default page
+def test_overview_page(server, page, artifacts):
+    page.goto(f"{server}/")  # the landing page
+    _settle(page)
+    page.get_by_role("heading", name="lmetric-theory").wait_for()
+    for title in ("Decision regions", "Snapshot checker", "Trace audit"):
+        assert page.get_by_role("link", name=title).count() >= 1
+    _no_exception(page)
+    _not_clipped(page)
+    page.screenshot(path=str(artifacts / "overview.png"))
+
+
+@pytest.mark.parametrize(("url", "title"), [("regions", "Decision regions"),
+                                            ("snapshot", "Snapshot checker"),
+                                            ("audit", "Trace audit")])
+def test_every_short_url_resolves(server, page, url, title):
+    page.goto(f"{server}/{url}")
+    _settle(page)
+    page.get_by_role("heading", name=title).first.wait_for()
+    page.wait_for_timeout(500)  # "Page not found" appears after the first render
+    _no_exception(page)
+
+
+def test_decision_regions_page(server, page, artifacts, more):
+    page.goto(f"{server}/regions")
     _settle(page)
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
     page.get_by_text("Disagreement share of the plotted area").wait_for()
     _no_exception(page)
     # The heatmap and the curves are drawn (plotly renders traces as SVG/canvas).
     assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 1
-    page.screenshot(path=str(artifacts / "decision_regions.png"), full_page=True)
+    _not_clipped(page)
+    page.screenshot(path=str(artifacts / "decision_regions.png"))
+    # Open the formulas: KaTeX must render whole (numerators included).
+    page.get_by_text("Formulas (derived by the theory module)").click()
+    page.wait_for_selector(".katex-display")
+    page.wait_for_timeout(500)
+    _not_clipped(page)
+    page.get_by_text("Formulas (derived by the theory module)").scroll_into_view_if_needed()
+    page.locator('[data-testid="stExpander"]').first.evaluate("e => e.scrollIntoView()")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts / "decision_regions_formulas.png"))
+
+    # The log P axis works with the default range (starts at 1 token, says so).
+    page.get_by_text("log P axis", exact=True).click()
+    page.get_by_text("log P axis starts at 1").wait_for()
+    _settle(page)
+    assert page.locator('[data-testid="stAlert"]').count() == 0
+    _no_exception(page)
+    page.get_by_text("log P axis", exact=True).click()
+    page.get_by_text("log P axis starts at 1").wait_for(state="detached")
 
     # Typing a new rate redraws with the library's numbers.
     from lmetric_theory.experiments.regions import compute_regions
 
     want = compute_regions(1024.0, 8.0, lam=50.0, p_range=(0.0, 4096.0), b_range=(0.0, 32.0))
-    box = page.get_by_label("lam: tokens per batch slot")
+    box = page.get_by_label("λ: tokens per batch slot")
     box.fill("50")
     box.press("Enter")
     page.get_by_text(f"{want.disagreement_share:.4%}").wait_for()
     _no_exception(page)
-    page.screenshot(path=str(artifacts / "decision_regions_lam50.png"), full_page=True)
+    page.screenshot(path=str(more / "decision_regions_lam50.png"))
 
 
 def test_snapshot_checker_page(server, page, artifacts):
@@ -176,10 +268,11 @@ def test_snapshot_checker_page(server, page, artifacts):
     page.get_by_text("Findings and mitigations").wait_for()
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
     _no_exception(page)
-    page.screenshot(path=str(artifacts / "snapshot_checker.png"), full_page=True)
+    _not_clipped(page)
+    page.screenshot(path=str(artifacts / "snapshot_checker.png"))
 
 
-def test_trace_audit_page(server, page, artifacts, tmp_path):
+def test_trace_audit_page(server, page, artifacts, more, tmp_path):
     page.goto(f"{server}/audit")
     _settle(page)
     page.get_by_text("Disagreement rate over time").first.wait_for()
@@ -187,7 +280,11 @@ def test_trace_audit_page(server, page, artifacts, tmp_path):
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
     _no_exception(page)
     assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
-    page.screenshot(path=str(artifacts / "trace_audit.png"), full_page=True)
+    _not_clipped(page)
+    page.screenshot(path=str(artifacts / "trace_audit.png"))
+    page.get_by_text("Worst decisions").evaluate("e => e.scrollIntoView()")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts / "trace_audit_worst.png"))
 
     # Upload mode: a file that is not JSON Lines gets a message, never a traceback.
     page.get_by_text("Upload a JSONL trace").click()
@@ -198,7 +295,7 @@ def test_trace_audit_page(server, page, artifacts, tmp_path):
     page.get_by_text("Cannot read this trace").wait_for()
     page.get_by_text("not JSON Lines").wait_for()
     _no_exception(page)
-    page.screenshot(path=str(artifacts / "trace_audit_bad_upload.png"), full_page=True)
+    page.screenshot(path=str(more / "trace_audit_bad_upload.png"))
 
     # A small valid Mooncake trace is audited.
     good = tmp_path / "good.jsonl"
@@ -217,4 +314,4 @@ def test_trace_audit_page(server, page, artifacts, tmp_path):
     )
     assert page.get_by_text("Cannot read this trace").count() == 0
     _no_exception(page)
-    page.screenshot(path=str(artifacts / "trace_audit_upload.png"), full_page=True)
+    page.screenshot(path=str(more / "trace_audit_upload.png"))

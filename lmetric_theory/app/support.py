@@ -65,8 +65,8 @@ EXAMPLE_SNAPSHOTS: dict[str, dict[str, Any]] = {
         "lam_lo": 200.0,
         "lam_hi": 200.0,
         "note": "#0 needs 1500 more prefill tokens than #1 but has 8 fewer requests. The pair "
-        "breaks even at lam* = 187.5; the product acts with lam_eff = 175, the reference "
-        "with lam = 200, on the other side: they pick different instances.",
+        "breaks even at λ* = 187.5; the product acts with λ_eff = 175, the reference "
+        "with λ = 200, on the other side: they pick different instances.",
     },
     "Zero-prefill hot-spot": {
         "P": [0, 2048, 1536],

@@ -35,7 +35,8 @@ res = st.select_slider("grid resolution (points per axis)", [100, 200, 400, 800]
 notes = []
 if log_p and p_lo <= 0 < p_hi:
     p_lo = min(1.0, p_hi / 1000.0)
-    notes.append(f"the log P axis starts at {p_lo:g} tokens (it cannot include 0)")
+    unit = "token" if p_lo == 1 else "tokens"
+    notes.append(f"the log P axis starts at {p_lo:g} {unit} (it cannot include 0)")
 if log_b and b_lo <= 0 < b_hi:
     b_lo = min(0.1, b_hi / 1000.0)
     notes.append(f"the log B axis starts at {b_lo:g} (it cannot include 0)")

@@ -30,7 +30,7 @@ c1, c2, c3, c4, c5, c6 = st.columns(6)
 # Widget keys carry the example name so picking another example loads its settings.
 lam = c1.number_input("λ: reference rate (tokens per slot)", 0.0, 1e7, float(ex["lam"]), 10.0,
                       key=f"lam_{name}")
-use_band = c2.checkbox("reference band around λ", value=ex["lam_lo"] < ex["lam_hi"],
+use_band = c2.checkbox("use a band", value=ex["lam_lo"] < ex["lam_hi"],
                        key=f"band_{name}",
                        help="Off: λ alone is the reference. On: also flag decisions that "
                        "disagree with part of the band [low, high] (which must contain λ).")

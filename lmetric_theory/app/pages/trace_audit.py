@@ -62,7 +62,7 @@ ref_mode = st.radio("Reference", [DEFAULT_REF, CUSTOM_REF], horizontal=True, key
 custom = ref_mode == CUSTOM_REF
 c1, c2, c3, c4, c5, c6 = st.columns(6)
 instances = c1.number_input("instances", 1, 64, 8, 1, key="instances")
-n_req = c2.number_input("requests to audit (first N; 0 = all)", 0, 10_000_000, 0, 500,
+n_req = c2.number_input("first N requests (0 = all)", 0, 10_000_000, 0, 500,
                         key="n_req")
 lam = c3.number_input("λ: reference rate", 0.0, 1e7, 256.0, 16.0, key="lam", disabled=not custom)
 lam_lo = c4.number_input("band low", 0.0, 1e7, 128.0, 16.0, key="lam_lo", disabled=not custom)
@@ -154,7 +154,7 @@ if not worst:
 else:
     st.dataframe(worst_rows(worst), key="worst_table", hide_index=True)
     labels = [f"{k + 1}. decision {w['decision']} at {w['time_s']:.2f} s — regret "
-              f"{w['regret_tokens']:.4g}" for k, w in enumerate(worst)]
+              f"{w['regret_tokens']:,.0f} tokens" for k, w in enumerate(worst)]
     pick = st.selectbox("Show on the decision-region view", range(len(worst)),
                         format_func=labels.__getitem__, key="worst_pick")
     w = worst[pick]

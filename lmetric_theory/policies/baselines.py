@@ -214,11 +214,6 @@ def select(
     return best[int(rng.integers(len(best)))]
 
 
-def _truncate(x: Fraction, scale: int) -> int | Fraction:
-    """``trunc(x * scale)`` as the authors' router's ``(x * 1000.0) as u64`` (exact), or ``x``."""
-    return int(x * scale) if scale > 0 else x
-
-
 # ---------------------------------------------------------------------------- policies
 
 
@@ -399,8 +394,21 @@ class Dynamo(CatalogPolicy):
 
     def scores(self, view: Any) -> list[int | Fraction]:
         """Per-instance logits (truncated as the router does unless ``scale=0``)."""
-        s, w, k = block_size(view), Fraction(self.params.w), self.params.scale
-        return [_truncate(w * Fraction(p, s) + p // s, k) for p in prefill_tokens(view)]
+        s = block_size(view)
+        num = [self._wn * p + self._wd * s * (p // s) for p in prefill_tokens(view)]
+        return self._finish(num, self._wd * s)
+
+    def __init__(self, params: DynamoParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        w = Fraction(params.w)
+        self._wn, self._wd = w.numerator, w.denominator
+
+    def _finish(self, num: list[int], den: int) -> list[int | Fraction]:
+        """``trunc(scale * num / den)`` (exact, ``num >= 0``), or ``num / den`` for ``scale=0``."""
+        k = self.params.scale
+        if k > 0:
+            return [k * x // den for x in num]
+        return [Fraction(x, den) for x in num]
 
     def choose(self, view: Any) -> int:
         return self._pick(self.scores(view), maximize=False)
@@ -418,9 +426,10 @@ class DynamoPO(Dynamo):
     signals = ("router_all_tokens", "hit_blocks", "block_size", "input_tokens")
 
     def scores(self, view: Any) -> list[int | Fraction]:
-        s, w, k = block_size(view), Fraction(self.params.w), self.params.scale
-        return [_truncate(w * Fraction(n, s) + nb + d, k) for n, nb, d in
-                zip(new_tokens(view), new_blocks(view), decode_blocks(view), strict=True)]
+        s = block_size(view)
+        num = [self._wn * n + self._wd * s * (nb + d) for n, nb, d in
+               zip(new_tokens(view), new_blocks(view), decode_blocks(view), strict=True)]
+        return self._finish(num, self._wd * s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,13 +461,12 @@ def _ratio(x: int, m: int) -> Fraction:
     return Fraction(x, m) if m else Fraction(0)
 
 
-def _minmax(xs: Sequence[Fraction | int], hi_is_good: bool) -> list[Fraction]:
-    """Min-max normalisation to [0, 1]; all equal gives 0 (the router's ``eps`` guard)."""
+def _minmax_int(xs: Sequence[int], hi_is_good: bool) -> tuple[list[int], int]:
+    """Min-max normalisation as integer numerators over ``max - min`` (all equal: 0 over 1)."""
     lo, hi = min(xs), max(xs)
     if hi == lo:
-        return [Fraction(0)] * len(xs)
-    d = Fraction(hi - lo)
-    return [(x - lo) / d if hi_is_good else (hi - x) / d for x in xs]
+        return [0] * len(xs), 1
+    return ([x - lo for x in xs] if hi_is_good else [hi - x for x in xs]), hi - lo
 
 
 class Bailian(CatalogPolicy):
@@ -472,32 +480,51 @@ class Bailian(CatalogPolicy):
     signals = ("hit_blocks", "block_size", "input_tokens", "router_inflight", "router_all_tokens")
     Params = BailianParams
 
+    def __init__(self, params: BailianParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        a, b, g = (Fraction(x) for x in (params.alpha, params.beta, params.gamma))
+        d = a.denominator * b.denominator * g.denominator
+        self._abg = (int(a * d), int(b * d), int(g * d))
+        self._d = d
+
+    def integer_weights(self, view: Any) -> tuple[list[int], int]:
+        """Sampling weights as integers over one positive denominator: ``(numerators, den)``."""
+        A, B, G = self._abg
+        hit, bs, tok = hit_blocks(view), batch_size(view), all_tokens(view)
+        if self.params.norm == "listing":
+            t, s = int(view.input_tokens), block_size(view)
+            # hit_pct = h*s/T; 1 - b/M = (M - b)/M; a term whose denominator is 0 is 0 or 1
+            n0, d0 = ([h * s for h in hit], t) if t > 0 else ([0] * len(hit), 1)
+            mb, mt = max(bs), max(tok)
+            n1, d1 = ([mb - b for b in bs], mb) if mb else ([1] * len(bs), 1)
+            n2, d2 = ([mt - a for a in tok], mt) if mt else ([1] * len(tok), 1)
+        else:
+            if int(view.input_tokens) <= 0:
+                hit = [0] * len(hit)  # hit_pct of an empty prompt is 0
+            n0, d0 = _minmax_int(hit, True)  # hit_pct's T and s cancel in min-max
+            n1, d1 = _minmax_int(bs, False)
+            n2, d2 = _minmax_int(tok, False)
+        c0, c1, c2 = A * d1 * d2, B * d0 * d2, G * d0 * d1
+        w = [max(c0 * x + c1 * y + c2 * z, 0) for x, y, z in zip(n0, n1, n2, strict=True)]
+        return w, self._d * d0 * d1 * d2
+
     def weights(self, view: Any) -> list[Fraction]:
         """Per-instance sampling weights (exact, >= 0)."""
-        p = self.params
-        hit, bs, tok = hit_fraction(view), batch_size(view), all_tokens(view)
-        if p.norm == "listing":
-            mb, mt = max(bs), max(tok)
-            n0 = hit
-            n1 = [1 - _ratio(b, mb) for b in bs]
-            n2 = [1 - _ratio(a, mt) for a in tok]
-        else:
-            n0 = _minmax(hit, True)
-            n1 = _minmax(bs, False)
-            n2 = _minmax(tok, False)
-        a, b, g = Fraction(p.alpha), Fraction(p.beta), Fraction(p.gamma)
-        return [max(a * x + b * y + g * z, Fraction(0)) for x, y, z in zip(n0, n1, n2, strict=True)]
+        w, den = self.integer_weights(view)
+        return [Fraction(x, den) for x in w]
 
     def choose(self, view: Any) -> int:
-        w = self.weights(view)
+        w, _ = self.integer_weights(view)
         total = sum(w)
         if total <= 0:
             return 0  # the router's weighted_pick falls back to the first instance
-        r = Fraction(float(self.rng.random())) * total
+        u = Fraction(float(self.rng.random()))  # exact binary value of the uniform draw
+        r = u.numerator * total  # r and the weights below are scaled by u.denominator
+        ud = u.denominator
         for i, x in enumerate(w):
-            if r <= x:
+            if r <= x * ud:
                 return i
-            r -= x
+            r -= x * ud
         return len(w) - 1
 
 
@@ -517,15 +544,19 @@ class AibrixParams:
 
 
 def _below_threshold(bs: Sequence[int], factor: Fraction) -> list[bool]:
-    """``bs_i <= mean(bs) + factor * std(bs)`` exactly (sample std, n - 1; 0 for n <= 1)."""
-    n = len(bs)
-    mean = Fraction(sum(bs), n)
-    var = sum((Fraction(b) - mean) ** 2 for b in bs) / (n - 1) if n > 1 else Fraction(0)
-    out = []
-    for b in bs:
-        d = b - mean
-        out.append(d <= 0 or d * d <= factor * factor * var)
-    return out
+    """``bs_i <= mean(bs) + factor * std(bs)`` exactly (sample std, n - 1; 0 for n <= 1).
+
+    With ``S = sum(bs)`` and ``d_i = n * bs_i - S``: ``d_i <= 0`` or
+    ``d_i**2 * (n - 1) * fd**2 <= fn**2 * sum_j d_j**2`` (``factor = fn / fd``).
+    """
+    n, S = len(bs), sum(bs)
+    d = [n * b - S for b in bs]
+    if n <= 1:
+        return [x <= 0 for x in d]
+    q = sum(x * x for x in d)
+    fn, fd = factor.numerator, factor.denominator
+    rhs = fn * fn * q
+    return [x <= 0 or x * x * (n - 1) * fd * fd <= rhs for x in d]
 
 
 class Aibrix(CatalogPolicy):
@@ -546,7 +577,9 @@ class Aibrix(CatalogPolicy):
         lo, hi = min(bs), max(bs)
         cand = [i for i, b in enumerate(bs) if b == lo] if hi - lo > p.imbalance else list(range(len(bs)))
         below = _below_threshold(bs, Fraction(p.std_factor))
-        key = [(-h, b) for h, b in zip(hit_fraction(view), bs, strict=True)]
+        # (-hit_pct, bs): hit_pct = hit_blocks * s / T orders like hit_blocks (T, s > 0)
+        hit = hit_blocks(view) if int(view.input_tokens) > 0 else [0] * len(bs)
+        key = [(-h, b) for h, b in zip(hit, bs, strict=True)]
         ok = [i for i in cand if below[i]]
         if ok:
             return self._pick(key, ok, maximize=False)
@@ -582,19 +615,18 @@ class Preble(CatalogPolicy):
     Params = PrebleParams
 
     def costs(self, view: Any) -> list[int]:
-        """The stage-two cost per instance, tokens."""
-        t = int(view.input_tokens)
-        out = []
-        for n, a, h in zip(new_tokens(view), all_tokens(view), hit_fraction(view), strict=True):
-            bonus = int(h * t / 2) if h > Fraction(1, 2) else 0
-            out.append(n + a - bonus)
-        return out
+        """The stage-two cost per instance, tokens (``bonus = floor(hit_blocks * s / 2)``,
+        which is ``floor(hit_pct * T / 2)``, when ``hit_pct > 1/2``)."""
+        s, t = block_size(view), int(view.input_tokens)
+        return [n + a - ((h * s) // 2 if 2 * h * s > t > 0 else 0) for n, a, h in
+                zip(new_tokens(view), all_tokens(view), hit_blocks(view), strict=True)]
 
     def choose(self, view: Any) -> int:
-        s, t = block_size(view), int(view.input_tokens)
+        s, t = block_size(view), max(int(view.input_tokens), 1)
         hb = hit_blocks(view)
         thr = Fraction(self.params.threshold)
-        ok = [i for i, h in enumerate(hb) if Fraction(h * s, max(t, 1)) > thr]
+        tn, td = thr.numerator, thr.denominator
+        ok = [i for i, h in enumerate(hb) if h * s * td > tn * t]
         if ok:
             return self._pick(hb, ok, maximize=True)
         return self._pick(self.costs(view), maximize=False)
@@ -636,16 +668,32 @@ class MostHitLoad(CatalogPolicy):
     Params = MostHitLoadParams
     with_kv: ClassVar[bool] = False
 
+    def __init__(self, params: MostHitLoadParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        ws = [Fraction(params.w_hit), Fraction(params.w_load), Fraction(params.w_kv)]
+        d = ws[0].denominator * ws[1].denominator * ws[2].denominator
+        self._w = tuple(int(w * d) for w in ws)
+        self._d = d
+
     def scores(self, view: Any) -> list[int | Fraction]:
         """Per-instance score (truncated as the router does unless ``scale=0``)."""
         p = self.params
-        n_hit = _minmax(hit_blocks(view), True)
-        s = [Fraction(p.w_hit) * h + Fraction(p.w_load) * _load_aware(w, p.T)
-             for h, w in zip(n_hit, waiting(view), strict=True)]
+        Wh, Wl, Wk = self._w
+        T = p.T
+        nh, dh = _minmax_int(hit_blocks(view), True)
+        # load_aware(w, T) = lw / (2T): lw = T when nothing waits, else T - min(w, T)
+        lw = [T if w == 0 else T - min(w, T) for w in waiting(view)]
         if self.with_kv:
-            n_kv = _minmax(all_tokens(view), False)
-            s = [x + Fraction(p.w_kv) * k for x, k in zip(s, n_kv, strict=True)]
-        return [_truncate(x, p.scale) for x in s]
+            nk, dk = _minmax_int(all_tokens(view), False)
+        else:
+            nk, dk = [0] * len(lw), 1
+        # score = num / den with den = d * dh * 2T * dk
+        ch, cl, ck = Wh * 2 * T * dk, Wl * dh * dk, Wk * dh * 2 * T
+        num = [ch * h + cl * x + ck * k for h, x, k in zip(nh, lw, nk, strict=True)]
+        den = self._d * dh * 2 * T * dk
+        if p.scale > 0:
+            return [p.scale * x // den for x in num]
+        return [Fraction(x, den) for x in num]
 
     def choose(self, view: Any) -> int:
         return self._pick(self.scores(view), maximize=True)

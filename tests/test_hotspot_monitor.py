@@ -1,0 +1,134 @@
+"""HotspotMonitor: the two phases, the mitigation mask and the window, on sequences small
+enough to follow by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmetric_theory.detector.hotspot import HotspotFinding, HotspotMonitor
+
+HOT0 = np.array([1, 0, 0, 0], dtype=bool)
+CHEAP_ON_0 = np.array([100, 1000, 1000, 1000])
+IDLE = np.zeros(4, dtype=np.int64)
+
+
+def _mon(**kw):
+    base = dict(window=10, min_decisions=4, min_count=2)
+    base.update(kw)
+    return HotspotMonitor(4, **base)
+
+
+def test_two_phases_by_hand():
+    m = _mon()
+    for _ in range(3):  # decisions 0-2: requests of no class
+        assert m.observe(-1, np.zeros(4, bool)) is None
+    # d3: n = 4, class 7 count 1 < min_count
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None and m.findings == ()
+    # d4: n = 5, count 2: 2 * |Mbar|=3 = 6 > (5 - 2) * |M|=1 = 3 -> phase 1; hot scores
+    # lower (100 < 1000): streak 1 of 2|M| = 2
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None
+    (f,) = m.findings
+    assert (f.class_id, f.phase1_decision, f.phase2_decision) == (7, 4, None)
+    assert f.share == pytest.approx(2 / 5) and f.cached_instances == (0,)
+    # result (l): x|Mbar|(P_hit + p0) = 2*3*100 = 600 vs xbar|M|(P_miss + p0) = 3*1*1000
+    assert f.condition_holds is False
+    # d5: streak 2 -> confirmed, mask excludes instance 0
+    mask = m.observe(7, HOT0, CHEAP_ON_0, IDLE)
+    assert mask is not None and mask.tolist() == [False, True, True, True]
+    assert not mask.flags.writeable and m.active(7)
+    (f,) = m.findings
+    assert f.phase2_decision == 5 and f.mitigation == "exclude instances 0 for this class"
+    # d6: still hot -> the same mask, without re-confirming
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is mask
+    # ten unrelated decisions push class 7 out of the window
+    for _ in range(10):
+        m.observe(-1, np.zeros(4, bool))
+    assert m.share(7) == 0.0
+    # d17: count 1 < min_count: the mitigation ends; the finding stays
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None and not m.active(7)
+    assert m.findings[0].phase2_decision == 5
+
+
+def test_phase2_needs_consecutive_hot_wins():
+    m = _mon()
+    for _ in range(3):
+        m.observe(-1, np.zeros(4, bool))
+    busy = np.array([20, 0, 0, 0])  # S_0 = 100 * 21 = 2100 > 1000: the product spills
+    for _ in range(5):
+        assert m.observe(7, HOT0, CHEAP_ON_0, busy) is None
+    (f,) = m.findings
+    assert f.phase1_decision == 4 and f.phase2_decision is None and f.mitigation is None
+    # one win, one loss, then two wins: confirmed only at the second consecutive win
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None
+    assert m.observe(7, HOT0, CHEAP_ON_0, busy) is None
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None
+    assert m.observe(7, HOT0, CHEAP_ON_0, IDLE) is not None
+    assert m.findings[0].phase2_decision == 11
+
+
+def test_condition_below_threshold_never_alarms():
+    # |M| = 2 of 4: needs count * 2 > (n - count) * 2, i.e. x > 1/2
+    m = _mon()
+    hit = np.array([1, 1, 0, 0], bool)
+    for d in range(20):
+        cls = 7 if d % 2 else -1  # exactly half
+        assert m.observe(cls, hit, CHEAP_ON_0, IDLE) is None
+    assert m.findings == ()
+    # all instances or none caching the class: no alarm either
+    m2 = _mon()
+    for _ in range(10):
+        m2.observe(5, np.ones(4, bool), CHEAP_ON_0, IDLE)
+        m2.observe(6, np.zeros(4, bool), CHEAP_ON_0, IDLE)
+    assert m2.findings == ()
+
+
+def test_sufficient_condition_and_wider_hot_set():
+    m = _mon(confirm_factor=2)
+    hit = np.array([1, 1, 0, 0], bool)
+    P = np.array([50, 60, 1000, 1000])
+    got = [m.observe(9, hit, P, IDLE) for _ in range(8)]
+    # phase 1 at d3 (n = 4 = min_decisions, xbar = 0); 2|M| = 4 wins: confirmed at d6
+    (f,) = m.findings
+    assert (f.phase1_decision, f.phase2_decision) == (3, 6)
+    assert f.condition_holds is True and f.cached_instances == (0, 1)
+    assert [g is None for g in got] == [True] * 6 + [False] * 2
+    assert got[-1].tolist() == [False, False, True, True]
+    assert f.to_dict() == {
+        "class": 9, "share": 1.0, "cached_instances": [0, 1], "phase1_decision": 3,
+        "phase2_decision": 6, "condition_holds": True,
+        "mitigation": "exclude instances 0, 1 for this class",
+    }
+
+
+def test_scores_from_kernel_equal_given_scores_and_fit():
+    rng = np.random.default_rng(0)
+    D, N = 300, 6
+    classes = rng.choice([1, 2, -1], size=D, p=[0.6, 0.1, 0.3])
+    hits = np.zeros((D, N), bool)
+    hits[classes == 1, 0] = True
+    hits[classes == 2, 1:3] = True
+    P = rng.integers(0, 5000, size=(D, N))
+    B = rng.integers(0, 30, size=(D, N))
+    a = HotspotMonitor(N, window=50, min_decisions=10).fit(classes, hits, P, B)
+    b = HotspotMonitor(N, window=50, min_decisions=10)
+    for d in range(D):
+        b.observe(int(classes[d]), hits[d], scores=(P[d] + 0) * (B[d] + 1), P=P[d])
+    assert a.findings == b.findings and len(a.findings) >= 1
+    assert all(isinstance(f, HotspotFinding) for f in a.findings)
+
+
+def test_detect_only_and_settings_checked():
+    m = _mon(mitigate=False)
+    for _ in range(3):
+        m.observe(-1, np.zeros(4, bool))
+    assert all(m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None for _ in range(4))
+    (f,) = m.findings
+    assert f.phase2_decision == 5 and f.mitigation is None
+    for kw, text in [({"window": 1}, "window must be an integer >= 2"),
+                     ({"min_decisions": 11}, "min_decisions must be <= window"),
+                     ({"confirm_factor": 0}, "confirm_factor must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=text):
+            _mon(**kw)
+    with pytest.raises(ValueError, match="n_instances"):
+        HotspotMonitor(1)

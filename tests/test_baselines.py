@@ -44,6 +44,8 @@ def rview(hit, *, T=96, s=16, rq=None, bs=None, tok=None, waiting=None, running=
         hit_blocks=a(hit), block_size=s, router_queued=a(rq), router_inflight=a(bs),
         router_all_tokens=a(tok), router_inflight_new_tokens=a(inew),
     )
+    if inew is None:
+        del fields["router_inflight_new_tokens"]
     if set(fields) <= _VIEW_FIELDS:
         return DecisionView(**fields)
     return SimpleNamespace(**fields)
@@ -246,7 +248,7 @@ def test_variant_table_is_complete() -> None:
 
 
 @st.composite
-def views(draw):
+def views(draw, with_inew=False):
     n = draw(st.integers(1, 5))
     s = draw(st.sampled_from([1, 4, 16]))
     T = draw(st.integers(0, 300))
@@ -254,7 +256,7 @@ def views(draw):
     return rview(
         draw(ints(0, T // s + 1)), T=T, s=s, rq=draw(ints(-5, 3000)), bs=draw(ints(0, 12)),
         tok=draw(ints(0, 2000)), waiting=draw(ints(0, 200)), running=draw(ints(0, 12)),
-        inew=draw(ints(0, 400)),
+        inew=draw(ints(0, 400)) if with_inew else None,
     )
 
 
@@ -397,7 +399,7 @@ def test_bailian_matches_exact_weights_and_draw(v, norm, seed) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(v=views(), name=st.sampled_from([n for n in VARIANT_NAMES if n != "dynamo"]))
+@given(v=views(with_inew=True), name=st.sampled_from([n for n in VARIANT_NAMES if n != "dynamo"]))
 def test_integer_variants_argmin_agrees_with_kernel(v, name) -> None:
     P, B = variant_signals(name, v)
     scores = variant_scores(name, v)

@@ -165,7 +165,7 @@ class HotspotMonitor:
 
     def reset(self) -> None:
         """Forget every decision and finding."""
-        self._ring = np.zeros(self.window, dtype=np.int64)
+        self._ring = [0] * self.window
         self._pos = 0
         self._n = 0
         self._counts: dict[int, int] = {}
@@ -217,7 +217,7 @@ class HotspotMonitor:
         counts = self._counts
         ring = self._ring
         if self._n == self.window:  # evict the oldest
-            old = int(ring[self._pos])
+            old = ring[self._pos]
             left = counts[old] - 1
             if left:
                 counts[old] = left
@@ -226,7 +226,7 @@ class HotspotMonitor:
         else:
             self._n += 1
         ring[self._pos] = class_id
-        self._pos = (self._pos + 1) % self.window
+        self._pos = 0 if self._pos + 1 == self.window else self._pos + 1
         cnt = counts.get(class_id, 0) + 1
         counts[class_id] = cnt
         if class_id < 0:
@@ -246,11 +246,11 @@ class HotspotMonitor:
             return None
         if st is None:
             st = self._state[class_id] = _ClassState()
+        elif st.mask is not None:  # confirmed and still holding: the mitigation applies
+            return st.mask
         if scores is None:
             scores = product_scores(P, B, self.p0, self.b0)
         hot = np.asarray(hit, dtype=bool)
-        best_hot = _min_where(scores, hot)
-        best_cold = _min_where(scores, ~hot)
         if not st.alarmed:
             st.alarmed = True
             st.streak = 0
@@ -260,8 +260,8 @@ class HotspotMonitor:
                 st.share = cnt / n
                 st.cached = tuple(int(i) for i in np.flatnonzero(hot))
                 st.holds = self._sufficient(cnt, n, m, mbar, hot, P, scores, B)
-        if st.mask is not None:
-            return st.mask
+        best_hot = _min_where(scores, hot)
+        best_cold = _min_where(scores, ~hot)
         st.streak = st.streak + 1 if best_hot < best_cold else 0
         if st.streak >= self.confirm_factor * m:
             st.excluded = tuple(int(i) for i in np.flatnonzero(hot))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
-import lmetric_theory.policies.guarded  # noqa: F401
 from lmetric_theory.policies import DecisionView, make_policy
 
 
@@ -75,3 +76,31 @@ def test_fallback_routes_like_linear_in_simulation():
     prod = Simulator(w, cfg, "lmetric").run()
     np.testing.assert_array_equal(g.instance, lin.instance)
     assert not np.array_equal(g.instance, prod.instance)
+
+
+def test_detector_scores_the_exact_offsets_p0_one_third():
+    """p0 = 1/3: (1 + 1/3)(0 + 1) = 4/3 = (0 + 1/3)(3 + 1), an exact tie that the lowest
+    index (0) wins. With the float 0.333... instance 1 would score strictly lower, so a
+    detector handed float(p0) would name instance 1 as the product's choice."""
+    v = view([1, 0], [0, 3])
+    spec = "p0=1/3,lam=1000000"
+    g = make_policy(f"guarded-lmetric:{spec}")
+    assert g.detector.prefill_offset == Fraction(1, 3)
+    assert isinstance(g.detector.prefill_offset, Fraction)
+    product = make_policy("lmetric:p0=1/3").choose(v)
+    assert product == 0
+    verdict = g.detector.check(g.snapshot(v))
+    assert verdict.product_choice == product
+    assert "exact_tie" in verdict.kinds
+    # The float offset does score something else (the drift this guards against).
+    from lmetric_theory.detector import Detector
+
+    assert Detector(1000000, float(Fraction(1, 3)), 1).check(g.snapshot(v)).product_choice == 1
+
+
+@pytest.mark.parametrize("alias, kind", [("fallback", "fallback_reference"),
+                                         ("fallback_reference", "fallback_reference"),
+                                         ("tie_break_cache", "tie_break_cache")])
+def test_mitigation_names_are_the_detectors_kinds(alias, kind):
+    g = make_policy(f"guarded-lmetric:mitigation={alias}")
+    assert g.mitigation is not None and g.mitigation.kind.value == kind

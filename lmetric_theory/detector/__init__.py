@@ -6,7 +6,7 @@ Public API: :class:`Snapshot`, :class:`LinearReference`, :class:`Detector`,
 :class:`MitigationKind`, :class:`Severity`.
 """
 
-from lmetric_theory.detector.core import Detector, Verdict, Verdicts
+from lmetric_theory.detector.detector import Detector
 from lmetric_theory.detector.findings import (
     DEGENERATE_KINDS,
     FINDING_KINDS,
@@ -17,6 +17,7 @@ from lmetric_theory.detector.findings import (
 )
 from lmetric_theory.detector.reference import LinearReference
 from lmetric_theory.detector.snapshot import Snapshot
+from lmetric_theory.detector.verdict import Verdict, Verdicts
 
 __all__ = [
     "DEGENERATE_KINDS",

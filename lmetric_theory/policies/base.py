@@ -17,6 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lmetric_theory.core.kernel import TIE_RULES as KERNEL_TIE_RULES
+from lmetric_theory.core.kernel import pick_exact, pick_min
+
 __all__ = [
     "DecisionView",
     "Policy",
@@ -27,8 +30,8 @@ __all__ = [
     "tie_field",
 ]
 
-#: Tie-breaking rules every policy accepts through its ``tie`` parameter.
-TIE_RULES: tuple[str, ...] = ("lowest", "random")
+#: Tie-breaking rules every policy accepts through its ``tie`` parameter (the kernel's).
+TIE_RULES: tuple[str, ...] = KERNEL_TIE_RULES
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,20 +138,11 @@ class Policy:
 
     def _pick_exact(self, scores: list) -> int:
         """Argmin of a list of exact scores (ints / Fractions) under the tie rule."""
-        best = min(scores)
-        if self.params.tie == "lowest":
-            return scores.index(best)
-        cands = [i for i, s in enumerate(scores) if s == best]
-        return cands[0] if len(cands) == 1 else cands[int(self.rng.integers(len(cands)))]
+        return pick_exact(scores, self.params.tie, self.rng)
 
     def pick_min(self, scores: np.ndarray) -> int:
         """Argmin of ``scores`` (shape (N,)) under the configured tie rule."""
-        if self.params.tie == "lowest":
-            return int(np.argmin(scores))
-        cands = np.flatnonzero(scores == scores.min())
-        if cands.size == 1:
-            return int(cands[0])
-        return int(cands[self.rng.integers(cands.size)])
+        return pick_min(scores, self.params.tie, self.rng)
 
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -171,6 +165,19 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
+def _in_range(where: str, raw: str, v: Any) -> Any:
+    """``v`` if ``|v| <= POLICY_NUMBER_MAX`` (the exact kernel's limit on offsets and rates),
+    else ``ValueError`` stating the range."""
+    from lmetric_theory.core.limits import POLICY_NUMBER_MAX
+
+    if abs(v) > POLICY_NUMBER_MAX:
+        raise ValueError(
+            f"{where}: {raw!r} is outside the valid range "
+            f"[-{POLICY_NUMBER_MAX}, {POLICY_NUMBER_MAX}]"
+        )
+    return v
+
+
 def _convert(policy: str, key: str, raw: str, tp: Any, choices: tuple[str, ...] | None) -> Any:
     where = f"policy {policy!r}, parameter {key!r}"
     try:
@@ -180,16 +187,18 @@ def _convert(policy: str, key: str, raw: str, tp: Any, choices: tuple[str, ...] 
                 raise ValueError
             return low in ("true", "1", "yes")
         if tp is int:
-            return int(raw)
+            return _in_range(where, raw, int(raw))
         if tp is float:
             v = float(raw)
             if not np.isfinite(v):
                 raise ValueError
-            return v
+            return _in_range(where, raw, v)
         if tp is Fraction:
-            return Fraction(raw.strip())
+            return _in_range(where, raw, Fraction(raw.strip()))
         value = str(raw)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError) as exc:
+        if str(exc).startswith(where):  # out of range: already worded
+            raise
         name = getattr(tp, "__name__", str(tp))
         raise ValueError(f"{where}: cannot read {raw!r} as {name}") from None
     if choices is not None and value not in choices:

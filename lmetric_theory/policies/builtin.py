@@ -13,6 +13,8 @@ from fractions import Fraction
 import numpy as np
 
 from lmetric_theory.core.definitions import BDefinition, PDefinition, ScoreDefinition
+from lmetric_theory.core.kernel import exact_number, linear_scores_exact, product_scores_exact
+from lmetric_theory.core.signals import batch_signal, prefill_signal, score_inputs
 from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, tie_field
 
 __all__ = [
@@ -33,22 +35,8 @@ def _check_tie(tie: str) -> None:
         raise ValueError(f"tie: {tie!r} is not one of {', '.join(TIE_RULES)}")
 
 
-def prefill_signal(view: DecisionView, definition: PDefinition | str) -> np.ndarray:
-    """``P_i`` per instance (int64 tokens, shape (N,)) under a :class:`PDefinition`."""
-    if PDefinition(definition) is PDefinition.UNCACHED:
-        return view.uncached.astype(np.int64)
-    return view.queued.astype(np.int64) + view.uncached
-
-
-def batch_signal(view: DecisionView, definition: BDefinition | str) -> np.ndarray:
-    """``B_i`` per instance (int64 requests, shape (N,)) under a :class:`BDefinition`."""
-    if BDefinition(definition) is BDefinition.RUNNING:
-        return view.running.astype(np.int64)
-    return view.running.astype(np.int64) + view.waiting
-
-
 def _exact_offset(x: Fraction) -> int | Fraction:
-    return int(x) if x.denominator == 1 else x
+    return exact_number(Fraction(x))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +70,9 @@ class LMetric(Policy):
 
     def choose(self, view: DecisionView) -> int:
         d = self.definition
-        P = view.uncached.tolist()
-        if d.p_definition is PDefinition.QUEUED_PLUS_UNCACHED:
-            P = [a + q for a, q in zip(P, view.queued.tolist(), strict=True)]
-        B = view.running.tolist()
-        if d.b_definition is BDefinition.IN_FLIGHT:
-            B = [r + w for r, w in zip(B, view.waiting.tolist(), strict=True)]
-        p0, b0 = d.p0, d.b0
-        # Exact: Python ints / Fractions (agrees with predicates.argmin_product, tested).
-        return self._pick_exact([(p + p0) * (b + b0) for p, b in zip(P, B, strict=True)])
+        P, B = score_inputs(view, d)
+        # Exact: Python ints / Fractions (agrees with kernel.argmin_product, tested).
+        return self._pick_exact(product_scores_exact(P.tolist(), B.tolist(), d.p0, d.b0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +106,7 @@ class Linear(Policy):
         p = self.params
         P = prefill_signal(view, p.P).tolist()
         B = batch_signal(view, p.B).tolist()
-        lam = self.lam
-        return self._pick_exact([a + lam * b for a, b in zip(P, B, strict=True)])
+        return self._pick_exact(linear_scores_exact(P, B, self.lam))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,18 @@ reference ``P + lam * B`` (or a band ``lam_lo..lam_hi``). Unflagged decisions go
 ``lmetric`` (same ``P``, ``B``, ``p0``, ``b0``, tie rule) would send them; flagged ones get the
 configured mitigation:
 
-``fallback``        route by the linear reference for this decision;
-``prefill_block``   add ``block`` tokens to ``p0``;
-``batch_offset``    add ``batch_add`` slots to ``b0``;
-``tie_break_load``  among instances tied on the product score, the smallest batch;
-``load_cap``        the product's argmin among instances with ``B < cap``;
-``auto``            the mitigation the detector's most severe finding recommends.
+``fallback_reference``  route by the linear reference for this decision (``fallback`` is
+                       accepted as an alias);
+``prefill_block``      add ``block`` tokens to ``p0``;
+``batch_offset``       add ``batch_add`` slots to ``b0``;
+``tie_break_load``     among instances tied on the product score, the smallest batch;
+``tie_break_cache``    among instances tied on the product score, the fewest uncached tokens;
+``load_cap``           the product's argmin among instances with ``B < cap``;
+``auto``               the mitigation the detector's most severe finding recommends.
+
+The names are the detector's :class:`~lmetric_theory.detector.MitigationKind` values (one
+vocabulary across detector, guard and this policy). The detector gets the exact offsets
+``p0``, ``b0`` (Fractions stay Fractions), so it scores exactly what ``lmetric`` scores.
 
 Registered by :func:`lmetric_theory.policies.registry.register_all`.
 """
@@ -24,15 +30,19 @@ from fractions import Fraction
 
 import numpy as np
 
+from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, MitigationKind, Snapshot
 from lmetric_theory.policies.base import DecisionView, Policy, tie_field
 from lmetric_theory.policies.builtin import LMetric, LMetricParams
 
 __all__ = ["GUARD_MITIGATIONS", "GuardedLMetric", "GuardedLMetricParams"]
 
-#: Mitigation names accepted by ``guarded-lmetric``.
-GUARD_MITIGATIONS: tuple[str, ...] = ("fallback", "prefill_block", "batch_offset", "tie_break_load",
-                                      "load_cap", "auto")
+#: Mitigation names accepted by ``guarded-lmetric``: the detector's kinds, ``auto``, and the
+#: alias ``fallback`` (of ``fallback_reference``).
+GUARD_MITIGATIONS: tuple[str, ...] = (
+    *(k.value for k in MitigationKind if k is not MitigationKind.NONE), "auto", "fallback",
+)
+_ALIASES = {"fallback": MitigationKind.FALLBACK_REFERENCE.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,29 +92,28 @@ class GuardedLMetric(Policy):
         p = params
         ref = (LinearReference(p.lam, p.lam_lo, p.lam_hi, source="band") if p.lam_lo > 0
                else LinearReference.fixed(p.lam))
-        self.detector = Detector(ref, float(Fraction(p.p0)), float(Fraction(p.b0)), block_tokens=p.block,
-                                 load_cap=float(p.cap))
         self._product = LMetric(LMetricParams(P=p.P, B=p.B, p0=p.p0, b0=p.b0, tie=p.tie), seed)
         self._product.rng = self.rng  # one generator for ties
-        kinds = {
-            "fallback": Mitigation(MitigationKind.FALLBACK_REFERENCE),
-            "prefill_block": Mitigation(MitigationKind.PREFILL_BLOCK, float(p.block)),
-            "batch_offset": Mitigation(MitigationKind.BATCH_OFFSET, float(p.batch_add)),
-            "tie_break_load": Mitigation(MitigationKind.TIE_BREAK_LOAD),
-            "load_cap": Mitigation(MitigationKind.LOAD_CAP, float(p.cap)),
+        #: The product's score definition (exact offsets), shared with the detector.
+        self.definition = self._product.definition
+        d = self.definition
+        self.detector = Detector(ref, d.p0, d.b0, block_tokens=p.block, load_cap=float(p.cap))
+        values = {
+            MitigationKind.PREFILL_BLOCK: float(p.block),
+            MitigationKind.BATCH_OFFSET: float(p.batch_add),
+            MitigationKind.LOAD_CAP: float(p.cap),
         }
-        self.mitigation: Mitigation | None = kinds.get(p.mitigation)
+        kind = _ALIASES.get(p.mitigation, p.mitigation)
+        self.mitigation: Mitigation | None = (
+            None if kind == "auto" else Mitigation(MitigationKind(kind), values.get(MitigationKind(kind)))
+        )
         #: Decisions flagged so far.
         self.flagged = 0
 
     def snapshot(self, view: DecisionView) -> Snapshot:
         """The detector's snapshot of ``view`` (``P`` and ``B`` under this policy's definitions)."""
-        p = self.params
+        P, B = score_inputs(view, self.definition)
         unc = np.asarray(view.uncached, dtype=np.int64)
-        P = unc + np.asarray(view.queued, dtype=np.int64) if p.P == "queued+uncached" else unc
-        B = np.asarray(view.running, dtype=np.int64)
-        if p.B == "in_flight" or p.B == "in-flight":
-            B = B + np.asarray(view.waiting, dtype=np.int64)
         return Snapshot.from_arrays(P, B, uncached_tokens=unc, validate=False)
 
     def choose(self, view: DecisionView) -> int:

@@ -235,12 +235,19 @@ def _print(rep: dict[str, Any]) -> None:
                     f"({rep['flagged']:,} flagged)")
     for col in ("#", "mitigation", "fixes", "breaks", "agree share", "regret removed",
                 "recommended for"):
-        m.add_column(col, justify="left" if col in ("mitigation", "recommended for") else "right")
+        # Names are never cut with an ellipsis at 80 columns: the mitigation keeps its
+        # full width and the kinds it is recommended for go one per line.
+        left = col in ("mitigation", "recommended for")
+        m.add_column(col, justify="left" if left else "right", overflow="fold",
+                     no_wrap=col == "mitigation",
+                     min_width=max(len(x["mitigation"]) for x in rep["mitigations"])
+                     if col == "mitigation" and rep["mitigations"] else None)
     for x in rep["mitigations"]:
         label = x["mitigation"] + (f" ({x['value']:g})" if x["value"] is not None else "")
         m.add_row(str(x["rank"]), label, f"{x['fixes']:,}", f"{x['breaks']:,}",
                   _f(x["agree_share"], "{:.1%}"), _f(x["mean_regret_removed_tokens"]),
-                  ", ".join(f"{k} ({n:,})" for k, n in x["recommended_for"].items()))
+                  "\n".join(f"{k.replace('_', ' ')} ({n:,})"
+                            for k, n in x["recommended_for"].items()))
     con.print(m)
 
     if rep["worst"]:

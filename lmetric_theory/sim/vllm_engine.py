@@ -1,0 +1,418 @@
+"""Second engine: every instance is vLLM v1's own scheduler, timed by the same latency model.
+
+The fast engine (:mod:`lmetric_theory.sim.engine`) models vLLM v1's scheduler; this engine
+*is* it. Each instance is one real ``vllm.v1.core.sched.scheduler.Scheduler`` (real KV
+cache manager, per-block prefix caching, chunked prefill, ``max_num_seqs``,
+``max_num_batched_tokens``, preemption by recompute), built and fed by
+:mod:`lmetric_theory.sim.vllm_adapter`, the only module that touches vLLM internals. Each
+step's duration is the fast engine's :class:`~lmetric_theory.sim.latency.LatencyModel` of the
+batch the scheduler chose, so both engines share one clock model and differ only in what they
+schedule.
+
+Semantics
+---------
+- A request that has arrived by a step's start is added to its instance before that step
+  (vLLM's engine core drains its input queue between steps). An idle instance starts a step
+  at the arrival time, after every request of that instant is routed.
+- A step of ``chunks`` (prefilling requests: context ``x`` tokens, chunk ``c`` tokens) and
+  ``n`` decoding requests with total context ``K`` takes
+  ``c0 + c_pf * sum c + c_dec * n + c_kv * (K + sum (x + c)) + c_att * sum c (x + c / 2)``.
+- A request gets its first token (TTFT) at the end of the step that computes its last
+  prompt token, and finishes at the end of the step that produces its last output token.
+- ``cached_tokens`` is the prefix-cache hit at the request's first admission.
+- Routing: either a fixed assignment (one instance per request; instances are then
+  independent and may run in parallel processes) or a :class:`~lmetric_theory.policies.base.
+  Policy` given a :class:`~lmetric_theory.policies.base.DecisionView` built from the
+  schedulers' state at the arrival (running, waiting, KV usage, each instance's prefix hit
+  from its KV cache manager) and the router's own counters (see :class:`_Router`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.sim.vllm_adapter import (
+    StepBatch,
+    VllmInstance,
+    require_vllm,
+)
+from lmetric_theory.workload.base import Workload
+
+__all__ = ["DEFAULT_BLOCK_SIZE", "simulate_vllm", "step_time", "token_ids"]
+
+#: vLLM's default KV block size, tokens.
+DEFAULT_BLOCK_SIZE = 16
+
+
+def token_ids(workload: Workload, rid: int) -> list[int]:
+    """Fabricated prompt token ids of request ``rid`` (see the adapter's module docstring).
+
+    Token ``j`` is the hash of the workload block holding it (``>= 0``), or ``-(rid + 1)``
+    past the request's hash list, so equal prefixes of blocks give equal tokens.
+    """
+    L = int(workload.input_tokens[rid])
+    bs = int(workload.block_size)
+    hs = workload.blocks(rid).tolist()
+    out: list[int] = []
+    for k, h in enumerate(hs):
+        n = min(bs, L - k * bs)
+        if n <= 0:
+            break
+        out.extend([int(h)] * n)
+    if len(out) < L:
+        out.extend([-(rid + 1)] * (L - len(out)))
+    return out
+
+
+def step_time(c: tuple[float, float, float, float, float], batch: StepBatch) -> float:
+    """Duration of one step from the latency coefficients ``(c0, c_pf, c_dec, c_kv, c_att)``,
+    seconds (the fast engine's formula for a mixed or decode iteration)."""
+    c0, c_pf, c_dec, c_kv, c_att = c
+    pt = 0
+    kv = batch.decode_kv_tokens
+    att = 0.0
+    for _, x, n in batch.chunks:
+        pt += n
+        kv += x + n
+        att += n * (x + n / 2.0)
+    return c0 + c_pf * pt + c_dec * batch.decode_seqs + c_kv * kv + c_att * att
+
+
+@dataclasses.dataclass(slots=True)
+class _Router:
+    """The router's own counters per instance, updated at dispatch and by engine events.
+
+    ``inflight`` (+1 at dispatch, -1 at finish), ``queued`` (+ the request's predicted new
+    tokens at dispatch; corrected to the real hit at admission; - prefill tokens computed per
+    step; clamped at 0), ``all_tokens`` (+ prompt at dispatch, - prompt at finish).
+    """
+
+    inflight: list[int]
+    queued: list[int]
+    all_tokens: list[int]
+
+
+class _Replay:
+    """Event loop over ``instances`` (indices into ``config``'s cluster) of one replay."""
+
+    def __init__(self, workload: Workload, config: Any, block_size: int, rids: list[int],
+                 assignment: np.ndarray | None, policy: Any, instances: list[int]) -> None:
+        self.w = workload
+        self.cfg = config
+        self.bs = int(block_size)
+        self.rids = rids
+        self.assignment = assignment
+        self.policy = policy
+        self.ids = instances
+        n = len(workload)
+        lat = config.latency
+        self.c = (lat.c0, lat.c_pf, lat.c_dec, lat.c_kv, lat.c_att)
+        cap_tokens = (config.kv_capacity_tokens if getattr(config, "kv_capacity_blocks", None) is None
+                      else int(config.kv_capacity_blocks) * int(workload.block_size))
+        self.num_blocks = int(getattr(config, "vllm_num_blocks", 0) or cap_tokens // self.bs)
+        longest = int(np.max(workload.input_tokens + workload.output_tokens)) if n else 1
+        self.inst = {
+            i: VllmInstance(num_blocks=self.num_blocks, block_size=self.bs,
+                            max_num_seqs=config.max_batch,
+                            max_num_batched_tokens=config.token_budget,
+                            max_model_len=longest + 1)
+            for i in instances
+        }
+        self.first = np.full(n, np.nan)
+        self.done = np.full(n, np.nan)
+        self.cached = np.full(n, -1, dtype=np.int64)
+        self.where = np.full(n, -1, dtype=np.int32)
+        self.est = np.zeros(n, dtype=np.int64)
+        self.iterations = 0
+        self.pf = dict.fromkeys(instances, 0)
+        self.dec = dict.fromkeys(instances, 0)
+        self.peak = dict.fromkeys(instances, 0)
+        k = len(instances)
+        self.router = _Router([0] * k, [0] * k, [0] * k)
+        self.pos = {i: j for j, i in enumerate(instances)}
+        self.now = 0.0
+        self.view_fields = None
+
+    # -------------------------------------------------------------- routing
+
+    def _view(self, d: int, t: float, rid: int, req: Any) -> Any:
+        from lmetric_theory.policies.base import DecisionView
+
+        inp = int(self.w.input_tokens[rid])
+        hits = [self.inst[i].cached_prefix_tokens(req) // self.bs for i in self.ids]
+        r = self.router
+        running = [self.inst[i].running for i in self.ids]
+        waiting = [self.inst[i].waiting for i in self.ids]
+        vals = {
+            "decision": d, "time_s": t, "input_tokens": inp,
+            "uncached": np.asarray([inp - h * self.bs for h in hits], dtype=np.int32),
+            "queued": np.asarray([max(q, 0) for q in r.queued], dtype=np.int32),
+            "running": np.asarray(running, dtype=np.int32),
+            "waiting": np.asarray(waiting, dtype=np.int32),
+            "kv_usage": np.asarray([self.inst[i].kv_usage for i in self.ids], dtype=np.float32),
+            "hit_blocks": np.asarray(hits, dtype=np.int32),
+            "block_size": self.bs,
+            "router_queued": np.asarray([max(q, 0) for q in r.queued], dtype=np.int64),
+            "router_inflight": np.asarray(r.inflight, dtype=np.int64),
+            "router_all_tokens": np.asarray(r.all_tokens, dtype=np.int64),
+        }
+        if self.view_fields is None:
+            self.view_fields = [f.name for f in dataclasses.fields(DecisionView)]
+        missing = [f for f in self.view_fields if f not in vals]
+        if missing:  # a DecisionView newer than this engine
+            raise ValueError(f"vllm engine cannot fill DecisionView fields {missing}")
+        vals = {f: vals[f] for f in self.view_fields}
+        for v in vals.values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+        return DecisionView(**vals)
+
+    def _route(self, d: int, rid: int, t: float) -> tuple[int, Any]:
+        toks = token_ids(self.w, rid)
+        out = int(self.w.output_tokens[rid])
+        arr = float(self.w.arrival_s[rid])
+        if self.policy is None:
+            target = int(self.assignment[rid])
+            req = self.inst[target].make_request(rid, toks, out, arr)
+            hit = self.inst[target].cached_prefix_tokens(req)
+        else:
+            # One Request (its block hashes are the same on every instance) serves every lookup.
+            req = self.inst[self.ids[0]].make_request(rid, toks, out, arr)
+            view = self._view(d, t, rid, req)
+            target = int(self.policy.choose(view))
+            if target not in self.inst:
+                raise ValueError(f"policy returned instance {target} out of range")
+            hit = int(view.input_tokens - view.uncached[self.pos[target]])
+        j = self.pos[target]
+        est = len(toks) - hit
+        self.est[rid] = est
+        self.router.inflight[j] += 1
+        self.router.queued[j] += est
+        self.router.all_tokens[j] += len(toks)
+        self.where[rid] = target
+        return target, req
+
+    # -------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        rids = self.rids
+        arr = self.w.arrival_s
+        pending: dict[int, list[Any]] = {i: [] for i in self.ids}
+        busy: dict[int, tuple[float, Any, StepBatch]] = {}
+        nxt = 0
+        d = 0
+        n = len(rids)
+        while True:
+            ta = float(arr[rids[nxt]]) if nxt < n else math.inf
+            te, ie = math.inf, -1
+            for i, (tend, _, _) in busy.items():
+                if tend < te:
+                    te, ie = tend, i
+            if ta == math.inf and te == math.inf:
+                break
+            if ta <= te:
+                t = ta
+                while nxt < n and float(arr[rids[nxt]]) == ta:
+                    target, req = self._route(d, rids[nxt], t)
+                    pending[target].append(req)
+                    nxt += 1
+                    d += 1
+                for i in self.ids:
+                    if i not in busy:
+                        self._start(i, t, pending, busy)
+            else:
+                t = te
+                _, so, batch = busy.pop(ie)
+                self._finish(ie, t, so, batch)
+                self._start(ie, t, pending, busy)
+            self.now = t
+        for i, ins in self.inst.items():
+            if ins.unfinished:
+                raise ValueError(f"instance {i}: {ins.unfinished} requests never finished")
+
+    def _start(self, i: int, t: float, pending: dict[int, list[Any]],
+               busy: dict[int, tuple[float, Any, StepBatch]]) -> None:
+        ins = self.inst[i]
+        for req in pending[i]:
+            ins.add(req)
+        pending[i].clear()
+        if not ins.unfinished:
+            return
+        so, batch = ins.schedule()
+        if not batch.chunks and not batch.decode_seqs:
+            if ins.running == 0:
+                rid = min(int(r) for r in ins.scheduler.requests)
+                raise ValueError(
+                    f"request {rid}: cannot be scheduled on instance {i} "
+                    f"(KV pool of {self.num_blocks} blocks of {self.bs} tokens too small?)")
+            ins.finish_step(so, batch)
+            return
+        used = int(round(ins.kv_usage * (self.num_blocks - 1))) * self.bs
+        if used > self.peak[i]:
+            self.peak[i] = used
+        busy[i] = (t + step_time(self.c, batch), so, batch)
+
+    def _finish(self, i: int, t: float, so: Any, batch: StepBatch) -> None:
+        ins = self.inst[i]
+        j = self.pos[i]
+        r = self.router
+        for rid, hit in batch.first_scheduled:
+            self.cached[rid] = hit
+            r.queued[j] += (int(self.w.input_tokens[rid]) - hit) - int(self.est[rid])
+        self.iterations += 1
+        pt = sum(c for _, _, c in batch.chunks)
+        self.pf[i] += pt
+        r.queued[j] = max(r.queued[j] - pt, 0)
+        self.dec[i] += len(batch.emitted)
+        for rid in batch.emitted:
+            if math.isnan(self.first[rid]):
+                self.first[rid] = t
+        for rid in ins.finish_step(so, batch):
+            self.done[rid] = t
+            r.inflight[j] -= 1
+            r.all_tokens[j] -= int(self.w.input_tokens[rid])
+
+    def preemptions(self) -> np.ndarray:
+        p = np.zeros(len(self.w), dtype=np.int64)
+        for rid in self.rids:
+            i = int(self.where[rid])
+            if i >= 0:
+                p[rid] = self.inst[i].preemptions(rid)
+        return p
+
+
+_JOB: dict[str, Any] = {}
+
+
+def _worker(instances: list[int]) -> dict[str, Any]:
+    w, cfg, bs, assignment = _JOB["w"], _JOB["cfg"], _JOB["bs"], _JOB["assignment"]
+    rids = [int(r) for r in np.flatnonzero(np.isin(assignment, instances))]
+    rep = _Replay(w, cfg, bs, rids, assignment, None, instances)
+    rep.run()
+    return _collect(rep)
+
+
+def _collect(rep: _Replay) -> dict[str, Any]:
+    return dict(first=rep.first, done=rep.done, cached=rep.cached, where=rep.where,
+                pre=rep.preemptions(), iterations=rep.iterations, now=rep.now, pf=rep.pf,
+                dec=rep.dec, peak=rep.peak)
+
+
+def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
+                  assignment: np.ndarray | None = None, seed: int = 0,
+                  block_size: int = DEFAULT_BLOCK_SIZE, processes: int = 1) -> Any:
+    """Replay ``workload`` with one real vLLM v1 scheduler per instance.
+
+    Parameters
+    ----------
+    workload : Workload
+        Requests sorted by arrival.
+    config : SimConfig
+        Cluster settings (instances, latency model, KV capacity, token budget, max batch).
+    policy : Policy or str, optional
+        Closed-loop routing policy (a spec is built with ``seed``). Exactly one of
+        ``policy`` and ``assignment`` is given.
+    assignment : np.ndarray, shape (n,), int, optional
+        Fixed instance of every request (e.g. round-robin ``arange(n) % N``).
+    seed : int
+        Seed for a policy built from a spec.
+    block_size : int
+        vLLM KV block size, tokens (the KV pool has ``capacity // block_size`` blocks).
+    processes : int
+        With a fixed assignment, split the instances over this many processes.
+
+    Returns
+    -------
+    SimResult
+        The fast engine's result type; ``config`` holds ``engine = "vllm"`` and
+        ``vllm_version``; ``snapshots`` is None.
+    """
+    from lmetric_theory.sim.engine import SimResult
+
+    version = require_vllm()
+    if (policy is None) == (assignment is None):
+        raise ValueError("give exactly one of policy and assignment")
+    n = len(workload)
+    if n == 0:
+        raise ValueError("workload is empty")
+    N = int(config.n_instances)
+    spec = "fixed"
+    if assignment is not None:
+        assignment = np.asarray(assignment, dtype=np.int64)
+        if assignment.shape != (n,) or assignment.min() < 0 or assignment.max() >= N:
+            raise ValueError(f"assignment must have shape ({n},) with values in [0, {N})")
+        groups = [g for g in np.array_split(np.arange(N), max(1, min(processes, N))) if g.size]
+        if len(groups) > 1:
+            _vllm_preload()
+            _JOB.update(w=workload, cfg=config, bs=block_size, assignment=assignment)
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(len(groups)) as pool:
+                parts = pool.map(_worker, [g.tolist() for g in groups])
+            _JOB.clear()
+        else:
+            rep = _Replay(workload, config, block_size, list(range(n)), assignment, None,
+                          list(range(N)))
+            rep.run()
+            parts = [_collect(rep)]
+    else:
+        if isinstance(policy, str):
+            from lmetric_theory.policies import make_policy
+            policy = make_policy(policy, seed=seed)
+        spec = policy.spec
+        rep = _Replay(workload, config, block_size, list(range(n)), None, policy, list(range(N)))
+        rep.run()
+        parts = [_collect(rep)]
+    first = np.full(n, np.nan)
+    done = np.full(n, np.nan)
+    cached = np.full(n, -1, dtype=np.int64)
+    where = np.full(n, -1, dtype=np.int32)
+    pre = np.zeros(n, dtype=np.int64)
+    pf = np.zeros(N, dtype=np.int64)
+    dec = np.zeros(N, dtype=np.int64)
+    peak = np.zeros(N, dtype=np.int64)
+    iterations = 0
+    end = 0.0
+    for p in parts:
+        m = p["where"] >= 0
+        first[m], done[m], cached[m], where[m], pre[m] = (
+            p["first"][m], p["done"][m], p["cached"][m], p["where"][m], p["pre"][m])
+        for i in p["pf"]:
+            pf[i], dec[i], peak[i] = p["pf"][i], p["dec"][i], p["peak"][i]
+        iterations += p["iterations"]
+        end = max(end, p["now"])
+    arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+    out = np.asarray(workload.output_tokens, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)
+    cfg = config.to_dict()
+    cfg.update(seed=int(seed), engine="vllm", vllm_version=version, block_size=int(block_size))
+    vals = dict(
+        arrival_s=arrival, instance=where,
+        input_tokens=np.asarray(workload.input_tokens, dtype=np.int64), output_tokens=out,
+        cached_tokens=cached, ttft_s=first - arrival, tpot_s=tpot, e2e_s=done - arrival,
+        snapshots=None, iterations=iterations, events=iterations + n, peak_kv_tokens=peak,
+        prefill_tokens_computed=pf, output_tokens_produced=dec, end_time_s=end, policy=spec,
+        config=cfg, preemptions=pre,
+    )
+    names = {f.name for f in dataclasses.fields(SimResult)}
+    missing = names - set(vals) - {f.name for f in dataclasses.fields(SimResult)
+                                   if f.default is not dataclasses.MISSING
+                                   or f.default_factory is not dataclasses.MISSING}
+    if missing:
+        raise ValueError(f"vllm engine cannot fill SimResult fields {sorted(missing)}")
+    # Until SimResult carries per-request preemptions, the total rides in the config.
+    cfg["preemptions_total"] = int(pre.sum())
+    return SimResult(**{k: v for k, v in vals.items() if k in names})
+
+
+def _vllm_preload() -> None:
+    """Import vLLM in the parent so forked workers share the (slow) import."""
+    from lmetric_theory.sim import vllm_adapter
+
+    vllm_adapter._vllm()
+

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmetric_theory.core.kernel import band_violation
 from lmetric_theory.sim import SimConfig, load_preset, simulate
 from lmetric_theory.workload import Workload, load_trace, scale_rate, select, synthetic
 
@@ -139,7 +140,8 @@ def band_disagreement(
 ) -> np.ndarray:
     """Decisions whose choice no linear rate in ``[lam_lo, lam_hi]`` would make, shape (D,).
 
-    Exact: ``chosen[d]`` is a (possibly tied) argmin of ``P + lam * B`` for some ``lam``
+    The kernel's :func:`lmetric_theory.core.kernel.band_violation`: ``chosen[d]`` is a
+    (possibly tied) argmin of ``P + lam * B`` for some ``lam``
     in the band iff the half-lines ``(P_i - P_j) + lam (B_i - B_j) <= 0`` over all
     ``j`` meet the band. Ties count as agreement.
 
@@ -152,15 +154,4 @@ def band_disagreement(
     lam_lo, lam_hi : float
         The band, tokens per batch slot, ``0 <= lam_lo <= lam_hi``.
     """
-    P = np.asarray(P, dtype=np.float64)
-    B = np.asarray(B, dtype=np.float64)
-    rows = np.arange(P.shape[0])
-    c = np.asarray(chosen, dtype=np.int64)
-    dP = P[rows, c][:, None] - P
-    dB = B[rows, c][:, None] - B
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = -dP / dB
-    lo = np.where(dB < 0, bound, -np.inf).max(axis=1)
-    hi = np.where(dB > 0, bound, np.inf).min(axis=1)
-    flat_bad = ((dB == 0) & (dP > 0)).any(axis=1)
-    return flat_bad | (np.maximum(lo, lam_lo) > np.minimum(hi, lam_hi))
+    return band_violation(P, B, chosen, lam_lo, lam_hi)

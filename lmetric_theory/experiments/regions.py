@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmetric_theory import theory as symbolic
-from lmetric_theory.core import kernel as predicates
+from lmetric_theory.core import kernel as predicates  # the formula kernel
 from lmetric_theory.core.validate import finite_scalar
 
 __all__ = [
@@ -152,8 +152,9 @@ class RegionMap:
     intersections : tuple of (float, float)
         Meeting points ``(P, B)`` of the two curves: A first, then the second one
         when it is finite and differs from A (none for ``lam == 0``).
-    lambda_eff_at_A : float
-        The product's own rate at A, ``(P_A + p0)/(B_A + b0)`` (tokens per slot); the
+    lam_eff_at_A : float
+        The product's own rate at A (:func:`~lmetric_theory.core.kernel.lam_eff` of the
+        pair (A, A)), ``(P_A + p0)/(B_A + b0)`` (tokens per slot); the
         line is tangent to the hyperbola when ``lam`` equals it. ``inf`` when only the
         denominator is 0, ``nan`` when both are.
     """
@@ -175,7 +176,12 @@ class RegionMap:
     product_curve: np.ndarray
     linear_curve: np.ndarray
     intersections: tuple[tuple[float, float], ...]
-    lambda_eff_at_A: float
+    lam_eff_at_A: float
+
+    @property
+    def lambda_eff_at_A(self) -> float:
+        """Former name of :attr:`lam_eff_at_A` (read-only alias)."""
+        return self.lam_eff_at_A
 
 
 def _axis(name: str, rng: tuple[float, float], n: int, log: bool) -> np.ndarray:
@@ -263,8 +269,7 @@ def compute_regions(
         and not np.allclose((p2, b2), (P_A, B_A), rtol=1e-12, atol=0.0)
     ):
         points.append((p2, b2))
-    num, den = P_A + p0, B_A + b0
-    lam_a = num / den if den != 0 else (math.nan if num == 0 else math.inf)
+    lam_a = predicates.lam_eff_pair(P_A, B_A, P_A, B_A, p0, b0)
 
     return RegionMap(
         P_A=P_A,
@@ -284,5 +289,5 @@ def compute_regions(
         product_curve=prod_curve,
         linear_curve=lin_curve,
         intersections=tuple(points),
-        lambda_eff_at_A=lam_a,
+        lam_eff_at_A=lam_a,
     )

@@ -168,16 +168,17 @@ def load_trace(
     p = Path(path)
     source = str(path)
     data = p.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:  # text never holds NUL bytes: name the file as binary, not as bad UTF-8
+        raise TraceError(
+            source, data.count(b"\n", 0, nul) + 1, None,
+            "contains a NUL byte: a binary file, not a trace",
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise TraceError(source, line, None, f"not valid UTF-8 ({exc.reason})") from None
-    if "\0" in text:
-        k = text.index("\0")
-        raise TraceError(
-            source, text.count("\n", 0, k) + 1, None, "contains a NUL byte: a binary file, not a trace"
-        )
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     return parse_trace(

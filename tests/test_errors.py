@@ -102,7 +102,7 @@ def test_csv_detection_states_its_reason(tmp_path: Path) -> None:
 def test_binary_trace_names_the_file(tmp_path: Path) -> None:
     p = tmp_path / "blob.jsonl"
     p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    with pytest.raises(TraceError, match=r"blob\.jsonl, line 2: contains a NUL byte"):
+    with pytest.raises(TraceError, match=r"blob\.jsonl, line 3: contains a NUL byte"):
         load_trace(p)
 
 

@@ -763,6 +763,14 @@ def derive() -> Derivation:
         ),
     )
 
+    # (j)-(l) hot prefix classes: a cluster-level condition built on (d), derived in its
+    # own module (which imports this one, hence the late import)
+    from lmetric_theory.theory.hotspot import derive_hotspot
+
+    hot = derive_hotspot()
+    results += hot.results
+    identities += hot.identities
+
     return Derivation(
         S_1=S_1,
         S_2=S_2,

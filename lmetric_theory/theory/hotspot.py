@@ -309,9 +309,11 @@ def derive_hotspot() -> HotspotTheory:
             "only when P_hit = P_miss (no cache benefit). linear(lam) spills whenever the "
             "condition holds, after linear_spill_time. With departures (each request "
             "leaves after 1/mu s) the steady-state batches are x QPS/(|M| mu) and xbar "
-            "QPS/(|Mbar| mu) (Little's law), and the product spills only above the "
-            "arrival rate spill_qps: below it the hot instances stay overloaded in steady "
-            "state - the failure the two-phase detector looks for.",
+            "QPS/(|Mbar| mu) (Little's law); under the same condition the product spills "
+            "only above the arrival rate spill_qps. Below it the hot instances carry the "
+            "whole class in steady state, with the larger batch whenever x/xbar > "
+            "|M|/|Mbar| - the state the two-phase detector looks for; above it the product "
+            "spills until the two scores tie.",
             (
                 F("sufficient", "product spills (no departures)", r"\text{spills}",
                   sufficient),

@@ -215,7 +215,22 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
             for i in d.identities
         ],
         "statements": st,
+        "hot_prefix_classes": _hotspot_json(d),
     }
+
+
+def _hotspot_json(d: Derivation) -> dict[str, Any]:
+    """Results (j)-(l): per result its formulas by key and its statement; the symbols
+    (parse with ``local_dict=HOTSPOT_SYMBOLS`` from :mod:`lmetric_theory.theory.hotspot`)."""
+    from lmetric_theory.theory.hotspot import SYMBOL_MEANING
+
+    out: dict[str, Any] = {"symbols": dict(SYMBOL_MEANING)}
+    for r in d.results:
+        if r.key.startswith("hotspot_"):
+            out[r.key.removeprefix("hotspot_")] = {
+                **{f.key: expr_str(f.expr) for f in r.formulas}, "statement": r.statement,
+            }
+    return out
 
 
 def to_json(d: Derivation | None = None) -> str:
@@ -246,6 +261,9 @@ def to_markdown(d: Derivation | None = None) -> str:
         "| --- | --- |",
     ]
     out += [f"| `{name}` | {meaning} |" for name, meaning in _SYMBOL_MEANING.items()]
+    from lmetric_theory.theory.hotspot import SYMBOL_MEANING as HOT_MEANING  # results (j)-(l)
+
+    out += [f"| `{name}` | {meaning} |" for name, meaning in HOT_MEANING.items()]
     for r in d.results:
         out += ["", f"## ({r.item}) {r.title}", "", _md_escape(r.statement), ""]
         for f in r.formulas:

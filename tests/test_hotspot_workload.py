@@ -78,3 +78,41 @@ def test_bad_params_one_line(pairs, text):
         hotspot_from_spec(pairs)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("synthetic:hotspot: ") and text in msg
+
+
+# ------------------------------------------------------------- synthetic:KIND specs
+
+
+def test_synthetic_specs_name_every_kind():
+    from lmetric_theory.workload.spec import SYNTHETIC_KINDS, synthetic_from_spec
+
+    w = synthetic_from_spec("synthetic:hotspot:share=0.3,prefix=512,count=40", seed=2)
+    assert w.meta["kind"] == "hotspot" and w.meta["params"]["seed"] == 2 and len(w) == 40
+    for kind in ("chat", "api", "agent", "mixed"):
+        v = synthetic_from_spec(f"synthetic:{kind}:count=30,rate=4", seed=1)
+        assert v.meta["kind"] == kind and len(v) == 30 and v.meta["rate_rps"] == 4.0
+    assert set(SYNTHETIC_KINDS) == {"chat", "api", "agent", "mixed", "hotspot"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ("synthetic:hotspot:share=1.5", "synthetic:hotspot: share must be a number in (0, 1]"),
+        ("synthetic:hotspot:prefix=-1", "synthetic:hotspot: prefix must be an integer in [1,"),
+        ("synthetic:hotspot:sharex=1", "unknown key 'sharex'; valid keys: share"),
+        ("synthetic:nope", "unknown synthetic kind 'nope'; valid kinds: chat, api, agent"),
+        ("synthetic:chat:rate=0", "synthetic:chat: rate must be a number in (0, 1e6]"),
+        ("synthetic:chat:share=0.5", "synthetic:chat: unknown key 'share'; valid keys: count"),
+        ("synthetic:api:count", "expected key=value"),
+    ],
+)
+def test_bad_specs_exit_2_with_one_line(capsys, spec, text):
+    from lmetric_theory import cli
+
+    for command in ("simulate", "audit"):
+        try:
+            code = cli.main([command, spec, "--instances", "8"])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and text in err and len(err.splitlines()) == 1, (command, err)

@@ -15,15 +15,19 @@ from lmetric_theory.workload import Workload
 def workload_from_args(args: argparse.Namespace) -> Workload:
     """The workload a replaying command works on.
 
-    ``args.trace`` (a trace file; the synthetic default when ``None``), loaded with
+    ``args.trace`` (a trace file, or a ``synthetic:KIND[:key=value,...]`` spec; the synthetic
+    default when ``None``), loaded with
     ``args.skip_bad_lines``; then the first ``args.count`` requests if given, replayed at
     ``args.rate_scale`` times the arrival rate. Raises ``ValueError`` (a ``TraceError``
     naming file, line and field) or ``OSError`` for unreadable input.
     """
     from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
+    from lmetric_theory.workload.spec import is_synthetic_spec, synthetic_from_spec
 
     if args.trace is None:
         w = default_workload(seed=args.seed)
+    elif is_synthetic_spec(args.trace):  # synthetic:KIND[:key=value,...]
+        w = synthetic_from_spec(args.trace, seed=args.seed)
     else:
         w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
     if args.count is not None:

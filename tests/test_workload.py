@@ -23,6 +23,7 @@ from lmetric_theory.workload import (
     TraceOrderWarning,
     Workload,
     default_workload,
+    detect_format,
     load_trace,
     parse_trace,
     scale_rate,
@@ -595,3 +596,69 @@ def test_select_on_loaded_trace_keeps_provenance(tmp_path):
     np.testing.assert_array_equal(w.blocks(0), [2, 102])
     assert w.meta["format"] == "mooncake" and w.meta["rate_scale"] == 2.0
     assert [t["op"] for t in w.meta["transforms"]] == ["scale_rate", "select"]
+
+
+# --------------------------------------------------------------------------- detection and limits
+
+
+@pytest.mark.parametrize(("first", "suffix", "fmt", "reason"), [
+    ('{"timestamp": 0}', ".jsonl", "mooncake", "the file name ends in .jsonl"),
+    ('{"arrival_s": 0}', "", "jsonl", "its first line starts with '{'"),
+    ('{"chat_id": 1}', ".txt", "bailian", "its first line starts with '{'"),
+    ("arrival_s,input_tokens,output_tokens", "", "csv", "its first line is not JSON"),
+    ('{"timestamp": 0}', ".csv", "csv", "the file name ends in .csv"),
+])
+def test_detect_format_by_suffix_then_content(first, suffix, fmt, reason):
+    assert detect_format(first, suffix=suffix) == fmt
+    from lmetric_theory.workload.loaders import _detect
+
+    assert reason in _detect(first, source="x", line=1, suffix=suffix)[1]
+
+
+@pytest.mark.parametrize(("first", "got"), [("5", "number"), ('"text"', "string"),
+                                             ("null", "null"), ("[1, 2]", "array")])
+def test_json_values_that_are_not_objects(first, got):
+    with pytest.raises(TraceError, match=f"line 1: expected a JSON object, got {got} "):
+        detect_format(first)
+
+
+def test_format_reason_in_meta(tmp_path):
+    p = _jsonl(tmp_path, [_mc(0, 600, 2)], name="t.log")
+    w = load_trace(p)
+    assert w.meta["format"] == "mooncake"
+    assert w.meta["format_reason"] == ("read as JSON Lines because its first line starts with "
+                                       "'{'; the first object has a 'timestamp' field")
+    assert load_trace(p, format="mooncake").meta["format_reason"] == "format given"
+
+
+def test_limits_at_the_edges(tmp_path):
+    ok = _jsonl(tmp_path, [_mc(0, 2**24, 1, list(range(2**24 // 512))), _mc(1e13, 1, 2**24)],
+                name="edge.jsonl")
+    w = load_trace(ok)
+    assert w.arrival_s[-1] == 1e10 and w.input_tokens[0] == 2**24 and w.output_tokens[1] == 2**24
+    generic = _write(tmp_path, "g.jsonl", [json.dumps({"arrival_s": 1e10 + 1, "input_tokens": 1,
+                                                       "output_tokens": 1})])
+    with pytest.raises(TraceError, match=r"field 'arrival_s': must be a finite number in "
+                       r"\[0, 1e\+10\] s, got 10000000001.0"):
+        load_trace(generic)
+
+
+def test_fresh_hash_ids_never_overflow(tmp_path):
+    top = 2**63 - 1
+    p = _write(tmp_path, "h.jsonl", [
+        json.dumps({"arrival_s": 0, "input_tokens": 16, "output_tokens": 1, "hash_ids": [top]}),
+        json.dumps({"arrival_s": 1, "input_tokens": 40, "output_tokens": 1}),
+    ])
+    w = load_trace(p)
+    assert w.blocks(0).tolist() == [top]
+    fresh = w.blocks(1).tolist()
+    assert len(fresh) == 3 and len(set(fresh)) == 3 and top not in fresh
+
+
+def test_scale_rate_keeps_times_within_the_limit():
+    w = parse_trace([json.dumps(_mc(0, 10, 1)), json.dumps(_mc(5000, 10, 1))])
+    assert scale_rate(w, 1e-6).arrival_s[-1] == pytest.approx(5e6)
+    with pytest.raises(ValueError, match="beyond the 1e\\+10 s limit"):
+        scale_rate(w, 1e-300)
+    with pytest.raises(ValueError, match="start_s must be a finite number"):
+        select(w, start_s=True)

@@ -3,7 +3,7 @@
 Only what the packaged modules do not already offer lives here. Tuning the linear rate is
 :func:`lmetric_theory.experiments.tuning.tune_linear` (band: :func:`lmetric_theory.audit.reference_from_tuning`),
 auditing a run is :func:`lmetric_theory.audit.audit_workload` (its report ranks the
-mitigations) and re-routing single decisions is :func:`lmetric_theory.experiments.counterfactual.counterfactual`;
+mitigations) and the forked-replay study is :func:`lmetric_theory.experiments.counterfactual.counterfactual_study`;
 the notebooks call those directly. Nothing here prints or writes files; :func:`find_shared`
 only looks for a folder.
 """

@@ -1,96 +1,235 @@
-"""Counterfactual replays: forks leave the original untouched; the same choice reproduces it."""
+"""Counterfactual study: hand-computed harm on a tiny cluster, A-A zero, sampling, JSON, CLI."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from lmetric_theory.experiments.counterfactual import counterfactual
-from lmetric_theory.sim import SimConfig, Simulator, load_preset
+from lmetric_theory.cli import main
+from lmetric_theory.detector import LinearReference
+from lmetric_theory.experiments.counterfactual import (
+    counterfactual_study,
+    decision_load,
+    flag_mask,
+    fork_decision,
+    load_deciles,
+    matched_sample,
+)
+from lmetric_theory.sim import LatencyModel, SimConfig, Simulator, load_preset
 from lmetric_theory.workload import synthetic
+from lmetric_theory.workload.base import Workload
+
+BS = 100
+# Prefill only: an iteration of p prefill tokens takes C0 + C_PF * p seconds.
+C0, C_PF = 0.01, 1e-4
+LAT = LatencyModel(c0=C0, c_pf=C_PF, c_dec=0.0, c_kv=0.0, c_att=0.0)
+
+
+def tiny_workload(reqs: list[tuple[float, int]]) -> Workload:
+    """One-token outputs, no shared blocks: (arrival s, prompt tokens) per request."""
+    hashes: list[int] = []
+    offs = [0]
+    for _, inp in reqs:
+        k = -(-inp // BS)
+        hashes.extend(range(len(hashes), len(hashes) + k))
+        offs.append(len(hashes))
+    return Workload(
+        arrival_s=np.array([r[0] for r in reqs], dtype=np.float64),
+        input_tokens=np.array([r[1] for r in reqs], dtype=np.int64),
+        output_tokens=np.ones(len(reqs), dtype=np.int64),
+        hash_ids=np.array(hashes, dtype=np.int64),
+        hash_offsets=np.array(offs, dtype=np.int64),
+        block_size=BS,
+    )
+
+
+def tiny_config(n: int = 2) -> SimConfig:
+    return SimConfig(n_instances=n, latency=LAT, kv_capacity_tokens=100_000, token_budget=4096,
+                     max_batch=64)
+
+
+def test_harm_of_each_choice_computed_by_hand() -> None:
+    # r0 at 0 s (1000 tokens) goes to instance 0 (linear at lam=0 ties, lowest index) and
+    # prefills over [0, 0.11]. r1 arrives at 0.05 s (1000 tokens), decision 1:
+    #   instance 0: joins at the next iteration boundary 0.11, done 0.22 -> TTFT 0.17 s
+    #   instance 1: idle, starts at 0.05, done 0.16 -> TTFT 0.11 s
+    # r2 arrives at 5 s, beyond the 1 s horizon: not affected.
+    t_pf = C0 + C_PF * 1000
+    w = tiny_workload([(0.0, 1000), (0.05, 1000), (5.0, 1000)])
+    sim = Simulator(w, tiny_config(), "linear:lam=0")
+    original = sim.fork().run()
+    assert original.instance.tolist()[:2] == [0, 0]
+    sim.advance(until_decision=1)
+    f = fork_decision(sim, 1, request=1, chosen=0, arrival_s=np.asarray(w.arrival_s),
+                      horizon_s=1.0, converge_k=0)
+    assert f.affected == 1 and not f.converged
+    assert f.ttft_cost_s[0] == pytest.approx(2 * t_pf - 0.05, abs=1e-12)
+    assert f.ttft_cost_s[1] == pytest.approx(t_pf, abs=1e-12)
+    assert f.harm_s == pytest.approx(t_pf - 0.05, abs=1e-12)  # 0.06 s
+    assert f.aa_diff_s == 0.0
+    assert f.tpot_cost_s == (0.0, 0.0)  # one-token outputs have no TPOT
+    # The chosen branch replays the original run exactly.
+    assert f.ttft_cost_s[0] == original.ttft_s[1]
+    assert sim.decisions_made == 1  # forks leave the simulator where it was
+
+
+def test_affected_set_spans_the_horizon_and_sums_every_request() -> None:
+    # As above, plus r2 at 0.3 s inside a 1 s horizon. Branch 0: r1 over [0.11, 0.22], then
+    # r2 (arrives 0.3, instance 0 idle again; linear lam=0 ties -> instance 0) over
+    # [0.3, 0.41]. Branch 1: r1 on instance 1 over [0.05, 0.16]; r2 -> instance 0 (idle,
+    # lowest index) over [0.3, 0.41]. Costs: 0.17 + 0.11 and 0.11 + 0.11.
+    t_pf = C0 + C_PF * 1000
+    w = tiny_workload([(0.0, 1000), (0.05, 1000), (0.3, 1000)])
+    sim = Simulator(w, tiny_config(), "linear:lam=0")
+    sim.advance(until_decision=1)
+    f = fork_decision(sim, 1, request=1, chosen=0, arrival_s=np.asarray(w.arrival_s),
+                      horizon_s=1.0, converge_k=0)
+    assert f.affected == 2
+    assert f.ttft_cost_s[0] == pytest.approx((2 * t_pf - 0.05) + t_pf, abs=1e-12)
+    assert f.ttft_cost_s[1] == pytest.approx(2 * t_pf, abs=1e-12)
+    assert f.harm_s == pytest.approx(t_pf - 0.05, abs=1e-12)
+    # With re-convergence after one agreeing request, r2 (same instance, same TTFT in both
+    # branches) ends the affected set: only r1 counts.
+    g = fork_decision(sim, 1, request=1, chosen=0, arrival_s=np.asarray(w.arrival_s),
+                      horizon_s=1.0, converge_k=1)
+    assert g.converged and g.affected == 1
+    assert g.harm_s == pytest.approx(t_pf - 0.05, abs=1e-12)
 
 
 @pytest.fixture(scope="module")
-def setup():
-    w = synthetic("mixed", n_requests=200, rate_rps=12.0, seed=2)
+def small():
+    w = synthetic("chat", n_requests=500, rate_rps=20.0, seed=3)
     cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 3)
     return w, cfg
 
 
-def test_fork_same_choice_reproduces_and_original_untouched(setup):
-    w, cfg = setup
-    original = Simulator(w, cfg, "lmetric").run()
-    d = 120
-    base = Simulator(w, cfg, "lmetric")
-    base.advance(until_decision=d)
-    same = base.fork()
-    same.force(d, int(original.instance[d]))
-    r_same = same.run()
-    np.testing.assert_array_equal(r_same.ttft_s, original.ttft_s)
-    np.testing.assert_array_equal(r_same.tpot_s, original.tpot_s)
-    other = base.fork()
-    other.force(d, (int(original.instance[d]) + 1) % cfg.n_instances)
-    r_other = other.run()
-    assert r_other.instance[d] != original.instance[d]
-    assert not np.array_equal(r_other.ttft_s, original.ttft_s)
-    # The forks ran to completion; the base is still right before decision d and finishes as the original.
-    assert base.decisions_made == d
-    r_base = base.run()
-    np.testing.assert_array_equal(r_base.ttft_s, original.ttft_s)
-    np.testing.assert_array_equal(r_base.instance, original.instance)
+@pytest.fixture(scope="module")
+def study(small):
+    w, cfg = small
+    ref = LinearReference.band(64, 1024, lam=256)
+    return counterfactual_study(w, cfg, reference=ref, samples=8, horizon_s=5.0, seed=4,
+                                end_to_end_seeds=2, n_boot=200, workers=1)
 
 
-def test_report_deterministic_and_consistent(setup):
-    w, cfg = setup
-    a = counterfactual(w, cfg, lam=256, n_flagged=5, n_control=5, window_s=2.0, seed=7)
-    b = counterfactual(w, cfg, lam=256, n_flagged=5, n_control=5, window_s=2.0, seed=7)
+def test_aa_forks_give_exactly_zero_for_a_deterministic_policy(study) -> None:
+    assert study.forks
+    assert all(f.aa_diff_s == 0.0 for f in study.forks)
+    d = study.to_dict()
+    assert d["noise_floor_s"] == 0.0 and d["population"]["aa_nonzero"] == 0
+
+
+def test_chosen_branch_replays_the_original_run(small, study) -> None:
+    w, cfg = small
+    res = Simulator(w, cfg, "lmetric").run()
+    for f in study.forks:
+        assert f.chosen == res.instance[f.decision]
+        idx = np.arange(f.request, f.request + f.affected)
+        assert f.ttft_cost_s[f.chosen] == pytest.approx(float(res.ttft_s[idx].sum()), rel=1e-12)
+        assert f.harm_s >= 0.0 and min(f.ttft_cost_s) == f.ttft_cost_s[f.chosen] - f.harm_s
+
+
+def test_json_stable_keys_and_consistency(study) -> None:
+    d = study.to_dict()
+    json.dumps(d)  # JSON-ready
+    for g in ("flagged", "control"):
+        assert set(d[g]) >= {"n", "harm_rate", "harm_rate_ci95", "mean_harm_s", "mean_harm_ci95"}
+    assert d["flagged"]["n"] == len(study.flagged_decisions)
+    assert d["control"]["n"] == len(study.control_decisions)
+    assert set(study.flagged_decisions).isdisjoint(study.control_decisions)
+    thr = study.harm_threshold_s
+    harms = {f.decision: f.harm_s for f in study.forks}
+    fl = [harms[k] for k in study.flagged_decisions]
+    assert d["flagged"]["harm_rate"] == pytest.approx(np.mean([h > thr for h in fl]))
+    assert d["flagged"]["mean_harm_s"] == pytest.approx(np.mean(fl))
+    assert d["precision"]["value"] == d["flagged"]["harm_rate"]
+    for name, x in d["auroc"].items():
+        assert set(x) >= {"value", "ci95"}, name
+    assert "hotspot_phase" in d["auroc"] or "hotspot_phase" in d["auroc_omitted"]
+    for x in d["mitigations"].values():
+        assert set(x) >= {"n", "mean_gain_s", "ci95"}
+    assert set(d["config"]) >= {"policy", "flag", "flag_definition", "reference", "horizon_s",
+                                "samples", "seed"}
+    assert d["end_to_end"]["replicates"] == 2
+
+
+def test_fallback_mitigation_gain_equals_regret_vs_reference(study) -> None:
+    d = study.to_dict()
+    if not study.flagged_decisions:
+        pytest.skip("no disagreement at this setting")
+    # gain = cost(policy's choice) - cost(reference's choice) = regret vs reference
+    m = d["mitigations"]["fallback_reference"]
+    assert m["mean_gain_s"] == pytest.approx(d["flagged"]["mean_regret_vs_reference_s"])
+
+
+def test_study_is_deterministic(small, study) -> None:
+    w, cfg = small
+    again = counterfactual_study(w, cfg, reference=LinearReference.band(64, 1024, lam=256),
+                                 samples=8, horizon_s=5.0, seed=4, end_to_end_seeds=2, n_boot=200,
+                                 workers=1)
+    assert again.forks == study.forks
+    a, b = again.to_dict(), study.to_dict()
+    a.pop("runtime_s"), b.pop("runtime_s")
     assert a == b
-    assert a.decisions == 200 and a.flagged + a.unflagged == 200
-    cf = [c for c in a.cases if c.flagged]
-    cu = [c for c in a.cases if not c.flagged]
-    assert len(cf) == min(5, a.flagged) and len(cu) == min(5, a.unflagged)
-    assert a.precision == sum(c.harmful for c in cf) / len(cf)
-    h_f, h_u = a.harm_rate_flagged, a.harm_rate_control
-    den = a.flagged * h_f + a.unflagged * h_u
-    assert (math.isnan(a.recall) and den == 0) or a.recall == pytest.approx(a.flagged * h_f / den)
-    for c in a.cases:
-        assert c.product_choice != c.alternative_choice
-        assert c.harmful == (c.ttft_delta_s > 0.0)
-        assert c.affected >= 1
-        # Disagreeing decisions compare with the reference, the rest with the runner-up.
-        if not c.flagged:
-            assert c.alternative == "runner_up"
 
 
-def test_case_branch_matches_manual_replay(setup):
-    w, cfg = setup
-    rep = counterfactual(w, cfg, lam=256, n_flagged=1, n_control=0, window_s=1.0, seed=1)
-    (c,) = rep.cases
-    sim = Simulator(w, cfg, "lmetric:P=uncached,p0=0,b0=1")
-    sim.advance(until_decision=c.decision)
-    sim.force(c.decision, c.alternative_choice)
-    res = sim.run()
-    arr = np.asarray(w.arrival_s)
-    idx = np.arange(c.decision, max(int(np.searchsorted(arr, c.time_s + 1.0, side="right")), c.decision + 1))
-    assert idx.size == c.affected
-    assert float(np.mean(res.ttft_s[idx])) == pytest.approx(c.ttft_alternative_s, rel=1e-12)
+def test_controls_are_matched_on_load_decile() -> None:
+    rng = np.random.default_rng(0)
+    load = rng.gamma(2.0, 3.0, 2000)
+    flagged = rng.random(2000) < 0.2 + 0.05 * (load > 8)
+    s = matched_sample(flagged, load, 170, np.random.default_rng(1))
+    assert s.flagged.size == 170 and s.control.size == 170
+    assert flagged[s.flagged].all() and not flagged[s.control].any()
+    assert np.unique(s.control).size == 170
+    dec = load_deciles(load)
+    assert np.array_equal(np.sort(dec[s.flagged]), np.sort(dec[s.control]))
 
 
-def test_disagreement_flag_uses_reference_alternative(setup):
-    w, cfg = setup
-    rep = counterfactual(w, cfg, lam=64, n_flagged=3, n_control=2, window_s=1.0, flag="disagreement")
-    assert rep.flag == "disagreement"
-    for c in rep.cases:
-        assert (c.alternative == "reference") == c.flagged
+def test_flag_definitions(small) -> None:
+    w, cfg = small
+    from lmetric_theory.detector import Detector
 
-
-def test_bad_arguments(setup):
-    w, cfg = setup
-    with pytest.raises(ValueError, match="window_s"):
-        counterfactual(w, cfg, lam=1, window_s=-1)
-    with pytest.raises(ValueError, match="threshold_s"):
-        counterfactual(w, cfg, lam=1, threshold_s=math.nan)
+    log = Simulator(w, cfg, "lmetric").run().snapshots
+    v = Detector(LinearReference.band(64, 1024, lam=256)).check_many(
+        log.uncached.astype(np.int64), log.running.astype(np.int64))
+    assert np.array_equal(flag_mask(v, "disagreement"), v.disagrees)
+    anyb = flag_mask(v, "any-but-ties")
+    assert np.array_equal(anyb & ~(v.exact_tie | v.idle_tie), anyb & ~(v.exact_tie | v.idle_tie))
+    assert not (anyb & ~(v.disagrees | v.fragile | v.zero_prefill | v.extreme_operating_point)).any()
+    assert decision_load(log).shape == (len(log),)
     with pytest.raises(ValueError, match="flag"):
-        counterfactual(w, cfg, lam=1, flag="some")
+        flag_mask(v, "some")
+
+
+def test_bad_arguments(small) -> None:
+    w, cfg = small
+    ref = LinearReference.fixed(256)
+    for kw, what in (({"flag": "any"}, "flag"), ({"samples": 0}, "samples"),
+                     ({"horizon_s": math.nan}, "horizon_s"), ({"converge_k": -1}, "converge_k"),
+                     ({"min_harm_s": -1.0}, "min_harm_s")):
+        with pytest.raises(ValueError, match=what):
+            counterfactual_study(w, cfg, reference=ref, **kw)
+
+
+def test_cli_json(capsys) -> None:
+    code = main(["counterfactual", "synthetic:chat:n=300,rate=15", "-n", "3", "--samples", "4",
+                 "--horizon", "3", "--e2e-seeds", "2", "--workers", "1", "--json"])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["samples"] == 4 and d["config"]["engine"] == "fast"
+    assert d["end_to_end"]["how"] == "workload regenerated per seed"
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--samples", "0"], "--samples"),
+    (["--horizon", "-1"], "--horizon"),
+    (["synthetic:nope"], "unknown kind"),
+    (["no/such/trace.jsonl"], "no/such/trace.jsonl"),
+])
+def test_cli_bad_input_exits_2_with_one_line(capsys, argv, msg) -> None:
+    code = main(["counterfactual", *argv, "--json"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert msg in err and len(err.splitlines()) == 1

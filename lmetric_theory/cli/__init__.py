@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lmetric_theory.cli.simulate",
     "lmetric_theory.cli.calibrate",
     "lmetric_theory.cli.audit",
+    "lmetric_theory.cli.counterfactual",
     "lmetric_theory.cli.results",
     "lmetric_theory.cli.app",
 )

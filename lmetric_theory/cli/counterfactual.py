@@ -1,0 +1,334 @@
+"""``lmetric-theory counterfactual [TRACE]``: does a detector flag predict harm?
+
+Forks the simulator at sampled flagged and load-matched unflagged decisions, replays every
+instance choice, and reports harm rates, the A-A noise floor, AUROC of the detector's
+signals, precision/recall and the gain of each mitigation, all with bootstrap 95%
+intervals, plus ``guarded-lmetric`` against the policy end to end over several replicates
+(see :mod:`lmetric_theory.experiments.counterfactual.study` and ``docs/counterfactual.md``).
+
+TRACE is a trace file, or ``synthetic:KIND[:key=value,...]`` (keys ``n``/``n_requests``,
+``rate``/``rate_rps``, ``seed``, plus whatever the workload generator accepts); without
+it, the synthetic default workload. A progress bar runs on stderr; ``--json`` prints the
+stable JSON; ``--out DIR`` writes ``counterfactual.json`` and ``decisions.csv`` atomically.
+
+Examples
+--------
+::
+
+    lmetric-theory counterfactual trace.jsonl --instances 8 --workers 2
+    lmetric-theory counterfactual synthetic:chat:n=3000,rate=40 --flag any-but-ties --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+PROG = "lmetric-theory counterfactual"
+REFERENCES = ("lam", "band", "tuned")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``counterfactual`` sub-command."""
+    from lmetric_theory.experiments.counterfactual import DEFAULTS, FLAG_DEFINITIONS
+
+    p = subparsers.add_parser(
+        "counterfactual",
+        help="fork the simulator at flagged and control decisions: does a flag predict harm?",
+        description="Fork the simulator at sampled flagged and load-matched unflagged routing "
+        "decisions, replay every instance choice, and report harm, AUROC of the detector's "
+        "signals, precision/recall and mitigation gains with bootstrap 95%% intervals.",
+    )
+    p.add_argument("trace", metavar="TRACE", nargs="?",
+                   help="trace file, or synthetic:KIND[:key=value,...]; "
+                   "default: the synthetic default workload")
+    p.add_argument("--instances", "-n", type=int, default=8, help="instances (default 8)")
+    p.add_argument("--policy", default=DEFAULTS["policy"], metavar="SPEC",
+                   help="policy under study, NAME[:key=value,...] (default lmetric)")
+    p.add_argument("--reference", choices=REFERENCES, default="band",
+                   help="linear reference: lam (the preset-derived rate, no band), band (that "
+                   "rate with its x/2..x2 band, default) or tuned (tuned with the simulator)")
+    p.add_argument("--flag", choices=FLAG_DEFINITIONS, default=DEFAULTS["flag"],
+                   help="what counts as flagged (default disagreement)")
+    p.add_argument("--samples", type=int, default=DEFAULTS["samples"], metavar="K",
+                   help=f"flagged decisions sampled, and as many controls (default {DEFAULTS['samples']})")
+    p.add_argument("--horizon", type=float, default=DEFAULTS["horizon_s"], metavar="S",
+                   help=f"arrivals within S seconds count as affected (default {DEFAULTS['horizon_s']:g})")
+    p.add_argument("--converge-k", type=int, default=DEFAULTS["converge_k"], metavar="K",
+                   help="K consecutive identical outcomes in every branch end the affected set "
+                   f"(0: off; default {DEFAULTS['converge_k']})")
+    p.add_argument("--min-harm", type=float, default=DEFAULTS["min_harm_s"], metavar="S",
+                   help="harm below S seconds never counts, on top of the noise floor (default 0)")
+    p.add_argument("--e2e-seeds", type=int, default=DEFAULTS["end_to_end_seeds"], metavar="N",
+                   help="replicates of guarded-lmetric vs the policy end to end (default 5; 0 skips)")
+    p.add_argument("--seed", type=int, default=0, help="seed (sampling, bootstrap, workload)")
+    p.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="local worker processes (default: CPU count)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where the forks run (default local processes)")
+    p.add_argument("--engine", choices=("fast",), default="fast",
+                   help="simulator engine (default fast, the built-in discrete-event engine)")
+    p.add_argument("--preset", default="h100-llama3-8b",
+                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
+    p.add_argument("--count", type=int, default=None, help="use only the first COUNT requests")
+    p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
+                   help="replay X times as fast (default 1)")
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed trace lines")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of tables")
+    p.add_argument("--out", metavar="DIR", help="write counterfactual.json and decisions.csv here")
+    p.set_defaults(func=run)
+
+
+def _err(msg: str) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _num(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def synthetic_from_spec(spec: str, seed: int) -> tuple[Any, Any]:
+    """The workload of ``synthetic:KIND[:key=value,...]`` and a ``seed -> Workload`` factory.
+
+    Uses the workload package's own spec parser when it has one (``workload_from_spec``);
+    otherwise ``synthetic(KIND, ...)`` with ``n``/``n_requests``, ``rate``/``rate_rps``,
+    ``seed`` and any other keyword it accepts. Raises ``ValueError`` naming the bad part.
+    """
+    import lmetric_theory.workload as W
+
+    parser = getattr(W, "workload_from_spec", None)
+    if parser is not None:
+        return parser(spec, seed=seed), lambda s: parser(spec, seed=s)
+    _, _, rest = spec.partition(":")
+    kind, _, kv = rest.partition(":")
+    if not kind:
+        raise ValueError(f"workload spec {spec!r}: expected synthetic:KIND[:key=value,...]")
+    kw: dict[str, Any] = {}
+    alias = {"n": "n_requests", "rate": "rate_rps"}
+    for item in filter(None, kv.split(",")):
+        k, eq, val = item.partition("=")
+        if not eq:
+            raise ValueError(f"workload spec {spec!r}: expected key=value, got {item!r}")
+        try:
+            kw[alias.get(k.strip(), k.strip())] = _num(val.strip())
+        except ValueError:
+            raise ValueError(f"workload spec {spec!r}: {k.strip()}: not a number: {val!r}") from None
+    base_seed = int(kw.pop("seed", seed))
+    if kind not in W.KINDS:
+        raise ValueError(f"workload spec {spec!r}: unknown kind {kind!r}; valid: {', '.join(W.KINDS)}")
+    try:
+        w = W.synthetic(kind, seed=base_seed, **kw)
+    except TypeError as exc:
+        raise ValueError(f"workload spec {spec!r}: {exc}") from None
+    return w, lambda s: W.synthetic(kind, seed=s, **kw)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler: run the study, print tables or JSON, optionally write files."""
+    from lmetric_theory.cli.common import preset_from_arg, workload_from_args
+    from lmetric_theory.policies import make_policy
+    from lmetric_theory.sim import SimConfig
+
+    if args.instances < 2:
+        return _err(f"--instances must be >= 2 (a decision needs an alternative), got {args.instances}")
+    if args.samples < 1:
+        return _err(f"--samples must be >= 1, got {args.samples}")
+    if not (math.isfinite(args.horizon) and args.horizon > 0):
+        return _err(f"--horizon must be finite and > 0 seconds, got {args.horizon}")
+    if args.converge_k < 0:
+        return _err(f"--converge-k must be >= 0, got {args.converge_k}")
+    if not (math.isfinite(args.min_harm) and args.min_harm >= 0):
+        return _err(f"--min-harm must be finite and >= 0 seconds, got {args.min_harm}")
+    if args.e2e_seeds < 0:
+        return _err(f"--e2e-seeds must be >= 0, got {args.e2e_seeds}")
+    if args.workers is not None and args.workers < 1:
+        return _err(f"--workers must be >= 1, got {args.workers}")
+    if args.count is not None and args.count < 1:
+        return _err(f"--count must be >= 1, got {args.count}")
+    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
+        return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
+    replicate = None
+    try:
+        import lmetric_theory.experiments.tuning  # noqa: F401  (registers tuned-linear)
+        import lmetric_theory.policies.guarded  # noqa: F401
+
+        make_policy(args.policy, seed=args.seed)
+        preset = preset_from_arg(args.preset)
+        if args.trace is not None and args.trace.startswith("synthetic:"):
+            from lmetric_theory.workload import scale_rate, select
+
+            workload, replicate = synthetic_from_spec(args.trace, args.seed)
+            if args.count is not None:
+                workload = select(workload, count=args.count)
+            if args.rate_scale != 1.0:
+                workload = scale_rate(workload, args.rate_scale)
+            if args.count is not None or args.rate_scale != 1.0:
+                replicate = None  # replicates would not match the transformed workload
+        else:
+            workload = workload_from_args(args)
+        cfg = SimConfig.from_preset(preset, args.instances)
+        reference = _reference(args, preset, workload)
+    except (OSError, ValueError) as exc:
+        return _err(str(exc))
+
+    from lmetric_theory.experiments.counterfactual import counterfactual_study
+
+    bar = None
+    progress = None
+    if not args.json:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        bar = Progress(TextColumn("forking decisions"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        task = bar.add_task("forks", total=None)
+        bar.start()
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+    source = args.trace or "synthetic default"
+    executor: Any = args.executor
+    if args.executor == "local":
+        from lmetric_theory.experiments.sweep import LocalExecutor
+
+        executor = LocalExecutor(args.workers)
+    try:
+        res = counterfactual_study(
+            workload, cfg, reference=reference, policy=args.policy, flag=args.flag,
+            samples=args.samples, horizon_s=args.horizon, converge_k=args.converge_k,
+            min_harm_s=args.min_harm, seed=args.seed, end_to_end_seeds=args.e2e_seeds,
+            replicate=replicate, executor=executor, progress=progress, source=source)
+    except (OSError, ValueError) as exc:
+        return _err(str(exc))
+    finally:
+        if bar is not None:
+            bar.stop()
+    doc = res.to_dict()
+    doc["config"]["engine"] = args.engine
+    doc["config"]["preset"] = preset.name
+    if args.out:
+        from lmetric_theory.cli.calibrate import write_atomic
+
+        out = Path(args.out)
+        try:
+            write_atomic(out / "counterfactual.json", json.dumps(doc, indent=2) + "\n")
+            write_atomic(out / "decisions.csv", _decisions_csv(res))
+        except OSError as exc:
+            return _err(f"cannot write {args.out}: {exc}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    _print(doc)
+    if args.out:
+        print(f"wrote {Path(args.out) / 'counterfactual.json'} and {Path(args.out) / 'decisions.csv'}")
+    return 0
+
+
+def _reference(args: argparse.Namespace, preset: Any, workload: Any) -> Any:
+    from lmetric_theory import audit as A
+    from lmetric_theory.detector import LinearReference
+
+    if args.reference == "tuned":
+        spec = args.policy.split(":", 1)
+        params = dict(kv.split("=", 1) for kv in spec[1].split(",") if "=" in kv) if len(spec) > 1 else {}
+        return A.tuned_reference(workload, instances=args.instances, preset=preset, seed=args.seed,
+                                 p_definition=params.get("P", "uncached"),
+                                 b_definition=params.get("B", "running"))
+    ref = A.default_reference(preset, workload)
+    if args.reference == "lam":
+        return LinearReference(ref.lam, source="latency_model",
+                               provenance=f"rate of the default band, without the band; {ref.provenance}")
+    return ref
+
+
+def _decisions_csv(res: Any) -> str:
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    fl = set(res.flagged_decisions)
+    ctl = set(res.control_decisions)
+    n = len(res.forks[0].ttft_cost_s) if res.forks else 0
+    w.writerow(["decision", "request", "time_s", "group", "chosen", "affected", "converged",
+                "harm_s", "aa_diff_s", *[f"ttft_cost_s_{i}" for i in range(n)],
+                *[f"tpot_cost_s_{i}" for i in range(n)]])
+    for f in res.forks:
+        group = "flagged" if f.decision in fl else ("control" if f.decision in ctl else "")
+        w.writerow([f.decision, f.request, repr(f.time_s), group, f.chosen, f.affected,
+                    int(f.converged), repr(f.harm_s), repr(f.aa_diff_s),
+                    *[repr(x) for x in f.ttft_cost_s], *[repr(x) for x in f.tpot_cost_s]])
+    return buf.getvalue()
+
+
+def _ci(v: Any, ci: Any, fmt: str = "{:.3f}") -> str:
+    if v is None:
+        return "-"
+    lo, hi = ci if ci else (None, None)
+    band = "" if lo is None or hi is None else f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return fmt.format(v) + band
+
+
+def _print(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=None if sys.stdout.isatty() else 132)
+    cfg = doc["config"]
+    pop = doc["population"]
+    t = Table(title=f"Counterfactual study of {cfg['source']} - {cfg['instances']} instances, "
+              f"{cfg['policy_resolved']}, flag = {cfg['flag']}",
+              caption=f"flag: {cfg['flag_definition']}; 95% bootstrap intervals in brackets")
+    t.add_column("")
+    for col in ("n", "harm rate", "mean harm (s)", "mean regret vs reference (s)"):
+        t.add_column(col, justify="right")
+    for g in ("flagged", "control"):
+        x = doc[g]
+        t.add_row(g, str(x["n"]), _ci(x["harm_rate"], x["harm_rate_ci95"], "{:.1%}"),
+                  _ci(x["mean_harm_s"], x["mean_harm_ci95"]),
+                  _ci(x["mean_regret_vs_reference_s"], x["mean_regret_vs_reference_ci95"]))
+    con.print(t)
+    con.print(f"decisions {pop['decisions']:,}, flagged {pop['flagged']:,}; noise floor "
+              f"{doc['noise_floor_s']:.4g} s (A-A nonzero in {pop['aa_nonzero']}); harmful = harm > "
+              f"{doc['harm_threshold_s']:.4g} s; horizon {cfg['horizon_s']:g} s; "
+              f"re-converged early {pop['converged']} of {pop['sampled_flagged'] + pop['sampled_control']}",
+              highlight=False)
+    a = Table(title="Does the signal predict harm? AUROC (0.5 = chance)")
+    a.add_column("signal")
+    a.add_column("AUROC [95%]", justify="right")
+    a.add_column("n", justify="right")
+    for name, x in doc["auroc"].items():
+        a.add_row(name, _ci(x["value"], x["ci95"]), str(x["n"]))
+    for name, why in doc.get("auroc_omitted", {}).items():
+        a.add_row(name, "omitted", why)
+    con.print(a)
+    con.print(f"precision {_ci(doc['precision']['value'], doc['precision']['ci95'])}, "
+              f"recall {_ci(doc['recall']['value'], doc['recall']['ci95'])}", highlight=False)
+    if doc["mitigations"]:
+        m = Table(title="Mitigations at sampled flagged decisions (gain > 0: helps)")
+        for col in ("mitigation", "n", "changed", "mean gain (s) [95%]"):
+            m.add_column(col, justify="left" if col == "mitigation" else "right")
+        for name, x in doc["mitigations"].items():
+            m.add_row(name, str(x["n"]), str(x["changed"]), _ci(x["mean_gain_s"], x["ci95"]))
+        con.print(m)
+    e = doc["end_to_end"]
+    if e.get("replicates"):
+        con.print(f"end to end ({e['how']}): mean TTFT {e['policy_ttft_mean_s']:.3f} s (policy) vs "
+                  f"{e['guarded_ttft_mean_s']:.3f} s (guarded-lmetric); guarded - policy "
+                  f"{_ci(e['mean_diff_s'], e['diff_ci95'])} s", highlight=False)
+    con.print(f"runtime {doc['runtime_s']['total']:.1f} s", highlight=False)

@@ -1,0 +1,562 @@
+"""Does a detector flag predict harm? The counterfactual study (:func:`counterfactual_study`).
+
+Procedure
+---------
+1. Replay the workload under the policy under study (default ``lmetric``) and check every
+   decision with a :class:`~lmetric_theory.detector.Detector` built from the policy's own
+   ``P``/``B`` definitions and offsets, against the reference (rate ``lam``, band).
+2. Sample up to ``samples`` flagged decisions and as many load-matched unflagged ones
+   (:mod:`~lmetric_theory.experiments.counterfactual.sampling` states the flag definitions
+   and the matching).
+3. At every sampled decision, replay all ``N`` instance choices and an A-A branch
+   (:mod:`~lmetric_theory.experiments.counterfactual.forks` states the cost rule: summed
+   TTFT of the affected requests until re-convergence or the horizon). The forks run
+   through a sweep executor (local processes or Dask) in batches.
+4. One comparator for every decision:
+
+   * ``harm_s`` = cost of the policy's choice - cost of the best branch (>= 0);
+   * ``regret_vs_reference_s`` = cost of the policy's choice - cost of the reference's
+     choice (the linear argmin at ``lam``; negative when the policy did better);
+   * ``noise_floor_s`` = the 95th percentile of ``|A-A branch - chosen branch|`` over the
+     sampled decisions (exactly 0 for a deterministic policy);
+   * a decision is **harmful** when ``harm_s > max(noise_floor_s, min_harm_s)``.
+
+5. Statistics (:mod:`lmetric_theory.experiments.stats`, percentile bootstrap, seeded):
+   harm rate and mean harm per group; AUROC of each signal as a predictor of "harmful"
+   over both groups pooled; precision = P(harmful | flagged) (the flagged sample is a
+   uniform draw of the flagged decisions); recall = P(flagged | harmful) =
+   ``F h_f / (F h_f + U h_u)`` with ``F``, ``U`` the flagged and unflagged decision counts
+   of the run, ``h_f`` the flagged sample's harm rate and ``h_u`` the controls' harm rate
+   re-weighted from the matched (flagged-like) load distribution to the unflagged
+   decisions' load-decile distribution (deciles without controls take the pooled control
+   rate). Both from the same harmful/harmless label.
+6. Mitigations: for each mitigation the detector proposes, its choice at every sampled
+   flagged decision; its gain is ``cost(policy's choice) - cost(mitigated choice)`` read
+   off the same forks (positive: the mitigation helps).
+7. End to end: ``guarded-lmetric`` (same score, same reference) against the policy under
+   study, paired, on ``end_to_end_seeds`` replicate workloads: workloads regenerated with
+   seeds ``seed, seed+1, ...`` when a ``replicate`` factory is given (synthetic), else
+   equal consecutive slices of the workload (a trace); mean TTFT difference with a
+   Student-t interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.detector import Detector, LinearReference, Mitigation, Verdicts
+from lmetric_theory.experiments import stats
+from lmetric_theory.experiments.counterfactual.forks import DecisionForks, ForkTask, run_fork_task
+from lmetric_theory.experiments.counterfactual.sampling import (
+    FLAG_DEFINITIONS,
+    FLAG_TEXT,
+    decision_load,
+    flag_mask,
+    matched_sample,
+)
+from lmetric_theory.sim import SimConfig, Simulator
+from lmetric_theory.workload import Workload
+
+__all__ = ["DEFAULTS", "HARM_RULE", "SIGNALS", "CounterfactualStudy", "counterfactual_study"]
+
+#: Default settings of the study (the CLI's defaults).
+DEFAULTS: dict[str, Any] = {
+    "policy": "lmetric",
+    "flag": "disagreement",
+    "samples": 170,
+    "horizon_s": 30.0,
+    "converge_k": 32,
+    "min_harm_s": 0.0,
+    "end_to_end_seeds": 5,
+    "n_boot": 2000,
+}
+
+#: Detector signals whose AUROC is reported (larger value = predicted harmful).
+SIGNALS: tuple[str, ...] = ("disagreement", "regret_tokens", "lam_star_band_distance", "lam_eff",
+                            "hotspot_phase")
+
+#: The cost rule, stated in the results.
+HARM_RULE = (
+    "fork at the decision; branch c sends it to instance c, later requests follow the policy; "
+    "affected = requests with decision index >= d arriving by t_d + horizon_s, cut before the "
+    "first run of converge_k consecutive later requests routed identically with bit-equal TTFT "
+    "in every branch; cost = summed TTFT of the affected requests (summed TPOT beside it); "
+    "harm = cost(chosen) - min over branches; harmful = harm > max(noise_floor_s, min_harm_s)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterfactualStudy:
+    """Result of :func:`counterfactual_study` (``to_dict()`` gives the stable JSON).
+
+    Attributes
+    ----------
+    forks : tuple of DecisionForks
+        Every sampled decision's branches, in decision order.
+    flagged_decisions, control_decisions : tuple of int
+        The two samples (``control_decisions[k]`` matches ``flagged_decisions[k]``).
+    harm_threshold_s : float
+        ``max(noise_floor_s, min_harm_s)``, seconds.
+    summary : dict
+        The JSON-ready figures (see :meth:`to_dict`).
+    """
+
+    forks: tuple[DecisionForks, ...]
+    flagged_decisions: tuple[int, ...]
+    control_decisions: tuple[int, ...]
+    harm_threshold_s: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def fork(self, decision: int) -> DecisionForks:
+        """The branches of one sampled decision."""
+        for f in self.forks:
+            if f.decision == decision:
+                return f
+        raise KeyError(f"decision {decision} was not sampled")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable JSON: ``flagged``, ``control``, ``noise_floor_s``, ``auroc``, ``precision``,
+        ``recall``, ``mitigations``, ``end_to_end``, ``population``, ``config`` (and more)."""
+        return _json_safe(self.summary)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def _policy_score(spec: str, seed: int) -> tuple[str, str, Any, Any, str]:
+    """``P``, ``B`` definitions, ``p0``, ``b0`` and tie rule of a policy (lmetric defaults)."""
+    from fractions import Fraction
+
+    from lmetric_theory.policies import make_policy
+
+    params = make_policy(spec, seed=seed).params
+    P = str(getattr(params, "P", "uncached"))
+    B = str(getattr(params, "B", "running"))
+    p0 = Fraction(getattr(params, "p0", 0))
+    b0 = Fraction(getattr(params, "b0", 1))
+    ex = [int(x) if x.denominator == 1 else float(x) for x in (p0, b0)]
+    return P, B, ex[0], ex[1], str(getattr(params, "tie", "lowest"))
+
+
+def _signals(log: Any, P_def: str, B_def: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    U = log.uncached.astype(np.int64)
+    P = U + log.queued.astype(np.int64) if P_def == "queued+uncached" else U
+    B = log.running.astype(np.int64)
+    if B_def in ("in-flight", "in_flight"):
+        B = B + log.waiting.astype(np.int64)
+    return P, B, U
+
+
+def _band_distance(lam_star: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``|log|`` distance of ``lam*`` from ``[lo, hi]`` (0 inside, inf for lam* <= 0 outside)."""
+    x = np.asarray(lam_star, dtype=np.float64)
+    out = np.zeros_like(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = x < lo
+        above = x > hi
+        out[below] = np.where(x[below] > 0, np.log(lo / x[below]), np.inf)
+        out[above] = np.where(hi > 0, np.log(x[above] / hi), np.inf)
+    out[np.isnan(x)] = np.inf  # equal batches: lam never flips the pair
+    return out
+
+
+def _hotspot_phase(log: Any) -> tuple[np.ndarray | None, str]:
+    """Per-decision hot-spot phase from the hot-spot monitor, or ``None`` and why not."""
+    try:
+        from lmetric_theory.detector import hotspot  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "the hot-spot monitor (lmetric_theory.detector.hotspot) is not available"
+    fn = getattr(hotspot, "phase_of_log", None)
+    if fn is None:
+        return None, ("lmetric_theory.detector.hotspot has no phase_of_log(log) -> per-decision "
+                      "phase array; not wired up")
+    return np.asarray(fn(log), dtype=np.float64), ""
+
+
+def _group(harm: np.ndarray, harmful: np.ndarray, regret: np.ndarray, tpot_harm: np.ndarray,
+           n_boot: int, seed: int) -> dict[str, Any]:
+    rate = stats.bootstrap_ci(harmful.astype(np.float64), n_boot=n_boot, seed=[seed, 1])
+    mean = stats.bootstrap_ci(harm, n_boot=n_boot, seed=[seed, 2])
+    reg = stats.bootstrap_ci(regret, n_boot=n_boot, seed=[seed, 3])
+    tp = stats.bootstrap_ci(tpot_harm, n_boot=n_boot, seed=[seed, 4])
+    return {
+        "n": int(harm.size),
+        "harm_rate": rate.value, "harm_rate_ci95": list(rate.ci95),
+        "mean_harm_s": mean.value, "mean_harm_ci95": list(mean.ci95),
+        "mean_regret_vs_reference_s": reg.value, "mean_regret_vs_reference_ci95": list(reg.ci95),
+        "mean_tpot_harm_s": tp.value, "mean_tpot_harm_ci95": list(tp.ci95),
+    }
+
+
+def _weighted_rate(hc: np.ndarray, dec: np.ndarray, u_share: np.ndarray) -> float:
+    """Control harm rate re-weighted to the unflagged decisions' load deciles."""
+    pooled = float(hc.mean())
+    return float(sum(u_share[q] * (hc[dec == q].mean() if (dec == q).any() else pooled)
+                     for q in range(10)))
+
+
+def _recall(hf: float, hc: np.ndarray, dec: np.ndarray, F: int, U: int,
+            u_share: np.ndarray) -> float:
+    if hc.size == 0 or not math.isfinite(hf):
+        return math.nan
+    den = F * hf + U * _weighted_rate(hc, dec, u_share)
+    return F * hf / den if den > 0 else math.nan
+
+
+def _precision_recall(h_f: np.ndarray, h_c: np.ndarray, dec_c: np.ndarray, F: int, U: int,
+                      u_share: np.ndarray, n_boot: int, seed: int) -> tuple[dict, dict]:
+    """Precision and recall (module docstring, step 5) with percentile-bootstrap intervals
+    (flagged and control samples resampled independently, controls with their deciles)."""
+    prec = float(h_f.mean()) if h_f.size else math.nan
+    rec = _recall(prec, h_c, dec_c, F, U, u_share)
+    rng = np.random.default_rng([seed, 5])
+    pr, rr = [], []
+    if h_f.size:
+        for _ in range(n_boot):
+            p = float(h_f[rng.integers(0, h_f.size, h_f.size)].mean())
+            pr.append(p)
+            if h_c.size:
+                j = rng.integers(0, h_c.size, h_c.size)
+                rr.append(_recall(p, h_c[j], dec_c[j], F, U, u_share))
+
+    def ci(xs: list[float]) -> list[float]:
+        a = np.asarray([x for x in xs if math.isfinite(x)])
+        if not a.size:
+            return [math.nan, math.nan]
+        return [float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))]
+
+    return {"value": prec, "ci95": ci(pr)}, {"value": rec, "ci95": ci(rr)}
+
+
+def _mitigation_name(m: Mitigation) -> str:
+    return m.kind.value if m.value is None else f"{m.kind.value}={m.value:g}"
+
+
+def _guard_spec(ref: LinearReference, P: str, B: str, p0: Any, b0: Any, tie: str,
+                block: int) -> str:
+    band = (f",lam_lo={ref.lam_lo!r},lam_hi={ref.lam_hi!r}"
+            if ref.has_band and ref.lam_lo and ref.lam_lo > 0 else "")
+    return (f"guarded-lmetric:lam={float(ref.lam)!r}{band},P={P},B={B},p0={p0},b0={b0},"
+            f"block={block},tie={tie}")
+
+
+def _end_to_end(workload: Workload, config: SimConfig, base_spec: str, guard_spec: str,
+                seeds: int, seed: int, replicate: Callable[[int], Workload] | None,
+                executor: Any) -> dict[str, Any]:
+    from lmetric_theory.experiments.sweep import SimTask, run_sweep
+    from lmetric_theory.workload import select
+
+    cfg = dataclasses.replace(config, record_snapshots=False)
+    reps: list[tuple[str, Workload, int]] = []
+    if replicate is not None:
+        reps = [(f"seed {seed + k}", replicate(seed + k), seed + k) for k in range(seeds)]
+        how = "workload regenerated per seed"
+    else:
+        n = len(workload)
+        size = n // seeds
+        if size < 1:
+            return {"replicates": 0, "why": f"{n} requests cannot make {seeds} slices"}
+        arr = np.asarray(workload.arrival_s)
+        for k in range(seeds):
+            lo_t = float(arr[k * size])
+            hi_t = float(arr[(k + 1) * size]) if (k + 1) * size < n else None
+            w = select(workload, start_s=lo_t, end_s=hi_t)
+            reps.append((f"slice {k + 1}/{seeds}", w, seed))
+        how = f"{seeds} consecutive slices of the workload (equal request counts)"
+    tasks = []
+    for label, w, s in reps:
+        tasks += [SimTask(w, cfg, base_spec, s, {"replicate": label}),
+                  SimTask(w, cfg, guard_spec, s, {"replicate": label})]
+    rows = run_sweep(tasks, executor)
+    base = np.array([r["ttft_mean_s"] for r in rows[0::2]], dtype=np.float64)
+    guard = np.array([r["ttft_mean_s"] for r in rows[1::2]], dtype=np.float64)
+    diff = stats.t_interval(guard - base)
+    b = stats.t_interval(base)
+    g = stats.t_interval(guard)
+    return {
+        "replicates": len(reps), "how": how, "labels": [r[0] for r in reps],
+        "policy": base_spec, "guarded": guard_spec, "metric": "mean TTFT, seconds",
+        "policy_ttft_mean_s": b.value, "policy_ttft_ci95": list(b.ci95),
+        "guarded_ttft_mean_s": g.value, "guarded_ttft_ci95": list(g.ci95),
+        "mean_diff_s": diff.value, "diff_ci95": list(diff.ci95),
+        "per_replicate": {"policy": base.tolist(), "guarded": guard.tolist()},
+    }
+
+
+def counterfactual_study(
+    workload: Workload,
+    config: SimConfig,
+    *,
+    reference: LinearReference,
+    policy: str = DEFAULTS["policy"],
+    flag: str = DEFAULTS["flag"],
+    samples: int = DEFAULTS["samples"],
+    horizon_s: float = DEFAULTS["horizon_s"],
+    converge_k: int = DEFAULTS["converge_k"],
+    min_harm_s: float = DEFAULTS["min_harm_s"],
+    seed: int = 0,
+    end_to_end_seeds: int = DEFAULTS["end_to_end_seeds"],
+    replicate: Callable[[int], Workload] | None = None,
+    n_boot: int = DEFAULTS["n_boot"],
+    executor: Any = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    source: str | None = None,
+) -> CounterfactualStudy:
+    """Run the counterfactual study (see the module docstring).
+
+    Parameters
+    ----------
+    workload : Workload
+        Requests (arrival order).
+    config : SimConfig
+        Cluster settings (snapshots are recorded whatever it says).
+    reference : LinearReference
+        The linear reference (rate ``lam`` and band, tokens per batch slot).
+    policy : str
+        Policy under study (``tuned-linear`` is tuned on the workload first). The detector
+        uses its ``P``/``B`` definitions and offsets (``lmetric`` defaults when it has none).
+    flag : {"disagreement", "fragile", "hotspot", "any-but-ties"}
+        What counts as flagged (:mod:`~lmetric_theory.experiments.counterfactual.sampling`).
+    samples : int
+        Flagged decisions to sample (and as many controls), >= 1.
+    horizon_s : float
+        Affected-request horizon, seconds (> 0).
+    converge_k : int
+        Consecutive agreeing requests that end the affected set early (0: off).
+    min_harm_s : float
+        Harm below this never counts (on top of the noise floor), seconds (>= 0).
+    seed : int
+        Seed of the sampling, the bootstrap and the A-A branches.
+    end_to_end_seeds : int
+        Replicates of the guarded-vs-policy comparison (0 skips it).
+    replicate : callable, optional
+        ``seed -> Workload`` regenerating the workload per replicate (synthetic workloads).
+    n_boot : int
+        Bootstrap resamples.
+    executor : Executor or str, optional
+        ``"local"`` (default), ``"dask"`` or an executor object
+        (:mod:`lmetric_theory.experiments.sweep`).
+    workers : int, optional
+        Local worker processes (default: CPU count).
+    progress : callable, optional
+        ``progress(done, total)`` after each batch of sampled decisions.
+    source : str, optional
+        Name of the workload in the results.
+
+    Returns
+    -------
+    CounterfactualStudy
+    """
+    import lmetric_theory.policies.guarded  # noqa: F401  (registers guarded-lmetric)
+    from lmetric_theory.experiments.sweep import get_executor
+    from lmetric_theory.experiments.tuning import resolve_policy
+
+    if flag not in FLAG_DEFINITIONS:
+        raise ValueError(f"flag: {flag!r} is not one of {', '.join(FLAG_DEFINITIONS)}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not (math.isfinite(horizon_s) and horizon_s > 0):
+        raise ValueError(f"horizon_s must be finite and > 0, got {horizon_s}")
+    if converge_k < 0:
+        raise ValueError(f"converge_k must be >= 0, got {converge_k}")
+    if not (math.isfinite(min_harm_s) and min_harm_s >= 0):
+        raise ValueError(f"min_harm_s must be finite and >= 0, got {min_harm_s}")
+    if end_to_end_seeds < 0:
+        raise ValueError(f"end_to_end_seeds must be >= 0, got {end_to_end_seeds}")
+    t_start = time.perf_counter()
+    ex = get_executor(executor, workers=workers)
+    spec = resolve_policy(policy, workload, config, seed=seed, executor=ex)
+    P_def, B_def, p0, b0, tie = _policy_score(spec, seed)
+    block = int(getattr(workload, "block_size", 16) or 16)
+    det = Detector(reference, p0, b0, block_tokens=block)
+
+    cfg = dataclasses.replace(config, record_snapshots=True)
+    base = Simulator(workload, cfg, spec, seed=seed)
+    first = base.fork().run()
+    log = first.snapshots
+    if log is None or len(log) == 0:
+        raise ValueError("the replay recorded no routing decisions")
+    Pm, Bm, Um = _signals(log, P_def, B_def)
+    v: Verdicts = det.check_many(Pm, Bm, validate=False)
+    flagged = flag_mask(v, flag)
+    load = decision_load(log)
+    rng = np.random.default_rng([seed, 0xCF])
+    smp = matched_sample(flagged, load, samples, rng)
+    chosen = np.asarray(log.chosen, dtype=np.int64)
+    requests = np.asarray(log.request, dtype=np.int64)
+    arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+    t_base = time.perf_counter() - t_start
+
+    # ---- forks, in batches through the executor
+    todo = np.unique(np.concatenate([smp.flagged, smp.control])).tolist()
+    n_workers = max(1, int(getattr(ex, "workers", 1) or 1))
+    per_task = max(1, math.ceil(len(todo) / (8 * n_workers)))
+    chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    forks: dict[int, DecisionForks] = {}
+    done = 0
+    if progress is not None:
+        progress(0, len(todo))
+    for b0_ in range(0, len(chunks), n_workers):
+        batch = chunks[b0_:b0_ + n_workers]
+        tasks = []
+        for ch in batch:
+            base.advance(until_decision=ch[0])
+            tasks.append(ForkTask(
+                sim=base.fork(), decisions=tuple(ch), requests=tuple(int(requests[d]) for d in ch),
+                chosen=tuple(int(chosen[d]) for d in ch), arrival_s=arrival,
+                horizon_s=float(horizon_s), converge_k=int(converge_k), aa_seed=int(seed) + 1))
+        for res in ex.map(run_fork_task, tasks):
+            for f in res:
+                forks[f.decision] = f
+        done += sum(len(c) for c in batch)
+        if progress is not None:
+            progress(done, len(todo))
+    t_forks = time.perf_counter() - t_start - t_base
+
+    # ---- per-decision outcomes
+    order = sorted(forks)
+    idx = {d: k for k, d in enumerate(order)}
+    F = [forks[d] for d in order]
+    harm = np.array([f.harm_s for f in F])
+    aa = np.abs(np.array([f.aa_diff_s for f in F]))
+    noise = float(np.quantile(aa, 0.95)) if aa.size else 0.0
+    thr = max(noise, float(min_harm_s))
+    harmful = harm > thr
+    lin = np.asarray(v.linear_choice, dtype=np.int64)
+    regret = np.array([f.cost_of(lin[f.decision]) for f in F])
+    regret = np.array([f.ttft_cost_s[f.chosen] for f in F]) - regret
+    tpot_harm = np.array([f.tpot_cost_s[f.chosen] - f.tpot_cost_s[int(np.argmin(f.ttft_cost_s))]
+                          for f in F])
+    kf = np.array([idx[d] for d in smp.flagged.tolist()], dtype=np.int64)
+    kc = np.array([idx[d] for d in smp.control.tolist()], dtype=np.int64)
+
+    groups = {
+        name: _group(harm[k], harmful[k], regret[k], tpot_harm[k], n_boot, seed + g)
+        for g, (name, k) in enumerate((("flagged", kf), ("control", kc)))
+    }
+
+    # ---- AUROC of each signal over both groups pooled
+    pool = np.concatenate([kf, kc])
+    dpool = np.array([order[k] for k in pool.tolist()], dtype=np.int64)
+    y = harmful[pool]
+    ref = det.reference
+    sig: dict[str, np.ndarray] = {
+        "disagreement": v.disagrees[dpool].astype(np.float64),
+        "regret_tokens": v.regret_tokens[dpool],
+        "lam_star_band_distance": _band_distance(v.lambda_star[dpool], float(ref.lam_lo),
+                                                 float(ref.lam_hi)),
+        "lam_eff": v.lambda_eff[dpool],
+    }
+    if flag != "disagreement":
+        sig[f"flag:{flag}"] = flagged[dpool].astype(np.float64)
+    omitted: dict[str, str] = {}
+    hp, why = _hotspot_phase(log)
+    if hp is None:
+        omitted["hotspot_phase"] = why
+    else:
+        sig["hotspot_phase"] = hp[dpool]
+    auroc: dict[str, Any] = {}
+    for g, (name, s) in enumerate(sig.items()):
+        ok = ~np.isnan(s)
+        e = stats.auroc_ci(s[ok], y[ok], n_boot=n_boot, seed=[seed, 100 + g])
+        auroc[name] = {"value": e.value, "ci95": list(e.ci95), "n": int(ok.sum()),
+                       "positives": int(y[ok].sum())}
+
+    # ---- precision / recall of the flag
+    dec = smp.decile
+    u_mask = ~flagged
+    U = int(u_mask.sum())
+    u_share = np.array([np.count_nonzero(u_mask & (dec == q)) for q in range(10)],
+                       dtype=np.float64) / max(U, 1)
+    precision, recall = _precision_recall(harmful[kf], harmful[kc], dec[smp.control],
+                                          int(flagged.sum()), U, u_share, n_boot, seed)
+
+    # ---- mitigations at the sampled flagged decisions, read off the same forks
+    mitigations: dict[str, Any] = {}
+    if kf.size:
+        dfl = smp.flagged
+        cands: list[Mitigation] = []
+        for m in det.mitigations.values():
+            if m not in cands and m.kind.value != "none":
+                cands.append(m)
+        base_cost = np.array([F[k].ttft_cost_s[F[k].chosen] for k in kf.tolist()])
+        for g, m in enumerate(cands):
+            ch = det.mitigated_choices(Pm[dfl], Bm[dfl], m, uncached_tokens=Um[dfl], validate=False)
+            gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),
+                                                                          strict=True)])
+            e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=[seed, 200 + g])
+            mitigations[_mitigation_name(m)] = {
+                "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
+                "changed": int(np.count_nonzero(ch != chosen[dfl])), "description": m.message}
+        ch = np.array([det.mitigated_choice(v.snapshot(int(d)), verdict=v[int(d)]) for d in dfl])
+        gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),
+                                                                      strict=True)])
+        e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=[seed, 299])
+        mitigations["auto"] = {
+            "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
+            "changed": int(np.count_nonzero(ch != chosen[dfl])),
+            "description": "the mitigation of each decision's most severe finding"}
+
+    # ---- end to end
+    t_e2e0 = time.perf_counter()
+    e2e: dict[str, Any] = {"replicates": 0}
+    if end_to_end_seeds:
+        gspec = _guard_spec(ref, P_def, B_def, p0, b0, tie, block)
+        e2e = _end_to_end(workload, config, spec, gspec, end_to_end_seeds, seed, replicate, ex)
+    t_e2e = time.perf_counter() - t_e2e0
+
+    summary: dict[str, Any] = {
+        **groups,
+        "noise_floor_s": noise,
+        "harm_threshold_s": thr,
+        "auroc": auroc,
+        "auroc_omitted": omitted,
+        "precision": precision,
+        "recall": recall,
+        "mitigations": mitigations,
+        "end_to_end": e2e,
+        "population": {
+            "decisions": len(log), "flagged": int(flagged.sum()), "unflagged": U,
+            "sampled_flagged": int(kf.size), "sampled_control": int(kc.size),
+            "converged": int(sum(f.converged for f in F)),
+            "mean_affected": float(np.mean([f.affected for f in F])) if F else math.nan,
+            "aa_nonzero": int(np.count_nonzero(aa)),
+        },
+        "runtime_s": {"replay": t_base, "forks": t_forks, "end_to_end": t_e2e,
+                      "total": time.perf_counter() - t_start},
+        "config": {
+            "source": source if source is not None else str(workload.meta.get("source", "workload")),
+            "requests": len(workload), "instances": config.n_instances,
+            "policy": policy, "policy_resolved": spec,
+            "score": {"P": P_def, "B": B_def, "p0": p0, "b0": b0, "tie": tie},
+            "flag": flag, "flag_definition": FLAG_TEXT[flag],
+            "reference": {"lam": ref.lam, "lam_lo": ref.lam_lo, "lam_hi": ref.lam_hi,
+                          "source": ref.source, "provenance": ref.provenance},
+            "horizon_s": float(horizon_s), "converge_k": int(converge_k),
+            "min_harm_s": float(min_harm_s), "samples": int(samples), "seed": int(seed),
+            "n_boot": int(n_boot), "harm_rule": HARM_RULE,
+            "matching": "controls drawn from the flagged decision's load decile (mean in-flight "
+                        "requests per instance)",
+        },
+    }
+    return CounterfactualStudy(
+        forks=tuple(F), flagged_decisions=tuple(int(d) for d in smp.flagged),
+        control_decisions=tuple(int(d) for d in smp.control), harm_threshold_s=thr,
+        summary=summary)

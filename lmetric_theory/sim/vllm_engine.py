@@ -89,7 +89,8 @@ class _Router:
 
     ``inflight`` (+1 at dispatch, -1 at finish), ``queued`` (+ the request's predicted new
     tokens at dispatch; corrected to the real hit at admission; - prefill tokens computed per
-    step; clamped at 0), ``all_tokens`` (+ prompt at dispatch, - prompt at finish).
+    step; clamped at 0), ``all_tokens`` (+ prompt at dispatch, + each token produced,
+    - prompt + output at finish): the fast engine's router counters.
     """
 
     inflight: list[int]
@@ -263,19 +264,21 @@ class _Replay:
         r = self.router
         for rid, hit in batch.first_scheduled:
             self.cached[rid] = hit
-            r.queued[j] += (int(self.w.input_tokens[rid]) - hit) - int(self.est[rid])
+            r.queued[j] = max(r.queued[j] + (int(self.w.input_tokens[rid]) - hit)
+                              - int(self.est[rid]), 0)
         self.iterations += 1
         pt = sum(c for _, _, c in batch.chunks)
         self.pf[i] += pt
         r.queued[j] = max(r.queued[j] - pt, 0)
         self.dec[i] += len(batch.emitted)
+        r.all_tokens[j] += len(batch.emitted)
         for rid in batch.emitted:
             if math.isnan(self.first[rid]):
                 self.first[rid] = t
         for rid in ins.finish_step(so, batch):
             self.done[rid] = t
             r.inflight[j] -= 1
-            r.all_tokens[j] -= int(self.w.input_tokens[rid])
+            r.all_tokens[j] -= int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid])
 
     def preemptions(self) -> np.ndarray:
         p = np.zeros(len(self.w), dtype=np.int64)

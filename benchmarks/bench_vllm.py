@@ -36,8 +36,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     from lmetric_theory.experiments.differential import compare_results
-    from lmetric_theory.sim import SimConfig, load_preset, simulate
-    from lmetric_theory.sim import vllm_adapter
+    from lmetric_theory.sim import SimConfig, load_preset, simulate, vllm_adapter
     from lmetric_theory.sim.vllm_engine import simulate_vllm
     from lmetric_theory.workload import load_trace
     from lmetric_theory.workload.transform import select

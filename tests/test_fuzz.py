@@ -801,6 +801,42 @@ def test_cli_policy_specs(capsys: pytest.CaptureFixture[str], spec: str) -> None
     assert finite_everywhere(json.loads(out))
 
 
+# ============================================================================ app uploads
+
+
+@pytest.mark.filterwarnings("ignore::lmetric_theory.workload.TraceOrderWarning")
+@fuzz(100)
+@given(content=st.one_of(
+    st.lists(any_line, min_size=0, max_size=5).map(lambda ls: "\n".join(ls).encode()),
+    st.binary(max_size=120),
+))
+def test_app_trace_upload(content: bytes) -> None:
+    support = pytest.importorskip("lmetric_theory.app.support")
+    try:
+        w = support.read_jsonl_upload("upload.jsonl", content)
+    except ValueError as exc:
+        assert one_line(str(exc)) and str(exc).startswith("upload.jsonl"), str(exc)
+        return
+    check_workload_invariants(w)
+
+
+@fuzz(100)
+@given(obj=st.one_of(snapshot_object(), st.sampled_from(JUNK)),
+       raw=st.one_of(st.none(), st.text(max_size=20)))
+def test_app_pasted_snapshot(obj: Any, raw: str | None) -> None:
+    support = pytest.importorskip("lmetric_theory.app.support")
+    text = raw if raw is not None else json.dumps(obj)
+    try:
+        records = support.records_from_json(text)
+        res = support.check_table(records, lam=256.0)
+    except ValueError as exc:
+        assert one_line(str(exc)), str(exc)
+        return
+    assert isinstance(obj, dict) and raw is None
+    assert snapshot_ok({k: v for k, v in obj.items() if k != "time_s"}, None), obj
+    assert res is not None
+
+
 # ============================================================================ large profile
 
 

@@ -269,7 +269,7 @@ def test_cli_out_writes_json_and_html(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "disagreements" in text and "audit.html" in text
     doc = json.loads((out / "audit.json").read_text())
-    assert doc["decisions"] == 400 and doc["lambda_reference"]["lam"] == 250
+    assert doc["decisions"] == 400 and doc["lambda_reference"]["lam"] == 200  # geometric centre of 100..400
     assert (out / "audit.html").stat().st_size > 100_000
 
 
@@ -283,7 +283,7 @@ def test_cli_default_reference_is_stated(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--lambda", "1", "--lambda-band", "1,2"], "not allowed with"),
-    (["--lambda-band", "5,1"], "lam_lo"),
+    (["--lambda-band", "5,1"], "HI must be >= LO"),
     (["--lambda", "-1"], "negative"),
     (["--instances", "0"], "--instances"),
     (["--preset", "nope"], "nope"),

@@ -1,0 +1,216 @@
+"""Captured router snapshots in: :func:`load_snapshots` reads a snapshot JSON Lines file
+(schema in ``docs/audit.md``) into a :class:`SnapshotBatch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.detector import (
+    Snapshot,
+)
+
+__all__ = ["SnapshotBatch", "load_snapshots"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SnapshotBatch:
+    """Decisions read from a snapshot JSON Lines file (see :func:`load_snapshots`).
+
+    Attributes
+    ----------
+    prefill_tokens : np.ndarray, shape (D, N)
+        ``P`` per decision and instance, tokens (int64 when all integral, else float64).
+    batch_size : np.ndarray, shape (D, N)
+        ``B`` per decision and instance, requests.
+    time_s : np.ndarray, shape (D,), float64
+        Decision times, seconds; NaN where a line has no ``time_s``.
+    instance_ids : list of tuple of str or None, length D
+        Per-decision instance ids (None where a line has none).
+    uncached_tokens : np.ndarray or None, shape (D, N)
+        The request's uncached tokens, when every kept line has them.
+    source : str
+        File name.
+    lines : list of int, length D
+        1-based line number of each decision in the file.
+    skipped_lines : int
+        Bad lines skipped (only with ``skip_bad_lines=True``).
+    skipped_reasons : list of str
+        The first few skip messages (file, line, field, reason).
+    """
+
+    prefill_tokens: np.ndarray
+    batch_size: np.ndarray
+    time_s: np.ndarray
+    instance_ids: list[tuple[str, ...] | None]
+    uncached_tokens: np.ndarray | None
+    source: str
+    lines: list[int]
+    skipped_lines: int = 0
+    skipped_reasons: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.prefill_tokens.shape[0])
+
+
+def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) -> SnapshotBatch:
+    """Read a snapshot JSON Lines file: one JSON object per routing decision.
+
+    Each object has ``prefill_tokens`` and ``batch_size`` (arrays of N numbers) and
+    optionally ``instance_ids``, ``time_s``, ``uncached_tokens``,
+    ``queued_prefill_tokens``, ``waiting``, ``kv_usage`` (see ``docs/audit.md``). Every
+    decision of a file must have the same number of instances N (the first good line sets
+    it). Blank lines are ignored.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    skip_bad_lines : bool
+        Skip bad lines and count them (``skipped_lines``) instead of failing.
+
+    Raises
+    ------
+    ValueError
+        ``"<file>, line <k>: <field>: <reason>"`` for the first bad line (without
+        ``skip_bad_lines``), or when the file holds no valid decision.
+    OSError
+        The file cannot be read.
+    """
+    p = Path(path)
+    name = str(path)
+    P_rows: list[Any] = []
+    B_rows: list[Any] = []
+    U_rows: list[Any] = []
+    times: list[float] = []
+    ids: list[tuple[str, ...] | None] = []
+    lines: list[int] = []
+    skipped = 0
+    reasons: list[str] = []
+    n_inst: int | None = None
+    n_line = 0
+    all_unc = True
+    with contextlib.nullcontext(_decoded_lines(p, name)) as f:
+        for k, raw in enumerate(f, start=1):
+            n_line = k
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"line: not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise ValueError("line: not valid JSON (nested too deeply)") from None
+                fast = _fast_row(obj, n_inst)
+                if fast is not None:
+                    P_rows.append(fast[0])
+                    B_rows.append(fast[1])
+                    all_unc = False
+                    times.append(fast[2])
+                    ids.append(fast[3])
+                    lines.append(k)
+                    continue
+                snap = Snapshot.from_dict(obj)
+                if n_inst is None:
+                    n_inst = snap.n_instances
+                elif snap.n_instances != n_inst:
+                    raise ValueError(
+                        f"prefill_tokens: {snap.n_instances} instances, but earlier decisions "
+                        f"have {n_inst} (every decision of a file must have the same N)"
+                    )
+            except ValueError as exc:
+                msg = f"{name}, line {k}: {exc}"
+                if not skip_bad_lines:
+                    raise ValueError(msg) from None
+                skipped += 1
+                if len(reasons) < 10:
+                    reasons.append(msg)
+                continue
+            P_rows.append(snap.prefill_tokens)
+            B_rows.append(snap.batch_size)
+            if snap.uncached_tokens is None:
+                all_unc = False
+            else:
+                U_rows.append(snap.uncached_tokens)
+            times.append(math.nan if snap.time_s is None else snap.time_s)
+            ids.append(snap.instance_ids)
+            lines.append(k)
+    if not P_rows:
+        extra = f" ({skipped} bad lines skipped)" if skipped else ""
+        raise ValueError(f"{name}: no decisions in the file ({n_line} lines){extra}")
+    return SnapshotBatch(
+        prefill_tokens=_stack(P_rows),
+        batch_size=_stack(B_rows),
+        time_s=np.asarray(times, dtype=np.float64),
+        instance_ids=ids,
+        uncached_tokens=_stack(U_rows) if all_unc else None,
+        source=name,
+        lines=lines,
+        skipped_lines=skipped,
+        skipped_reasons=tuple(reasons),
+    )
+
+
+def _decoded_lines(p: Path, name: str) -> list[str]:
+    """The lines of a UTF-8 text file; ``ValueError`` naming the file and line for a
+    binary file (NUL byte) or invalid UTF-8."""
+    data = p.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ValueError(f"{name}, line {line}: contains a NUL byte: a binary file, not JSON Lines")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{name}, line {line}: not valid UTF-8 ({exc.reason})") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+_FAST_KEYS = frozenset(("prefill_tokens", "batch_size", "time_s", "instance_ids"))
+_INT_LIMIT = 2**31
+
+
+def _fast_row(obj: Any, n: int | None) -> tuple[list, list, float, tuple | None] | None:
+    """The common line (integer P and B of the file's N, optional time and ids) checked in
+    plain Python; ``None`` sends the line through :meth:`Snapshot.from_dict` (which
+    validates everything else and words the errors)."""
+    if n is None or type(obj) is not dict or not _FAST_KEYS.issuperset(obj):
+        return None
+    P = obj.get("prefill_tokens")
+    B = obj.get("batch_size")
+    if type(P) is not list or type(B) is not list or len(P) != n or len(B) != n:
+        return None
+    for row in (P, B):
+        for x in row:
+            if type(x) is not int:
+                return None
+        if min(row) < 0 or max(row) >= _INT_LIMIT:
+            return None
+    t = obj.get("time_s")
+    if t is None:
+        t = math.nan
+    elif type(t) not in (int, float) or not math.isfinite(t):
+        return None
+    ids = obj.get("instance_ids")
+    if ids is not None:
+        if type(ids) is not list or len(ids) != n:
+            return None
+        ids = tuple(str(x) for x in ids)
+    return P, B, float(t), ids
+
+
+def _stack(rows: list[Any]) -> np.ndarray:
+    if all(type(r) is list or r.dtype.kind == "i" for r in rows):
+        return np.array(rows, dtype=np.int64)
+    return np.array([np.asarray(r, dtype=np.float64) for r in rows])

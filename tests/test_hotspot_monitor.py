@@ -124,7 +124,7 @@ def test_detect_only_and_settings_checked():
         m.observe(-1, np.zeros(4, bool))
     assert all(m.observe(7, HOT0, CHEAP_ON_0, IDLE) is None for _ in range(4))
     (f,) = m.findings
-    assert f.phase2_decision == 5 and f.mitigation is None
+    assert f.phase2_decision == 5 and f.mitigation == "exclude instances 0 for this class"
     for kw, text in [({"window": 1}, "window must be an integer >= 2"),
                      ({"min_decisions": 11}, "min_decisions must be <= window"),
                      ({"confirm_factor": 0}, "confirm_factor must be an integer >= 1")]:
@@ -132,3 +132,50 @@ def test_detect_only_and_settings_checked():
             _mon(**kw)
     with pytest.raises(ValueError, match="n_instances"):
         HotspotMonitor(1)
+
+
+# ----------------------------------------------- guarded-lmetric:mitigation=hotspot
+
+
+def _view(d, cls, hit0, running):
+    from lmetric_theory.policies.base import DecisionView
+
+    n = 4
+    inp = 1000
+    unc = np.full(n, inp, dtype=np.int32)
+    if hit0:
+        unc[0] = 100  # instance 0 holds the class's prefix
+    z = np.zeros(n, dtype=np.int32)
+    return DecisionView(d, float(d), inp, unc, z, np.asarray(running, np.int32), z,
+                        np.zeros(n, np.float32), prefix_class=cls)
+
+
+def test_guarded_hotspot_excludes_hot_instances_after_confirmation():
+    from lmetric_theory.policies import make_policy
+
+    pol = make_policy("guarded-lmetric:mitigation=hotspot,hot_window=10")
+    lm = make_policy("lmetric")
+    # min_decisions = min(50, window) = 10: ten unrelated decisions fill the window
+    for d in range(10):
+        v = _view(d, -1, False, [0, 0, 0, 0])
+        assert pol.choose(v) == lm.choose(v)
+    # class 7 cached on instance 0 only; the product prefers 0 (100 * 1 < 1000 * 1)
+    got = [pol.choose(_view(d, 7, True, [0, 0, 0, 0])) for d in range(10, 16)]
+    # d10: count 1 < min_count; d11: 2*3 = 6 <= 8*1; d12: phase 1 (3*3 = 9 > 7*1),
+    # streak 1; d13: streak 2 = 2|M|: confirmed, instance 0 excluded from then on
+    assert got == [0, 0, 0, 1, 1, 1]
+    (f,) = pol.hotspot.findings
+    assert (f.class_id, f.phase1_decision, f.phase2_decision) == (7, 12, 13)
+    assert f.share == pytest.approx(0.3) and pol.flagged == 3
+    # other classes are routed as lmetric routes them
+    v = _view(16, 3, True, [0, 0, 0, 0])
+    assert pol.choose(v) == lm.choose(v) == 0
+
+
+def test_guarded_hotspot_parameters_checked():
+    from lmetric_theory.policies import make_policy
+
+    with pytest.raises(ValueError, match="hot_window must be >= 2"):
+        make_policy("guarded-lmetric:mitigation=hotspot,hot_window=1")
+    with pytest.raises(ValueError, match="hot_confirm must be >= 1"):
+        make_policy("guarded-lmetric:mitigation=hotspot,hot_confirm=0")

@@ -63,7 +63,8 @@ class HotspotFinding:
         prefill tokens on a hot and on a cold instance). True means the product would keep
         the class on ``M`` until departures stop the growth.
     mitigation : str or None
-        What was applied on confirmation (None if never confirmed).
+        The mitigation for the class on confirmation (applied when the monitor mitigates);
+        None if never confirmed.
     """
 
     class_id: int
@@ -131,7 +132,8 @@ class HotspotMonitor:
     p0, b0 : float
         Offsets of the product score (tokens, requests).
     mitigate : bool
-        Return candidate masks for confirmed classes (False: detect only).
+        Return candidate masks for confirmed classes (False: detect only; findings still
+        name the mitigation).
     """
 
     def __init__(
@@ -269,7 +271,6 @@ class HotspotMonitor:
                 st.p2 = d
                 st.mitigation = (
                     "exclude instances " + ", ".join(map(str, st.excluded)) + " for this class"
-                    if self.mitigate else None
                 )
             if self.mitigate:
                 mask = ~hot

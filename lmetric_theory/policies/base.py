@@ -71,10 +71,14 @@ class DecisionView:
         Tokens of the router's in-flight requests per instance: + prompt at dispatch, + each
         output token as reported, - (prompt + output) at finish; tokens. Dynamo's
         ``decode_blocks`` is ``router_all_tokens // block_size``.
+    prefix_class : int
+        The request's prefix class: the hash of its first prompt block (-1 when unknown or
+        the prompt is empty). Used by the hot-class monitor (``guarded-lmetric``'s
+        ``mitigation=hotspot``).
 
     Notes
     -----
-    The last five fields may be omitted by callers that build views by hand; they then
+    The last six fields may be omitted by callers that build views by hand; they then
     default to ``hit_blocks = input_tokens - uncached`` with ``block_size = 1``,
     ``router_queued = queued``, ``router_inflight = running + waiting`` and
     ``router_all_tokens = 0``.
@@ -93,6 +97,7 @@ class DecisionView:
     router_queued: np.ndarray | None = None
     router_inflight: np.ndarray | None = None
     router_all_tokens: np.ndarray | None = None
+    prefix_class: int = -1
 
     def __post_init__(self) -> None:
         if self.hit_blocks is None:

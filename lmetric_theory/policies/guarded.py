@@ -12,7 +12,14 @@ configured mitigation:
 ``tie_break_load``     among instances tied on the product score, the smallest batch;
 ``tie_break_cache``    among instances tied on the product score, the fewest uncached tokens;
 ``load_cap``           the product's argmin among instances with ``B < cap``;
-``auto``               the mitigation the detector's most severe finding recommends.
+``auto``               the mitigation the detector's most severe finding recommends;
+``hotspot``            no pairwise check: a :class:`~lmetric_theory.detector.hotspot.HotspotMonitor`
+                       watches prefix classes (``view.prefix_class``, the leading block hash;
+                       an instance holds the class when ``view.hit_blocks > 0``) and, once a hot
+                       class is confirmed (phase 2), routes its requests by the product among
+                       the instances that were not hot at confirmation. ``hot_window``
+                       (decisions) and ``hot_confirm`` (the factor of ``|M|`` in phase 2)
+                       set the monitor.
 
 The names are the detector's :class:`~lmetric_theory.detector.MitigationKind` values (one
 vocabulary across detector, guard and this policy). The detector gets the exact offsets
@@ -32,6 +39,7 @@ import numpy as np
 
 from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, MitigationKind, Snapshot
+from lmetric_theory.detector.hotspot import HotspotMonitor
 from lmetric_theory.policies.base import DecisionView, Policy, tie_field
 from lmetric_theory.policies.builtin import LMetric, LMetricParams
 
@@ -41,6 +49,7 @@ __all__ = ["GUARD_MITIGATIONS", "GuardedLMetric", "GuardedLMetricParams"]
 #: alias ``fallback`` (of ``fallback_reference``).
 GUARD_MITIGATIONS: tuple[str, ...] = (
     *(k.value for k in MitigationKind if k is not MitigationKind.NONE), "auto", "fallback",
+    "hotspot",
 )
 _ALIASES = {"fallback": MitigationKind.FALLBACK_REFERENCE.value}
 
@@ -66,6 +75,8 @@ class GuardedLMetricParams:
     block: int = 16
     batch_add: int = 1
     cap: int = 32
+    hot_window: int = 200
+    hot_confirm: int = 2
     tie: str = tie_field()
 
     def __post_init__(self) -> None:
@@ -76,7 +87,9 @@ class GuardedLMetricParams:
             raise ValueError("lam_lo and lam_hi: give both (> 0) for a band, or neither")
         if not math.isfinite(self.lam) or self.lam < 0:
             raise ValueError(f"lam must be finite and >= 0, got {self.lam}")
-        for k in ("block", "batch_add", "cap"):
+        if self.hot_window < 2:
+            raise ValueError(f"hot_window must be >= 2, got {self.hot_window}")
+        for k in ("block", "batch_add", "cap", "hot_confirm"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
@@ -105,8 +118,11 @@ class GuardedLMetric(Policy):
         }
         kind = _ALIASES.get(p.mitigation, p.mitigation)
         self.mitigation: Mitigation | None = (
-            None if kind == "auto" else Mitigation(MitigationKind(kind), values.get(MitigationKind(kind)))
+            None if kind in ("auto", "hotspot")
+            else Mitigation(MitigationKind(kind), values.get(MitigationKind(kind)))
         )
+        #: The hot-class monitor (``mitigation=hotspot``; built at the first decision).
+        self.hotspot: HotspotMonitor | None = None
         #: Decisions flagged so far.
         self.flagged = 0
 
@@ -117,9 +133,34 @@ class GuardedLMetric(Policy):
         return Snapshot.from_arrays(P, B, uncached_tokens=unc, validate=False)
 
     def choose(self, view: DecisionView) -> int:
+        if self.params.mitigation == "hotspot":
+            return self._choose_hotspot(view)
         snap = self.snapshot(view)
         verdict = self.detector.check(snap)
         if not verdict.flagged:
             return self._product.choose(view)
         self.flagged += 1
         return self.detector.mitigated_choice(snap, self.mitigation, verdict=verdict)
+
+    def _choose_hotspot(self, view: DecisionView) -> int:
+        """``mitigation=hotspot``: the product, among the allowed instances of a confirmed
+        hot class."""
+        P, B = score_inputs(view, self.definition)
+        if P.shape[0] < 2:
+            return self._product.choose(view)
+        d = self.definition
+        if self.hotspot is None:
+            p = self.params
+            self.hotspot = HotspotMonitor(P.shape[0], window=p.hot_window,
+                                          min_decisions=min(50, p.hot_window),
+                                          confirm_factor=p.hot_confirm,
+                                          p0=float(d.p0), b0=float(d.b0))
+        hit = np.asarray(view.hit_blocks) > 0
+        mask = self.hotspot.observe(int(getattr(view, "prefix_class", -1)), hit, P, B,
+                                    decision=view.decision)
+        if mask is None or not mask.any():
+            return self._product.choose(view)
+        self.flagged += 1
+        idx = np.flatnonzero(mask).tolist()
+        Pl, Bl = P.tolist(), B.tolist()
+        return idx[self._pick_exact([(Pl[i] + d.p0) * (Bl[i] + d.b0) for i in idx])]

@@ -12,7 +12,43 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Differential", "compare_results", "total_preemptions"]
+__all__ = ["Differential", "compare_results", "fitting_requests", "total_preemptions"]
+
+
+def fitting_requests(workload: Any, capacity_tokens: int, block_size: int = 16) -> Any:
+    """The workload without the requests an empty instance cannot hold.
+
+    A request needs ``prompt + output - 1`` tokens of KV (the last sampled token is never
+    computed) in whole blocks of ``block_size``; vLLM keeps one block of its pool as a null
+    block, so ``capacity_tokens // block_size - 1`` blocks are usable. Used to replay a small
+    KV pool, which both engines would otherwise refuse (fast) or never finish (vLLM).
+
+    Returns
+    -------
+    Workload
+        The kept requests, in order; ``meta["dropped_requests"]`` lists the original indices
+        of the dropped ones.
+    """
+    from lmetric_theory.workload.loaders import make_workload
+
+    inp = np.asarray(workload.input_tokens, dtype=np.int64)
+    out = np.asarray(workload.output_tokens, dtype=np.int64)
+    blocks = -(-(inp + out - 1) // block_size)
+    keep = blocks <= capacity_tokens // block_size - 1
+    offs = np.asarray(workload.hash_offsets, dtype=np.int64)
+    idx = np.flatnonzero(keep)
+    lens = offs[idx + 1] - offs[idx]
+    hashes = np.concatenate([workload.hash_ids[offs[i]:offs[i + 1]] for i in idx]) if idx.size \
+        else np.zeros(0, dtype=np.int64)
+    meta = dict(workload.meta)
+    meta["dropped_requests"] = np.flatnonzero(~keep).tolist()
+    sess = None if workload.session_ids is None else np.asarray(workload.session_ids)[idx]
+    return make_workload(
+        arrival_s=np.asarray(workload.arrival_s)[idx], input_tokens=inp[idx],
+        output_tokens=out[idx], hash_ids=hashes,
+        hash_offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        block_size=int(workload.block_size), session_ids=sess, meta=meta,
+    )
 
 
 def total_preemptions(result: Any) -> int:

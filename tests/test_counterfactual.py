@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from lmetric_theory.cli import main
-from lmetric_theory.detector import LinearReference
+from lmetric_theory.detector import Detector, LinearReference
 from lmetric_theory.experiments.counterfactual import (
     counterfactual_study,
     decision_load,
     flag_mask,
     fork_decision,
+    hotspot_phase,
     load_deciles,
     matched_sample,
 )
@@ -189,8 +190,6 @@ def test_controls_are_matched_on_load_decile() -> None:
 
 def test_flag_definitions(small) -> None:
     w, cfg = small
-    from lmetric_theory.detector import Detector
-
     log = Simulator(w, cfg, "lmetric").run().snapshots
     v = Detector(LinearReference.band(64, 1024, lam=256)).check_many(
         log.uncached.astype(np.int64), log.running.astype(np.int64))
@@ -201,6 +200,23 @@ def test_flag_definitions(small) -> None:
     assert decision_load(log).shape == (len(log),)
     with pytest.raises(ValueError, match="flag"):
         flag_mask(v, "some")
+
+
+def test_hotspot_phase_sees_the_planted_hot_class() -> None:
+    from lmetric_theory.workload.spec import synthetic_from_spec
+
+    w = synthetic_from_spec("synthetic:hotspot:share=0.6,count=600", seed=1)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 8)
+    log = Simulator(w, cfg, "lmetric").run().snapshots
+    P, B = log.uncached.astype(np.int64), log.running.astype(np.int64)
+    phase = hotspot_phase(w, log, P, B, 0, 1)
+    assert set(np.unique(phase).tolist()) <= {0, 1, 2}
+    assert (phase >= 1).any()
+    # Only requests of a shared-prefix class (a hit somewhere) can be in a phase.
+    hit_any = (log.uncached < log.input_tokens[:, None]).any(axis=1)
+    assert not (phase[~hit_any] >= 1).any()
+    v = Detector(LinearReference.fixed(256)).check_many(P, B)
+    assert np.array_equal(flag_mask(v, "hotspot", phase), v.zero_prefill | (phase >= 1))
 
 
 def test_bad_arguments(small) -> None:
@@ -214,7 +230,7 @@ def test_bad_arguments(small) -> None:
 
 
 def test_cli_json(capsys) -> None:
-    code = main(["counterfactual", "synthetic:chat:n=300,rate=15", "-n", "3", "--samples", "4",
+    code = main(["counterfactual", "synthetic:chat:count=300,rate=15", "-n", "3", "--samples", "4",
                  "--horizon", "3", "--e2e-seeds", "2", "--workers", "1", "--json"])
     assert code == 0
     d = json.loads(capsys.readouterr().out)
@@ -225,7 +241,7 @@ def test_cli_json(capsys) -> None:
 @pytest.mark.parametrize("argv, msg", [
     (["--samples", "0"], "--samples"),
     (["--horizon", "-1"], "--horizon"),
-    (["synthetic:nope"], "unknown kind"),
+    (["synthetic:nope"], "nope"),
     (["no/such/trace.jsonl"], "no/such/trace.jsonl"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(capsys, argv, msg) -> None:

@@ -6,9 +6,9 @@ signals, precision/recall and the gain of each mitigation, all with bootstrap 95
 intervals, plus ``guarded-lmetric`` against the policy end to end over several replicates
 (see :mod:`lmetric_theory.experiments.counterfactual.study` and ``docs/counterfactual.md``).
 
-TRACE is a trace file, or ``synthetic:KIND[:key=value,...]`` (keys ``n``/``n_requests``,
-``rate``/``rate_rps``, ``seed``, plus whatever the workload generator accepts); without
-it, the synthetic default workload. A progress bar runs on stderr; ``--json`` prints the
+TRACE is a trace file, or ``synthetic:KIND[:key=value,...]`` (see
+:mod:`lmetric_theory.workload.spec`, e.g. ``synthetic:hotspot:share=0.6``); without it, the
+synthetic default workload. A progress bar runs on stderr; ``--json`` prints the
 stable JSON; ``--out DIR`` writes ``counterfactual.json`` and ``decisions.csv`` atomically.
 
 Examples
@@ -16,7 +16,7 @@ Examples
 ::
 
     lmetric-theory counterfactual trace.jsonl --instances 8 --workers 2
-    lmetric-theory counterfactual synthetic:chat:n=3000,rate=40 --flag any-but-ties --json
+    lmetric-theory counterfactual synthetic:hotspot:share=0.6 --flag hotspot --json
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "signals, precision/recall and mitigation gains with bootstrap 95%% intervals.",
     )
     p.add_argument("trace", metavar="TRACE", nargs="?",
-                   help="trace file, or synthetic:KIND[:key=value,...]; "
+                   help="trace file, or synthetic:KIND[:key=value,...] (e.g. "
+                   "synthetic:hotspot:share=0.6); "
                    "default: the synthetic default workload")
     p.add_argument("--instances", "-n", type=int, default=8, help="instances (default 8)")
     p.add_argument("--policy", default=DEFAULTS["policy"], metavar="SPEC",
@@ -89,47 +90,29 @@ def _err(msg: str) -> int:
     return 2
 
 
-def _num(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+def replicate_factory(args: argparse.Namespace) -> Any:
+    """``seed -> Workload`` regenerating the workload per end-to-end replicate, or None.
 
-
-def synthetic_from_spec(spec: str, seed: int) -> tuple[Any, Any]:
-    """The workload of ``synthetic:KIND[:key=value,...]`` and a ``seed -> Workload`` factory.
-
-    Uses the workload package's own spec parser when it has one (``workload_from_spec``);
-    otherwise ``synthetic(KIND, ...)`` with ``n``/``n_requests``, ``rate``/``rate_rps``,
-    ``seed`` and any other keyword it accepts. Raises ``ValueError`` naming the bad part.
+    For the synthetic default and ``synthetic:`` specs without their own ``seed`` key: the
+    same workload (same ``--count`` and ``--rate-scale``) with another seed. For trace files
+    (and specs that fix the seed) None: the study then uses consecutive slices.
     """
-    import lmetric_theory.workload as W
+    import copy
 
-    parser = getattr(W, "workload_from_spec", None)
-    if parser is not None:
-        return parser(spec, seed=seed), lambda s: parser(spec, seed=s)
-    _, _, rest = spec.partition(":")
-    kind, _, kv = rest.partition(":")
-    if not kind:
-        raise ValueError(f"workload spec {spec!r}: expected synthetic:KIND[:key=value,...]")
-    kw: dict[str, Any] = {}
-    alias = {"n": "n_requests", "rate": "rate_rps"}
-    for item in filter(None, kv.split(",")):
-        k, eq, val = item.partition("=")
-        if not eq:
-            raise ValueError(f"workload spec {spec!r}: expected key=value, got {item!r}")
-        try:
-            kw[alias.get(k.strip(), k.strip())] = _num(val.strip())
-        except ValueError:
-            raise ValueError(f"workload spec {spec!r}: {k.strip()}: not a number: {val!r}") from None
-    base_seed = int(kw.pop("seed", seed))
-    if kind not in W.KINDS:
-        raise ValueError(f"workload spec {spec!r}: unknown kind {kind!r}; valid: {', '.join(W.KINDS)}")
-    try:
-        w = W.synthetic(kind, seed=base_seed, **kw)
-    except TypeError as exc:
-        raise ValueError(f"workload spec {spec!r}: {exc}") from None
-    return w, lambda s: W.synthetic(kind, seed=s, **kw)
+    from lmetric_theory.cli.common import workload_from_args
+    from lmetric_theory.workload.spec import is_synthetic_spec
+
+    if args.trace is not None and not is_synthetic_spec(args.trace):
+        return None
+    if args.trace is not None and "seed=" in args.trace.replace(" ", ""):
+        return None
+
+    def make(seed: int) -> Any:
+        a = copy.copy(args)
+        a.seed = int(seed)
+        return workload_from_args(a)
+
+    return make
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,25 +139,14 @@ def run(args: argparse.Namespace) -> int:
         return _err(f"--count must be >= 1, got {args.count}")
     if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
         return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
-    replicate = None
     try:
         import lmetric_theory.experiments.tuning  # noqa: F401  (registers tuned-linear)
         import lmetric_theory.policies.guarded  # noqa: F401
 
         make_policy(args.policy, seed=args.seed)
         preset = preset_from_arg(args.preset)
-        if args.trace is not None and args.trace.startswith("synthetic:"):
-            from lmetric_theory.workload import scale_rate, select
-
-            workload, replicate = synthetic_from_spec(args.trace, args.seed)
-            if args.count is not None:
-                workload = select(workload, count=args.count)
-            if args.rate_scale != 1.0:
-                workload = scale_rate(workload, args.rate_scale)
-            if args.count is not None or args.rate_scale != 1.0:
-                replicate = None  # replicates would not match the transformed workload
-        else:
-            workload = workload_from_args(args)
+        workload = workload_from_args(args)
+        replicate = replicate_factory(args)
         cfg = SimConfig.from_preset(preset, args.instances)
         reference = _reference(args, preset, workload)
     except (OSError, ValueError) as exc:

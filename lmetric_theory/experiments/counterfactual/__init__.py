@@ -19,6 +19,7 @@ from lmetric_theory.experiments.counterfactual.sampling import (
     Sample,
     decision_load,
     flag_mask,
+    hotspot_phase,
     load_deciles,
     matched_sample,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "decision_load",
     "flag_mask",
     "fork_decision",
+    "hotspot_phase",
     "load_deciles",
     "matched_sample",
     "reseed_policy",

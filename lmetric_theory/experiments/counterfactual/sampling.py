@@ -7,8 +7,10 @@ Flag definitions (:data:`FLAG_DEFINITIONS`, on the detector's verdicts)
 ``fragile``
     The product agrees with ``lam`` but not with every rate of the reference band.
 ``hotspot``
-    The detector's hot-spot finding: some loaded instance (``B > 0``) has ``P + p0 == 0``,
-    so its product score is 0 whatever its load (``zero_prefill``).
+    The hot-prefix-class monitor (:class:`~lmetric_theory.detector.hotspot.HotspotMonitor`,
+    fed the run's decisions in order) is in phase 1 or 2 for the request's class at this
+    decision (:func:`hotspot_phase`), or the detector's zero-prefill hot-spot finding holds
+    (a loaded instance with ``P + p0 == 0``).
 ``any-but-ties``
     Any finding except the tie findings (``exact_tie``, ``idle_tie``): disagreement,
     fragile, hot spot or extreme operating point.
@@ -32,8 +34,10 @@ import numpy as np
 
 from lmetric_theory.detector import Verdicts
 from lmetric_theory.sim import SnapshotLog
+from lmetric_theory.workload import Workload
 
-__all__ = ["FLAG_DEFINITIONS", "Sample", "decision_load", "flag_mask", "load_deciles", "matched_sample"]
+__all__ = ["FLAG_DEFINITIONS", "FLAG_TEXT", "Sample", "decision_load", "flag_mask", "hotspot_phase",
+           "load_deciles", "matched_sample"]
 
 #: Flag definitions the study accepts.
 FLAG_DEFINITIONS: tuple[str, ...] = ("disagreement", "fragile", "hotspot", "any-but-ties")
@@ -42,23 +46,68 @@ FLAG_DEFINITIONS: tuple[str, ...] = ("disagreement", "fragile", "hotspot", "any-
 FLAG_TEXT: dict[str, str] = {
     "disagreement": "the product's choice differs from the linear reference's choice at lam",
     "fragile": "the product agrees with lam but not with every rate of the reference band",
-    "hotspot": "a loaded instance (B > 0) has P + p0 == 0 (zero-prefill hot spot)",
+    "hotspot": "the hot-prefix-class monitor is in phase 1 (alarm) or 2 (confirmed) for the "
+               "request's class, or a loaded instance has P + p0 == 0 (zero-prefill hot spot)",
     "any-but-ties": "any detector finding except exact_tie and idle_tie",
 }
 
 
-def flag_mask(v: Verdicts, flag: str) -> np.ndarray:
-    """Boolean mask (D,) of the decisions flagged under ``flag`` (see the module docstring)."""
+def flag_mask(v: Verdicts, flag: str, phase: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask (D,) of the decisions flagged under ``flag`` (see the module docstring).
+
+    ``phase`` is the hot-spot phase per decision (:func:`hotspot_phase`), used by ``hotspot``.
+    """
     if flag == "disagreement":
         return np.asarray(v.disagrees, dtype=bool)
     if flag == "fragile":
         return np.asarray(v.fragile, dtype=bool)
     if flag == "hotspot":
-        return np.asarray(v.zero_prefill, dtype=bool)
+        hot = np.asarray(v.zero_prefill, dtype=bool)
+        return hot if phase is None else hot | (np.asarray(phase) >= 1)
     if flag == "any-but-ties":
         return np.asarray(v.disagrees | v.fragile | v.zero_prefill | v.extreme_operating_point,
                           dtype=bool)
     raise ValueError(f"flag: {flag!r} is not one of {', '.join(FLAG_DEFINITIONS)}")
+
+
+def hotspot_phase(workload: Workload, log: SnapshotLog, P: np.ndarray, B: np.ndarray,
+                  p0: float, b0: float) -> np.ndarray:
+    """Hot-spot phase of each decision's prefix class, shape (D,), int64: 0, 1 or 2.
+
+    A :class:`~lmetric_theory.detector.hotspot.HotspotMonitor` (default settings, detect
+    only) observes the decisions in order: the class is the request's leading block hash,
+    an instance holds it when the request has a prefix hit there (uncached < prompt
+    tokens), ``P``/``B`` the policy's signals. After observing decision ``d``: 2 when the
+    class is confirmed (the monitor's mitigation applies), 1 when the phase-1 condition
+    ``x |Mbar| > (1 - x) |M|`` holds (share ``x`` of the class in the window, ``|M|``
+    instances holding it, ``1 <= |M| < N``, window at least ``min_decisions`` long), else 0.
+    """
+    from lmetric_theory.detector.hotspot import HotspotMonitor
+
+    D, N = log.uncached.shape
+    out = np.zeros(D, dtype=np.int64)
+    if N < 2:
+        return out
+    mon = HotspotMonitor(N, p0=float(p0), b0=float(b0), mitigate=True)
+    offs = np.asarray(workload.hash_offsets, dtype=np.int64)
+    hashes = np.asarray(workload.hash_ids, dtype=np.int64)
+    req = np.asarray(log.request, dtype=np.int64)
+    has = offs[req + 1] > offs[req]
+    cls = np.where(has, hashes[np.minimum(offs[req], max(hashes.size - 1, 0))], -1)
+    hits = log.uncached < np.asarray(log.input_tokens)[:, None]
+    for d in range(D):
+        c = int(cls[d])
+        mon.observe(c, hits[d], P[d], B[d], decision=d)
+        if c < 0:
+            continue
+        if mon.active(c):
+            out[d] = 2
+            continue
+        m = int(np.count_nonzero(hits[d]))
+        x = mon.share(c)
+        if mon.decisions >= mon.min_decisions and 1 <= m < N and x * (N - m) > (1 - x) * m:
+            out[d] = 1
+    return out
 
 
 def decision_load(log: SnapshotLog) -> np.ndarray:

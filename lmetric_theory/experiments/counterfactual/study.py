@@ -59,6 +59,7 @@ from lmetric_theory.experiments.counterfactual.sampling import (
     FLAG_TEXT,
     decision_load,
     flag_mask,
+    hotspot_phase,
     matched_sample,
 )
 from lmetric_theory.sim import SimConfig, Simulator
@@ -174,19 +175,6 @@ def _band_distance(lam_star: np.ndarray, lo: float, hi: float) -> np.ndarray:
         out[above] = np.where(hi > 0, np.log(x[above] / hi), np.inf)
     out[np.isnan(x)] = np.inf  # equal batches: lam never flips the pair
     return out
-
-
-def _hotspot_phase(log: Any) -> tuple[np.ndarray | None, str]:
-    """Per-decision hot-spot phase from the hot-spot monitor, or ``None`` and why not."""
-    try:
-        from lmetric_theory.detector import hotspot  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "the hot-spot monitor (lmetric_theory.detector.hotspot) is not available"
-    fn = getattr(hotspot, "phase_of_log", None)
-    if fn is None:
-        return None, ("lmetric_theory.detector.hotspot has no phase_of_log(log) -> per-decision "
-                      "phase array; not wired up")
-    return np.asarray(fn(log), dtype=np.float64), ""
 
 
 def _group(harm: np.ndarray, harmful: np.ndarray, regret: np.ndarray, tpot_harm: np.ndarray,
@@ -395,7 +383,8 @@ def counterfactual_study(
         raise ValueError("the replay recorded no routing decisions")
     Pm, Bm, Um = _signals(log, P_def, B_def)
     v: Verdicts = det.check_many(Pm, Bm, validate=False)
-    flagged = flag_mask(v, flag)
+    phase = hotspot_phase(workload, log, Pm, Bm, p0, b0)
+    flagged = flag_mask(v, flag, phase)
     load = decision_load(log)
     rng = np.random.default_rng([seed, 0xCF])
     smp = matched_sample(flagged, load, samples, rng)
@@ -466,12 +455,8 @@ def counterfactual_study(
     }
     if flag != "disagreement":
         sig[f"flag:{flag}"] = flagged[dpool].astype(np.float64)
+    sig["hotspot_phase"] = phase[dpool].astype(np.float64)
     omitted: dict[str, str] = {}
-    hp, why = _hotspot_phase(log)
-    if hp is None:
-        omitted["hotspot_phase"] = why
-    else:
-        sig["hotspot_phase"] = hp[dpool]
     auroc: dict[str, Any] = {}
     for g, (name, s) in enumerate(sig.items()):
         ok = ~np.isnan(s)
@@ -534,6 +519,8 @@ def counterfactual_study(
         "end_to_end": e2e,
         "population": {
             "decisions": len(log), "flagged": int(flagged.sum()), "unflagged": U,
+            "hotspot_phase_1": int(np.count_nonzero(phase == 1)),
+            "hotspot_phase_2": int(np.count_nonzero(phase == 2)),
             "sampled_flagged": int(kf.size), "sampled_control": int(kc.size),
             "converged": int(sum(f.converged for f in F)),
             "mean_affected": float(np.mean([f.affected for f in F])) if F else math.nan,

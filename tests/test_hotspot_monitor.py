@@ -179,3 +179,28 @@ def test_guarded_hotspot_parameters_checked():
         make_policy("guarded-lmetric:mitigation=hotspot,hot_window=1")
     with pytest.raises(ValueError, match="hot_confirm must be >= 1"):
         make_policy("guarded-lmetric:mitigation=hotspot,hot_confirm=0")
+
+
+# ------------------------------------------------------------------ audit --json
+
+
+@pytest.mark.parametrize(("share", "confirmed"), [(0.6, True), (0.02, False)])
+def test_audit_json_lists_hot_classes(capsys, share, confirmed):
+    import json
+
+    from lmetric_theory import cli
+
+    spec = f"synthetic:hotspot:share={share},count=400"
+    assert cli.main(["audit", spec, "--instances", "8", "--json"]) == 0
+    hs = json.loads(capsys.readouterr().out)["hotspots"]
+    keys = {"class", "share", "cached_instances", "phase1_decision", "phase2_decision",
+            "condition_holds", "mitigation"}
+    assert all(set(h) == keys for h in hs)
+    got = [h for h in hs if h["phase2_decision"] is not None]
+    if confirmed:
+        (h,) = got
+        assert h["class"] == 0  # the hot class's leading block is the workload's first hash
+        assert h["phase1_decision"] <= h["phase2_decision"] and h["mitigation"]
+        assert 1 <= len(h["cached_instances"]) < 8 and h["share"] > 0.4
+    else:
+        assert got == []

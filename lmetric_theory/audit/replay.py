@@ -159,6 +159,12 @@ def audit_workload(
     }
     report = _build_report(det, v, time_s, U, None, top=top, trace=trace, config=config,
                            skipped=skipped, time_axis="seconds")
+    # hot prefix classes (two-phase monitor over the replay; classes = leading block hashes)
+    from lmetric_theory.audit.hotspots import hotspot_findings, hotspots_report
+
+    report["hotspots"] = hotspots_report(hotspot_findings(
+        workload, log, prefill_offset=float(det.prefill_offset),
+        batch_offset=float(det.batch_offset), p_definition=pdef.value, b_definition=bdef.value))
     if progress is not None:
         progress(1.0)
     return AuditResult(time_s, v, report, reference)

@@ -174,8 +174,15 @@ def test_wheel_installs_the_app_pages(tmp_path):
 
     from lmetric_theory.app.main import PAGES
 
+    import shutil
+
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-q",
+    src = tmp_path / "src"  # a copy, so the build leaves no build/ folder in the checkout
+    shutil.copytree(root / "lmetric_theory", src / "lmetric_theory",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
                           "-w", str(tmp_path)], capture_output=True, text=True, timeout=600,
                          check=False)
     if out.returncode != 0 and "Could not" in out.stderr:

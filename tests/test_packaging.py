@@ -169,12 +169,11 @@ def test_old_lambda_flags_are_hidden_aliases(capsys):
 def test_wheel_installs_the_app_pages(tmp_path):
     """The built wheel carries the app's entry script and every page, so an installed
     package (not only a checkout) can run ``lmetric-theory app``."""
+    import shutil
     import zipfile
     from pathlib import Path
 
     from lmetric_theory.app.main import PAGES
-
-    import shutil
 
     root = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"  # a copy, so the build leaves no build/ folder in the checkout

@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_theory.ipynb", "02_audit_mooncake.ipynb", "03_policy_comparison.ipynb")
+NAMES = ("01_theory.ipynb", "02_audit_mooncake.ipynb", "03_policy_comparison.ipynb",
+         "04_hotspot.ipynb")
 SLOW = {"03_policy_comparison.ipynb"}
 
 

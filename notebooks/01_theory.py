@@ -58,7 +58,7 @@ for ident in d.identities:
 display(Markdown(f"$${sp.latex(d.pairwise_lhs)} = {sp.latex(d.pairwise_rhs)}$$"))
 
 # %% [markdown]
-# ## lam_eff and lam*
+# ## λ_eff and λ*
 #
 # The product ranks a pair like a linear score with the pair's own rate
 # $\lambda_\text{eff} = (\bar P + p_0)/(\bar B + b_0)$; a linear score with rate $\lambda$ flips its
@@ -81,55 +81,55 @@ prod_diff = (P1 + 0) * (B1 + 1) - (P2 + 0) * (B2 + 1)
 fig = go.Figure()
 fig.add_scatter(x=lams, y=lin_diff, name="C_1 - C_2 (linear)")
 fig.add_hline(y=0, line_dash="dot")
-fig.add_vline(x=ls, line_dash="dash", annotation_text=f"lam* = {ls:.0f}")
-fig.add_vline(x=le, line_color="red", annotation_text=f"lam_eff = {le:.0f}")
+fig.add_vline(x=ls, line_dash="dash", annotation_text=f"λ* = {ls:.0f}")
+fig.add_vline(x=le, line_color="red", annotation_text=f"λ_eff = {le:.0f}")
 fig.update_layout(title=f"Pair (P,B) = ({P1},{B1}) vs ({P2},{B2}); product picks "
-                  f"instance {1 if prod_diff < 0 else 2}; linear picks 2 below lam*, 1 above",
+                  f"instance {1 if prod_diff < 0 else 2}; linear picks 2 below λ*, 1 above",
                   xaxis_title="lam (tokens per batch slot)", yaxis_title="score difference (tokens)")
 fig
 
 # %%
-# lam_eff over the plane of instance 2's state, instance 1 fixed.
+# λ_eff over the plane of instance 2's state, instance 1 fixed.
 P2g = np.linspace(0, 8000, 161)
 B2g = np.arange(0, 33)
 LE = predicates.lambda_eff(P1, B1, P2g[None, :], B2g[:, None], 0, 1)
-go.Figure(go.Heatmap(x=P2g, y=B2g, z=LE, colorbar_title="lam_eff")).update_layout(
-    title=f"lam_eff of the pair with instance 1 = ({P1}, {B1})",
+go.Figure(go.Heatmap(x=P2g, y=B2g, z=LE, colorbar_title="λ_eff")).update_layout(
+    title=f"λ_eff of the pair with instance 1 = ({P1}, {B1})",
     xaxis_title="P_2 (tokens)", yaxis_title="B_2 (requests)")
 
 # %% [markdown]
 # ## Regions of disagreement
 #
-# Fix instance A. In the plane of instance B's state the product's iso-curve is a hyperbola,
-# linear's a line; they meet at A and at a second point. Between them lie the **lens**
+# Fix instance 1. In the plane of instance 2's state the product's iso-curve is a hyperbola,
+# linear's a line; they meet at instance 1 and at a second point. Between them lie the **lens**
 # (bounded) and two unbounded parts where the two scores pick different instances.
 
 # %%
 for r in d.regions:
     display(Markdown(f"**{r.name}** — {r.statement}"))
 
-P_A, B_A, LAM = 2000.0, 4.0, 1024.0
-rm = compute_regions(P_A, B_A, lam=LAM, p_range=(0, 8192), b_range=(0, 32), resolution=(300, 200))
-p2s, b2s = second_intersection(P_A, B_A, LAM)
+P_1, B_1, LAM = 2000.0, 4.0, 1024.0
+rm = compute_regions(P_1, B_1, lam=LAM, p_range=(0, 8192), b_range=(0, 32), resolution=(300, 200))
+p2s, b2s = second_intersection(P_1, B_1, LAM)
 fig = go.Figure(go.Heatmap(x=rm.P, y=rm.B, z=rm.region, colorscale="Viridis", showscale=False))
 fig.add_scatter(x=rm.P, y=rm.product_curve, name="product iso-curve", line_color="white")
 fig.add_scatter(x=rm.P, y=rm.linear_curve, name="linear iso-line", line_color="red")
-fig.add_scatter(x=[P_A, float(p2s)], y=[B_A, float(b2s)], mode="markers", name="A and 2nd intersection",
+fig.add_scatter(x=[P_1, float(p2s)], y=[B_1, float(b2s)], mode="markers", name="instance 1 and 2nd intersection",
                 marker_size=10)
 fig.update_yaxes(range=[0, 32])
-fig.update_layout(title=f"Regions (codes 0 both A, 1 both B, 2 only product B, 3 only linear B); "
+fig.update_layout(title=f"Regions (codes 0 both 1, 1 both 2, 2 only product 2, 3 only linear 2); "
                   f"disagreement share {rm.disagreement_share:.1%}",
-                  xaxis_title="P_B (tokens)", yaxis_title="B_B (requests)")
+                  xaxis_title="P_2 (tokens)", yaxis_title="B_2 (requests)")
 fig
 
 # %%
-# How the disagreement area depends on lam: empty when lam equals the tangent rate at A.
+# How the disagreement area depends on λ: empty when λ equals the tangent rate at instance 1.
 lam_grid = np.geomspace(16, 65536, 40 if not FULL else 160)
-share = [compute_regions(P_A, B_A, lam=float(x), p_range=(0, 8192), b_range=(0, 32),
+share = [compute_regions(P_1, B_1, lam=float(x), p_range=(0, 8192), b_range=(0, 32),
                          resolution=(200, 120)).disagreement_share for x in lam_grid]
-lt = float(tangent_lam(P_A, B_A))
+lt = float(tangent_lam(P_1, B_1))
 fig = go.Figure(go.Scatter(x=lam_grid, y=share, mode="lines+markers"))
-fig.add_vline(x=lt, line_dash="dash", annotation_text=f"tangent lam = lam_eff at A = {lt:.0f}")
+fig.add_vline(x=lt, line_dash="dash", annotation_text=f"tangent λ = λ_eff at instance 1 = {lt:.0f}")
 fig.update_xaxes(type="log", title="lam (tokens per batch slot)")
 fig.update_yaxes(title="share of the plotted plane where the scores disagree")
 fig

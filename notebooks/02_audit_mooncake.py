@@ -126,7 +126,7 @@ display(Markdown("| N | load | decisions | lam | band | disagree | band-disagree
 key = (INSTANCES[-1], LOADS[-1])
 v = audits[key]
 le = v.lambda_eff[np.isfinite(v.lambda_eff) & (v.lambda_eff > 0)]
-fig = px.histogram(x=np.log10(le), nbins=60, title=f"log10 lam_eff of the chosen pair (N={key[0]}, load={key[1]}); "
+fig = px.histogram(x=np.log10(le), nbins=60, title=f"log10 λ_eff of the chosen pair (N={key[0]}, load={key[1]}); "
                    f"tuned lam = {refs[key].lam:g}")
 fig.add_vline(x=np.log10(max(refs[key].lam, 1)), line_color="red")
 fig

@@ -18,6 +18,7 @@ from lmetric_theory.experiments.counterfactual import (
     hotspot_phase,
     load_deciles,
     matched_sample,
+    reseed_policy,
 )
 from lmetric_theory.sim import LatencyModel, SimConfig, Simulator, load_preset
 from lmetric_theory.workload import synthetic
@@ -120,6 +121,40 @@ def test_aa_forks_give_exactly_zero_for_a_deterministic_policy(study) -> None:
     assert all(f.aa_diff_s == 0.0 for f in study.forks)
     d = study.to_dict()
     assert d["noise_floor_s"] == 0.0 and d["population"]["aa_nonzero"] == 0
+
+
+def test_aa_forks_measure_random_tie_draws() -> None:
+    # tie=random: the A-A branch re-seeds the policy's generator, so later ties may go
+    # elsewhere; the difference is what randomness alone changes (deterministic per seed).
+    w = synthetic("api", n_requests=300, rate_rps=6.0, seed=5)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    spec = "lmetric:tie=random"
+    res = Simulator(w, cfg, spec, seed=3).run()
+    arr = np.asarray(w.arrival_s)
+
+    def diffs() -> list[float]:
+        sim = Simulator(w, cfg, spec, seed=3)
+        out = []
+        for d in range(20, 300, 40):
+            sim.advance(until_decision=d)
+            out.append(fork_decision(sim, d, request=d, chosen=int(res.instance[d]), arrival_s=arr,
+                                     horizon_s=5.0, aa_seed=9).aa_diff_s)
+        return out
+
+    a = diffs()
+    assert a == diffs()
+    assert any(x != 0.0 for x in a)
+
+
+def test_reseed_policy_reaches_wrapped_policies() -> None:
+    import lmetric_theory.policies.guarded  # noqa: F401
+    from lmetric_theory.policies import make_policy
+
+    pol = make_policy("guarded-lmetric:tie=random", seed=1)
+    reseed_policy(pol, 7)
+    wrapped = [v for v in vars(pol).values() if hasattr(v, "choose")]
+    assert wrapped and all(v.rng is pol.rng for v in wrapped)
+    assert pol.rng.integers(1 << 30) == np.random.default_rng([7, 0xAA]).integers(1 << 30)
 
 
 def test_chosen_branch_replays_the_original_run(small, study) -> None:

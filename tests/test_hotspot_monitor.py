@@ -204,3 +204,32 @@ def test_audit_json_lists_hot_classes(capsys, share, confirmed):
         assert 1 <= len(h["cached_instances"]) < 8 and h["share"] > 0.4
     else:
         assert got == []
+
+
+# ----------------------------------------------------------------- Guard
+
+
+def test_guard_reports_hotspots_beside_pairwise_findings():
+    from lmetric_theory.detector import Detector, Snapshot
+    from lmetric_theory.detector.guard import Guard
+
+    def route(req):
+        s = (req["P"] + 0) * (req["B"] + 1)
+        return int(np.argmin(s))
+
+    g = Guard(Detector(1e9), route, on_flag="mitigate",
+              snapshot_fn=lambda req: Snapshot(req["P"], req["B"]),
+              hotspot=HotspotMonitor(4, window=10, min_decisions=4, min_count=2),
+              class_fn=lambda req: (req["cls"], req["hit"]))
+    other = {"P": np.array([500, 500, 500, 500]), "B": np.zeros(4, int), "cls": -1,
+             "hit": np.zeros(4, bool)}
+    hot = {"P": CHEAP_ON_0, "B": IDLE, "cls": 7, "hit": HOT0}
+    assert [g(other) for _ in range(3)] == [0, 0, 0]
+    # as in test_two_phases_by_hand: phase 1 at call 4, confirmed at call 5
+    got = [g(hot) for _ in range(4)]
+    assert got == [0, 0, 1, 1]
+    (f,) = g.hotspot_findings
+    assert (f.class_id, f.phase1_decision, f.phase2_decision) == (7, 4, 5)
+    assert g.stats().overridden == 2
+    with pytest.raises(ValueError, match="hotspot and class_fn"):
+        Guard(Detector(1), route, hotspot=HotspotMonitor(4))

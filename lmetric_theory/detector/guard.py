@@ -19,6 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from lmetric_theory.core.kernel import product_scores
 from lmetric_theory.detector import (
     DEGENERATE_KINDS,
     FINDING_KINDS,
@@ -26,6 +29,7 @@ from lmetric_theory.detector import (
     Snapshot,
     Verdict,
 )
+from lmetric_theory.detector.hotspot import HotspotFinding, HotspotMonitor
 
 __all__ = ["ON_FLAG", "Guard", "GuardStats", "PrometheusMetrics"]
 
@@ -148,6 +152,15 @@ class Guard:
         positional argument is the snapshot.
     metrics : PrometheusMetrics, optional
         Also count into Prometheus.
+    hotspot : HotspotMonitor, optional
+        Also watch hot prefix classes (:mod:`lmetric_theory.detector.hotspot`); needs
+        ``class_fn``. With ``on_flag`` ``"fallback"`` or ``"mitigate"``, a request of a
+        confirmed hot class goes to the product's pick among the instances that were not
+        hot at confirmation; its findings are :attr:`hotspot_findings`.
+    class_fn : callable, optional
+        ``class_fn(*args, **kwargs) -> (class_id, hit)``: the request's prefix class (its
+        leading block hash) and a boolean array, shape (N,), True where the instance caches
+        the class's leading blocks.
     """
 
     def __init__(
@@ -159,6 +172,8 @@ class Guard:
         kinds: Any = None,
         snapshot_fn: Callable[..., Snapshot] | None = None,
         metrics: PrometheusMetrics | None = None,
+        hotspot: HotspotMonitor | None = None,
+        class_fn: Callable[..., tuple[int, Any]] | None = None,
     ) -> None:
         if not isinstance(detector, Detector):
             raise ValueError(f"detector: expected a Detector, got {type(detector).__name__}")
@@ -176,6 +191,10 @@ class Guard:
         self.kinds = act
         self.snapshot_fn = snapshot_fn
         self.metrics = metrics
+        if (hotspot is None) != (class_fn is None):
+            raise ValueError("hotspot and class_fn: give both, or neither")
+        self.hotspot = hotspot
+        self.class_fn = class_fn
         self.last_verdict: Verdict | None = None
         self.reset()
 
@@ -236,6 +255,15 @@ class Guard:
                         "routing decision flagged: %s",
                         "; ".join(f"{f.kind}: {f.message}" for f in verdict.findings),
                     )
+        if self.hotspot is not None:
+            cls, hit = self.class_fn(*args, **kwargs)
+            mask = self.hotspot.observe(int(cls), hit, snap.prefill_tokens, snap.batch_size)
+            if (mask is not None and mask.any() and not mask[chosen]
+                    and self.on_flag in ("fallback", "mitigate")):
+                d = self.detector
+                s = product_scores(snap.prefill_tokens, snap.batch_size, d.prefill_offset,
+                                   d.batch_offset)
+                chosen = int(np.flatnonzero(mask)[np.argmin(s[mask])])
         overridden = chosen != index
         if overridden:
             self._overridden += 1
@@ -246,6 +274,11 @@ class Guard:
         if isinstance(picked, str) and snap.instance_ids is not None:
             return snap.instance_ids[chosen]
         return chosen
+
+    @property
+    def hotspot_findings(self) -> tuple[HotspotFinding, ...]:
+        """Hot prefix classes found so far (empty without a hotspot monitor)."""
+        return () if self.hotspot is None else self.hotspot.findings
 
     @staticmethod
     def _index(snap: Snapshot, picked: Any) -> int:

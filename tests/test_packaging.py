@@ -192,3 +192,20 @@ def test_wheel_installs_the_app_pages(tmp_path):
     assert "lmetric_theory/app/main.py" in names
     for script, _title, _url in PAGES:
         assert f"lmetric_theory/app/pages/{script}" in names
+
+
+def test_audit_out_without_plotly_names_the_extra(tmp_path):
+    """The HTML report needs plotly (app extra): without it, one line and exit 2, and
+    nothing is written."""
+    code = (
+        "import importlib.util, sys\n"
+        "real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda n, p=None: None if n == 'plotly' else real(n, p)\n"
+        "from lmetric_theory import cli\n"
+        f"sys.exit(cli.main(['audit', '--count', '50', '--out', {str(tmp_path / 'o')!r}]))\n"
+    )
+    out = _fresh(code)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lmetric-theory[app]" in lines[0]
+    assert not (tmp_path / "o").exists()

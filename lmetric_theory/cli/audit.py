@@ -259,3 +259,16 @@ def _print(rep: dict[str, Any]) -> None:
                       str(x["linear_choice"]), _f(x["regret_tokens"]),
                       _f(_get(x, "lam_eff", "lambda_eff")), _f(_get(x, "lam_star", "lambda_star")))
         con.print(w)
+
+    if rep.get("hotspots"):
+        h = Table(title="Hot prefix classes (phase 1: x/xbar > |M|/|Mbar|; phase 2: confirmed)")
+        for col in ("class", "share", "cached on", "phase 1", "phase 2", "(l) holds",
+                    "mitigation"):
+            h.add_column(col, justify="left" if col == "mitigation" else "right",
+                         overflow="fold")
+        for x in rep["hotspots"]:
+            h.add_row(str(x["class"]), f"{x['share']:.2f}",
+                      ", ".join(map(str, x["cached_instances"])), str(x["phase1_decision"]),
+                      "-" if x["phase2_decision"] is None else str(x["phase2_decision"]),
+                      "yes" if x["condition_holds"] else "no", x["mitigation"] or "-")
+        con.print(h)

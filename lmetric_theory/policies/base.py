@@ -67,7 +67,7 @@ class DecisionView:
         when the real prefix hit differs from the prediction, never below 0; tokens.
     router_inflight : np.ndarray, shape (N,), int32
         Requests the router dispatched to each instance and has not seen finish.
-    router_all_tokens : np.ndarray, shape (N,), int64
+    router_all_tokens : np.ndarray, shape (N,), int32
         Tokens of the router's in-flight requests per instance: + prompt at dispatch, + each
         output token as reported, - (prompt + output) at finish; tokens. Dynamo's
         ``decode_blocks`` is ``router_all_tokens // block_size``.
@@ -109,7 +109,7 @@ class DecisionView:
             inflight = np.asarray(self.running, dtype=np.int32) + np.asarray(self.waiting, dtype=np.int32)
             object.__setattr__(self, "router_inflight", inflight)
         if self.router_all_tokens is None:
-            object.__setattr__(self, "router_all_tokens", np.zeros(np.shape(self.uncached), np.int64))
+            object.__setattr__(self, "router_all_tokens", np.zeros(np.shape(self.uncached), np.int32))
 
 
 class Policy:

@@ -11,10 +11,14 @@ import numpy as np
 from lmetric_theory.sim.latency import LatencyModel, Preset
 from lmetric_theory.sim.snapshots import SnapshotLog
 
-__all__ = ["SimConfig", "SimResult", "VIEWS"]
+__all__ = ["SCHEDULERS", "SimConfig", "SimResult", "VIEWS"]
 
 #: Router cache views.
 VIEWS: tuple[str, ...] = ("precise", "approximate")
+
+#: Instance schedulers: ``vllm-v1`` (paged KV, preemption, vLLM v1's scheduling loop) and
+#: ``reserve`` (the first model: KV reserved for prompt + output at admission, no preemption).
+SCHEDULERS: tuple[str, ...] = ("vllm-v1", "reserve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,18 @@ class SimConfig:
         the slow reference).
     record_snapshots : bool
         Keep the per-decision :class:`SnapshotLog`.
+    scheduler : str
+        ``"vllm-v1"`` or ``"reserve"`` (see :data:`SCHEDULERS` and docs/simulator.md).
+    block_size : int
+        KV block size of the ``vllm-v1`` scheduler, tokens (vLLM's default 16). It must
+        divide the workload's hash block size; each workload block then spans
+        ``workload.block_size // block_size`` engine blocks. The ``reserve`` scheduler uses
+        the workload's block size.
+    preset : str or None
+        Name of the preset the latency model came from (reporting only).
+    latency_fit_error : dict or None
+        ``{"mean": ..., "max": ...}`` relative error of the preset on its calibration rows;
+        ``None`` for an uncalibrated preset (reporting only).
     """
 
     n_instances: int
@@ -57,6 +73,10 @@ class SimConfig:
     signal_delay_s: float = 0.0
     fast_forward: bool = True
     record_snapshots: bool = True
+    scheduler: str = "reserve"
+    block_size: int = 16
+    preset: str | None = None
+    latency_fit_error: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.n_instances < 1:
@@ -71,6 +91,10 @@ class SimConfig:
             raise ValueError(f"view: {self.view!r} is not one of {', '.join(VIEWS)}")
         if not (math.isfinite(self.signal_delay_s) and self.signal_delay_s >= 0):
             raise ValueError(f"signal_delay_s must be finite and >= 0, got {self.signal_delay_s}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler: {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be an integer >= 1, got {self.block_size!r}")
 
     @classmethod
     def from_preset(cls, preset: Preset, n_instances: int, **overrides: Any) -> SimConfig:
@@ -80,6 +104,8 @@ class SimConfig:
             kv_capacity_tokens=preset.kv_capacity_tokens,
             token_budget=preset.token_budget,
             max_batch=preset.max_batch,
+            preset=preset.name,
+            latency_fit_error=preset.fit_error,
         )
         kw.update(overrides)
         return cls(n_instances=n_instances, **kw)
@@ -121,6 +147,10 @@ class SimResult:
         Prompt tokens computed by prefill iterations per instance, tokens.
     output_tokens_produced : np.ndarray, shape (N,), int64
         Tokens produced per instance (first tokens plus decode-iteration tokens), tokens.
+    preemptions : np.ndarray, shape (n,), int64
+        Times each request was preempted (recompute); zeros under ``reserve``.
+    preemptions_per_instance : np.ndarray, shape (N,), int64
+        Preemptions per instance.
     end_time_s : float
         Simulated time reached, seconds.
     policy : str
@@ -146,11 +176,21 @@ class SimResult:
     end_time_s: float
     policy: str
     config: dict[str, Any] = field(default_factory=dict)
+    preemptions: np.ndarray | None = None
+    preemptions_per_instance: np.ndarray | None = None
 
     @property
     def completed(self) -> np.ndarray:
         """Mask of finished requests, shape (n,), bool."""
         return np.isfinite(self.e2e_s)
+
+    def counts(self) -> dict[str, Any]:
+        """Total preemptions and requests routed to each instance (a list, one per instance)."""
+        n = int(self.peak_kv_tokens.shape[0])
+        routed = self.instance[self.instance >= 0]
+        pre = 0 if self.preemptions is None else int(self.preemptions.sum())
+        return {"preemptions": pre,
+                "requests_per_instance": np.bincount(routed, minlength=n).astype(int).tolist()}
 
     def summary(self) -> dict[str, float | int]:
         """Headline figures: completed count, TTFT/TPOT statistics (s), prefix-hit rate."""

@@ -46,9 +46,17 @@ import numpy as np
 
 from lmetric_theory.policies import Policy, make_policy
 from lmetric_theory.sim.config import VIEWS, SimConfig, SimResult
-from lmetric_theory.sim.events import ARRIVAL_SEQ, Arrival, Event, IterationEnd, PlanKind
-from lmetric_theory.sim.instance import Instance, Requests
-from lmetric_theory.sim.kvcache import KVCache
+from lmetric_theory.sim.events import (
+    ARRIVAL_SEQ,
+    WAKE_SEQ,
+    Arrival,
+    Event,
+    IterationEnd,
+    PlanKind,
+    StepStart,
+)
+from lmetric_theory.sim.instance import Instance, PagedInstance, PagedRequests, Requests
+from lmetric_theory.sim.kvcache import BlockPool, KVCache
 from lmetric_theory.sim.router import RouterView
 from lmetric_theory.sim.snapshots import SnapshotLog
 from lmetric_theory.workload.base import Workload
@@ -90,21 +98,35 @@ class Simulator:
         bs = int(workload.block_size)
         if bs < 1:
             raise ValueError(f"workload block_size must be >= 1, got {bs}")
-        self._bs = bs
         cap = (config.kv_capacity_tokens if config.kv_capacity_blocks is None
                else config.kv_capacity_blocks * bs)
+        self._paged = paged = config.scheduler == "vllm-v1"
+        if paged:
+            ebs = int(config.block_size)
+            if bs % ebs:
+                raise ValueError(
+                    f"block_size {ebs} does not divide the workload's hash block size {bs}: "
+                    "choose an engine block size that does (vLLM's default is 16)")
+            n_blocks = cap // ebs - 1  # vLLM keeps one block aside (its null block)
+            if n_blocks < 1:
+                raise ValueError(f"KV capacity of {cap} tokens holds no {ebs}-token block")
+        self._bs = bs
         arr = np.asarray(workload.arrival_s, dtype=np.float64)
         if np.any(np.diff(arr) < 0):
             raise ValueError("workload arrivals must be non-decreasing")
         inp_a = np.asarray(workload.input_tokens, dtype=np.int64)
         out_a = np.asarray(workload.output_tokens, dtype=np.int64)
         inp, out = inp_a.tolist(), out_a.tolist()
-        too_big = np.flatnonzero(inp_a + out_a > cap)
+        # A request must fit an empty instance: prompt + output (reserve), or every token
+        # but the last in whole blocks (vllm-v1: the last sampled token is never computed).
+        need = inp_a + out_a if not paged else -(-(inp_a + out_a - 1) // ebs) * ebs
+        room = cap if not paged else n_blocks * ebs
+        too_big = np.flatnonzero(need > room)
         if too_big.size:
             i = int(too_big[0])
             raise ValueError(
                 f"request {i}: prompt + output = {inp[i] + out[i]} tokens exceeds the KV "
-                f"capacity of {cap} tokens ({too_big.size} such requests)"
+                f"capacity of {room} tokens ({too_big.size} such requests)"
             )
         if min(out) < 1 or min(inp) < 1:
             raise ValueError("every request needs input_tokens >= 1 and output_tokens >= 1")
@@ -113,27 +135,44 @@ class Simulator:
         nfull = np.minimum(inp_a // bs, offs[1:] - offs[:-1])
         # Hit cap: at least one prompt token is recomputed.
         maxhit = np.minimum((inp_a - 1) // bs, nfull)
-        self._req = Requests(arr.tolist(), inp, out, np.asarray(workload.hash_ids, dtype=np.int64).tolist(),
-                             offs[:-1].tolist(), nfull.tolist(), maxhit.tolist())
+        hash_ids = np.asarray(workload.hash_ids, dtype=np.int64)
         lat = config.latency
         coef = (lat.c0, lat.c_pf, lat.c_dec, lat.c_kv, lat.c_att)
-        self._inst = [
-            Instance(i, self._req, KVCache(cap, bs), coef, int(config.token_budget),
-                     int(config.max_batch), bool(config.fast_forward))
-            for i in range(config.n_instances)
-        ]
+        args = (arr.tolist(), inp, out, hash_ids.tolist(), offs[:-1].tolist(), nfull.tolist(),
+                maxhit.tolist())
+        if paged:
+            if hash_ids.size and hash_ids.min() < 0:  # keep ~request free for own chains
+                hash_ids = hash_ids - hash_ids.min()
+                args = (args[0], inp, out, hash_ids.tolist(), *args[4:])
+            self._req = req = PagedRequests(*args, nhash=(offs[1:] - offs[:-1]).tolist(),
+                                            ratio=bs // ebs, block=ebs)
+            self._inst = [
+                PagedInstance(i, req, BlockPool(n_blocks), coef, int(config.token_budget),
+                              int(config.max_batch), bool(config.fast_forward))
+                for i in range(config.n_instances)
+            ]
+        else:
+            self._req = Requests(*args)
+            self._inst = [
+                Instance(i, self._req, KVCache(cap, bs), coef, int(config.token_budget),
+                         int(config.max_batch), bool(config.fast_forward))
+                for i in range(config.n_instances)
+            ]
+        view_bs = ebs if paged else bs
         log = (
             SnapshotLog.empty(n, config.n_instances, meta={
                 "view": config.view, "signal_delay_s": config.signal_delay_s,
-                "policy": self.policy.spec,
+                "policy": self.policy.spec, "block_size": view_bs, "scheduler": config.scheduler,
             })
             if config.record_snapshots else None
         )
         self._router = RouterView(self._req, self._inst, approximate=config.view == "approximate",
-                                  delay=float(config.signal_delay_s), capacity=int(cap), block=bs, log=log)
+                                  delay=float(config.signal_delay_s), block=view_bs,
+                                  ratio=bs // view_bs, paged=paged, log=log)
         # Event queue: sorted arrivals already form a heap.
         self._heap: list[Entry] = [(t, ARRIVAL_SEQ + i, Arrival(i)) for i, t in enumerate(self._req.arrival)]
         self._seq = 0
+        self._wake = WAKE_SEQ
         self._next_decision = 0
         self._forced: dict[int, int] = {}
         self._events = 0
@@ -167,7 +206,7 @@ class Simulator:
         inst = self._inst
         while heap:
             ev = heap[0][2]
-            if type(ev) is IterationEnd and ev.version != inst[ev.instance].version:
+            if type(ev) is not Arrival and ev.version != inst[ev.instance].version:
                 heapq.heappop(heap)
                 continue
             return heap[0]
@@ -279,12 +318,27 @@ class Simulator:
         self._events += 1
         if type(ev) is Arrival:
             return self._on_arrival(t, ev.request)
+        if type(ev) is StepStart:
+            return self._on_step_start(t, self._inst[ev.instance])
         return self._on_plan_end(self._inst[ev.instance])
 
-    def _plan_event(self, ins: Instance) -> Entry:
+    def _plan_event(self, ins: Any) -> Entry:
         self._seq += 1
         ins.version += 1
         return (ins.plan_end, self._seq, IterationEnd(ins.idx, ins.version))
+
+    def _wake_event(self, ins: Any, t: float) -> Entry:
+        """A step start at ``t`` after every arrival of that instant (vllm-v1 only)."""
+        self._wake += 1
+        ins.version += 1
+        ins.plan = PlanKind.WAKING
+        return (t, self._wake, StepStart(ins.idx, ins.version))
+
+    def _on_step_start(self, t: float, ins: Any) -> list[Entry]:
+        out = [self._plan_event(ins)] if ins.plan_next(t) else []
+        if self._delay > 0:
+            self._router.record(ins, t)
+        return out
 
     def _on_arrival(self, t: float, rid: int) -> list[Entry]:
         d = self._next_decision
@@ -303,7 +357,9 @@ class Simulator:
         ins.enqueue(rid, router.dispatched(ins, rid, view))
         out: list[Entry] = []
         if ins.plan is PlanKind.IDLE:
-            if ins.plan_next(t):
+            if self._paged:
+                out.append(self._wake_event(ins, t))
+            elif ins.plan_next(t):
                 out.append(self._plan_event(ins))
         elif ins.cut(t):
             out.append(self._plan_event(ins))
@@ -311,9 +367,12 @@ class Simulator:
             router.record(ins, t)
         return out
 
-    def _on_plan_end(self, ins: Instance) -> list[Entry]:
+    def _on_plan_end(self, ins: Any) -> list[Entry]:
         t = ins.plan_end
         ins.finish_plan()
+        d = self._next_decision
+        if self._paged and d < len(self._req) and self._req.arrival[d] == t:
+            return [self._wake_event(ins, t)]  # arrivals of this instant join the next step
         out = [self._plan_event(ins)] if ins.plan_next(t) else []
         if self._delay > 0:
             self._router.record(ins, t)
@@ -351,12 +410,17 @@ class Simulator:
             snapshots=log,
             iterations=sum(i.iterations for i in self._inst),
             events=self._events,
-            peak_kv_tokens=np.asarray([i.kv.peak for i in self._inst], dtype=np.int64),
+            peak_kv_tokens=np.asarray(
+                [i.pool.peak_used * i.bs if self._paged else i.kv.peak for i in self._inst],
+                dtype=np.int64),
             prefill_tokens_computed=np.asarray([i.pf_total for i in self._inst], dtype=np.int64),
             output_tokens_produced=np.asarray([i.dec_total for i in self._inst], dtype=np.int64),
             end_time_s=self._now,
             policy=self.policy.spec,
             config=cfg,
+            preemptions=(np.asarray(req.pre, dtype=np.int64) if self._paged
+                         else np.zeros(len(req), dtype=np.int64)),
+            preemptions_per_instance=np.asarray([i.preemptions for i in self._inst], dtype=np.int64),
         )
 
 

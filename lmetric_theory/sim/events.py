@@ -29,6 +29,8 @@ class PlanKind(IntEnum):
     """One iteration with prefill chunks (and decodes)."""
     DECODE = 2
     """A stretch of decode-only iterations (one or more, advanced in closed form)."""
+    WAKING = 3
+    """Idle, with a :class:`StepStart` queued after the arrivals of the current instant."""
 
 
 @dataclass(frozen=True, slots=True)

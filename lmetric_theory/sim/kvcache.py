@@ -8,10 +8,10 @@ running request's private reservation (partial prompt block, duplicate blocks an
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from itertools import islice
 
-__all__ = ["Admission", "KVCache"]
+__all__ = ["Admission", "BlockPool", "KVCache"]
 
 #: What an admission pins and reserves: (hit blocks, referenced hashes, new hashes, private tokens).
 Admission = tuple[int, list[int], list[int], int]
@@ -134,3 +134,276 @@ class KVCache:
             assert (c == 0) == (h in self.lru), h
         assert all(h in self.cache for h in counts)
         assert set(self.lru) <= self.ready <= set(self.cache)
+
+
+class _Group:
+    """Cache state of one chain of engine blocks sharing a key (positions 0, 1, ...).
+
+    ``k`` positions ``[0, k)`` are cached. ``refs`` maps each request holding blocks of the
+    chain to its extent (it holds positions ``[0, extent)``); the reference count of
+    position ``j`` is the number of extents above ``j``, so it never increases with ``j``
+    and the unreferenced cached positions form the suffix ``[max(extents), k)``. That
+    suffix sits on the pool's LRU list as ``runs``, highest positions (freed earliest)
+    first.
+    """
+
+    __slots__ = ("k", "refs", "runs")
+
+    def __init__(self) -> None:
+        self.k = 0
+        self.refs: dict[int, int] = {}
+        self.runs: list[list[int]] = []
+
+
+class BlockPool:
+    """Paged KV cache of one instance, with vLLM v1's prefix cache and eviction order.
+
+    The pool has ``blocks`` usable blocks. A free block is either hashless (never filled,
+    or freed while partial or duplicate) or cached (full, with a hash, reusable by a prefix
+    hit). As in vLLM's free-block queue, hashless free blocks are handed out first and
+    cached free blocks are evicted least recently freed first; a request frees its blocks
+    tail first.
+
+    Cached blocks are kept as chains (:class:`_Group`): the engine blocks of one trace
+    hash block (``ratio`` of them), or the full blocks a request adds beyond its full
+    trace blocks (key ``~request``, reachable only by that request when it resumes after a
+    preemption). Free cached blocks sit on the LRU list as runs ``[key, lo, hi]`` of
+    consecutive positions of one chain (``[key, lo, hi, chain]``), so the cost is per run,
+    not per block.
+
+    Parameters
+    ----------
+    blocks : int
+        Usable blocks.
+    """
+
+    __slots__ = ("blocks", "hfree", "lru", "lru_n", "groups", "peak_used")
+
+    def __init__(self, blocks: int) -> None:
+        self.blocks = int(blocks)
+        self.hfree = self.blocks  # hashless free blocks
+        self.lru: deque[list] = deque()  # runs [key, lo, hi, chain]; empty runs are skipped
+        self.lru_n = 0  # cached free blocks
+        self.groups: dict[int, _Group] = {}
+        self.peak_used = 0
+
+    def clone(self) -> BlockPool:
+        """Independent copy."""
+        c = BlockPool.__new__(BlockPool)
+        c.blocks, c.hfree, c.lru_n, c.peak_used = self.blocks, self.hfree, self.lru_n, self.peak_used
+        c.groups = {}
+        new_g: dict[int, _Group] = {}
+        for key, g in self.groups.items():
+            ng = _Group()
+            ng.k = g.k
+            ng.refs = dict(g.refs)
+            c.groups[key] = new_g[id(g)] = ng
+        runs: dict[int, list] = {}
+        c.lru = deque()
+        for r in self.lru:
+            # a dead run may name a chain that is gone: give it a detached one
+            nr = [r[0], r[1], r[2], new_g.get(id(r[3])) or _Group()]
+            runs[id(r)] = nr
+            c.lru.append(nr)
+        for key, g in self.groups.items():
+            c.groups[key].runs = [runs[id(r)] for r in g.runs]
+        return c
+
+    # ------------------------------------------------------------------ queries
+
+    def free(self) -> int:
+        """Free blocks (hashless + cached evictable)."""
+        return self.hfree + self.lru_n
+
+    def used(self) -> int:
+        """Blocks held by requests."""
+        return self.blocks - self.hfree - self.lru_n
+
+    def cached(self, key: int) -> int:
+        """Cached prefix length of chain ``key``, blocks."""
+        g = self.groups.get(key)
+        return g.k if g is not None else 0
+
+    def hit(self, keys: list[int], ratio: int, limit: int) -> int:
+        """Longest cached prefix of the trace blocks ``keys`` (``ratio`` engine blocks each),
+        at most ``limit`` blocks."""
+        groups = self.groups
+        hit = 0
+        for key in keys:
+            g = groups.get(key)
+            if g is None:
+                break
+            hit += g.k
+            if g.k < ratio:
+                break
+        return hit if hit < limit else limit
+
+    def lookup(self, keys: list[int], ratio: int, limit: int, own: int | None = None) -> tuple[int, int]:
+        """Longest cached prefix of a request and how much of it is free (evictable).
+
+        Parameters
+        ----------
+        keys : list of int
+            Keys of the request's full trace blocks, in order (``ratio`` engine blocks each).
+        ratio : int
+            Engine blocks per trace block.
+        limit : int
+            Most blocks the hit may cover.
+        own : int, optional
+            Key of the request's own chain (its blocks beyond the trace blocks).
+
+        Returns
+        -------
+        (hit, evictable) : tuple of int
+            Hit blocks, and how many of them have no holder (they leave the free pool when
+            the request takes them).
+        """
+        groups = self.groups
+        hit = 0
+        ev = 0
+        for key in keys:
+            if hit >= limit:
+                return limit, ev
+            g = groups.get(key)
+            if g is None:
+                return hit, ev
+            e = min(g.k, limit - hit)
+            if e:
+                f = max(g.refs.values()) if g.refs else 0
+                if e > f:
+                    ev += e - f
+            hit += e
+            if g.k < ratio:
+                return hit, ev
+        if own is not None and hit < limit:
+            g = groups.get(own)
+            if g is not None:
+                e = min(g.k, limit - hit)
+                if e:
+                    f = max(g.refs.values()) if g.refs else 0
+                    if e > f:
+                        ev += e - f
+                hit += e
+        return hit, ev
+
+    # ------------------------------------------------------------------ changes
+
+    def alloc(self, n: int) -> None:
+        """Take ``n`` blocks (hashless first, then evict least recently freed cached ones)."""
+        if n <= 0:
+            return
+        take = n if n < self.hfree else self.hfree
+        self.hfree -= take
+        n -= take
+        if n:
+            self._evict(n)
+        u = self.blocks - self.hfree - self.lru_n
+        if u > self.peak_used:
+            self.peak_used = u
+
+    def _evict(self, n: int) -> None:
+        if n > self.lru_n:
+            raise RuntimeError(f"block pool exhausted: {n} more blocks than free")
+        self.lru_n -= n
+        lru = self.lru
+        popleft = lru.popleft
+        while n:
+            run = lru[0]
+            lo = run[1]
+            size = run[2] - lo
+            if size <= 0:
+                popleft()
+                continue
+            g = run[3]
+            if n < size:
+                run[2] -= n
+                g.k -= n
+                return
+            g.k -= size
+            n -= size
+            run[2] = lo
+            popleft()
+            del g.runs[0]
+            if not g.k and not g.refs:
+                del self.groups[run[0]]
+
+    def take(self, key: int, extent: int, rid: int) -> None:
+        """Request ``rid`` takes positions ``[0, extent)`` of chain ``key`` (a prefix hit)."""
+        g = self.groups[key]
+        f = max(g.refs.values()) if g.refs else 0
+        if extent > f:
+            runs = g.runs
+            while runs and runs[-1][1] < extent:
+                run = runs[-1]
+                if run[2] <= extent:
+                    self.lru_n -= run[2] - run[1]
+                    run[1] = run[2]  # dead; dropped from the LRU list lazily
+                    runs.pop()
+                else:
+                    self.lru_n -= extent - run[1]
+                    run[1] = extent
+                    break
+        g.refs[rid] = extent
+
+    def extend(self, key: int, pos: int, count: int, rid: int) -> bool:
+        """Cache ``count`` full blocks of ``rid`` at positions ``pos...`` of chain ``key``.
+
+        Succeeds when ``rid`` holds exactly ``[0, pos)`` of the chain and nobody has cached
+        beyond ``pos``; otherwise the blocks are duplicates of cached ones and stay
+        hashless (returns False).
+        """
+        g = self.groups.get(key)
+        if g is None:
+            if pos:
+                return False
+            g = self.groups[key] = _Group()
+        if g.k != pos or g.refs.get(rid, 0) != pos:
+            return False
+        g.k = pos + count
+        g.refs[rid] = pos + count
+        return True
+
+    def drop(self, key: int, rid: int) -> None:
+        """``rid`` releases its positions of chain ``key``; those nobody else holds are freed."""
+        g = self.groups[key]
+        e = g.refs.pop(rid)
+        f = max(g.refs.values()) if g.refs else 0
+        if e > f:
+            run = [key, f, e, g]
+            self.lru.append(run)
+            g.runs.append(run)
+            self.lru_n += e - f
+        elif g.k == 0 and not g.refs:
+            del self.groups[key]
+
+    def free_hashless(self, n: int) -> None:
+        """Return ``n`` hashless blocks."""
+        self.hfree += n
+
+    def check(self, held: dict[int, dict[int, int]], hashless: int) -> None:
+        """Assert the bookkeeping.
+
+        Parameters
+        ----------
+        held : dict
+            ``{key: {request: extent}}`` of every running request's chain holdings.
+        hashless : int
+            Hashless blocks held by running requests.
+        """
+        refd = 0
+        for key, g in self.groups.items():
+            assert g.refs == held.get(key, {}), (key, g.refs, held.get(key))
+            f = max(g.refs.values()) if g.refs else 0
+            assert 0 <= f <= g.k, (key, f, g.k)
+            free = sum(r[2] - r[1] for r in g.runs)
+            assert free == g.k - f, (key, free, g.k, f)
+            pos = g.k
+            for r in g.runs:  # contiguous, highest first
+                assert r[2] == pos and r[1] < r[2], (key, r, pos)
+                pos = r[1]
+            refd += f
+        assert all(k in self.groups for k in held if held[k]), "held chain missing"
+        assert self.lru_n == sum(max(r[2] - r[1], 0) for r in self.lru)
+        assert self.hfree >= 0 and self.lru_n >= 0
+        assert self.blocks == self.hfree + self.lru_n + refd + hashless, (
+            self.blocks, self.hfree, self.lru_n, refd, hashless)

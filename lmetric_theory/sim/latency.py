@@ -141,6 +141,9 @@ class Preset:
         Maximum running requests per instance.
     description : str
         How the numbers were obtained.
+    fit_error : dict or None
+        ``{"mean": ..., "max": ...}`` relative error of the latency model on the rows it was
+        calibrated on; ``None`` for an uncalibrated (roofline) preset.
     """
 
     name: str
@@ -149,10 +152,13 @@ class Preset:
     token_budget: int = 8192
     max_batch: int = 256
     description: str = ""
+    fit_error: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (inverse of :func:`preset_from_dict`)."""
+        """JSON-ready dictionary (inverse of :func:`preset_from_dict`; the fit error is not
+        written here, the calibrator writes its ``fit`` record)."""
         d = asdict(self)
+        d.pop("fit_error", None)
         return d
 
 
@@ -171,8 +177,8 @@ def preset_from_dict(d: Any, name: str | None = None) -> Preset:
     Every number is checked against its stated range (:mod:`lmetric_theory.core.limits`):
     coefficients ``latency.c0 .. latency.c_att`` finite, ``>= 0`` and at most
     ``COEF_MAX`` (seconds per unit), ``kv_capacity_tokens`` an integer in ``[1, 2**40]``,
-    ``token_budget`` in ``[1, 2**24]``, ``max_batch`` in ``[1, 2**20]``; booleans and text
-    are refused. Other keys (such as a calibration's ``fit``) are ignored.
+    ``token_budget`` in ``[1, 2**24]``, ``max_batch`` in ``[1, 2**20]`` and at most
+    ``token_budget``; booleans and text are refused. Other keys (such as a calibration's ``fit``) are ignored.
 
     Raises
     ------
@@ -223,9 +229,20 @@ def preset_from_dict(d: Any, name: str | None = None) -> Preset:
             ints[k] = check_int(k, d.get(k, default), lo=1, hi=hi)
         except ValueError as exc:
             raise bad(k, str(exc).partition(": ")[2]) from None
+    if ints["max_batch"] > ints["token_budget"]:
+        raise bad("max_batch", f"{ints['max_batch']} exceeds token_budget {ints['token_budget']} "
+                  "(every running sequence decodes one token per iteration)")
     desc = d.get("description", "")
     if not isinstance(desc, str):
         raise bad("description", f"expected a string, got {_json_type(desc)}")
+    fit = d.get("fit")
+    fit_error = None
+    if isinstance(fit, dict) and "mean_rel_error" in fit and "worst_rel_error" in fit:
+        try:
+            fit_error = {"mean": check_number("fit.mean_rel_error", fit["mean_rel_error"], lo=0.0),
+                         "max": check_number("fit.worst_rel_error", fit["worst_rel_error"], lo=0.0)}
+        except ValueError as exc:
+            raise bad("fit", str(exc).partition(": ")[2]) from None
     return Preset(
         name=str(name),
         latency=LatencyModel(**coef),
@@ -233,6 +250,7 @@ def preset_from_dict(d: Any, name: str | None = None) -> Preset:
         token_budget=ints["token_budget"],
         max_batch=ints["max_batch"],
         description=desc,
+        fit_error=fit_error,
     )
 
 

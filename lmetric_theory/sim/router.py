@@ -1,61 +1,69 @@
 """The router's view of the cluster: what a policy is shown at each decision.
 
 ``precise`` looks the request up in each instance's prefix cache as it is; ``approximate``
-in the set of blocks the router itself sent to each instance (never evicted). Load signals
-(queued prefill tokens, running, waiting, KV usage) are read as of ``signal_delay_s``
-seconds before the decision from a per-instance history of engine states.
+in the set of blocks the router itself sent to each instance (never evicted). Engine-reported
+signals (queued prefill tokens, running, waiting, KV usage) are read as of ``signal_delay_s``
+seconds before the decision from a per-instance history of engine states. The router's own
+counters (queued prefill tokens, in-flight requests, tokens in flight) are current: the
+router updates them at dispatch and engine events correct them.
 """
 
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 from lmetric_theory.policies.base import DecisionView
-from lmetric_theory.sim.instance import Instance, Requests
-from lmetric_theory.sim.snapshots import SnapshotLog
+from lmetric_theory.sim.events import PlanKind
+from lmetric_theory.sim.instance import Requests
+from lmetric_theory.sim.snapshots import SIGNALS, SnapshotLog
 
 __all__ = ["RouterView"]
 
-Signals = tuple[int, int, int, int]
+Signals = tuple[int, int, int, float]
 
 
 class RouterView:
-    """Builds :class:`DecisionView` rows and keeps the router-side state.
+    """Builds :class:`DecisionView` rows from the instances and the router-side counters.
 
     Parameters
     ----------
     req : Requests
         The simulator's request table.
-    instances : list of Instance
-        The instances (read, never changed).
+    instances : list
+        The instances (:class:`Instance` or :class:`PagedInstance`).
     approximate : bool
         Use the router's own record of sent blocks as the cache view.
     delay : float
-        Age of the load signals, seconds (0: current).
-    capacity : int
-        KV capacity per instance, tokens (for the usage fraction).
+        Age of the engine-reported signals, seconds (0: current). The router's own
+        counters and the cache view are never delayed.
     block : int
-        Prefix-cache block size, tokens.
+        Block size of the hit, tokens (the engine block size).
+    ratio : int
+        Engine blocks per workload hash block (1 for the ``reserve`` scheduler).
+    paged : bool
+        Instances are :class:`PagedInstance` (brought up to date before each view).
     log : SnapshotLog or None
         Where to write every decision's row (``None``: one scratch row is reused).
     """
 
-    def __init__(self, req: Requests, instances: list[Instance], *, approximate: bool, delay: float,
-                 capacity: int, block: int, log: SnapshotLog | None) -> None:
+    def __init__(self, req: Requests, instances: list[Any], *, approximate: bool, delay: float,
+                 block: int, ratio: int, paged: bool, log: SnapshotLog | None) -> None:
         n = len(instances)
         self.req = req
         self.inst = instances
         self.approximate = approximate
         self.delay = delay
-        self.cap = capacity
         self.bs = block
+        self.ratio = ratio
+        self.paged = paged
         self.log = log
         self.row = SnapshotLog.empty(1, n) if log is None else None
         self.approx: list[set[int]] = [set() for _ in range(n)]
         self.hist_t: list[list[float]] = [[] for _ in range(n)]
         self.hist_v: list[list[Signals]] = [[] for _ in range(n)]
 
-    def clone(self, req: Requests, instances: list[Instance]) -> RouterView:
+    def clone(self, req: Requests, instances: list[Any]) -> RouterView:
         """Independent copy bound to a fork's request table and instances."""
         c = RouterView.__new__(RouterView)
         c.__dict__.update(self.__dict__)
@@ -72,65 +80,104 @@ class RouterView:
 
     # ------------------------------------------------------------------ dispatch
 
-    def dispatched(self, ins: Instance, rid: int, view: DecisionView) -> int:
-        """Record that ``rid`` went to ``ins``; its queued-token estimate, tokens."""
+    def dispatched(self, ins: Any, rid: int, view: DecisionView) -> int:
+        """Record that ``rid`` went to ``ins``; its predicted new (uncached) tokens."""
         req = self.req
+        if self.paged:
+            if self.approximate:
+                h0 = req.hoff[rid]
+                self.approx[ins.idx].update(req.hashes[h0 : h0 + req.nhash[rid]])
+            return int(view.uncached[ins.idx])
         if not self.approximate:
             return int(view.uncached[ins.idx])
         est = req.inp[rid] - ins.kv.hit_blocks(req.hit_candidates(rid)) * self.bs
         self.approx[ins.idx].update(req.full_blocks(rid))
         return est
 
-    def record(self, ins: Instance, t: float) -> None:
-        """Append the instance's load signals at ``t`` to its history (delayed views only)."""
+    def record(self, ins: Any, t: float) -> None:
+        """Append the instance's engine signals at ``t`` to its history (delayed views only)."""
         self.hist_t[ins.idx].append(t)
-        self.hist_v[ins.idx].append((ins.queued, ins.running, len(ins.waiting), ins.kv.in_use_tokens()))
+        run = len(ins.running) if self.paged else len(ins.prefilling) + ins.n_dec
+        self.hist_v[ins.idx].append((ins.queued, run, len(ins.waiting), ins.kv_used_fraction()))
 
     # ------------------------------------------------------------------ snapshot
 
-    def snapshot(self, t: float, rid: int, d: int) -> DecisionView:
-        """The view of decision ``d`` (request ``rid`` at time ``t``), written to the log."""
+    def _hits(self, rid: int) -> list[int]:
+        """The request's prefix hit on each instance in the router's cache view, blocks."""
         req = self.req
-        bs = self.bs
-        inp = req.inp[rid]
-        cap = self.cap
+        inst = self.inst
+        if self.paged:
+            inp = req.inp[rid]
+            limit = (inp - 1) // self.bs
+            h0 = req.hoff[rid]
+            keys = req.hashes[h0 : h0 + req.nhash[rid]]
+            ratio = self.ratio
+            if not self.approximate:
+                return [ins.pool.hit(keys, ratio, limit) for ins in inst]
+            out = []
+            for a in self.approx:
+                k = 0
+                for h in keys:
+                    if h not in a:
+                        break
+                    k += 1
+                k *= ratio
+                out.append(k if k < limit else limit)
+            return out
         blocks = req.hit_candidates(rid)
-        unc = []
-        for i, ins in enumerate(self.inst):
+        out = []
+        for i, ins in enumerate(inst):
             a = self.approx[i] if self.approximate else ins.kv.ready
             k = 0
             for h in blocks:
                 if h not in a:
                     break
                 k += 1
-            unc.append(inp - k * bs)
+            out.append(k)
+        return out
+
+    def snapshot(self, t: float, rid: int, d: int) -> DecisionView:
+        """The view of decision ``d`` (request ``rid`` at time ``t``), written to the log."""
+        inst = self.inst
+        if self.paged:
+            for ins in inst:
+                if ins.plan is PlanKind.DECODE:
+                    ins.sync(t)
+        inp = self.req.inp[rid]
+        hb = self._hits(rid)
+        bs = self.bs
+        unc = [inp - k * bs for k in hb]
         if self.delay == 0:
-            q = [ins.queued for ins in self.inst]
-            r = [len(ins.prefilling) + ins.n_dec for ins in self.inst]
-            w = [len(ins.waiting) for ins in self.inst]
-            kv = [ins.kv.in_use_tokens() / cap for ins in self.inst]
+            q = [ins.queued for ins in inst]
+            if self.paged:
+                r = [len(ins.running) for ins in inst]
+            else:
+                r = [len(ins.prefilling) + ins.n_dec for ins in inst]
+            w = [len(ins.waiting) for ins in inst]
+            kv = [ins.kv_used_fraction() for ins in inst]
         else:
             q, r, w, kv = self._delayed(t)
-        return self._rows(t, rid, d, inp, unc, q, r, w, kv)
+        rq = [ins.rt_queued for ins in inst]
+        ri = [ins.rt_inflight for ins in inst]
+        ra = [ins.rt_all for ins in inst]
+        return self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, rq, ri, ra)
 
     def _delayed(self, t: float) -> tuple[list, list, list, list]:
-        """Load signals as of ``t - delay`` from each instance's signal history."""
+        """Engine signals as of ``t - delay`` from each instance's signal history."""
         q, r, w, kv = [], [], [], []
-        cap = self.cap
         for ht, hv in zip(self.hist_t, self.hist_v, strict=True):
             j = bisect.bisect_right(ht, t - self.delay) - 1
-            s = hv[j] if j >= 0 else (0, 0, 0, 0)
+            s = hv[j] if j >= 0 else (0, 0, 0, 0.0)
             if j > 64:  # forget history nobody will look at again
                 del ht[:j]
                 del hv[:j]
             q.append(s[0])
             r.append(s[1])
             w.append(s[2])
-            kv.append(s[3] / cap)
+            kv.append(s[3])
         return q, r, w, kv
 
-    def _rows(self, t: float, rid: int, d: int, inp: int, unc: list, q: list, r: list, w: list,
-              kv: list) -> DecisionView:
+    def _rows(self, t: float, rid: int, d: int, inp: int, *cols: list) -> DecisionView:
         log = self.log
         if log is None:
             log = self.row
@@ -140,13 +187,11 @@ class RouterView:
             log.request[d] = rid
             log.time_s[d] = t
             log.input_tokens[d] = inp
-        log.uncached[d_row] = unc
-        log.queued[d_row] = q
-        log.running[d_row] = r
-        log.waiting[d_row] = w
-        log.kv_usage[d_row] = kv
-        rows = [log.uncached[d_row], log.queued[d_row], log.running[d_row], log.waiting[d_row],
-                log.kv_usage[d_row]]
-        for row in rows:  # policies get read-only views of the log rows
-            row.flags.writeable = False
-        return DecisionView(d, t, inp, *rows)
+        rows = []
+        for (name, _), col in zip(SIGNALS, cols, strict=True):
+            row = getattr(log, name)[d_row]
+            row[:] = col
+            row.flags.writeable = False  # policies get read-only views of the log rows
+            rows.append(row)
+        unc, q, r, w, kv, hb, rq, ri, ra = rows
+        return DecisionView(d, t, inp, unc, q, r, w, kv, hb, self.bs, rq, ri, ra)

@@ -2,9 +2,10 @@
 
 A :class:`SnapshotLog` holds, for ``D`` decisions over ``N`` instances, the per-instance
 signals the policy was given (the request's uncached tokens, queued prefill tokens,
-running batch size, waiting count, KV usage) plus, per decision, the request index, the
-decision time and the chosen instance. 16 instances cost 4 x 4 x 16 + 4 x 16 + 16 = 336
-bytes per decision, about 336 MB per million decisions.
+running batch size, waiting count, KV usage, prefix hit in blocks and the router's own
+queued / in-flight / all-token counters) plus, per decision, the request index, the
+decision time and the chosen instance. 16 instances cost 9 x 4 x 16 + 4 x 16 + 16 = 656
+bytes per decision, about 656 MB per million decisions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ SIGNALS: tuple[tuple[str, type], ...] = (
     ("running", np.int32),
     ("waiting", np.int32),
     ("kv_usage", np.float32),
+    ("hit_blocks", np.int32),
+    ("router_queued", np.int32),
+    ("router_inflight", np.int32),
+    ("router_all_tokens", np.int32),
 )
+
+#: Columns added after the first release: logs written without them load with the
+#: defaults of :class:`~lmetric_theory.policies.base.DecisionView`.
+_LATER = ("hit_blocks", "router_queued", "router_inflight", "router_all_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,12 @@ class SnapshotLog:
         Requests waiting for admission per instance.
     kv_usage : np.ndarray, shape (D, N), float32
         Fraction of KV capacity held by running requests (cached-but-free blocks excluded).
+    hit_blocks : np.ndarray, shape (D, N), int32
+        The request's prefix hit per instance in the router's cache view, engine blocks of
+        ``meta["block_size"]`` tokens.
+    router_queued, router_inflight, router_all_tokens : np.ndarray, shape (D, N), int32
+        The router's own counters: queued prefill tokens, in-flight requests, tokens of
+        in-flight requests (see :class:`~lmetric_theory.policies.base.DecisionView`).
     meta : dict
         Settings the log was recorded under (view, signal delay, ...).
     """
@@ -67,6 +82,10 @@ class SnapshotLog:
     running: np.ndarray
     waiting: np.ndarray
     kv_usage: np.ndarray
+    hit_blocks: np.ndarray
+    router_queued: np.ndarray
+    router_inflight: np.ndarray
+    router_all_tokens: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -115,12 +134,12 @@ class SnapshotLog:
     def load_npz(cls, path: str | os.PathLike[str]) -> SnapshotLog:
         """Read a log written by :meth:`save_npz`; ``ValueError`` naming a missing array."""
         with np.load(Path(path)) as z:
-            missing = [c for c in cls._columns() if c not in z.files]
+            missing = [c for c in cls._columns() if c not in z.files and c not in _LATER]
             if missing:
                 raise ValueError(f"{path}: not a snapshot log, missing arrays {missing}")
-            cols = {c: z[c] for c in cls._columns()}
+            cols = {c: z[c] for c in cls._columns() if c in z.files}
             meta = json.loads(bytes(z["meta_json"]).decode()) if "meta_json" in z.files else {}
-        return cls(**cols, meta=meta)
+        return cls(**_fill_later(cols, meta), meta=meta)
 
     def save_parquet(self, path: str | os.PathLike[str]) -> None:
         """Write a Parquet file (one row per decision, per-instance signals as fixed-size lists)."""
@@ -152,9 +171,26 @@ class SnapshotLog:
         for c in ("request", "time_s", "chosen", "input_tokens"):
             cols[c] = table.column(c).to_numpy()
         for name, dt in SIGNALS:
+            if name in _LATER and name not in table.column_names:
+                continue
             flat = table.column(name).combine_chunks().flatten().to_numpy()
             cols[name] = np.asarray(flat, dtype=dt).reshape(-1, n)
-        return cls(**cols, meta=meta)
+        return cls(**_fill_later(cols, meta), meta=meta)
+
+
+def _fill_later(cols: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """Derive the columns a log written before they existed lacks."""
+    if "hit_blocks" not in cols:
+        bs = max(int(meta.get("block_size", 1)), 1)
+        hit = (cols["input_tokens"].astype(np.int64)[:, None] - cols["uncached"]) // bs
+        cols["hit_blocks"] = hit.astype(np.int32)
+    if "router_queued" not in cols:
+        cols["router_queued"] = np.asarray(cols["queued"], np.int32)
+    if "router_inflight" not in cols:
+        cols["router_inflight"] = (cols["running"] + cols["waiting"]).astype(np.int32)
+    if "router_all_tokens" not in cols:
+        cols["router_all_tokens"] = np.zeros_like(cols["uncached"], dtype=np.int32)
+    return cols
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -85,8 +85,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False)
-        w = (default_workload(seed=args.seed) if args.trace is None
-             else load_trace(args.trace, skip_bad_lines=args.skip_bad_lines))
+        from lmetric_theory.workload.spec import is_synthetic_spec, synthetic_from_spec
+
+        if args.trace is None:
+            w = default_workload(seed=args.seed)
+        elif is_synthetic_spec(args.trace):  # synthetic:KIND[:key=value,...]
+            w = synthetic_from_spec(args.trace, seed=args.seed)
+        else:
+            w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
         if args.count is not None:
             w = select(w, count=args.count)
         ex = get_executor(args.executor, workers=args.workers)

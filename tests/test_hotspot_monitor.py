@@ -233,3 +233,20 @@ def test_guard_reports_hotspots_beside_pairwise_findings():
     assert g.stats().overridden == 2
     with pytest.raises(ValueError, match="hotspot and class_fn"):
         Guard(Detector(1), route, hotspot=HotspotMonitor(4))
+
+
+def test_class_ids_by_leading_blocks():
+    from lmetric_theory.audit.hotspots import class_ids
+    from lmetric_theory.workload.loaders import make_workload
+
+    # three prompts: blocks [1, 2, 3], [1, 2, 4], [1, 5]; 10-token blocks
+    w = make_workload(arrival_s=np.zeros(3), input_tokens=np.array([30, 30, 20]),
+                      output_tokens=np.ones(3, int), hash_ids=np.array([1, 2, 3, 1, 2, 4, 1, 5]),
+                      hash_offsets=np.array([0, 3, 6, 8]), block_size=10, session_ids=None,
+                      meta={})
+    req = np.array([2, 0, 1])
+    assert class_ids(w, req).tolist() == [1, 1, 1]
+    assert class_ids(w, req, 2).tolist() == [5, 2, 2]
+    assert class_ids(w, req, 3).tolist() == [-1, 3, 4]
+    with pytest.raises(ValueError, match="lead_blocks must be >= 1"):
+        class_ids(w, req, 0)

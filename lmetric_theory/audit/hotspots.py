@@ -19,15 +19,19 @@ from lmetric_theory.detector.hotspot import HotspotFinding, HotspotMonitor
 __all__ = ["class_ids", "hotspot_findings", "hotspots_report"]
 
 
-def class_ids(workload: Any, requests: np.ndarray) -> np.ndarray:
-    """Leading block hash of each routed request (-1 for an empty prompt), shape (D,)."""
+def class_ids(workload: Any, requests: np.ndarray, lead_blocks: int = 1) -> np.ndarray:
+    """Class of each routed request, shape (D,): the hash of its block ``lead_blocks``
+    (1-based), which identifies its first ``lead_blocks`` blocks (hashes are
+    prefix-consistent); -1 for a prompt with fewer blocks."""
+    if lead_blocks < 1:
+        raise ValueError(f"lead_blocks must be >= 1, got {lead_blocks}")
     offs = np.asarray(workload.hash_offsets)
     ids = np.asarray(workload.hash_ids)
     req = np.asarray(requests, dtype=np.int64)
     start, end = offs[req], offs[req + 1]
     out = np.full(req.shape[0], -1, dtype=np.int64)
-    has = end > start
-    out[has] = ids[start[has]]
+    has = end - start >= lead_blocks
+    out[has] = ids[start[has] + lead_blocks - 1]
     return out
 
 
@@ -42,6 +46,7 @@ def hotspot_findings(
     window: int = 200,
     min_decisions: int = 50,
     confirm_factor: int = 2,
+    lead_blocks: int = 1,
 ) -> tuple[HotspotFinding, ...]:
     """Run the two-phase monitor over a replay's snapshot log.
 
@@ -58,6 +63,9 @@ def hotspot_findings(
         ``P`` (``uncached`` or ``queued+uncached``) and ``B`` (``running`` or ``in-flight``).
     window, min_decisions, confirm_factor : int
         Monitor settings (see :class:`HotspotMonitor`).
+    lead_blocks : int
+        Leading blocks that define a class (1: the first block hash). An instance holds the
+        class when it has at least ``lead_blocks`` of the prompt's blocks cached.
 
     Returns
     -------
@@ -74,11 +82,13 @@ def hotspot_findings(
     B = np.asarray(log.running, dtype=np.int64)
     if b_definition in ("in-flight", "in_flight"):
         B = B + np.asarray(log.waiting, dtype=np.int64)
-    hits = (np.asarray(log.input_tokens, dtype=np.int64)[:, None] - unc) > 0
+    bs = int(getattr(workload, "block_size", 1) or 1)
+    cached = np.asarray(log.input_tokens, dtype=np.int64)[:, None] - unc
+    hits = cached > (lead_blocks - 1) * bs
     mon = HotspotMonitor(n, window=window, min_decisions=min(min_decisions, window),
                          confirm_factor=confirm_factor, p0=float(prefill_offset),
                          b0=float(batch_offset), mitigate=False)
-    return mon.fit(class_ids(workload, log.request), hits, P, B).findings
+    return mon.fit(class_ids(workload, log.request, lead_blocks), hits, P, B).findings
 
 
 def hotspots_report(findings: tuple[HotspotFinding, ...]) -> list[dict[str, Any]]:

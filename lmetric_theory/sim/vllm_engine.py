@@ -308,7 +308,7 @@ def _collect(rep: _Replay) -> dict[str, Any]:
 
 def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
                   assignment: np.ndarray | None = None, seed: int = 0,
-                  block_size: int = DEFAULT_BLOCK_SIZE, processes: int = 1) -> Any:
+                  block_size: int | None = None, processes: int = 1) -> Any:
     """Replay ``workload`` with one real vLLM v1 scheduler per instance.
 
     Parameters
@@ -324,8 +324,10 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         Fixed instance of every request (e.g. round-robin ``arange(n) % N``).
     seed : int
         Seed for a policy built from a spec.
-    block_size : int
-        vLLM KV block size, tokens (the KV pool has ``capacity // block_size`` blocks).
+    block_size : int, optional
+        vLLM KV block size, tokens (default: ``config.block_size`` if the config has one,
+        else 16). The pool has ``capacity // block_size`` blocks, one of which vLLM keeps as
+        its null block.
     processes : int
         With a fixed assignment, split the instances over this many processes.
 
@@ -338,6 +340,8 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     from lmetric_theory.sim.engine import SimResult
 
     version = require_vllm()
+    if block_size is None:
+        block_size = int(getattr(config, "block_size", DEFAULT_BLOCK_SIZE) or DEFAULT_BLOCK_SIZE)
     if (policy is None) == (assignment is None):
         raise ValueError("give exactly one of policy and assignment")
     n = len(workload)

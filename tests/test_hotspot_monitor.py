@@ -250,3 +250,37 @@ def test_class_ids_by_leading_blocks():
     assert class_ids(w, req, 3).tolist() == [-1, 3, 4]
     with pytest.raises(ValueError, match="lead_blocks must be >= 1"):
         class_ids(w, req, 0)
+
+
+# ------------------------------------------------------------- in the simulator
+
+
+def test_simulator_views_carry_the_prefix_class_and_guarded_spreads_the_hot_class():
+    from lmetric_theory.sim import SimConfig, Simulator, load_preset
+    from lmetric_theory.workload.hotspot import HotspotParams, hotspot
+
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 8)
+    seen = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner, self.name, self.spec = inner, inner.name, inner.spec
+
+        def choose(self, view):
+            seen.append(view.prefix_class)
+            return self.inner.choose(view)
+
+    from lmetric_theory.policies import make_policy
+
+    w = hotspot(HotspotParams(share=0.6, count=400))
+    Simulator(w, cfg, Spy(make_policy("lmetric"))).run()
+    assert seen == [int(w.blocks(i)[0]) for i in range(len(w))]
+    hot = w.session_ids == 0
+    a = Simulator(w, cfg, "lmetric").run()
+    b = Simulator(w, cfg, "guarded-lmetric:mitigation=hotspot").run()
+    assert len(set(b.instance[hot])) > len(set(a.instance[hot]))
+    # below the condition nothing is raised and the routing is lmetric's
+    w2 = hotspot(HotspotParams(share=0.02, count=400))
+    a2 = Simulator(w2, cfg, "lmetric").run()
+    b2 = Simulator(w2, cfg, "guarded-lmetric:mitigation=hotspot").run()
+    assert np.array_equal(a2.instance, b2.instance)

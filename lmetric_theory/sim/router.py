@@ -194,4 +194,6 @@ class RouterView:
             row.flags.writeable = False  # policies get read-only views of the log rows
             rows.append(row)
         unc, q, r, w, kv, hb, rq, ri, ra = rows
-        return DecisionView(d, t, inp, unc, q, r, w, kv, hb, self.bs, rq, ri, ra)
+        req = self.req  # prefix class: the first full block's hash (-1 without one)
+        pc = int(req.hashes[req.hoff[rid]]) if req.nfull[rid] else -1
+        return DecisionView(d, t, inp, unc, q, r, w, kv, hb, self.bs, rq, ri, ra, prefix_class=pc)

@@ -16,6 +16,7 @@ multiplies every count; the tests marked ``slow`` run the large profile regardle
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -69,6 +70,11 @@ JUNK: list[Any] = [None, True, False, "5", "", "abc", [], [1], {}, {"a": 1}, NAN
 #: Cells that are wrong in a CSV number column (no commas: one record per line).
 JUNK_CELLS = ["", "abc", "True", "true", "None", "nan", "NaN", "inf", "-inf", "-1", "1e30",
               "1e400", str(2**70), "0x10", "1/2", " ", "+-1", "\u0661"]
+
+
+def junk_of(values: list[Any]) -> st.SearchStrategy[Any]:
+    """One of ``values``, deep-copied (a drawn list or dict may be mutated by the test)."""
+    return st.sampled_from(values).map(copy.deepcopy)
 
 
 def is_int(v: Any) -> bool:
@@ -197,7 +203,7 @@ def generic_bad_fields(rec: dict[str, Any]) -> list[str]:
 
 def _maybe_junk(valid: st.SearchStrategy[Any], p_junk: int = 6) -> st.SearchStrategy[Any]:
     """Mostly valid values, sometimes junk (about one in ``p_junk``)."""
-    return st.one_of(*([valid] * (p_junk - 1)), st.sampled_from(JUNK))
+    return st.one_of(*([valid] * (p_junk - 1)), junk_of(JUNK))
 
 
 @st.composite
@@ -212,7 +218,7 @@ def mooncake_record(draw: st.DrawFn) -> dict[str, Any]:
     hashes = draw(st.one_of(
         st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n),
         st.lists(st.integers(0, 9), max_size=4),
-        st.sampled_from(JUNK + [[True], [1.5], [2**64]]),
+        junk_of(JUNK + [[True], [1.5], [2**64]]),
     ))
     rec["hash_ids"] = hashes
     drop = draw(st.sampled_from([None, None, None, None, "timestamp", "input_length",
@@ -232,10 +238,10 @@ def generic_record(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         n = -(-inp // GENERIC_BLOCK) if is_int(inp) and 0 < inp <= 200 else 1
         rec["hash_ids"] = draw(st.one_of(st.lists(st.integers(0, 20), min_size=n, max_size=n),
-                                         st.sampled_from(JUNK)))
+                                         junk_of(JUNK)))
     if draw(st.booleans()):
         rec["session_id"] = draw(st.one_of(st.integers(0, 5), st.text(max_size=3),
-                                           st.sampled_from(JUNK)))
+                                           junk_of(JUNK)))
     return rec
 
 
@@ -431,7 +437,7 @@ def test_any_trace_file_loads_or_fails_cleanly(tmp_path_factory: Any, content: b
 
 snap_value = st.one_of(
     st.integers(0, 10**6), st.integers(0, 10**6), st.floats(0, 1e6),
-    st.sampled_from(JUNK + [COUNT_MAX, COUNT_MAX + 1, 2**31 + 0.5, -0.0]),
+    junk_of(JUNK + [COUNT_MAX, COUNT_MAX + 1, 2**31 + 0.5, -0.0]),
 )
 
 
@@ -453,9 +459,9 @@ def snapshot_object(draw: st.DrawFn) -> dict[str, Any]:
         "batch_size": draw(st.lists(snap_value, min_size=n, max_size=n)),
     }
     if draw(st.integers(0, 5)) == 0:
-        obj["batch_size"] = draw(st.sampled_from(JUNK + [[1] * (n + 1)]))
+        obj["batch_size"] = draw(junk_of(JUNK + [[1] * (n + 1)]))
     if draw(st.booleans()):
-        obj["time_s"] = draw(st.one_of(st.floats(0, 100), st.sampled_from(JUNK)))
+        obj["time_s"] = draw(st.one_of(st.floats(0, 100), junk_of(JUNK)))
     return obj
 
 
@@ -467,7 +473,7 @@ def snapshot_ok(obj: dict[str, Any], n_first: int | None) -> bool:
         return False
     if not all(_value_ok(v) for v in P + B):
         return False
-    if "time_s" in obj:
+    if obj.get("time_s") is not None:  # null means absent
         t = obj["time_s"]
         if type(t) not in (int, float) or not math.isfinite(float(t)):
             return False
@@ -503,7 +509,7 @@ def test_snapshot_jsonl_matches_oracle(tmp_path_factory: Any, objs: list[dict[st
 @given(P=st.one_of(st.lists(snap_value, min_size=0, max_size=4),
                    st.lists(st.one_of(snap_value, st.fractions(0, 100)), min_size=1,
                             max_size=3),
-                   st.sampled_from(JUNK)),
+                   junk_of(JUNK)),
        B=st.lists(snap_value, min_size=1, max_size=4))
 def test_snapshot_python_api(P: Any, B: Any) -> None:
     try:
@@ -629,7 +635,7 @@ def preset_doc(draw: st.DrawFn) -> dict[str, Any]:
         where = draw(st.sampled_from(["c0", "c_pf", "c_dec", "c_kv", "c_att",
                                       "kv_capacity_tokens", "token_budget", "max_batch",
                                       "description", "latency"]))
-        value = draw(st.one_of(st.sampled_from(JUNK), st.floats(0, 2), st.integers(0, 10**6)))
+        value = draw(st.one_of(junk_of(JUNK), st.floats(0, 2), st.integers(0, 10**6)))
         if where.startswith("c") and isinstance(doc["latency"], dict):
             doc["latency"][where] = value
         elif not where.startswith("c"):
@@ -642,6 +648,8 @@ def preset_ok(doc: dict[str, Any]) -> bool:
     if type(lat) is not dict:
         return False
     for k, hi in COEF_MAX.items():
+        if k not in lat and k != "c_att":
+            return False
         v = lat.get(k, 0.0)
         if type(v) not in (int, float) or not (0 <= float(v) <= hi):
             return False
@@ -650,6 +658,8 @@ def preset_ok(doc: dict[str, Any]) -> bool:
         v = doc.get(k)
         if type(v) is not int or not 1 <= v <= hi:
             return False
+    if doc["max_batch"] > doc["token_budget"]:
+        return False
     return type(doc.get("description", "")) is str
 
 
@@ -787,13 +797,17 @@ def test_cli_simulate_fuzzed_preset(tmp_path_factory: Any, capsys: pytest.Captur
     assert finite_everywhere(json.loads(out))
 
 
-@fuzz(40)
+@fuzz(25)
 @given(spec=st.builds(lambda n, k, v: f"{n}:{k}={v}",
                       st.sampled_from(["lmetric", "linear", "guarded-lmetric"]),
                       st.sampled_from(["p0", "b0", "lam", "tie"]), spec_value))
-def test_cli_policy_specs(capsys: pytest.CaptureFixture[str], spec: str) -> None:
-    code, out, err = run_cli(["simulate", "--count", "10", "--instances", "2", "--policy",
-                              spec, "--json"], capsys)
+def test_cli_policy_specs(tmp_path_factory: Any, capsys: pytest.CaptureFixture[str],
+                          spec: str) -> None:
+    trace = tmp_path_factory.mktemp("clipol") / "small.jsonl"
+    _write_jsonl(trace, [{"arrival_s": i * 0.2, "input_tokens": 30 * (i + 1),
+                          "output_tokens": 3} for i in range(5)])
+    code, out, err = run_cli(["simulate", str(trace), "--instances", "2", "--policy", spec,
+                              "--json"], capsys)
     if code == 2:
         assert one_line(err) and "policy" in err, err
         return
@@ -821,7 +835,7 @@ def test_app_trace_upload(content: bytes) -> None:
 
 
 @fuzz(100)
-@given(obj=st.one_of(snapshot_object(), st.sampled_from(JUNK)),
+@given(obj=st.one_of(snapshot_object(), junk_of(JUNK)),
        raw=st.one_of(st.none(), st.text(max_size=20)))
 def test_app_pasted_snapshot(obj: Any, raw: str | None) -> None:
     support = pytest.importorskip("lmetric_theory.app.support")

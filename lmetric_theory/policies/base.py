@@ -256,7 +256,10 @@ def build_policy(spec: str, seed: int = 0) -> Policy:
         params = cls.Params(**kwargs)
     except ValueError as exc:
         raise ValueError(f"policy {name!r}: {exc}") from None
-    return cls(params, seed=seed)
+    try:
+        return cls(params, seed=seed)
+    except ValueError as exc:  # a check inside the policy (e.g. its detector's offsets)
+        raise ValueError(f"policy {name!r}: {exc}") from None
 
 
 def tie_field() -> Any:

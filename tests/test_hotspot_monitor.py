@@ -284,3 +284,15 @@ def test_simulator_views_carry_the_prefix_class_and_guarded_spreads_the_hot_clas
     a2 = Simulator(w2, cfg, "lmetric").run()
     b2 = Simulator(w2, cfg, "guarded-lmetric:mitigation=hotspot").run()
     assert np.array_equal(a2.instance, b2.instance)
+
+
+def test_html_report_shows_hot_classes(tmp_path):
+    pytest.importorskip("plotly")
+    from lmetric_theory import cli
+
+    out = tmp_path / "rep"
+    assert cli.main(["audit", "synthetic:hotspot:share=0.6,count=400", "--instances", "8",
+                     "--out", str(out)]) == 0
+    page = (out / "audit.html").read_text()
+    assert "<h2>Hot prefix classes</h2>" in page and "Hot prefix classes over time" in page
+    assert "exclude instances" in page

@@ -153,6 +153,29 @@ def lambda_eff_figure(time_s: np.ndarray, lambda_eff: np.ndarray, lam: float, la
 # ===================================================================================== HTML
 
 
+def hotspot_figure(time_s: np.ndarray, hotspots: list[dict[str, Any]],
+                   time_axis: str = "seconds") -> Any:
+    """Hot prefix classes over time: one row per class (x: decision time), phase 1 (alarm)
+    and phase 2 (confirmed) marked; the label gives the share and cached instances."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    end = float(time_s[-1]) if len(time_s) else 0.0
+    for kind, key, symbol in (("phase 1 (alarm)", "phase1_decision", "circle-open"),
+                              ("phase 2 (confirmed)", "phase2_decision", "x")):
+        xs, ys = [], []
+        for h in hotspots:
+            if h[key] is not None:
+                xs.append(float(time_s[h[key]]))
+                ys.append(f"class {h['class']} (x={h['share']:.2f}, |M|={len(h['cached_instances'])})")
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=kind,
+                                 marker={"symbol": symbol, "size": 11}))
+    fig.update_xaxes(title="decision" if time_axis == "decision" else "time (s)",
+                     range=[0, max(end, 1e-9)])
+    _layout(fig, "Hot prefix classes over time")
+    return fig
+
+
 def _fmt(x: Any) -> str:
     if x is None:
         return "-"
@@ -219,6 +242,15 @@ def render_html(result: AuditResult) -> str:
           ", ".join(f"{k} ({n})" for k, n in m["recommended_for"].items())]
          for m in rep["mitigations"]],
     )
+    hot = rep.get("hotspots") or []
+    hot_html = ("<p>No prefix class raised phase 1 (x/xbar &gt; |M|/|Mbar|).</p>" if not hot else
+                hotspot_figure(result.time_s, hot, axis).to_html(
+                    full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+                + _grid(["class", "share", "cached instances", "phase 1 (decision)",
+                         "phase 2 (decision)", "condition (l)", "mitigation"],
+                        [[h["class"], h["share"], ", ".join(map(str, h["cached_instances"])),
+                          h["phase1_decision"], h["phase2_decision"], h["condition_holds"],
+                          h["mitigation"]] for h in hot]))
     worst = _grid(
         ["decision", "time", "product", "linear", "regret", "lambda_eff", "lambda*", "P", "B"],
         [[w["decision"], w["time_s"], w["product_choice"], w["linear_choice"],
@@ -237,7 +269,8 @@ def render_html(result: AuditResult) -> str:
         f"<h2>Plots</h2>{plots}"
         f"<h2>Mitigations (ranked by flagged decisions fixed)</h2>{mit}"
         f"<h2>Worst decisions (by regret)</h2>{worst}"
-        "</body></html>\n"
+        + (f"<h2>Hot prefix classes</h2>{hot_html}" if "hotspots" in rep else "")
+        + "</body></html>\n"
     )
 
 

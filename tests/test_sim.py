@@ -333,11 +333,15 @@ def test_simulate_cli_json_and_out(tmp_path: Path, capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["policies"]) == {"lmetric", "round-robin"}
     keys = {"completed", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s",
-            "tpot_p99_s", "prefix_hit_rate"}
+            "tpot_p99_s", "prefix_hit_rate", "preemptions", "requests_per_instance"}
     for s in doc["policies"].values():
         assert set(s) == keys and s["completed"] == 20
+        assert sum(s["requests_per_instance"]) == 20 and len(s["requests_per_instance"]) == 2
+        assert s["preemptions"] == 0
+    assert doc["policies"]["round-robin"]["requests_per_instance"] == [10, 10]
     assert doc["trace"]["skipped_lines"] == 1 and doc["trace"]["requests"] == 20
     assert doc["config"]["instances"] == 2 and doc["config"]["seed"] == 3
+    assert "latency_fit_error" in doc["config"] and doc["config"]["scheduler"] in ("vllm-v1", "reserve")
     assert json.loads((out / "summary.json").read_text()) == doc
     log = SnapshotLog.load_npz(out / "lmetric.snapshots.npz")
     assert log.uncached.shape == (20, 2)
@@ -345,6 +349,7 @@ def test_simulate_cli_json_and_out(tmp_path: Path, capsys) -> None:
 
     table = pq.read_table(out / "round-robin.requests.parquet")
     assert table.num_rows == 20 and table.column("instance").to_pylist()[:4] == [0, 1, 0, 1]
+    assert table.column("preemptions").to_pylist() == [0] * 20
 
 
 @pytest.mark.parametrize("argv, match", [

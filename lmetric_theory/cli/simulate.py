@@ -156,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
         "instances": args.instances,
         "preset": preset.name,
         "latency": {k: getattr(preset.latency, k) for k in ("c0", "c_pf", "c_dec", "c_kv", "c_att")},
+        "latency_fit_error": preset.fit_error,
+        "scheduler": cfg.scheduler,
+        "block_size": cfg.block_size,
         "kv_capacity_tokens": cfg.kv_capacity_tokens,
         "token_budget": cfg.token_budget,
         "max_batch": cfg.max_batch,
@@ -165,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         "policy_specs": {s: r.policy for s, r in results.items()},
     }
     doc = {
-        "policies": {s: r.summary() for s, r in results.items()},
+        "policies": {s: r.summary() | r.counts() for s, r in results.items()},
         "trace": trace_info,
         "config": config_info,
     }
@@ -203,6 +206,8 @@ def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
             "ttft_s": r.ttft_s,
             "tpot_s": r.tpot_s,
             "e2e_s": r.e2e_s,
+            "preemptions": (r.preemptions if r.preemptions is not None
+                            else np.zeros(r.arrival_s.shape[0], np.int64)),
         }).replace_schema_metadata({"policy": r.policy})
         _atomic_write(out / f"{slug}.requests.parquet", lambda f, t=table: pq.write_table(t, f))
         if r.snapshots is not None:

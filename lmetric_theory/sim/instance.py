@@ -419,7 +419,7 @@ class PagedInstance:
     __slots__ = (
         "idx", "req", "pool", "c", "budget", "max_batch", "ff", "bs", "ratio", "running", "waiting",
         "S", "n_dec", "sum_base", "H", "fin", "queued", "plan", "plan_start", "plan_end", "plan_m",
-        "plan_sched", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "version",
+        "plan_sched", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "sync_t", "version",
         "pf_total", "dec_total", "iterations", "preemptions", "rt_queued", "rt_inflight", "rt_all",
     )
 
@@ -452,6 +452,7 @@ class PagedInstance:
         self.plan_n = 0
         self.alloc_upto = 0  # decode clock through which decode blocks are allocated
         self.rep_upto = 0  # decode clock through which output tokens are reported to the router
+        self.sync_t = 0.0  # start of the next iteration of a decode stretch after the last sync
         self.version = 0
         self.pf_total = 0
         self.dec_total = 0
@@ -557,9 +558,10 @@ class PagedInstance:
 
     def sync(self, t: float) -> None:
         """Apply the block allocations and output tokens of a decode stretch up to ``t``."""
-        if self.plan is not PlanKind.DECODE:
+        if self.plan is not PlanKind.DECODE or t < self.sync_t:
             return
         started = self.iterations_started(t)
+        self.sync_t = self.plan_start + self.run_time(self.plan_n, self.plan_K0, started)
         a_to = self.plan_S0 + started
         if a_to > self.alloc_upto:
             self.pool.alloc(self._need(self.alloc_upto, a_to - self.alloc_upto))
@@ -778,6 +780,7 @@ class PagedInstance:
                 self.plan_K0 = self.sum_base + n_dec * (self.S + 1)
                 self.alloc_upto = self.S
                 self.rep_upto = self.S
+                self.sync_t = t
                 self.plan_end = t + self.run_time(n_dec, self.plan_K0, m)
                 return True
         return self._plan_step(t)

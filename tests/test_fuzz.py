@@ -198,6 +198,28 @@ def generic_bad_fields(rec: dict[str, Any]) -> list[str]:
     return bad
 
 
+def bailian_bad_fields(rec: dict[str, Any]) -> list[str]:
+    """Same for Bailian (``timestamp`` in seconds, 16-token blocks, int64 chat ids)."""
+    bad = []
+    if not _time_ok(rec.get("timestamp", _ABSENT), 1.0):
+        bad.append("timestamp")
+    if not _tokens_ok(rec.get("input_length", _ABSENT)):
+        bad.append("input_length")
+    if not _tokens_ok(rec.get("output_length", _ABSENT)):
+        bad.append("output_length")
+    h = rec.get("hash_ids", _ABSENT)
+    if bad:
+        if h is _ABSENT or h is None or type(h) is not list or not all(is_int(x) for x in h):
+            bad.append("hash_ids")
+    elif not _hashes_ok(h, rec["input_length"], GENERIC_BLOCK, True):
+        bad.append("hash_ids")
+    for k in ("chat_id", "parent_chat_id"):
+        v = rec.get(k, _ABSENT)
+        if not (is_int(v) and -(2**63) <= v < 2**63):
+            bad.append(k)
+    return bad
+
+
 # --- strategies --------------------------------------------------------------------------
 
 
@@ -245,6 +267,23 @@ def generic_record(draw: st.DrawFn) -> dict[str, Any]:
     return rec
 
 
+@st.composite
+def bailian_record(draw: st.DrawFn) -> dict[str, Any]:
+    t = draw(_maybe_junk(st.one_of(st.floats(0, 1e4), st.sampled_from([TIME_MAX_S,
+                                                                       TIME_MAX_S + 1]))))
+    inp = draw(_maybe_junk(st.integers(1, 100)))
+    out = draw(_maybe_junk(st.integers(1, 20)))
+    n = -(-inp // GENERIC_BLOCK) if is_int(inp) and 0 < inp <= 100 else 1
+    return {
+        "chat_id": draw(_maybe_junk(st.integers(-(2**63), 2**63 - 1))),
+        "parent_chat_id": draw(_maybe_junk(st.integers(-1, 5))),
+        "timestamp": t, "input_length": inp, "output_length": out,
+        "hash_ids": draw(st.one_of(st.lists(st.integers(0, 9), min_size=n, max_size=n),
+                                   junk_of(JUNK))),
+        "type": draw(st.sampled_from(["text", "image", 5, None])),
+    }
+
+
 # --- checks ------------------------------------------------------------------------------
 
 
@@ -276,6 +315,7 @@ def expected_requests(records: list[dict[str, Any]], tf: str, inf: str, outf: st
 def check_against_oracle(path: Path, records: list[dict[str, Any]], bad_of: Any, fmt: str,
                          skip: bool) -> None:
     spec = {"mooncake": ("timestamp", "input_length", "output_length", 1e-3),
+            "bailian": ("timestamp", "input_length", "output_length", 1.0),
             "jsonl": ("arrival_s", "input_tokens", "output_tokens", 1.0)}[fmt]
     bad = [bad_of(r) for r in records]
     first_bad = next((i for i, b in enumerate(bad) if b), None)
@@ -325,6 +365,16 @@ def test_generic_jsonl_trace_matches_oracle(tmp_path_factory: Any,
     path = tmp_path_factory.mktemp("gj") / "trace.jsonl"
     _write_jsonl(path, records)
     check_against_oracle(path, records, generic_bad_fields, "jsonl", skip)
+
+
+@pytest.mark.filterwarnings("ignore::lmetric_theory.workload.TraceOrderWarning")
+@fuzz(100)
+@given(records=st.lists(bailian_record(), min_size=1, max_size=6), skip=st.booleans())
+def test_bailian_trace_matches_oracle(tmp_path_factory: Any, records: list[dict[str, Any]],
+                                      skip: bool) -> None:
+    path = tmp_path_factory.mktemp("bl") / "trace.jsonl"
+    _write_jsonl(path, records)
+    check_against_oracle(path, records, bailian_bad_fields, "bailian", skip)
 
 
 def _cell_ok_number(cell: str) -> float | None:

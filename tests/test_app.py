@@ -261,8 +261,9 @@ def test_audit_default_matches_the_cli(capsys):
                                    "regret (tokens)", "λ_eff (tokens/slot)", "λ* (tokens/slot)"]
     for x in table["λ* (tokens/slot)"]:
         assert float(f"{x:.4g}") == x
-    # Three charts plus the selected worst decision on the region view.
-    assert len(at.get("plotly_chart")) == 4
+    # Three charts plus the selected worst decision on the region view (and the hot prefix
+    # classes over time when the replay raised any).
+    assert len(at.get("plotly_chart")) == 4 + bool(rep["hotspots"])
     assert len(at.get("download_button")) == 1
     # Selecting another worst decision redraws the region view without re-auditing.
     at.selectbox(key="worst_pick").select(2).run()

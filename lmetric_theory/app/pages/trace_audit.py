@@ -19,6 +19,7 @@ from lmetric_theory.audit import default_reference
 from lmetric_theory.experiments.regions import compute_regions
 from lmetric_theory.io.report import (
     disagreement_rate_figure,
+    hotspot_figure,
     lambda_eff_figure,
     regret_figure,
     report_json,
@@ -168,6 +169,17 @@ else:
                f"choice, P={b[0]:.4g}, B={b[1]:.4g}).")
     st.plotly_chart(region_figure(rm, marker=b, marker_label=f"instance {j} (linear choice)"),
                     key="worst_plot")
+
+st.subheader("Hot prefix classes")
+hot = rep.get("hotspots")
+if hot is None:
+    st.write("Hot prefix classes need the requests' block hashes (a replay).")
+elif not hot:
+    st.write("No prefix class raised phase 1 (x/x̄ > |M|/|M̄|).")
+else:
+    st.plotly_chart(hotspot_figure(view.time_s, hot), key="hot_plot")
+    st.dataframe([{**h, "cached_instances": ", ".join(map(str, h["cached_instances"]))}
+                  for h in hot], key="hot_table", hide_index=True)
 
 st.download_button("Download the JSON report", report_json(view.report),
                    file_name="audit_report.json", mime="application/json", key="download")

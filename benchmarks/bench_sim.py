@@ -3,15 +3,17 @@
 Measures, on the shared Mooncake trace with 8 instances and one policy:
 
 - wall time of a fresh interpreter that imports the package, loads the trace and simulates
-  it (start-up included), as a library call and through the ``simulate`` CLI;
+  it (start-up included) with the default scheduler, as a library call and through the
+  ``simulate`` CLI;
 - simulated requests per second from that wall time, and its ratio to plain ``json.loads``
   parsing of the same trace measured in this run;
-- the simulation alone, in process;
+- the simulation alone, in process, under each scheduler (``vllm-v1``, ``reserve``);
 - the memory of a snapshot log of 1,000,000 decisions x 16 instances.
 
 Run from the project root::
 
     python benchmarks/bench_sim.py [--trace PATH] [--policy SPEC] [--instances N] [--reps R]
+                                   [--preset NAME]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 from lmetric_theory.sim import SimConfig, load_preset, simulate
 from lmetric_theory.workload import load_trace
 w = load_trace(sys.argv[1])
-r = simulate(w, SimConfig.from_preset(load_preset("h100-llama3-8b"), int(sys.argv[3])), sys.argv[2])
+r = simulate(w, SimConfig.from_preset(load_preset(sys.argv[4]), int(sys.argv[3])), sys.argv[2])
 assert int(r.completed.sum()) == len(w)
 """
 
@@ -50,6 +52,7 @@ def main() -> int:
     ap.add_argument("--policy", default="lmetric")
     ap.add_argument("--instances", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--preset", default="h100-llama3-8b-calibrated")
     args = ap.parse_args()
     if not args.trace.is_file():
         print(f"trace not found: {args.trace} (pass --trace)", file=sys.stderr)
@@ -65,9 +68,10 @@ def main() -> int:
         parse.append(time.perf_counter() - t)
     t_parse = statistics.median(parse)
 
-    lib_cmd = [sys.executable, "-c", LIB_SNIPPET, str(args.trace), args.policy, str(args.instances)]
+    lib_cmd = [sys.executable, "-c", LIB_SNIPPET, str(args.trace), args.policy, str(args.instances),
+               args.preset]
     cli_cmd = [sys.executable, "-m", "lmetric_theory", "simulate", str(args.trace), "--instances",
-               str(args.instances), "--policy", args.policy, "--json"]
+               str(args.instances), "--policy", args.policy, "--preset", args.preset, "--json"]
     startup_cmd = [sys.executable, "-c", "import lmetric_theory.sim, lmetric_theory.workload"]
     libs = [timed(lib_cmd) for _ in range(args.reps)]
     clis = [timed(cli_cmd) for _ in range(args.reps)]
@@ -75,26 +79,33 @@ def main() -> int:
     t_start = statistics.median(timed(startup_cmd) for _ in range(args.reps))
 
     sys.path.insert(0, str(ROOT))
-    from lmetric_theory.sim import SimConfig, SnapshotLog, load_preset, simulate
+    from lmetric_theory.sim import SCHEDULERS, SimConfig, SnapshotLog, load_preset, simulate
     from lmetric_theory.workload import load_trace
 
     w = load_trace(args.trace)
-    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), args.instances)
-    sims = []
-    for _ in range(args.reps):
-        t = time.perf_counter()
-        r = simulate(w, cfg, args.policy)
-        sims.append(time.perf_counter() - t)
-    t_sim = statistics.median(sims)
+    sim_rows = []
+    for sched in SCHEDULERS:
+        cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, scheduler=sched)
+        sims = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            r = simulate(w, cfg, args.policy)
+            sims.append(time.perf_counter() - t)
+        sim_rows.append((sched, statistics.median(sims), min(sims), r))
     snap = SnapshotLog.empty(1_000_000, 16)
     snap.uncached.fill(1)  # touch every page so the figure is resident memory, not a promise
     snap.queued.fill(1)
     snap.running.fill(1)
     snap.waiting.fill(1)
     snap.kv_usage.fill(1)
+    snap.hit_blocks.fill(1)
+    snap.router_queued.fill(1)
+    snap.router_inflight.fill(1)
+    snap.router_all_tokens.fill(1)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"trace: {args.trace.name}, {n} requests; {args.instances} instances; policy {r.policy}; "
+          f"preset {args.preset}, default scheduler {SimConfig.__dataclass_fields__['scheduler'].default}; "
           f"median of {args.reps} (fastest in brackets); {os.cpu_count()} CPUs, load average {load:.2f}")
     print(f"{'json.loads of every line':44s} {t_parse:8.3f} s")
     print(f"{'interpreter + imports only':44s} {t_start:8.3f} s")
@@ -103,8 +114,10 @@ def main() -> int:
           "   goal <= 2 s, >= 6000 req/s")
     print(f"{'fresh process: simulate CLI --json':44s} {t_cli:8.3f} s   {n / t_cli:8.0f} req/s   "
           f"{t_cli / t_parse:5.1f}x json.loads   [{min(clis):.3f} s]")
-    print(f"{'simulation only (in process)':44s} {t_sim:8.3f} s   {n / t_sim:8.0f} req/s   "
-          f"[{min(sims):.3f} s]   {r.iterations} iterations in {r.events} events")
+    for sched, t_sim, t_min, r in sim_rows:
+        print(f"{'simulation only, ' + sched + ' (in process)':44s} {t_sim:8.3f} s   "
+              f"{n / t_sim:8.0f} req/s   [{t_min:.3f} s]   {r.iterations} iterations in "
+              f"{r.events} events, {int(r.preemptions.sum())} preemptions")
     print(f"{'snapshot log 1,000,000 x 16 (nbytes)':44s} {snap.nbytes / 2**20:8.1f} MiB   goal <= 1024 MiB")
     print("command: python benchmarks/bench_sim.py " + " ".join(sys.argv[1:]))
     return 0

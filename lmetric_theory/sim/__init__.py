@@ -1,6 +1,7 @@
 """Discrete-event cluster simulator, iteration-latency model, presets and snapshot logs."""
 
-from lmetric_theory.sim.engine import VIEWS, SimConfig, SimResult, Simulator, simulate
+from lmetric_theory.sim.config import SCHEDULERS, VIEWS, SimConfig, SimResult
+from lmetric_theory.sim.engine import Simulator, simulate
 from lmetric_theory.sim.latency import (
     FitReport,
     LatencyModel,
@@ -17,6 +18,7 @@ __all__ = [
     "FitReport",
     "LatencyModel",
     "Preset",
+    "SCHEDULERS",
     "SIGNALS",
     "SimConfig",
     "SimResult",

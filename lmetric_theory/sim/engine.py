@@ -1,33 +1,13 @@
 """Discrete-event cluster simulator: N serving instances behind one router.
 
-Each instance runs continuous batching with chunked prefill: every iteration decodes one
-token for each decoding request and spends the rest of a token budget on prefill chunks,
-first-come first-served (admitted requests first, then waiting ones while the batch-size
-limit and the KV capacity allow). Iteration time follows :class:`LatencyModel`.
-
-Modelling choices (documented deviations from a real engine)
-------------------------------------------------------------
-- KV space for a request's whole output is reserved at admission, so running requests are
-  never preempted; a request whose prompt + output exceeds the capacity is rejected at
-  construction with ``ValueError``.
-- The prefix cache holds full prompt blocks of the workload's block size, keyed by block
-  hash (a hash names its whole prefix chain). A lookup walks the prompt's hashes until the
-  first block that is absent or not yet computed; at least one prompt token is always
-  recomputed, so the hit is capped at ``floor((L - 1) / block) * block`` tokens. Blocks of
-  running requests are pinned (reference counts); unreferenced blocks are evicted least
-  recently used first (a released request's tail blocks before its head blocks). A
-  request's new blocks become hits for others when its prefill completes.
-- A routed request joins its instance at the next iteration boundary; the iteration in
-  progress at its arrival keeps its composition.
-- Decode-only stretches are advanced in closed form: with ``n`` sequences of total context
-  ``K`` the ``j``-th iteration takes ``a + c_kv * (K + j n)`` with ``a = c0 + c_dec n``, so
-  ``m`` iterations take ``m (a + c_kv K) + c_kv n m (m - 1) / 2``. A stretch ends at the next
-  completion, or is cut at the boundary after a new request reaches the instance.
-
-Router view: ``precise`` looks the request up in each instance's cache as it is;
-``approximate`` in the set of blocks the router itself sent to each instance (never
-evicted). Load signals (queued prefill tokens, running, waiting, KV usage) are read as of
-``signal_delay_s`` seconds before the decision.
+The kernel: an event queue of ``(time, seq, event)`` entries (:mod:`.events`), handlers that
+return the events they cause, :meth:`Simulator.peek` / :meth:`Simulator.step` /
+:meth:`Simulator.advance` to drive it and :meth:`Simulator.run` to get a
+:class:`~lmetric_theory.sim.config.SimResult`. The instances are
+:class:`~lmetric_theory.sim.instance.PagedInstance` (scheduler ``vllm-v1``: paged KV,
+preemption, vLLM v1's scheduling loop) or :class:`~lmetric_theory.sim.instance.Instance`
+(scheduler ``reserve``); their KV caches live in :mod:`.kvcache` and what the router sees is
+built by :class:`~lmetric_theory.sim.router.RouterView`. docs/simulator.md states the model.
 
 Forking: ``run(until_decision=d)`` stops right before decision ``d``; ``fork()`` returns an
 independent deep copy (policy and generator state included); ``force(d, i)`` makes

@@ -5,12 +5,13 @@ are broken by it and events themselves are never compared. Arrivals carry sequen
 from :data:`ARRIVAL_SEQ` upwards (their index in the workload added), so at one instant
 every iteration end comes before every arrival, and arrivals keep workload order;
 :data:`WAKE_SEQ` numbers the step starts that must follow every arrival of the same instant.
+Events are typed named tuples (cheap to create, read by field name).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 __all__ = ["ARRIVAL_SEQ", "WAKE_SEQ", "Arrival", "Event", "IterationEnd", "PlanKind", "StepStart"]
 
@@ -33,23 +34,20 @@ class PlanKind(IntEnum):
     """Idle, with a :class:`StepStart` queued after the arrivals of the current instant."""
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
+class Arrival(NamedTuple):
     """Request ``request`` (index in the workload) reaches the router."""
 
     request: int
 
 
-@dataclass(frozen=True, slots=True)
-class IterationEnd:
+class IterationEnd(NamedTuple):
     """The plan of ``instance`` numbered ``version`` ends (stale if the plan was replaced)."""
 
     instance: int
     version: int
 
 
-@dataclass(frozen=True, slots=True)
-class StepStart:
+class StepStart(NamedTuple):
     """An idle ``instance`` starts an iteration (after every arrival of the same instant)."""
 
     instance: int

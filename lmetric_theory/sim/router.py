@@ -59,6 +59,7 @@ class RouterView:
         self.paged = paged
         self.log = log
         self.row = SnapshotLog.empty(1, n) if log is None else None
+        self._bind()
         self.approx: list[set[int]] = [set() for _ in range(n)]
         self.hist_t: list[list[float]] = [[] for _ in range(n)]
         self.hist_v: list[list[Signals]] = [[] for _ in range(n)]
@@ -73,10 +74,21 @@ class RouterView:
             if v is not None:
                 setattr(c, k, SnapshotLog(**{col: getattr(v, col).copy() for col in v._columns()},
                                           meta=dict(v.meta)))
+        c._bind()
         c.approx = [s.copy() for s in self.approx]
         c.hist_t = [h.copy() for h in self.hist_t]
         c.hist_v = [h.copy() for h in self.hist_v]
         return c
+
+    def _bind(self) -> None:
+        """Writable signal columns of the log, and read-only views of them for policies."""
+        log = self.log if self.log is not None else self.row
+        self._wr = [getattr(log, name) for name, _ in SIGNALS]
+        self._ro = []
+        for a in self._wr:
+            v = a.view()
+            v.flags.writeable = False
+            self._ro.append(v)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -180,20 +192,15 @@ class RouterView:
     def _rows(self, t: float, rid: int, d: int, inp: int, *cols: list) -> DecisionView:
         log = self.log
         if log is None:
-            log = self.row
             d_row = 0
         else:
             d_row = d
             log.request[d] = rid
             log.time_s[d] = t
             log.input_tokens[d] = inp
-        rows = []
-        for (name, _), col in zip(SIGNALS, cols, strict=True):
-            row = getattr(log, name)[d_row]
-            row[:] = col
-            row.flags.writeable = False  # policies get read-only views of the log rows
-            rows.append(row)
-        unc, q, r, w, kv, hb, rq, ri, ra = rows
-        req = self.req  # prefix class: the first full block's hash (-1 without one)
-        pc = int(req.hashes[req.hoff[rid]]) if req.nfull[rid] else -1
-        return DecisionView(d, t, inp, unc, q, r, w, kv, hb, self.bs, rq, ri, ra, prefix_class=pc)
+        for a, col in zip(self._wr, cols, strict=True):
+            a[d_row] = col
+        ro = self._ro  # policies get read-only views of the log rows
+        return DecisionView(d, t, inp, ro[0][d_row], ro[1][d_row], ro[2][d_row], ro[3][d_row],
+                            ro[4][d_row], ro[5][d_row], self.bs, ro[6][d_row], ro[7][d_row],
+                            ro[8][d_row])

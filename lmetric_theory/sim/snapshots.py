@@ -4,8 +4,8 @@ A :class:`SnapshotLog` holds, for ``D`` decisions over ``N`` instances, the per-
 signals the policy was given (the request's uncached tokens, queued prefill tokens,
 running batch size, waiting count, KV usage, prefix hit in blocks and the router's own
 queued / in-flight / all-token counters) plus, per decision, the request index, the
-decision time and the chosen instance. 16 instances cost 9 x 4 x 16 + 4 x 16 + 16 = 656
-bytes per decision, about 656 MB per million decisions.
+decision time and the chosen instance. 16 instances cost 9 x 4 x 16 + 4 + 8 + 4 + 4 = 596
+bytes per decision, about 596 MB per million decisions.
 """
 
 from __future__ import annotations

@@ -8,12 +8,14 @@ process) and the per-request agreement of the two engines' TTFT. Needs the ``vll
 Run from the project root::
 
     python benchmarks/bench_vllm.py [--trace PATH] [--count 2000] [--instances 4]
-        [--processes 2] [--kv-fraction 1.0]
+        [--processes 2] [--kv-fraction 1.0] [--scheduler vllm-v1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
 from pathlib import Path
 
@@ -21,6 +23,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and its finished children."""
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    b = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def main() -> None:
@@ -32,10 +41,11 @@ def main() -> None:
     ap.add_argument("--kv-fraction", type=float, default=1.0,
                     help="KV pool as a fraction of the preset's (default 1)")
     ap.add_argument("--preset", default="h100-llama3-8b")
+    ap.add_argument("--scheduler", default="vllm-v1", help="fast engine scheduler (default vllm-v1)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    from lmetric_theory.experiments.differential import compare_results
+    from lmetric_theory.experiments.differential import compare_results, fitting_requests
     from lmetric_theory.sim import SimConfig, load_preset, simulate, vllm_adapter
     from lmetric_theory.sim.vllm_engine import simulate_vllm
     from lmetric_theory.workload import load_trace
@@ -43,8 +53,11 @@ def main() -> None:
 
     w = select(load_trace(args.trace), count=args.count)
     p = load_preset(args.preset)
-    cfg = SimConfig.from_preset(p, args.instances,
-                                kv_capacity_tokens=int(p.kv_capacity_tokens * args.kv_fraction))
+    cap = int(p.kv_capacity_tokens * args.kv_fraction)
+    if args.kv_fraction < 1:  # drop the requests an empty instance cannot hold
+        w = fitting_requests(w, cap)
+    cfg = SimConfig.from_preset(p, args.instances, kv_capacity_tokens=cap,
+                                scheduler=args.scheduler)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     vllm_adapter._vllm()
@@ -54,15 +67,17 @@ def main() -> None:
     t0 = time.perf_counter()
     fast = simulate(w, cfg, "round-robin")
     t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     ref = simulate_vllm(w, cfg, assignment=assignment, processes=args.processes)
-    t_vllm = time.perf_counter() - t0
+    t_vllm, c_vllm = time.perf_counter() - t0, _cpu() - c0
     d = compare_results(fast, ref)
 
     n = len(w)
     print(f"{n} requests, {args.instances} instances, round-robin, preset {p.name}, "
           f"KV x{args.kv_fraction:g}; trace load {t_load:.1f} s, vLLM import {t_import:.1f} s")
     print(f"{'engine':<8} {'wall s':>8} {'req/s':>9} {'TTFT mean s':>12} {'preempt':>8}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; vLLM replay CPU "
+          f"{c_vllm:.1f} s over {args.processes} processes")
     print(f"{'fast':<8} {t_fast:8.2f} {n / t_fast:9.0f} {d.ttft_mean_a_s:12.4f} {d.preemptions_a:8d}")
     print(f"{'vllm':<8} {t_vllm:8.2f} {n / t_vllm:9.0f} {d.ttft_mean_b_s:12.4f} {d.preemptions_b:8d}"
           f"   ({args.processes} processes)")

@@ -191,12 +191,14 @@ def test_differential_fast_vs_vllm_round_robin(mooncake_path):
     from lmetric_theory.workload.transform import select
 
     w = select(load_trace(str(mooncake_path)), count=2000)
-    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4, scheduler="vllm-v1")
     fast = simulate(w, cfg, "round-robin")
     ref = simulate_vllm(w, cfg, assignment=np.arange(len(w)) % 4, processes=2)
     d = compare_results(fast, ref)
     assert d.same_assignment
     assert d.completed_a == d.completed_b == len(w)
     assert d.ttft_rel_err_median <= 0.01
+    assert d.ttft_rel_err_p90 <= 0.03
     assert abs(d.ttft_mean_rel_diff) <= 0.02
+    assert abs(d.preemptions_a - d.preemptions_b) <= max(3, 0.1 * d.preemptions_b)
     assert abs(d.cached_rel_diff) <= 0.005

@@ -161,12 +161,16 @@ class _Replay:
             "router_queued": np.asarray([max(q, 0) for q in r.queued], dtype=np.int64),
             "router_inflight": np.asarray(r.inflight, dtype=np.int64),
             "router_all_tokens": np.asarray(r.all_tokens, dtype=np.int64),
+            "prefix_class": int(self.w.blocks(rid)[0]) if self.w.blocks(rid).size else -1,
         }
         if self.view_fields is None:
-            self.view_fields = [f.name for f in dataclasses.fields(DecisionView)]
-        missing = [f for f in self.view_fields if f not in vals]
-        if missing:  # a DecisionView newer than this engine
-            raise ValueError(f"vllm engine cannot fill DecisionView fields {missing}")
+            fields = dataclasses.fields(DecisionView)
+            required = [f.name for f in fields if f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING]
+            missing = [f for f in required if f not in vals]
+            if missing:  # a DecisionView newer than this engine
+                raise ValueError(f"vllm engine cannot fill DecisionView fields {missing}")
+            self.view_fields = [f.name for f in fields if f.name in vals]
         vals = {f: vals[f] for f in self.view_fields}
         for v in vals.values():
             if isinstance(v, np.ndarray):

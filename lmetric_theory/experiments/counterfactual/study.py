@@ -498,6 +498,23 @@ def counterfactual_study(
             "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
             "changed": int(np.count_nonzero(ch != chosen[dfl])),
             "description": "the mitigation of each decision's most severe finding"}
+        # The hot-spot monitor's mitigation where it applies (phase 2): the product's argmin
+        # among the instances that do not hold the request's class.
+        hot = phase[dfl] == 2
+        if hot.any():
+            hits = log.uncached[dfl] < np.asarray(log.input_tokens)[dfl][:, None]
+            S = (Pm[dfl] + float(p0)) * (Bm[dfl] + float(b0))
+            S = np.where(hits, np.inf, S)
+            cold = np.isfinite(S).any(axis=1)
+            ch = np.where(hot & cold, np.argmin(S, axis=1), chosen[dfl])
+            gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),
+                                                                          strict=True)])
+            e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=[seed, 298])
+            mitigations["hotspot_exclude"] = {
+                "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
+                "changed": int(np.count_nonzero(ch != chosen[dfl])),
+                "description": "hot-spot monitor, phase 2: the product's argmin among instances "
+                               "that do not hold the request's prefix class"}
 
     # ---- end to end
     t_e2e0 = time.perf_counter()

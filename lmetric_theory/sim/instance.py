@@ -577,9 +577,11 @@ class PagedInstance:
 
     def iterations_started(self, t: float) -> int:
         """Iterations of the current decode stretch that start at or before ``t`` (>= 1)."""
-        D = t - self.plan_start
+        return self._started(t, self.plan_start, self.plan_n, self.plan_K0, self.plan_m)
+
+    def _started(self, t: float, start: float, n: int, K: int, m: int) -> int:
+        D = t - start
         c0, _, c_dec, c_kv, _ = self.c
-        n, K, m = self.plan_n, self.plan_K0, self.plan_m
         a = c_kv * n / 2.0
         b = c0 + c_dec * n + c_kv * K - a
         if a > 0:
@@ -593,17 +595,39 @@ class PagedInstance:
             j -= 1
         return min(j + 1, m)
 
-    def _need(self, s: int, m: int) -> int:
-        """Blocks the decoding requests allocate in the ``m`` iterations from clock ``s``."""
+    def _need(self, s: int, m: int, H: list[int] | tuple[int, ...] | None = None) -> int:
+        """Blocks the decoding requests allocate in the ``m`` iterations from clock ``s``
+        (``H``: a histogram of block phases other than the current one)."""
         if m <= 0:
             return 0
         bs = self.bs
+        if H is None:
+            H = self.H
+            n = self.n_dec
+        else:
+            n = sum(H)
         cycles, rest = divmod(m, bs)
-        H = self.H
-        total = cycles * self.n_dec
+        total = cycles * n
         for j in range(rest):
             total += H[(s + j) % bs]
         return total
+
+    def signals(self) -> tuple[int, int, int, float, tuple | None]:
+        """Engine signals (queued, running, waiting, KV usage) and, inside a decode stretch,
+        what :meth:`kv_usage_at` needs to follow its KV usage to a later time."""
+        stretch = None
+        if self.plan is PlanKind.DECODE:
+            stretch = (self.plan_start, self.plan_n, self.plan_K0, self.plan_m, self.plan_S0,
+                       self.alloc_upto, tuple(self.H), self.pool.used())
+        return (self.queued, len(self.running), len(self.waiting), self.kv_used_fraction(), stretch)
+
+    def kv_usage_at(self, stretch: tuple, t: float) -> float:
+        """KV usage at ``t`` of a decode stretch recorded by :meth:`signals`."""
+        start, n, K, m, S0, upto, H, used = stretch
+        a_to = S0 + self._started(t, start, n, K, m)
+        if a_to > upto:
+            used += self._need(upto, a_to - upto, H)
+        return used / self.pool.blocks
 
     # ------------------------------------------------------------------ decode set
 

@@ -20,7 +20,7 @@ from lmetric_theory.sim.snapshots import SIGNALS, SnapshotLog
 
 __all__ = ["RouterView"]
 
-Signals = tuple[int, int, int, float]
+Signals = tuple[int, int, int, float, Any]
 
 
 class RouterView:
@@ -109,8 +109,11 @@ class RouterView:
     def record(self, ins: Any, t: float) -> None:
         """Append the instance's engine signals at ``t`` to its history (delayed views only)."""
         self.hist_t[ins.idx].append(t)
-        run = len(ins.running) if self.paged else len(ins.prefilling) + ins.n_dec
-        self.hist_v[ins.idx].append((ins.queued, run, len(ins.waiting), ins.kv_used_fraction()))
+        if self.paged:
+            self.hist_v[ins.idx].append(ins.signals())
+        else:
+            run = len(ins.prefilling) + ins.n_dec
+            self.hist_v[ins.idx].append((ins.queued, run, len(ins.waiting), ins.kv_used_fraction(), None))
 
     # ------------------------------------------------------------------ snapshot
 
@@ -177,16 +180,18 @@ class RouterView:
     def _delayed(self, t: float) -> tuple[list, list, list, list]:
         """Engine signals as of ``t - delay`` from each instance's signal history."""
         q, r, w, kv = [], [], [], []
-        for ht, hv in zip(self.hist_t, self.hist_v, strict=True):
-            j = bisect.bisect_right(ht, t - self.delay) - 1
-            s = hv[j] if j >= 0 else (0, 0, 0, 0.0)
+        then = t - self.delay
+        for ins, ht, hv in zip(self.inst, self.hist_t, self.hist_v, strict=True):
+            j = bisect.bisect_right(ht, then) - 1
+            s = hv[j] if j >= 0 else (0, 0, 0, 0.0, None)
             if j > 64:  # forget history nobody will look at again
                 del ht[:j]
                 del hv[:j]
             q.append(s[0])
             r.append(s[1])
             w.append(s[2])
-            kv.append(s[3])
+            # inside a decode stretch KV usage grows between events: follow it to `then`
+            kv.append(s[3] if s[4] is None else ins.kv_usage_at(s[4], then))
         return q, r, w, kv
 
     def _rows(self, t: float, rid: int, d: int, inp: int, *cols: list) -> DecisionView:

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
     p.add_argument("--seed", type=int, default=0, help="seed for random policies and the synthetic workload")
+    p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
+                   help="fast: this package's engine (sweeps); vllm: vLLM's own scheduler per "
+                   "instance, needs the vllm extra (confirming a conclusion)")
     p.set_defaults(func=run)
 
 
@@ -103,6 +106,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
+    vllm_version = None
+    if args.engine == "vllm":
+        from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
+
+        try:
+            vllm_version = require_vllm()
+        except VllmUnavailable as exc:
+            return _err(str(exc))
     results = {}
     progress = None
     show = not args.json and len(workload) * len(specs) >= PROGRESS_MIN_REQUESTS
@@ -124,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
             try:
                 # tuned-linear is tuned on this workload first (a linear spec comes back)
                 resolved = resolve_policy(spec, workload, cfg, seed=args.seed)
+                if args.engine == "vllm":
+                    from lmetric_theory.sim.vllm_engine import simulate_vllm
+
+                    results[spec] = simulate_vllm(workload, cfg, resolved, seed=args.seed)
+                    continue
                 sim = Simulator(workload, cfg, resolved, seed=args.seed)
             except ValueError as exc:
                 return _err(str(exc))
@@ -153,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": float(workload.arrival_s[-1] - workload.arrival_s[0]),
     }
     config_info = {
+        "engine": args.engine,
+        "vllm_version": vllm_version,
         "instances": args.instances,
         "preset": preset.name,
         "latency": {k: getattr(preset.latency, k) for k in ("c0", "c_pf", "c_dec", "c_kv", "c_att")},

@@ -71,7 +71,7 @@ def test_burst_is_batched_in_one_step() -> None:
     w = workload([(0.0, 300, 1, [1, 2, 3, 4, 5]), (0.0, 200, 1, [6, 7, 8, 9])], block=64)
     r = simulate(w, config(), "round-robin:tie=lowest")
     one = SimConfig(n_instances=1, latency=LAT, kv_capacity_tokens=100_000, token_budget=4096,
-                    max_batch=64)
+                    max_batch=64, scheduler="reserve")
     both = prefill([(300, 0), (200, 0)])
     assert r.ttft_s.tolist() == pytest.approx([both, both], rel=1e-12)
     old = simulate(w, one, "round-robin")

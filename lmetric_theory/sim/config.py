@@ -79,8 +79,12 @@ class SimConfig:
     latency_fit_error: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.n_instances < 1:
-            raise ValueError(f"n_instances must be >= 1, got {self.n_instances}")
+        from lmetric_theory.core.limits import INSTANCES_MAX
+
+        if not 1 <= self.n_instances <= INSTANCES_MAX:
+            raise ValueError(
+                f"n_instances must be an integer in [1, {INSTANCES_MAX}], got {self.n_instances}"
+            )
         if self.kv_capacity_tokens < 1 or self.token_budget < 1 or self.max_batch < 1:
             raise ValueError("kv_capacity_tokens, token_budget and max_batch must be >= 1")
         if self.kv_capacity_blocks is not None and self.kv_capacity_blocks < 1:

@@ -693,9 +693,7 @@ class PagedInstance:
             if g is None:
                 if pos:
                     continue
-                g = groups[key] = _Group()
-                g.k = cnt
-                g.refs[rid] = cnt
+                groups[key] = _Group(cnt, {rid: cnt})
                 held.append(key)
                 ext += cnt
             elif g.k == pos and g.refs.get(rid, 0) == pos:

@@ -149,10 +149,10 @@ class _Group:
 
     __slots__ = ("k", "refs", "runs")
 
-    def __init__(self) -> None:
-        self.k = 0
-        self.refs: dict[int, int] = {}
-        self.runs: list[list[int]] = []
+    def __init__(self, k: int = 0, refs: dict[int, int] | None = None) -> None:
+        self.k = k
+        self.refs: dict[int, int] = {} if refs is None else refs
+        self.runs: list[list] = []
 
 
 class BlockPool:

@@ -264,3 +264,9 @@ def test_policy_parameter_range() -> None:
         make_policy("lmetric:b0=1e30")
     with pytest.raises(ValueError, match="cannot read 'nan'"):
         make_policy("linear:lam=nan")
+
+
+def test_absurd_instance_count_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--count", "5", "--instances", "1000000000"]) == 2
+    assert one_line_error(capsys).endswith(
+        "n_instances must be an integer in [1, 4096], got 1000000000")

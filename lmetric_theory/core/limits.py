@@ -32,6 +32,9 @@ Presets
     Latency coefficients in ``[0, COEF_MAX[name]]`` (seconds per unit; see
     :data:`COEF_MAX`), ``kv_capacity_tokens`` in ``[1, 2**40]``, ``token_budget`` in
     ``[1, TOKENS_MAX]``, ``max_batch`` in ``[1, BATCH_MAX]``.
+Simulated instances
+    ``1 .. INSTANCES_MAX = 4096`` serving instances: well above any single router's fleet;
+    a larger count is a typo, and the simulator keeps per-instance state for each.
 Policy parameters
     Numbers with ``|v| <= POLICY_NUMBER_MAX = 2**31 - 1`` (offsets and rates: the exact
     kernel needs ``|p0|, |b0|, |lam| < 2**31``).
@@ -50,6 +53,7 @@ __all__ = [
     "COUNT_MAX",
     "ID_MAX",
     "ID_MIN",
+    "INSTANCES_MAX",
     "ITERATION_MAX_S",
     "KV_CAPACITY_MAX",
     "POLICY_NUMBER_MAX",
@@ -75,6 +79,8 @@ BATCH_MAX: int = 2**20
 ITERATION_MAX_S: float = 3600.0
 #: Largest KV capacity of one instance, tokens.
 KV_CAPACITY_MAX: int = 2**40
+#: Largest number of simulated serving instances.
+INSTANCES_MAX: int = 4096
 #: Largest magnitude of a numeric policy parameter.
 POLICY_NUMBER_MAX: int = 2**31 - 1
 #: Largest latency coefficient accepted in a preset, per unit (seconds, s/token, ...):

@@ -142,6 +142,9 @@ def test_small_pool_preempts_and_still_completes_everything():
     r = simulate_vllm(w, cfg, assignment=np.zeros(n, dtype=int))
     assert r.completed.all()
     assert r.config["preemptions_total"] > 0
+    if getattr(r, "preemptions", None) is not None:
+        assert int(r.preemptions.sum()) == r.config["preemptions_total"]
+        assert int(r.preemptions_per_instance.sum()) == r.config["preemptions_total"]
     assert (r.output_tokens_produced.sum() >= (r.output_tokens).sum())
 
 

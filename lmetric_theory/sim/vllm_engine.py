@@ -409,6 +409,8 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         snapshots=None, iterations=iterations, events=iterations + n, peak_kv_tokens=peak,
         prefill_tokens_computed=pf, output_tokens_produced=dec, end_time_s=end, policy=spec,
         config=cfg, preemptions=pre,
+        preemptions_per_instance=np.bincount(where[where >= 0], weights=pre[where >= 0],
+                                             minlength=N).astype(np.int64),
     )
     names = {f.name for f in dataclasses.fields(SimResult)}
     missing = names - set(vals) - {f.name for f in dataclasses.fields(SimResult)

@@ -205,3 +205,30 @@ def test_differential_fast_vs_vllm_round_robin(mooncake_path):
     assert abs(d.ttft_mean_rel_diff) <= 0.02
     assert abs(d.preemptions_a - d.preemptions_b) <= max(3, 0.1 * d.preemptions_b)
     assert abs(d.cached_rel_diff) <= 0.005
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_differential_fast_vs_vllm_small_kv_pool(mooncake_path):
+    """A tenth of the preset's KV pool: frequent preemption. Looser bounds (docs/simulator.md):
+    one preemption decided a step apart cascades, so single requests may differ more."""
+    from lmetric_theory.experiments.differential import fitting_requests
+    from lmetric_theory.sim.vllm_engine import simulate_vllm
+    from lmetric_theory.workload import load_trace
+    from lmetric_theory.workload.transform import select
+
+    preset = load_preset("h100-llama3-8b")
+    cap = preset.kv_capacity_tokens // 10
+    w = fitting_requests(select(load_trace(str(mooncake_path)), count=2000), cap)
+    assert len(w) + len(w.meta["dropped_requests"]) == 2000
+    cfg = SimConfig.from_preset(preset, 4, kv_capacity_tokens=cap, scheduler="vllm-v1")
+    fast = simulate(w, cfg, "round-robin")
+    ref = simulate_vllm(w, cfg, assignment=np.arange(len(w)) % 4, processes=2)
+    d = compare_results(fast, ref)
+    assert d.completed_a == d.completed_b == len(w)
+    assert d.preemptions_b > 0
+    assert d.ttft_rel_err_median <= 0.01
+    assert d.ttft_rel_err_p90 <= 0.05
+    assert abs(d.ttft_mean_rel_diff) <= 0.03
+    assert abs(d.preemptions_a - d.preemptions_b) <= max(3, 0.1 * d.preemptions_b)
+    assert abs(d.cached_rel_diff) <= 0.01

@@ -206,6 +206,8 @@ class RouterView:
         for a, col in zip(self._wr, cols, strict=True):
             a[d_row] = col
         ro = self._ro  # policies get read-only views of the log rows
+        req = self.req  # prefix class: the first full block's hash (-1 without one)
+        pc = int(req.hashes[req.hoff[rid]]) if req.nfull[rid] else -1
         return DecisionView(d, t, inp, ro[0][d_row], ro[1][d_row], ro[2][d_row], ro[3][d_row],
                             ro[4][d_row], ro[5][d_row], self.bs, ro[6][d_row], ro[7][d_row],
-                            ro[8][d_row])
+                            ro[8][d_row], prefix_class=pc)

@@ -452,6 +452,11 @@ _FRAGMENTS = ['{"timestamp": 1, "input_length": 10, "output_length": 1, "hash_id
               '{"timestamp": 1e30, "input_length": 10, "output_length": 1, "hash_ids": [0]}',
               "[" * 3000, '{"timestamp": ' + "9" * 5000 + "}"]
 
+def _as_bytes(lines: list[str]) -> bytes:
+    """Lines joined as a file; a lone surrogate becomes bytes that are not valid UTF-8."""
+    return "\n".join(lines).encode("utf-8", "surrogatepass")
+
+
 any_line = st.one_of(st.sampled_from(_FRAGMENTS),
                      st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=30))
 
@@ -460,7 +465,7 @@ any_line = st.one_of(st.sampled_from(_FRAGMENTS),
 @fuzz(150)
 @given(
     content=st.one_of(
-        st.lists(any_line, min_size=0, max_size=6).map(lambda ls: "\n".join(ls).encode()),
+        st.lists(any_line, min_size=0, max_size=6).map(_as_bytes),
         st.binary(max_size=200),
     ),
     suffix=st.sampled_from([".jsonl", ".csv", ".json", ".txt", ""]),
@@ -871,7 +876,7 @@ def test_cli_policy_specs(tmp_path_factory: Any, capsys: pytest.CaptureFixture[s
 @pytest.mark.filterwarnings("ignore::lmetric_theory.workload.TraceOrderWarning")
 @fuzz(60)
 @given(content=st.one_of(
-    st.lists(any_line, min_size=0, max_size=5).map(lambda ls: "\n".join(ls).encode()),
+    st.lists(any_line, min_size=0, max_size=5).map(_as_bytes),
     st.binary(max_size=120),
 ))
 def test_app_trace_upload(content: bytes) -> None:

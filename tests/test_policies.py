@@ -48,9 +48,9 @@ def test_unknown_policy_lists_valid_names() -> None:
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("lmetric:lam=3", "unknown parameter 'lam'; valid parameters: P, B, p0, b0, tie"),
-    ("lmetric:P=everything", "is not one of uncached, queued\\+uncached"),
-    ("lmetric:B=all", "is not one of running, in-flight"),
+    ("lmetric:lam=3", "unknown parameter 'lam'; valid parameters: variant, P, B, p0, b0, tie"),
+    ("lmetric:P=everything", "P: .everything. is not one of uncached, queued\\+uncached"),
+    ("lmetric:B=all", "B: .all. is not one of running, in-flight"),
     ("linear:lam=fast", "cannot read 'fast'"),
     ("linear:lam=-1", "lam must be >= 0"),
     ("random:tie=first", "is not one of lowest, random"),
@@ -93,10 +93,10 @@ def test_lmetric_and_linear_agree_with_exact_predicates(data, n: int) -> None:
     assert got == exact.index(min(exact))  # brute force, lowest index on ties
     if "/" not in b0:
         assert got == argmin_product(P, B, 0, int(b0))
-    got = make_policy("lmetric").choose(v)
+    got = make_policy("lmetric:variant=legacy").choose(v)
     assert got == argmin_product(np.array(unc), np.array(r), 0, 1)
     lam = data.draw(st.sampled_from(["0", "7", "1024", "3/4"]))
-    got = make_policy(f"linear:lam={lam}").choose(v)
+    got = make_policy(f"linear:lam={lam},variant=legacy").choose(v)
     exact = [u + Fraction(lam) * b for u, b in zip(unc, r, strict=True)]
     assert got == exact.index(min(exact))
     if "/" not in lam:
@@ -106,17 +106,17 @@ def test_lmetric_and_linear_agree_with_exact_predicates(data, n: int) -> None:
 def test_lmetric_hand_example() -> None:
     # (P + 0)(B + 1): 1000*3 = 3000, 2000*1 = 2000, 500*5 = 2500 -> instance 1.
     v = view([1000, 2000, 500], running=[2, 0, 4])
-    assert make_policy("lmetric").choose(v) == 1
+    assert make_policy("lmetric:variant=legacy").choose(v) == 1
     # queued+uncached: (1000+0)*3, (2000+5000)*1, (500+0)*5 -> instance 2.
     v = view([1000, 2000, 500], queued=[0, 5000, 0], running=[2, 0, 4])
     assert make_policy("lmetric:P=queued+uncached").choose(v) == 2
     # linear with lam=1000: 1000+2000, 2000+0, 500+4000 -> instance 1.
-    assert make_policy("linear:lam=1000").choose(v) == 1
+    assert make_policy("linear:lam=1000,variant=legacy").choose(v) == 1
 
 
 def test_tie_breaking_lowest_and_seeded_random() -> None:
     v = view([100, 100, 100, 100])
-    assert make_policy("lmetric").choose(v) == 0
+    assert make_policy("lmetric:variant=legacy").choose(v) == 0
     assert make_policy("least-loaded").choose(v) == 0
     picks = [make_policy("lmetric:tie=random", seed=s).choose(v) for s in range(40)]
     assert set(picks) == {0, 1, 2, 3}
@@ -192,3 +192,27 @@ def test_register_policy_from_another_module() -> None:
     with pytest.raises(ValueError, match="'tie' field"):
         register_policy(Bad)
     assert dataclasses.is_dataclass(FixedParams)
+
+
+def test_lmetric_default_is_the_papers_score() -> None:
+    # T=100, block 16, hits (0, 2, 4) blocks -> new tokens 100, 68, 36; router queued tokens
+    # 50, 0, 200; router bs 1, 5, 2: (150)(2)=300, (68)(6)=408, (236)(3)=708 -> instance 0.
+    # The legacy pair (uncached x (running + 1)) picks instance 2 on the same view.
+    v = DecisionView(
+        0, 0.0, 100, np.array([100, 68, 36]), np.zeros(3, np.int32), np.array([1, 2, 0]),
+        np.zeros(3, np.int32), np.zeros(3, np.float32), hit_blocks=np.array([0, 2, 4]),
+        block_size=16, router_queued=np.array([50, 0, 200]), router_inflight=np.array([1, 5, 2]),
+        router_all_tokens=np.array([300, 900, 100]),
+    )
+    pol = make_policy("lmetric")
+    assert pol.definition.p_definition.value == "router-queued+new"
+    assert pol.definition.b_definition.value == "router-in-flight"
+    assert pol.choose(v) == 0
+    assert make_policy("lmetric:variant=legacy").choose(v) == 2
+    # llm-d counts full uncached blocks only: 96, 64, 32 tokens x (bs + 1) -> 192, 384, 96.
+    assert make_policy("lmetric:variant=llm-d,tie=lowest").choose(v) == 2
+    # Explicit P= / B= override the variant; the spec records the resolved definitions.
+    spec = make_policy("lmetric:variant=llm-d,B=running").spec
+    assert "P=uncached-full-blocks,B=running" in spec and "tie=random" in spec
+    # linear scores the same signals as lmetric by default.
+    assert make_policy("linear").params.P == pol.params.P

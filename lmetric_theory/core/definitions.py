@@ -14,6 +14,7 @@ from enum import StrEnum
 from fractions import Fraction
 
 __all__ = [
+    "LMETRIC_VARIANTS",
     "DEFAULT_B0",
     "DEFAULT_P0",
     "BDefinition",
@@ -32,9 +33,21 @@ class PDefinition(StrEnum):
 
     #: The request's uncached tokens on ``i``: prompt length minus the cached prefix on ``i``.
     UNCACHED = "uncached"
-    #: Prefill tokens already queued (not yet computed) on ``i`` plus the request's
-    #: uncached tokens on ``i`` (one reading of the paper's section 5.1).
+    #: Prefill tokens already queued (not yet computed) on ``i`` as the engine reports them,
+    #: plus the request's uncached tokens on ``i``.
     QUEUED_PLUS_UNCACHED = "queued+uncached"
+    #: The paper's router (``lmetric-q``): router-counted queued prefill tokens plus the
+    #: request's new tokens ``T - hit_blocks * block_size`` (hits in whole blocks).
+    ROUTER_QUEUED_PLUS_NEW = "router-queued+new"
+    #: llm-d's scorer: ``(floor(T / block_size) - hit_blocks) * block_size`` (full prompt
+    #: blocks not cached, in tokens; the partial tail block is not counted).
+    UNCACHED_FULL_BLOCKS = "uncached-full-blocks"
+    #: Dynamo's port, in blocks: ``(router_queued + new tokens) / block_size`` (active
+    #: prefill plus the request's uncached tokens, exact).
+    PREFILL_BLOCKS = "prefill-blocks"
+    #: The SGLang-router fork: router-counted new tokens of the in-flight requests (released
+    #: at completion, not at prefill) plus the request's new tokens.
+    INFLIGHT_NEW_PLUS_NEW = "inflight-new+new"
 
 
 class BDefinition(StrEnum):
@@ -42,8 +55,14 @@ class BDefinition(StrEnum):
 
     #: Requests currently running (being decoded or prefilled) on ``i``.
     RUNNING = "running"
-    #: Requests in flight on ``i``: running plus waiting in its queue.
+    #: Requests in flight on ``i`` as the engine reports them: running plus waiting.
     IN_FLIGHT = "in-flight"
+    #: Requests in flight on ``i`` as the router counts them (+1 at dispatch, -1 at finish):
+    #: the paper's ``bs`` (running + queued), llm-d's and the SGLang fork's in-flight count.
+    ROUTER_IN_FLIGHT = "router-in-flight"
+    #: Dynamo's port: ``floor(router_all_tokens / block_size)`` (KV blocks of the in-flight
+    #: requests), blocks.
+    DECODE_BLOCKS = "decode-blocks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +81,8 @@ class ScoreDefinition:
         Batch offset, requests.
     """
 
-    p_definition: PDefinition = PDefinition.UNCACHED
-    b_definition: BDefinition = BDefinition.RUNNING
+    p_definition: PDefinition = PDefinition.ROUTER_QUEUED_PLUS_NEW
+    b_definition: BDefinition = BDefinition.ROUTER_IN_FLIGHT
     p0: int | Fraction = DEFAULT_P0
     b0: int | Fraction = DEFAULT_B0
 
@@ -98,3 +117,35 @@ class ScoreDefinition:
             "p_0": str(self.p0),
             "b_0": str(self.b0),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One implementation's LMetric definition: ``P``, ``B`` and its own tie rule.
+
+    Attributes
+    ----------
+    p_definition, b_definition : str
+        :class:`PDefinition` and :class:`BDefinition` values.
+    tie : str
+        The implementation's tie rule: ``lowest`` (first minimum) or ``random``.
+    """
+
+    p_definition: str
+    b_definition: str
+    tie: str
+
+
+#: ``lmetric:variant=NAME`` -> definitions and tie rule (sources in ``docs/policies.md``).
+#: ``paper`` is the default: the authors' router, policy ``lmetric-q``.
+LMETRIC_VARIANTS: dict[str, Variant] = {
+    "paper": Variant(PDefinition.ROUTER_QUEUED_PLUS_NEW.value,
+                     BDefinition.ROUTER_IN_FLIGHT.value, "lowest"),
+    "llm-d": Variant(PDefinition.UNCACHED_FULL_BLOCKS.value,
+                     BDefinition.ROUTER_IN_FLIGHT.value, "random"),
+    "dynamo": Variant(PDefinition.PREFILL_BLOCKS.value, BDefinition.DECODE_BLOCKS.value, "random"),
+    "sglang-fork": Variant(PDefinition.INFLIGHT_NEW_PLUS_NEW.value,
+                           BDefinition.ROUTER_IN_FLIGHT.value, "lowest"),
+    # This project's first reading; no public implementation uses it.
+    "legacy": Variant(PDefinition.UNCACHED.value, BDefinition.RUNNING.value, "lowest"),
+}

@@ -8,7 +8,13 @@ definition reads:
 - ``uncached`` - the request's uncached prompt tokens on each instance, tokens;
 - ``queued`` - prefill tokens queued on each instance, tokens;
 - ``running`` - running requests per instance;
-- ``waiting`` - waiting requests per instance.
+- ``waiting`` - waiting requests per instance;
+- ``input_tokens`` - the request's prompt length ``T`` (scalar, or shape (D,) for a log);
+- ``hit_blocks``, ``block_size`` - the request's cached prefix blocks on each instance (the
+  router's cache view) and tokens per block;
+- ``router_queued``, ``router_inflight``, ``router_all_tokens``, ``router_inflight_new_tokens`` - the
+  router's own counters: queued prefill tokens, requests in flight, tokens of in-flight
+  requests, new tokens of in-flight requests (released at completion).
 
 Each definition is one row of :data:`P_SIGNALS` or :data:`B_SIGNALS`; adding a definition
 (a new :class:`~lmetric_theory.core.definitions.PDefinition` or ``BDefinition`` member) is
@@ -18,29 +24,108 @@ one line here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from lmetric_theory.core.definitions import BDefinition, PDefinition, ScoreDefinition
 
-__all__ = ["B_SIGNALS", "P_SIGNALS", "batch_signal", "prefill_signal", "score_inputs"]
+__all__ = [
+    "B_SIGNALS",
+    "P_SIGNALS",
+    "batch_signal",
+    "hit_blocks",
+    "new_blocks",
+    "new_tokens",
+    "prefill_signal",
+    "router_inflight",
+    "router_queued",
+    "score_inputs",
+]
 
 
 def _i64(x: Any) -> np.ndarray:
     return np.asarray(x).astype(np.int64)
 
 
+def _block(v: Any) -> int:
+    s = int(v.block_size)
+    if s <= 0:
+        raise ValueError(f"block_size must be > 0, got {s}")
+    return s
+
+
+def _prompt(v: Any, like: np.ndarray) -> np.ndarray:
+    """``T`` broadcast against a (N,) or (D, N) signal."""
+    t = _i64(v.input_tokens)
+    return t if t.ndim == 0 or t.ndim == like.ndim else t[:, None]
+
+
+def hit_blocks(v: Any) -> np.ndarray:
+    """Cached prefix blocks of the request per instance (router's view), blocks, >= 0."""
+    return np.maximum(_i64(v.hit_blocks), 0)
+
+
+def new_tokens(v: Any) -> np.ndarray:
+    """``max(T - hit_blocks * block_size, 0)``: uncached tokens, hits in whole blocks."""
+    h = hit_blocks(v)
+    return np.maximum(_prompt(v, h) - h * _block(v), 0)
+
+
+def new_blocks(v: Any) -> np.ndarray:
+    """``max(ceil(T / block_size) - hit_blocks, 0)``: the request's uncached blocks."""
+    h, s = hit_blocks(v), _block(v)
+    return np.maximum(-(-_prompt(v, h) // s) - h, 0)
+
+
+def router_queued(v: Any) -> np.ndarray:
+    """Router-counted queued prefill tokens (clamped at 0), tokens."""
+    return np.maximum(_i64(v.router_queued), 0)
+
+
+def router_inflight(v: Any) -> np.ndarray:
+    """Router-counted requests in flight (the paper's ``bs``), requests."""
+    return np.maximum(_i64(v.router_inflight), 0)
+
+
+def _full_blocks_uncached(v: Any) -> np.ndarray:
+    h, s = hit_blocks(v), _block(v)
+    total = _prompt(v, h) // s
+    return (total - np.minimum(h, total)) * s
+
+
+def _prefill_blocks(v: Any) -> np.ndarray:
+    """``(router_queued + new_tokens) / block_size``, blocks, exact (object array of
+    Fractions: the ordering is the paper's ``P`` divided by the block size)."""
+    s = _block(v)
+    tokens = router_queued(v) + new_tokens(v)
+    return np.frompyfunc(lambda t: Fraction(int(t), s), 1, 1)(tokens)
+
+
+def _inflight_new(v: Any) -> np.ndarray:
+    if getattr(v, "router_inflight_new_tokens", None) is None:
+        raise ValueError("P definition 'inflight-new+new' needs the router counter "
+                         "router_inflight_new_tokens (new tokens of in-flight requests)")
+    return np.maximum(_i64(v.router_inflight_new_tokens), 0) + new_tokens(v)
+
+
 #: ``P`` per definition: view -> int64 tokens, the view's shape.
 P_SIGNALS: dict[PDefinition, Callable[[Any], np.ndarray]] = {
     PDefinition.UNCACHED: lambda v: _i64(v.uncached),
     PDefinition.QUEUED_PLUS_UNCACHED: lambda v: _i64(v.queued) + _i64(v.uncached),
+    PDefinition.ROUTER_QUEUED_PLUS_NEW: lambda v: router_queued(v) + new_tokens(v),
+    PDefinition.UNCACHED_FULL_BLOCKS: _full_blocks_uncached,
+    PDefinition.PREFILL_BLOCKS: _prefill_blocks,
+    PDefinition.INFLIGHT_NEW_PLUS_NEW: _inflight_new,
 }
 
 #: ``B`` per definition: view -> int64 requests, the view's shape.
 B_SIGNALS: dict[BDefinition, Callable[[Any], np.ndarray]] = {
     BDefinition.RUNNING: lambda v: _i64(v.running),
     BDefinition.IN_FLIGHT: lambda v: _i64(v.running) + _i64(v.waiting),
+    BDefinition.ROUTER_IN_FLIGHT: router_inflight,
+    BDefinition.DECODE_BLOCKS: lambda v: np.maximum(_i64(v.router_all_tokens), 0) // _block(v),
 }
 
 

@@ -40,6 +40,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lmetric_theory.core import signals as sig
+from lmetric_theory.core.definitions import BDefinition, PDefinition
 from lmetric_theory.policies.base import Policy, register_policy
 
 __all__ = [
@@ -107,44 +109,38 @@ def _ints(a: Any) -> list[int]:
 
 def block_size(view: Any) -> int:
     """Tokens per KV block of the router's cache view (``view.block_size``), > 0."""
-    s = int(view.block_size)
-    if s <= 0:
-        raise ValueError(f"block_size must be > 0, got {s}")
-    return s
+    return sig._block(view)
 
 
 def hit_blocks(view: Any) -> list[int]:
     """Cached prefix blocks of the request per instance (router's cache view), blocks."""
-    return [max(h, 0) for h in _ints(view.hit_blocks)]
+    return sig.hit_blocks(view).tolist()
 
 
 def new_tokens(view: Any) -> list[int]:
     """``max(T - hit_blocks * block_size, 0)``: the request's uncached tokens, hits in whole
     blocks (``new_tokens`` of the authors' router), tokens."""
-    s, t = block_size(view), int(view.input_tokens)
-    return [max(t - h * s, 0) for h in hit_blocks(view)]
+    return sig.new_tokens(view).tolist()
 
 
 def new_blocks(view: Any) -> list[int]:
     """``max(ceil(T / block_size) - hit_blocks, 0)``: the request's uncached blocks, blocks."""
-    s, t = block_size(view), int(view.input_tokens)
-    total = -(-t // s)
-    return [max(total - h, 0) for h in hit_blocks(view)]
+    return sig.new_blocks(view).tolist()
 
 
 def queued_tokens(view: Any) -> list[int]:
-    """Router-counted queued prefill tokens, clamped at 0 (``queued_tokens``), tokens."""
-    return [max(q, 0) for q in _ints(view.router_queued)]
+    """Router-counted queued prefill tokens (``queued_tokens``, clamped at 0), tokens."""
+    return sig.router_queued(view).tolist()
 
 
 def prefill_tokens(view: Any) -> list[int]:
     """``queued_tokens + new_tokens`` (``prefill_tokens`` of the authors' router), tokens."""
-    return [q + n for q, n in zip(queued_tokens(view), new_tokens(view), strict=True)]
+    return sig.prefill_signal(view, PDefinition.ROUTER_QUEUED_PLUS_NEW).tolist()
 
 
 def batch_size(view: Any) -> list[int]:
     """Router-counted running + queued requests (``bs``), requests."""
-    return [max(b, 0) for b in _ints(view.router_inflight)]
+    return sig.router_inflight(view).tolist()
 
 
 def waiting(view: Any) -> list[int]:
@@ -159,8 +155,7 @@ def all_tokens(view: Any) -> list[int]:
 
 def decode_blocks(view: Any) -> list[int]:
     """``floor(all_tokens / block_size)`` (``decode_blocks``), blocks."""
-    s = block_size(view)
-    return [a // s for a in all_tokens(view)]
+    return sig.batch_signal(view, BDefinition.DECODE_BLOCKS).tolist()
 
 
 def hit_fraction(view: Any) -> list[Fraction]:

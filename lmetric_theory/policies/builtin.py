@@ -9,10 +9,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
-from lmetric_theory.core.definitions import BDefinition, PDefinition, ScoreDefinition
+from lmetric_theory.core.definitions import (
+    LMETRIC_VARIANTS,
+    BDefinition,
+    PDefinition,
+    ScoreDefinition,
+)
 from lmetric_theory.core.kernel import exact_number, linear_scores_exact, product_scores_exact
 from lmetric_theory.core.signals import batch_signal, prefill_signal, score_inputs
 from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, tie_field
@@ -39,17 +45,62 @@ def _exact_offset(x: Fraction) -> int | Fraction:
     return exact_number(Fraction(x))
 
 
+_P_CHOICES = ("",) + tuple(m.value for m in PDefinition)
+_B_CHOICES = ("",) + tuple(m.value for m in BDefinition)
+_VARIANTS = tuple(LMETRIC_VARIANTS)
+
+
+def resolve_definitions(params: Any) -> None:
+    """Fill empty ``P``, ``B`` (and ``tie``, if the params have ``tie=""``) of frozen params
+    from their ``variant`` (:data:`~lmetric_theory.core.definitions.LMETRIC_VARIANTS`);
+    explicit ``P=``/``B=`` override the variant's definitions."""
+    if params.variant not in LMETRIC_VARIANTS:
+        raise ValueError(
+            f"variant: {params.variant!r} is not one of {', '.join(_VARIANTS)}")
+    v = LMETRIC_VARIANTS[params.variant]
+    if not params.P:
+        object.__setattr__(params, "P", v.p_definition)
+    if not params.B:
+        object.__setattr__(params, "B", v.b_definition)
+    if getattr(params, "tie", None) == "":
+        object.__setattr__(params, "tie", v.tie)
+    for key, enum in (("P", PDefinition), ("B", BDefinition)):
+        if getattr(params, key) not in {m.value for m in enum}:
+            valid = ", ".join(m.value for m in enum)
+            raise ValueError(f"{key}: {getattr(params, key)!r} is not one of {valid}")
+
+
+def variant_field() -> Any:
+    """The ``variant`` dataclass field (default ``paper``, the authors' router)."""
+    return dataclasses.field(default="paper", metadata={"choices": _VARIANTS})
+
+
+def definition_field(choices: tuple[str, ...]) -> Any:
+    """A ``P``/``B`` dataclass field: empty means "the variant's definition" (``choices``
+    are checked by :func:`resolve_definitions`, which names the valid ones)."""
+    del choices
+    return dataclasses.field(default="")
+
+
 @dataclass(frozen=True, slots=True)
 class LMetricParams:
-    """``lmetric`` parameters: ``P``/``B`` definitions and offsets ``p0``, ``b0`` (exact)."""
+    """``lmetric`` parameters.
 
-    P: str = dataclasses.field(default="uncached", metadata={"choices": tuple(m.value for m in PDefinition)})
-    B: str = dataclasses.field(default="running", metadata={"choices": tuple(m.value for m in BDefinition)})
+    ``variant`` picks an implementation's ``P`` and ``B`` definitions and its tie rule
+    (``paper`` = the authors' router, ``llm-d``, ``dynamo``, ``sglang-fork``, ``legacy``);
+    ``P=``/``B=`` override the definitions, ``tie=`` the tie rule; ``p0``, ``b0`` are the
+    offsets (exact).
+    """
+
+    variant: str = variant_field()
+    P: str = definition_field(_P_CHOICES)
+    B: str = definition_field(_B_CHOICES)
     p0: Fraction = Fraction(0)
     b0: Fraction = Fraction(1)
-    tie: str = tie_field()
+    tie: str = ""  # empty: the variant's own tie rule
 
     def __post_init__(self) -> None:
+        resolve_definitions(self)
         _check_tie(self.tie)
         ScoreDefinition(PDefinition(self.P), BDefinition(self.B),
                         _exact_offset(Fraction(self.p0)), _exact_offset(Fraction(self.b0)))
@@ -77,17 +128,18 @@ class LMetric(Policy):
 
 @dataclass(frozen=True, slots=True)
 class LinearParams:
-    """``linear`` parameters: exchange rate ``lam`` (tokens per batch slot) and definitions."""
+    """``linear`` parameters: exchange rate ``lam`` (tokens per batch slot); ``variant``,
+    ``P``, ``B`` pick the definitions as for ``lmetric`` (so both score the same signals)."""
 
     lam: Fraction = Fraction(1024)
-    P: str = dataclasses.field(default="uncached", metadata={"choices": tuple(m.value for m in PDefinition)})
-    B: str = dataclasses.field(default="running", metadata={"choices": tuple(m.value for m in BDefinition)})
+    variant: str = variant_field()
+    P: str = definition_field(_P_CHOICES)
+    B: str = definition_field(_B_CHOICES)
     tie: str = tie_field()
 
     def __post_init__(self) -> None:
+        resolve_definitions(self)
         _check_tie(self.tie)
-        PDefinition(self.P)
-        BDefinition(self.B)
         if Fraction(self.lam) < 0:
             raise ValueError(f"lam must be >= 0, got {self.lam}")
 

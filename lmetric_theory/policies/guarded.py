@@ -41,7 +41,15 @@ from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, MitigationKind, Snapshot
 from lmetric_theory.detector.hotspot import HotspotMonitor
 from lmetric_theory.policies.base import DecisionView, Policy, tie_field
-from lmetric_theory.policies.builtin import LMetric, LMetricParams
+from lmetric_theory.policies.builtin import (
+    _B_CHOICES,
+    _P_CHOICES,
+    LMetric,
+    LMetricParams,
+    definition_field,
+    resolve_definitions,
+    variant_field,
+)
 
 __all__ = ["GUARD_MITIGATIONS", "GuardedLMetric", "GuardedLMetricParams"]
 
@@ -58,7 +66,7 @@ _ALIASES = {"fallback": MitigationKind.FALLBACK_REFERENCE.value}
 class GuardedLMetricParams:
     """``guarded-lmetric`` parameters.
 
-    ``P``, ``B``, ``p0``, ``b0``: the product score (as ``lmetric``). ``lam``: reference rate
+    ``variant``, ``P``, ``B``, ``p0``, ``b0``: the product score (as ``lmetric``). ``lam``: reference rate
     (tokens per batch slot); ``lam_lo``/``lam_hi`` > 0 set a band (both or neither).
     ``mitigation``: see the module docstring; ``block`` (tokens), ``batch_add`` (slots) and
     ``cap`` (requests) are the mitigation values.
@@ -68,8 +76,9 @@ class GuardedLMetricParams:
     lam: float = 1024.0
     lam_lo: float = 0.0
     lam_hi: float = 0.0
-    P: str = "uncached"
-    B: str = "running"
+    variant: str = variant_field()
+    P: str = definition_field(_P_CHOICES)
+    B: str = definition_field(_B_CHOICES)
     p0: Fraction = Fraction(0)
     b0: Fraction = Fraction(1)
     block: int = 16
@@ -82,6 +91,7 @@ class GuardedLMetricParams:
     def __post_init__(self) -> None:
         if self.mitigation not in GUARD_MITIGATIONS:
             raise ValueError(f"mitigation: {self.mitigation!r} is not one of {', '.join(GUARD_MITIGATIONS)}")
+        resolve_definitions(self)
         LMetricParams(P=self.P, B=self.B, p0=self.p0, b0=self.b0, tie=self.tie)
         if (self.lam_lo > 0) != (self.lam_hi > 0):
             raise ValueError("lam_lo and lam_hi: give both (> 0) for a band, or neither")

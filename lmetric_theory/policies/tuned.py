@@ -16,7 +16,15 @@ from fractions import Fraction
 from typing import Any
 
 from lmetric_theory.policies.base import DecisionView, Policy, tie_field
-from lmetric_theory.policies.builtin import Linear, LinearParams
+from lmetric_theory.policies.builtin import (
+    _B_CHOICES,
+    _P_CHOICES,
+    Linear,
+    LinearParams,
+    definition_field,
+    resolve_definitions,
+    variant_field,
+)
 
 __all__ = ["OBJECTIVES", "TunedLinear", "TunedLinearParams", "linear_spec"]
 
@@ -43,11 +51,13 @@ class TunedLinearParams:
     points: int = 9
     objective: str = dataclasses.field(default="ttft_mean", metadata={"choices": OBJECTIVES})
     refine: bool = False
-    P: str = "uncached"
-    B: str = "running"
+    variant: str = variant_field()
+    P: str = definition_field(_P_CHOICES)
+    B: str = definition_field(_B_CHOICES)
     tie: str = tie_field()
 
     def __post_init__(self) -> None:
+        resolve_definitions(self)
         if not (math.isfinite(self.lam_min) and math.isfinite(self.lam_max) and 0 < self.lam_min < self.lam_max):
             raise ValueError(f"need 0 < lam_min < lam_max, got {self.lam_min}, {self.lam_max}")
         if self.points < 2:

@@ -125,6 +125,10 @@ class Policy:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = type(None)
+    #: The score or rule, in words (printed by ``simulate --list-policies``).
+    formula: ClassVar[str] = ""
+    #: Where the policy comes from (repository and file, or "this project").
+    source: ClassVar[str] = ""
 
     def __init__(self, params: Any, seed: int = 0) -> None:
         self.params = params

@@ -110,6 +110,8 @@ class LMetric(Policy):
     """LMetric: argmin of ``(P_i + p0) * (B_i + b0)``."""
 
     name = "lmetric"
+    formula = 'argmin (P_i + p0) * (B_i + b0); P, B per variant (default paper: (queued_tokens + new_tokens) * (bs + 1))'
+    source = 'blitz-serving/blitz-router docs/dsl/policies.md (lmetric-q) and the public ports; see docs/policies.md'
     Params = LMetricParams
 
     def __init__(self, params: LMetricParams, seed: int = 0) -> None:
@@ -148,6 +150,8 @@ class Linear(Policy):
     """Linear score: argmin of ``P_i + lam * B_i``."""
 
     name = "linear"
+    formula = 'argmin P_i + lam * B_i (same P, B definitions as lmetric)'
+    source = 'the linear combination production routers tune; this project'
     Params = LinearParams
 
     def __init__(self, params: LinearParams, seed: int = 0) -> None:
@@ -175,6 +179,8 @@ class RoundRobin(Policy):
     """Instances in turn, 0, 1, ..., N-1, 0, ... (``tie`` has no effect)."""
 
     name = "round-robin"
+    formula = 'instances in turn 0, 1, ..., N-1'
+    source = 'classic'
     Params = TieOnlyParams
 
     def __init__(self, params: TieOnlyParams, seed: int = 0) -> None:
@@ -191,6 +197,8 @@ class Random(Policy):
     """Uniformly random instance from the seeded generator."""
 
     name = "random"
+    formula = 'uniformly random instance'
+    source = 'classic'
     Params = TieOnlyParams
 
     def choose(self, view: DecisionView) -> int:
@@ -201,6 +209,8 @@ class LeastLoaded(Policy):
     """vLLM-v1 data-parallel load score: argmin of ``4 * waiting + running``."""
 
     name = "least-loaded"
+    formula = 'argmin 4 * waiting + running (engine-reported)'
+    source = 'vLLM v1 data-parallel load score'
     Params = TieOnlyParams
 
     def choose(self, view: DecisionView) -> int:
@@ -238,6 +248,8 @@ class CacheAffinity(Policy):
     """
 
     name = "cache-affinity"
+    formula = 'most cached prefix unless load is imbalanced beyond thresholds, then least loaded'
+    source = 'SGLang gateway cache-aware policy (documented defaults)'
     Params = CacheAffinityParams
 
     def choose(self, view: DecisionView) -> int:
@@ -258,6 +270,8 @@ class PowerOfTwo(Policy):
     """Two distinct instances drawn at random; the one with fewer in-flight requests."""
 
     name = "power-of-two"
+    formula = 'two random instances, the less loaded one'
+    source = 'power of two choices'
     Params = TieOnlyParams
 
     def choose(self, view: DecisionView) -> int:

@@ -108,6 +108,8 @@ class GuardedLMetric(Policy):
     """Product score; flagged decisions (detector vs linear reference) get a mitigation."""
 
     name = "guarded-lmetric"
+    formula = "lmetric; decisions the detector flags get a mitigation (fallback to the linear reference, ...; hotspot: exclude a confirmed hot class's instances)"
+    source = "this project (detector mitigations; hotspot: the paper's two-phase detector)"
     Params = GuardedLMetricParams
 
     def __init__(self, params: GuardedLMetricParams, seed: int = 0) -> None:

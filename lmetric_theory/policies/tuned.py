@@ -76,6 +76,8 @@ class TunedLinear(Policy):
     """
 
     name = "tuned-linear"
+    formula = "linear with lam chosen by simulating the workload over a log-spaced grid (optimistic: tuned on the workload it is evaluated on)"
+    source = "this project"
     Params = TunedLinearParams
 
     def __init__(self, params: TunedLinearParams, seed: int = 0) -> None:

@@ -248,6 +248,10 @@ def test_fork_is_independent() -> None:
     sim = Simulator(w, cfg, "lmetric")
     sim.run(until_decision=20)
     f = sim.fork()
+    f.run(until_decision=30)
+    ff = f.fork()  # a fork of a fork is independent too
+    np.testing.assert_array_equal(ff.run().e2e_s, full.e2e_s)
     np.testing.assert_array_equal(f.run().e2e_s, full.e2e_s)
     np.testing.assert_array_equal(sim.run().e2e_s, full.e2e_s)
-    sim.check_invariants()
+    for s in (sim, f, ff):
+        s.check_invariants()

@@ -61,7 +61,7 @@ class Requests:
 
     def clone(self) -> Requests:
         """Copy sharing the workload data and copying the per-request lists."""
-        c = Requests.__new__(Requests)
+        c = type(self).__new__(type(self))
         c.__dict__.update(self.__dict__)
         for k in self.STATE:
             setattr(c, k, getattr(self, k).copy())

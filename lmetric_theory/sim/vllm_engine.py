@@ -137,6 +137,8 @@ class _Replay:
         self.router = _Router([0] * k, [0] * k, [0] * k)
         self.pos = {i: j for j, i in enumerate(instances)}
         self.now = 0.0
+        self.pending: dict[int, list[Any]] = {}
+        self.busy: dict[int, tuple[float, Any, StepBatch]] = {}
         self.view_fields = None
 
     # -------------------------------------------------------------- routing
@@ -148,11 +150,13 @@ class _Replay:
         hits = [self.inst[i].cached_prefix_tokens(req) // self.bs for i in self.ids]
         r = self.router
         running = [self.inst[i].running for i in self.ids]
-        waiting = [self.inst[i].waiting for i in self.ids]
+        # Routed requests not yet handed to their scheduler (they join at the next step) wait.
+        waiting = [self.inst[i].waiting + len(self.pending[i]) for i in self.ids]
+        queued = [self._engine_queued(i) for i in self.ids]
         vals = {
             "decision": d, "time_s": t, "input_tokens": inp,
             "uncached": np.asarray([inp - h * self.bs for h in hits], dtype=np.int32),
-            "queued": np.asarray([max(q, 0) for q in r.queued], dtype=np.int32),
+            "queued": np.asarray(queued, dtype=np.int32),
             "running": np.asarray(running, dtype=np.int32),
             "waiting": np.asarray(waiting, dtype=np.int32),
             "kv_usage": np.asarray([self.inst[i].kv_usage for i in self.ids], dtype=np.float32),
@@ -176,6 +180,29 @@ class _Replay:
             if isinstance(v, np.ndarray):
                 v.flags.writeable = False
         return DecisionView(**vals)
+
+    def _engine_queued(self, i: int) -> int:
+        """The engine's queued prefill tokens, as the fast engine counts them, tokens.
+
+        Routed or waiting requests never admitted count their predicted new tokens; preempted
+        ones every token (recompute); running ones the tokens not computed before the step in
+        progress (vLLM advances its counters when it schedules); decoding ones nothing.
+        """
+        ins = self.inst[i]
+        q = sum(int(self.est[int(r.request_id)]) for r in self.pending[i])
+        step = self.busy[i][1].num_scheduled_tokens if i in self.busy else {}
+        running = {x.request_id for x in ins.scheduler.running}
+        for rid, r in ins.scheduler.requests.items():
+            if r.is_finished():
+                continue
+            if rid in running:
+                rem = r.num_tokens - (r.num_computed_tokens - step.get(rid, 0))
+                q += rem if rem > 1 else 0
+            elif r.num_preemptions:
+                q += r.num_tokens
+            else:
+                q += int(self.est[int(rid)])
+        return q
 
     def _route(self, d: int, rid: int, t: float) -> tuple[int, Any]:
         toks = token_ids(self.w, rid)
@@ -209,6 +236,7 @@ class _Replay:
         arr = self.w.arrival_s
         pending: dict[int, list[Any]] = {i: [] for i in self.ids}
         busy: dict[int, tuple[float, Any, StepBatch]] = {}
+        self.pending, self.busy = pending, busy
         nxt = 0
         d = 0
         n = len(rids)

@@ -270,3 +270,16 @@ def test_absurd_instance_count_is_refused(capsys: pytest.CaptureFixture[str]) ->
     assert main(["simulate", "--count", "5", "--instances", "1000000000"]) == 2
     assert one_line_error(capsys).endswith(
         "n_instances must be an integer in [1, 4096], got 1000000000")
+
+
+@pytest.mark.parametrize(("ids", "shown"), [("5", "5"), ('"ab"', "'ab' (a str)"),
+                                             ("true", "True (a boolean)")])
+def test_instance_ids_must_be_an_array(tmp_path: Path, ids: str, shown: str) -> None:
+    p = tmp_path / "ids.jsonl"
+    p.write_text('{"prefill_tokens": [1, 2], "batch_size": [1, 2], "instance_ids": ' + ids
+                 + "}\n")
+    with pytest.raises(ValueError) as exc:
+        load_snapshots(p)
+    assert str(exc.value) == f"{p}, line 1: instance_ids: expected an array of names, got {shown}"
+    with pytest.raises(ValueError, match="instance_ids: expected a list of 2 names"):
+        Snapshot([1, 2], [1, 2], instance_ids="ab")

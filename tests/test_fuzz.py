@@ -517,6 +517,10 @@ def snapshot_object(draw: st.DrawFn) -> dict[str, Any]:
         obj["batch_size"] = draw(junk_of(JUNK + [[1] * (n + 1)]))
     if draw(st.booleans()):
         obj["time_s"] = draw(st.one_of(st.floats(0, 100), junk_of(JUNK)))
+    if draw(st.integers(0, 3)) == 0:
+        obj["instance_ids"] = draw(st.one_of(
+            st.lists(st.one_of(st.text(max_size=3), st.integers()), min_size=n, max_size=n),
+            junk_of(JUNK + ["ab", [1] * (n + 1)])))
     return obj
 
 
@@ -532,7 +536,8 @@ def snapshot_ok(obj: dict[str, Any], n_first: int | None) -> bool:
         t = obj["time_s"]
         if type(t) not in (int, float) or not math.isfinite(float(t)):
             return False
-    return True
+    ids = obj.get("instance_ids")
+    return ids is None or (type(ids) is list and len(ids) == len(P))
 
 
 @fuzz(100)

@@ -302,6 +302,8 @@ class Snapshot:
             if key not in obj:
                 raise ValueError(f"{key}: missing")
         ids = obj.get("instance_ids")
+        if ids is not None and not isinstance(ids, list | tuple):
+            raise ValueError(f"instance_ids: expected an array of names, got {_what(ids)}")
         return cls(
             obj["prefill_tokens"],
             obj["batch_size"],
@@ -419,6 +421,8 @@ def _fill(self: Snapshot, *, validate: bool) -> None:
         s(self, name, arr)
     ids = self.instance_ids
     if ids is not None:
+        if isinstance(ids, str | bytes | Mapping) or not isinstance(ids, Sequence | np.ndarray):
+            raise ValueError(f"instance_ids: expected a list of {n} names, got {_what(ids)}")
         ids = tuple(str(x) for x in ids)
         if validate and len(ids) != n:
             raise ValueError(

@@ -50,7 +50,7 @@ def tiny_workload(reqs: list[tuple[float, int]]) -> Workload:
 
 def tiny_config(n: int = 2) -> SimConfig:
     return SimConfig(n_instances=n, latency=LAT, kv_capacity_tokens=100_000, token_budget=4096,
-                     max_batch=64)
+                     max_batch=64, block_size=BS)
 
 
 def test_harm_of_each_choice_computed_by_hand() -> None:

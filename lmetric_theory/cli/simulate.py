@@ -45,8 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"routing policy, repeatable (default: {' and '.join(DEFAULT_POLICIES)})")
     p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
                    help="replay X times as fast (default 1)")
-    p.add_argument("--preset", default="h100-llama3-8b",
-                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
+    p.add_argument("--preset", default="h100-llama3-8b-calibrated",
+                   help="hardware preset name, or a preset JSON file (default "
+                   "h100-llama3-8b-calibrated)")
+    p.add_argument("--scheduler", choices=("vllm-v1", "reserve"), default="vllm-v1",
+                   help="instance scheduler of the fast engine (default vllm-v1)")
     p.add_argument("--view", choices=("precise", "approximate"), default="precise",
                    help="router's cache view (default precise)")
     p.add_argument("--signal-delay", type=float, default=0.0, metavar="S",
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             make_policy(s, seed=args.seed)
         preset = preset_from_arg(args.preset)
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
-                                    signal_delay_s=args.signal_delay)
+                                    signal_delay_s=args.signal_delay, scheduler=args.scheduler)
         workload = workload_from_args(args)
     except (OSError, ValueError) as exc:
         return _err(str(exc))

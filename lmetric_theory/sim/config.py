@@ -73,7 +73,7 @@ class SimConfig:
     signal_delay_s: float = 0.0
     fast_forward: bool = True
     record_snapshots: bool = True
-    scheduler: str = "reserve"
+    scheduler: str = "vllm-v1"
     block_size: int = 16
     preset: str | None = None
     latency_fit_error: dict[str, float] | None = None

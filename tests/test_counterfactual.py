@@ -211,6 +211,21 @@ def test_study_is_deterministic(small, study) -> None:
     assert a == b
 
 
+def test_any_executor_object_gives_the_same_forks(small, study) -> None:
+    class InOrder:  # the sweep executors' protocol: map(fn, items) -> list in item order
+        calls = 0
+
+        def map(self, fn, items):
+            InOrder.calls += 1
+            return [fn(x) for x in reversed(items)][::-1]
+
+    w, cfg = small
+    other = counterfactual_study(w, cfg, reference=LinearReference.band(64, 1024, lam=256),
+                                 samples=8, horizon_s=5.0, seed=4, end_to_end_seeds=0, n_boot=200,
+                                 executor=InOrder())
+    assert other.forks == study.forks and InOrder.calls >= 1
+
+
 def test_controls_are_matched_on_load_decile() -> None:
     rng = np.random.default_rng(0)
     load = rng.gamma(2.0, 3.0, 2000)

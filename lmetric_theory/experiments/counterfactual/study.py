@@ -232,6 +232,17 @@ def _precision_recall(h_f: np.ndarray, h_c: np.ndarray, dec_c: np.ndarray, F: in
     return {"value": prec, "ci95": ci(pr)}, {"value": rec, "ci95": ci(rr)}
 
 
+def _parallelism(ex: Any) -> int:
+    """Tasks the executor runs at once: local workers, or the Dask cluster's worker count."""
+    n = getattr(ex, "workers", None)
+    if n is None and getattr(ex, "client", None) is not None:
+        try:
+            n = len(ex.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001 - a client without scheduler info: one at a time
+            n = 1
+    return max(1, int(n or 1))
+
+
 def _mitigation_name(m: Mitigation) -> str:
     return m.kind.value if m.value is None else f"{m.kind.value}={m.value:g}"
 
@@ -395,7 +406,7 @@ def counterfactual_study(
 
     # ---- forks, in batches through the executor
     todo = np.unique(np.concatenate([smp.flagged, smp.control])).tolist()
-    n_workers = max(1, int(getattr(ex, "workers", 1) or 1))
+    n_workers = _parallelism(ex)
     per_task = max(1, math.ceil(len(todo) / (8 * n_workers)))
     chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
     forks: dict[int, DecisionForks] = {}

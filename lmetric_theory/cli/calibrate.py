@@ -115,7 +115,7 @@ def read_calibration_csv(path: Path) -> dict[str, list[float]]:
 def _cell(path: Path, line: int, column: str, raw: str | None) -> float:
     """One cell as a number inside the column's range, or ``ValueError`` naming it."""
     lo, hi, lo_open = RANGES[column]
-    want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:.10g}]"
     where = f"{path}: line {line}: field '{column}'"
     if raw is None:
         raise ValueError(f"{where}: missing (the row has fewer cells than the header)")

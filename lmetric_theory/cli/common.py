@@ -38,17 +38,21 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
 
 
 def preset_from_arg(arg: str) -> Any:
-    """The hardware preset named by ``--preset``: a built-in name, or a preset JSON file.
+    """The hardware preset named by ``--preset``: a built-in name, or a preset JSON file
+    (an argument ending in ``.json`` or holding a directory part).
 
-    Raises ``ValueError`` naming the file and line for invalid JSON, or listing the valid
-    preset names for an unknown one.
+    Raises ``ValueError`` naming the file, line and field for a bad file, saying a named
+    file does not exist, or listing the valid preset names for an unknown one.
     """
     from lmetric_theory.sim import load_preset
     from lmetric_theory.sim.latency import load_preset_file
 
     path = Path(arg)
-    if arg.endswith(".json") and path.is_file():
+    looks_like_file = arg.endswith(".json") or path.parent != Path(".")
+    if looks_like_file and path.is_file():
         return load_preset_file(path)  # checks every field's range; names file, line, field
+    if looks_like_file:
+        raise ValueError(f"--preset {arg}: no such preset file")
     return load_preset(arg)
 
 

@@ -54,14 +54,15 @@ def tiny_config(n: int = 2) -> SimConfig:
 
 
 def test_harm_of_each_choice_computed_by_hand() -> None:
-    # r0 at 0 s (1000 tokens) goes to instance 0 (linear at lam=0 ties, lowest index) and
+    # Policy: linear at lam=0 on the uncached tokens (P = uncached), ties to the lowest index.
+    # r0 at 0 s (1000 tokens) goes to instance 0 (both instances idle, a tie) and
     # prefills over [0, 0.11]. r1 arrives at 0.05 s (1000 tokens), decision 1:
     #   instance 0: joins at the next iteration boundary 0.11, done 0.22 -> TTFT 0.17 s
     #   instance 1: idle, starts at 0.05, done 0.16 -> TTFT 0.11 s
     # r2 arrives at 5 s, beyond the 1 s horizon: not affected.
     t_pf = C0 + C_PF * 1000
     w = tiny_workload([(0.0, 1000), (0.05, 1000), (5.0, 1000)])
-    sim = Simulator(w, tiny_config(), "linear:lam=0")
+    sim = Simulator(w, tiny_config(), "linear:lam=0,P=uncached,B=running")
     original = sim.fork().run()
     assert original.instance.tolist()[:2] == [0, 0]
     sim.advance(until_decision=1)
@@ -85,7 +86,7 @@ def test_affected_set_spans_the_horizon_and_sums_every_request() -> None:
     # lowest index) over [0.3, 0.41]. Costs: 0.17 + 0.11 and 0.11 + 0.11.
     t_pf = C0 + C_PF * 1000
     w = tiny_workload([(0.0, 1000), (0.05, 1000), (0.3, 1000)])
-    sim = Simulator(w, tiny_config(), "linear:lam=0")
+    sim = Simulator(w, tiny_config(), "linear:lam=0,P=uncached,B=running")
     sim.advance(until_decision=1)
     f = fork_decision(sim, 1, request=1, chosen=0, arrival_s=np.asarray(w.arrival_s),
                       horizon_s=1.0, converge_k=0)

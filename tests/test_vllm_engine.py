@@ -232,3 +232,27 @@ def test_differential_fast_vs_vllm_small_kv_pool(mooncake_path):
     assert abs(d.ttft_mean_rel_diff) <= 0.03
     assert abs(d.preemptions_a - d.preemptions_b) <= max(3, 0.1 * d.preemptions_b)
     assert abs(d.cached_rel_diff) <= 0.01
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_closed_loop_ranking_same_under_both_engines(mooncake_path):
+    """lmetric and vllm-v1 routing in closed loop: the engines agree on the mean TTFTs, so on
+    their ranking."""
+    from lmetric_theory.sim.vllm_engine import simulate_vllm
+    from lmetric_theory.workload import load_trace
+    from lmetric_theory.workload.transform import select
+
+    w = select(load_trace(str(mooncake_path)), count=500)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4, scheduler="vllm-v1")
+    means = {}
+    for spec in ("lmetric", "vllm-v1"):
+        fast = simulate(w, cfg, spec)
+        ref = simulate_vllm(w, cfg, spec)
+        d = compare_results(fast, ref)
+        assert d.completed_a == d.completed_b == len(w)
+        assert abs(d.ttft_mean_rel_diff) <= 0.02, spec
+        means[spec] = (d.ttft_mean_a_s, d.ttft_mean_b_s)
+    fast_order = sorted(means, key=lambda s: means[s][0])
+    vllm_order = sorted(means, key=lambda s: means[s][1])
+    assert fast_order == vllm_order

@@ -46,8 +46,12 @@ def test_report_numbers_equal_an_independent_check_of_the_same_replay(small, sma
     res = small_audit
     cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
     log = Simulator(small, cfg, "lmetric", seed=0).run().snapshots
-    P = log.uncached.astype(np.int64)
-    B = log.running.astype(np.int64)
+    # The paper's definitions, by hand: router-queued tokens + new tokens (hits in whole
+    # blocks of the engine's block size), router-counted in-flight requests.
+    T = log.input_tokens.astype(np.int64)[:, None]
+    new = np.maximum(T - log.hit_blocks.astype(np.int64) * int(log.meta["block_size"]), 0)
+    P = log.router_queued.astype(np.int64) + new
+    B = log.router_inflight.astype(np.int64)
     det = Detector(LinearReference.band(128, 1024, lam=512), 0, 1)
     v = det.check_many(P, B)
     rep = res.report
@@ -65,7 +69,7 @@ def test_report_numbers_equal_an_independent_check_of_the_same_replay(small, sma
     np.testing.assert_array_equal(res.time_s, log.time_s)
     # The product's choice is where the replay actually sent each request.
     np.testing.assert_array_equal(res.verdicts.product_choice, log.chosen)
-    assert rep["config"]["p_definition"] == "uncached" and rep["config"]["instances"] == 4
+    assert rep["config"]["p_definition"] == "router-queued+new" and rep["config"]["instances"] == 4
     assert rep["lambda_reference"]["lam"] == 512 and rep["lambda_reference"]["source"] == "band"
     json.dumps(rep, allow_nan=False)  # strict JSON
 
@@ -105,7 +109,7 @@ def test_queued_definition_and_offsets_are_used(small):
     res = audit_workload(small, instances=4, reference=ref, p_definition="queued+uncached",
                          b_definition="in-flight", prefill_offset=16, batch_offset=2, top=0)
     cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
-    spec = "lmetric:P=queued+uncached,B=in-flight,p0=16,b0=2"
+    spec = "lmetric:variant=paper,P=queued+uncached,B=in-flight,p0=16,b0=2"
     log = Simulator(small, cfg, spec, seed=0).run().snapshots
     P = log.uncached.astype(np.int64) + log.queued
     B = log.running.astype(np.int64) + log.waiting

@@ -99,8 +99,8 @@ def tuned_reference(
     instances: int,
     preset: Any = DEFAULT_PRESET,
     seed: int = 0,
-    p_definition: str = "uncached",
-    b_definition: str = "running",
+    p_definition: str = "router-queued+new",
+    b_definition: str = "router-in-flight",
     tolerance: float = 0.05,
 ) -> LinearReference:
     """A reference tuned with the simulator, for ``--tune``.

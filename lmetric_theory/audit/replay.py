@@ -26,7 +26,12 @@ import numpy as np
 from lmetric_theory.audit.references import DEFAULT_PRESET, _load_preset
 from lmetric_theory.audit.results import AuditResult, _build_report
 from lmetric_theory.audit.snapshots import load_snapshots
-from lmetric_theory.core.definitions import BDefinition, PDefinition, ScoreDefinition
+from lmetric_theory.core.definitions import (
+    LMETRIC_VARIANTS,
+    BDefinition,
+    PDefinition,
+    ScoreDefinition,
+)
 from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import (
     Detector,
@@ -63,10 +68,11 @@ def audit_workload(
     top: int = 10,
     progress: Callable[[float], None] | None = None,
     preset: Any = DEFAULT_PRESET,
-    p_definition: str = "uncached",
-    b_definition: str = "running",
+    p_definition: str | None = None,
+    b_definition: str | None = None,
     seed: int = 0,
     source: str | None = None,
+    variant: str = "paper",
 ) -> AuditResult:
     """Replay ``workload`` under ``lmetric`` in the simulator and check every decision.
 
@@ -89,14 +95,17 @@ def audit_workload(
         Called with the fraction done, in [0, 1] (last call 1.0).
     preset : str or Preset
         Simulator hardware preset.
-    p_definition : {"uncached", "queued+uncached"}
-        What ``P`` counts.
-    b_definition : {"running", "in-flight"}
-        What ``B`` counts.
+    p_definition : str, optional
+        What ``P`` counts (a :class:`PDefinition` value); default: the variant's.
+    b_definition : str, optional
+        What ``B`` counts (a :class:`BDefinition` value); default: the variant's.
     seed : int
         Simulator / policy seed.
     source : str, optional
         Name of the trace in the report (default: ``workload.meta["source"]``).
+    variant : str
+        ``lmetric`` variant under audit (``paper`` = the authors' router, ``llm-d``,
+        ``dynamo``, ``sglang-fork``, ``legacy``); it sets ``P``, ``B`` and the tie rule.
 
     Returns
     -------
@@ -115,13 +124,16 @@ def audit_workload(
         raise ValueError(f"instances: must be >= 1, got {instances}")
     if len(workload) == 0:
         raise ValueError("workload: no requests to replay")
-    pdef = _definition(PDefinition, "p_definition", p_definition)
-    bdef = _definition(BDefinition, "b_definition", b_definition)
+    if variant not in LMETRIC_VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {', '.join(LMETRIC_VARIANTS)}")
+    var = LMETRIC_VARIANTS[variant]
+    pdef = _definition(PDefinition, "p_definition", p_definition or var.p_definition)
+    bdef = _definition(BDefinition, "b_definition", b_definition or var.b_definition)
     block = int(getattr(workload, "block_size", 16) or 16)
     # validates the offsets; the prefill-block mitigation adds one of the workload's blocks
     det = Detector(reference, prefill_offset, batch_offset, block_tokens=block)
     pre = _load_preset(preset)
-    spec = (f"lmetric:P={pdef.value},B={bdef.value},p0={_spec_number(det.prefill_offset)},"
+    spec = (f"lmetric:variant={variant},P={pdef.value},B={bdef.value},p0={_spec_number(det.prefill_offset)},"
             f"b0={_spec_number(det.batch_offset)}")
     cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True)
     sim = Simulator(workload, cfg, spec, seed=seed)

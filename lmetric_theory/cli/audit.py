@@ -34,6 +34,7 @@ from lmetric_theory.cli.common import (
     preset_from_arg,
     workload_from_args,
 )
+from lmetric_theory.core.definitions import LMETRIC_VARIANTS, BDefinition, PDefinition
 
 PROGRESS_MIN_REQUESTS = 2000
 PROG = "lmetric-theory audit"
@@ -67,10 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replay X times as fast (default 1)")
     p.add_argument("--preset", default="h100-llama3-8b",
                    help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
-    p.add_argument("--p-definition", choices=("uncached", "queued+uncached"), default="uncached",
-                   help="what P counts in the replay (default uncached)")
-    p.add_argument("--b-definition", choices=("running", "in-flight"), default="running",
-                   help="what B counts in the replay (default running)")
+    p.add_argument("--variant", choices=tuple(LMETRIC_VARIANTS), default="paper",
+                   help="lmetric variant replayed and audited: its P and B definitions and tie "
+                        "rule (default paper: the authors' router)")
+    p.add_argument("--p-definition", choices=tuple(m.value for m in PDefinition), default=None,
+                   help="override what P counts in the replay (default: the variant's)")
+    p.add_argument("--b-definition", choices=tuple(m.value for m in BDefinition), default=None,
+                   help="override what B counts in the replay (default: the variant's)")
     p.add_argument("--p0", type=float, default=0.0, help="prefill offset p0, tokens (default 0)")
     p.add_argument("--b0", type=float, default=1.0, help="batch offset b0 (default 1)")
     p.add_argument("--top", type=int, default=10, help="worst decisions to report (default 10)")
@@ -117,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
             reference = LinearReference.band(band[0], band[1], lam=band[2])
         elif args.tune:
             reference = A.tuned_reference(workload, instances=args.instances, preset=preset,
-                                          seed=args.seed, p_definition=args.p_definition,
-                                          b_definition=args.b_definition)
+                                          seed=args.seed,
+                                          p_definition=args.p_definition
+                                          or LMETRIC_VARIANTS[args.variant].p_definition,
+                                          b_definition=args.b_definition
+                                          or LMETRIC_VARIANTS[args.variant].b_definition)
         else:
             reference = A.default_reference(preset, workload)
         # validate offsets before a long replay
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                                    progress=progress, preset=preset,
                                    p_definition=args.p_definition,
                                    b_definition=args.b_definition, seed=args.seed,
-                                   source=source)
+                                   source=source, variant=args.variant)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
     finally:

@@ -50,7 +50,13 @@ def _i64(x: Any) -> np.ndarray:
 
 
 def _block(v: Any) -> int:
-    s = int(v.block_size)
+    """Tokens per block: ``v.block_size``, or ``v.meta["block_size"]`` (a snapshot log)."""
+    b = getattr(v, "block_size", None)
+    if b is None:
+        b = getattr(v, "meta", {}).get("block_size")
+    if b is None:
+        raise ValueError("the view has no block_size (tokens per block)")
+    s = int(b)
     if s <= 0:
         raise ValueError(f"block_size must be > 0, got {s}")
     return s

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from lmetric_theory.sim.events import PlanKind
@@ -369,7 +369,7 @@ class PagedRequests(Requests):
     """
 
     STATE = Requests.STATE + ("ntok", "comp", "dbase", "fkey", "state", "nblk", "ext", "ncached",
-                              "held", "pre", "qest")
+                              "held", "pre", "qest", "privc", "pending")
 
     def __init__(self, *args: Any, nhash: list[int], ratio: int, block: int) -> None:
         super().__init__(*args)
@@ -387,7 +387,14 @@ class PagedRequests(Requests):
         self.nblk = [0] * n  # blocks held (not decoding)
         self.ext = [0] * n  # blocks held as cached chain positions
         self.ncached = [0] * n  # blocks examined for caching (vLLM num_cached_block)
-        self.held: list[list[int]] = [[] for _ in range(n)]  # chains held, in block order
+        # What each request holds, in block order: a chain key (registered in the pool), or
+        # (key, pos, count): cached blocks of a chain nobody else will look up, kept out of
+        # the pool's index until the request is preempted (then registered) or finishes
+        # (then freed as one anonymous run): the same blocks, much less bookkeeping.
+        self.held: list[list[Any]] = [[] for _ in range(n)]
+        self.privc = [0] * n  # blocks held in such private segments
+        # Unfinished requests whose hash list holds each key (occurrences).
+        self.pending: dict[int, int] = dict(Counter(self.hashes))
         self.pre = [0] * n  # preemptions
         self.qest = [0] * n  # engine's queued-token estimate while waiting
 
@@ -510,11 +517,17 @@ class PagedInstance:
         for r in self.running:
             assert req.state[r] in (PREFILL, DECODE), (self.idx, r)
             ext = 0
+            privc = 0
             for key in req.held[r]:
+                if type(key) is tuple:
+                    assert key[0] not in self.pool.groups, (r, key)
+                    privc += key[2]
+                    continue
                 e = self.pool.groups[key].refs[r]
                 held.setdefault(key, {})[r] = e
                 ext += e
             assert ext == req.ext[r], (r, ext, req.ext[r])
+            assert privc == req.privc[r], (r, privc, req.privc[r])
             if req.state[r] == DECODE:
                 n_dec += 1
                 upto = self.alloc_upto if self.plan is PlanKind.DECODE else self.S
@@ -524,8 +537,8 @@ class PagedInstance:
                 assert comp < req.ntok[r], (r, comp, req.ntok[r])
                 nblk = req.nblk[r]
                 assert nblk == -(-(comp + step.get(r, 0)) // bs), (r, nblk, comp)
-            assert nblk >= ext
-            hashless += nblk - ext
+            assert nblk >= ext + privc
+            hashless += nblk - ext  # private cached blocks are outside the chains too
         for r in self.waiting:
             assert req.state[r] == WAITING and not req.held[r], r
         assert n_dec == self.n_dec
@@ -675,6 +688,8 @@ class PagedInstance:
         h0 = req.hoff[rid]
         hashes = req.hashes
         ext = 0
+        pending = req.pending
+        priv = 0
         while b < F:
             if b < tfull:
                 gi = b // ratio
@@ -682,15 +697,22 @@ class PagedInstance:
                 end = (gi + 1) * ratio
                 cnt = (F if F < end else end) - b
                 key = hashes[h0 + gi]
+                alone = pending[key] == 1
             else:
                 pos = b - tfull
                 cnt = F - b
                 key = ~rid
+                alone = True
             b += cnt
             # BlockPool.extend, inlined (hot): cache the blocks if rid holds [0, pos) of the
             # chain and nobody cached beyond; otherwise they duplicate cached ones (hashless).
             g = groups.get(key)
             if g is None:
+                if alone and (not pos or (held and type(held[-1]) is tuple and held[-1][0] == key
+                                          and held[-1][1] + held[-1][2] == pos)):
+                    held.append((key, pos, cnt))  # nobody else will look this chain up
+                    priv += cnt
+                    continue
                 if pos:
                     continue
                 groups[key] = _Group(cnt, {rid: cnt})
@@ -703,6 +725,7 @@ class PagedInstance:
                     held.append(key)
                 ext += cnt
         req.ext[rid] += ext
+        req.privc[rid] += priv
         req.ncached[rid] = F
 
     def _release(self, rid: int, nblk: int) -> None:
@@ -712,7 +735,15 @@ class PagedInstance:
         groups = pool.groups
         lru = pool.lru
         freed = 0
+        anon = 0
         for key in reversed(req.held[rid]):  # BlockPool.drop, inlined (hot)
+            if type(key) is tuple:  # private cached blocks: one anonymous run
+                anon += key[2]
+                continue
+            if anon:
+                lru.append([None, 0, anon, None])
+                freed += anon
+                anon = 0
             g = groups[key]
             refs = g.refs
             e = refs.pop(rid)
@@ -724,12 +755,38 @@ class PagedInstance:
                 freed += e - f
             elif not g.k and not refs:
                 del groups[key]
+        if anon:
+            lru.append([None, 0, anon, None])
+            freed += anon
         pool.lru_n += freed
-        pool.hfree += nblk - req.ext[rid]
+        pool.hfree += nblk - req.ext[rid] - req.privc[rid]
         req.held[rid] = []
         req.ext[rid] = 0
+        req.privc[rid] = 0
         req.ncached[rid] = 0
         req.nblk[rid] = 0
+
+    def _register(self, rid: int) -> None:
+        """Enter ``rid``'s private cached blocks into the pool's index (before a preemption,
+        so that the request finds them when it comes back)."""
+        req = self.req
+        groups = self.pool.groups
+        held = []
+        for item in req.held[rid]:
+            if type(item) is not tuple:
+                held.append(item)
+                continue
+            key, pos, cnt = item
+            g = groups.get(key)
+            if g is None:
+                groups[key] = _Group(cnt, {rid: cnt})
+                held.append(key)
+            else:  # continues the chain registered by the previous segment
+                g.k = pos + cnt
+                g.refs[rid] = pos + cnt
+            req.ext[rid] += cnt
+        req.privc[rid] = 0
+        req.held[rid] = held
 
     def _preempt(self, rid: int) -> None:
         """Recompute preemption: free the blocks, reset computed tokens, back to the queue head."""
@@ -741,6 +798,7 @@ class PagedInstance:
             comp = req.comp[rid]
             self.queued += comp
         self._flush(rid, comp)
+        self._register(rid)
         self._release(rid, -(-comp // self.bs))
         req.comp[rid] = 0
         req.state[rid] = WAITING
@@ -753,6 +811,10 @@ class PagedInstance:
         req = self.req
         self._flush(rid, comp)
         self._release(rid, -(-comp // self.bs))
+        pending = req.pending
+        h0 = req.hoff[rid]
+        for key in req.hashes[h0 : h0 + req.nhash[rid]]:
+            pending[key] -= 1
         req.state[rid] = DONE
         req.done[rid] = t
         self.running.remove(rid)

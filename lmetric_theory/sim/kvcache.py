@@ -169,7 +169,8 @@ class BlockPool:
     trace blocks (key ``~request``, reachable only by that request when it resumes after a
     preemption). Free cached blocks sit on the LRU list as runs ``[key, lo, hi]`` of
     consecutive positions of one chain (``[key, lo, hi, chain]``), so the cost is per run,
-    not per block.
+    not per block; blocks nobody can look up again (a request's chains no other unfinished
+    request shares) leave as anonymous runs (``[None, 0, count, None]``).
 
     Parameters
     ----------
@@ -202,7 +203,7 @@ class BlockPool:
         c.lru = deque()
         for r in self.lru:
             # a dead run may name a chain that is gone: give it a detached one
-            nr = [r[0], r[1], r[2], new_g.get(id(r[3])) or _Group()]
+            nr = [r[0], r[1], r[2], None if r[3] is None else new_g.get(id(r[3])) or _Group()]
             runs[id(r)] = nr
             c.lru.append(nr)
         for key, g in self.groups.items():
@@ -315,6 +316,14 @@ class BlockPool:
                 popleft()
                 continue
             g = run[3]
+            if g is None:  # anonymous run (blocks nobody will look up again)
+                if n < size:
+                    run[2] -= n
+                    return
+                n -= size
+                run[2] = lo
+                popleft()
+                continue
             if n < size:
                 run[2] -= n
                 g.k -= n

@@ -697,18 +697,16 @@ class PagedInstance:
                 end = (gi + 1) * ratio
                 cnt = (F if F < end else end) - b
                 key = hashes[h0 + gi]
-                alone = pending[key] == 1
             else:
                 pos = b - tfull
                 cnt = F - b
                 key = ~rid
-                alone = True
             b += cnt
             # BlockPool.extend, inlined (hot): cache the blocks if rid holds [0, pos) of the
             # chain and nobody cached beyond; otherwise they duplicate cached ones (hashless).
             g = groups.get(key)
             if g is None:
-                if alone and (not pos or (held and type(held[-1]) is tuple and held[-1][0] == key
+                if (key < 0 or pending[key] == 1) and (not pos or (held and type(held[-1]) is tuple and held[-1][0] == key
                                           and held[-1][1] + held[-1][2] == pos)):
                     held.append((key, pos, cnt))  # nobody else will look this chain up
                     priv += cnt

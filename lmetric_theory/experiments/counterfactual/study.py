@@ -141,27 +141,53 @@ def _json_safe(x: Any) -> Any:
 
 
 def _policy_score(spec: str, seed: int) -> tuple[str, str, Any, Any, str]:
-    """``P``, ``B`` definitions, ``p0``, ``b0`` and tie rule of a policy (lmetric defaults)."""
+    """``P``, ``B`` definitions, ``p0``, ``b0`` and tie rule of a policy (lmetric defaults).
+
+    The definitions come from the policy's resolved score definition when it has one (a
+    ``variant`` resolves to its ``P`` and ``B``), else from its parameters, else lmetric's.
+    """
     from fractions import Fraction
 
     from lmetric_theory.policies import make_policy
 
-    params = make_policy(spec, seed=seed).params
-    P = str(getattr(params, "P", "uncached"))
-    B = str(getattr(params, "B", "running"))
-    p0 = Fraction(getattr(params, "p0", 0))
-    b0 = Fraction(getattr(params, "b0", 1))
+    pol = make_policy(spec, seed=seed)
+    params = pol.params
+    d = getattr(pol, "definition", None)
+    if d is None:
+        d = getattr(getattr(pol, "_product", None), "definition", None)
+    if d is not None:
+        P, B = str(d.p_definition.value), str(d.b_definition.value)
+        p0, b0 = Fraction(d.p0), Fraction(d.b0)
+    else:
+        lm = make_policy("lmetric", seed=seed).definition  # type: ignore[attr-defined]
+        P = str(getattr(params, "P", "") or lm.p_definition.value)
+        B = str(getattr(params, "B", "") or lm.b_definition.value)
+        p0 = Fraction(getattr(params, "p0", lm.p0))
+        b0 = Fraction(getattr(params, "b0", lm.b0))
     ex = [int(x) if x.denominator == 1 else float(x) for x in (p0, b0)]
-    return P, B, ex[0], ex[1], str(getattr(params, "tie", "lowest"))
+    tie = str(getattr(params, "tie", "") or getattr(getattr(pol, "_product", pol), "params",
+                                                     params).tie or "lowest")
+    return P, B, ex[0], ex[1], tie
 
 
 def _signals(log: Any, P_def: str, B_def: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``P``, ``B`` (the policy's definitions) and the uncached tokens, each (D, N) int64."""
+    from lmetric_theory.core.signals import batch_signal, prefill_signal
+
     U = log.uncached.astype(np.int64)
-    P = U + log.queued.astype(np.int64) if P_def == "queued+uncached" else U
-    B = log.running.astype(np.int64)
-    if B_def in ("in-flight", "in_flight"):
-        B = B + log.waiting.astype(np.int64)
-    return P, B, U
+    view = _LogView(log)
+    return prefill_signal(view, P_def), batch_signal(view, B_def), U
+
+
+class _LogView:
+    """A snapshot log with ``block_size`` (from its ``meta``) as the signal functions expect."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.block_size = max(int(log.meta.get("block_size", 1) or 1), 1)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
 
 
 def _band_distance(lam_star: np.ndarray, lo: float, hi: float) -> np.ndarray:

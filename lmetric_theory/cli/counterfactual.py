@@ -74,6 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the forks run (default local processes)")
     p.add_argument("--engine", choices=("fast",), default="fast",
                    help="simulator engine (default fast, the built-in discrete-event engine)")
+    p.add_argument("--scheduler", choices=("vllm-v1", "reserve"), default="vllm-v1",
+                   help="instance scheduler of the fast engine (default vllm-v1)")
     p.add_argument("--preset", default="h100-llama3-8b",
                    help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
     p.add_argument("--count", type=int, default=None, help="use only the first COUNT requests")
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         preset = preset_from_arg(args.preset)
         workload = workload_from_args(args)
         replicate = replicate_factory(args)
-        cfg = SimConfig.from_preset(preset, args.instances)
+        cfg = SimConfig.from_preset(preset, args.instances, scheduler=args.scheduler)
         reference = _reference(args, preset, workload)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
@@ -193,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             bar.stop()
     doc = res.to_dict()
     doc["config"]["engine"] = args.engine
+    doc["config"]["scheduler"] = args.scheduler
     doc["config"]["preset"] = preset.name
     if args.out:
         from lmetric_theory.cli.calibrate import write_atomic

@@ -26,3 +26,20 @@ def calibration_path() -> Path:
     if not CALIBRATION.is_file():
         pytest.skip(f"shared calibration CSV not found at ../shared/calibration/{CALIBRATION.name}")
     return CALIBRATION
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run tests marked slow (on by default when CI is set)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests run in CI (``CI`` set) or with ``--slow``; elsewhere they skip, saying so."""
+    import os
+
+    if config.getoption("--slow") or os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI runs them)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

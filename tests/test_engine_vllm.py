@@ -162,7 +162,26 @@ def test_router_counters() -> None:
     # block (4 engine blocks) and the 2 full engine blocks of the partial one (same hash).
     assert log.router_inflight[3, 0] == 0 and log.router_all_tokens[3, 0] == 0
     assert log.router_queued[3, 0] == 0 and log.hit_blocks[3, 0] == 6
-    assert sim.router_counters() == {"queued": [0], "inflight": [0], "all_tokens": [0]}
+    assert sim.router_counters() == {"queued": [0], "inflight": [0], "all_tokens": [0],
+                                     "inflight_new": [0]}
+
+
+@pytest.mark.parametrize("scheduler", ["vllm-v1", "reserve"])
+def test_router_inflight_new_tokens_released_at_finish_not_at_prefill(scheduler: str) -> None:
+    # A: 100-token prompt, 40 outputs (prefill ~0.02 s, then ~40 decode steps of ~0.011 s).
+    # B (50 tokens, 40 outputs) at 0.1 s sees A prefilled but still decoding; C at 0.15 s
+    # also sees B's 50 (prefilled too, still decoding);
+    # D at 10 s sees everything finished.
+    w = workload([(0.0, 100, 40, [1, 2]), (0.1, 50, 40, [5]), (0.15, 30, 2, [6]),
+                  (10.0, 10, 2, [7])], block=64)
+    cfg = config(scheduler=scheduler, **({} if scheduler == "vllm-v1" else {"block_size": 64}))
+    sim = Simulator(w, cfg, "round-robin")
+    log = sim.run().snapshots
+    # prefill drained the paper's queued tokens; the fork's counter keeps A's 100 new tokens
+    assert log.router_queued[:, 0].tolist() == [0, 0, 0, 0]
+    assert log.router_inflight_new_tokens[:, 0].tolist() == [0, 100, 150, 0]
+    assert log.router_inflight[:, 0].tolist() == [0, 1, 2, 0]
+    assert sim.router_counters()["inflight_new"] == [0]
 
 
 # ---------------------------------------------------------------------- invariants
@@ -196,6 +215,7 @@ def test_block_conservation_and_completion(seed: int, n: int, cap: int, policy: 
     for d in range(len(w)):
         sim.advance(until_decision=d)
         sim.check_invariants()  # blocks conserved, chains consistent, counters >= 0
+        assert min(sim.router_counters()["inflight_new"]) >= 0
     r = sim.run()
     sim.check_invariants()
     assert r.completed.all()
@@ -207,8 +227,9 @@ def test_block_conservation_and_completion(seed: int, n: int, cap: int, policy: 
     assert np.all(r.peak_kv_tokens <= cap)
     assert np.all(r.ttft_s > 0) and np.all(r.e2e_s >= r.ttft_s)
     assert r.preemptions_per_instance.sum() == r.preemptions.sum()
-    for name in ("queued", "inflight", "all_tokens"):
+    for name in ("queued", "inflight", "all_tokens", "inflight_new"):
         assert sim.router_counters()[name] == [0] * n
+    assert (r.snapshots.router_inflight_new_tokens >= 0).all()
 
 
 def test_tiny_pool_preempts_and_everything_completes() -> None:

@@ -248,6 +248,23 @@ def test_snapshot_log_records_router_view_and_roundtrips(tmp_path: Path) -> None
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_snapshot_log_inflight_new_tokens_roundtrips_and_old_logs_load(tmp_path: Path) -> None:
+    w = random_workload(7, n=30)
+    log = simulate(w, config(2), "lmetric:variant=sglang-fork").snapshots
+    assert (log.router_inflight_new_tokens >= 0).all() and log.router_inflight_new_tokens.any()
+    for save, load, name in ((log.save_npz, SnapshotLog.load_npz, "s.npz"),
+                             (log.save_parquet, SnapshotLog.load_parquet, "s.parquet")):
+        save(tmp_path / name)
+        np.testing.assert_array_equal(load(tmp_path / name).router_inflight_new_tokens,
+                                      log.router_inflight_new_tokens)
+    # a log written before the column existed loads it as the router's queued tokens
+    cols = {c: getattr(log, c) for c in SnapshotLog._columns()
+            if c != "router_inflight_new_tokens"}
+    np.savez(tmp_path / "old.npz", **cols)
+    old = SnapshotLog.load_npz(tmp_path / "old.npz")
+    np.testing.assert_array_equal(old.router_inflight_new_tokens, log.router_queued)
+
+
 def test_snapshot_memory_for_a_million_decisions() -> None:
     log = SnapshotLog.empty(1_000_000, 16)
     assert log.nbytes <= 1 << 30

@@ -71,6 +71,11 @@ class DecisionView:
         Tokens of the router's in-flight requests per instance: + prompt at dispatch, + each
         output token as reported, - (prompt + output) at finish; tokens. Dynamo's
         ``decode_blocks`` is ``router_all_tokens // block_size``.
+    router_inflight_new_tokens : np.ndarray, shape (N,), int32
+        Predicted new (uncached) tokens of the requests the router dispatched to each
+        instance and has not seen finish: + the request's predicted new tokens at dispatch,
+        - the same amount at finish, never changed at prefill (the SGLang fork's queued
+        term, ``lmetric:variant=sglang-fork``); tokens.
     prefix_class : int
         The request's prefix class: the hash of its first prompt block (-1 when unknown or
         the prompt is empty). Used by the hot-class monitor (``guarded-lmetric``'s
@@ -78,10 +83,11 @@ class DecisionView:
 
     Notes
     -----
-    The last six fields may be omitted by callers that build views by hand; they then
-    default to ``hit_blocks = input_tokens - uncached`` with ``block_size = 1``,
-    ``router_queued = queued``, ``router_inflight = running + waiting`` and
-    ``router_all_tokens = 0``.
+    The fields after ``kv_usage`` may be omitted by callers that build views by hand; they
+    then default to ``hit_blocks = input_tokens - uncached`` with ``block_size = 1``,
+    ``router_queued = queued``, ``router_inflight = running + waiting``,
+    ``router_all_tokens = 0``, ``router_inflight_new_tokens = router_queued`` and
+    ``prefix_class = -1``.
     """
 
     decision: int
@@ -98,6 +104,7 @@ class DecisionView:
     router_inflight: np.ndarray | None = None
     router_all_tokens: np.ndarray | None = None
     prefix_class: int = -1
+    router_inflight_new_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.hit_blocks is None:
@@ -110,6 +117,9 @@ class DecisionView:
             object.__setattr__(self, "router_inflight", inflight)
         if self.router_all_tokens is None:
             object.__setattr__(self, "router_all_tokens", np.zeros(np.shape(self.uncached), np.int32))
+        if self.router_inflight_new_tokens is None:
+            object.__setattr__(self, "router_inflight_new_tokens",
+                               np.asarray(self.router_queued, dtype=np.int32))
 
 
 class Policy:

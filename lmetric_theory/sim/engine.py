@@ -280,11 +280,13 @@ class Simulator:
                 push(heap, e)
 
     def router_counters(self) -> dict[str, list[int]]:
-        """The router's own counters per instance: queued prefill tokens, in-flight requests
-        and tokens of in-flight requests (see :class:`~lmetric_theory.policies.base.DecisionView`)."""
+        """The router's own counters per instance: queued prefill tokens, in-flight requests,
+        tokens of in-flight requests and predicted new tokens of in-flight requests
+        (see :class:`~lmetric_theory.policies.base.DecisionView`)."""
         return {"queued": [i.rt_queued for i in self._inst],
                 "inflight": [i.rt_inflight for i in self._inst],
-                "all_tokens": [i.rt_all for i in self._inst]}
+                "all_tokens": [i.rt_all for i in self._inst],
+                "inflight_new": [i.rt_new for i in self._inst]}
 
     def check_invariants(self) -> None:
         """Verify the KV/cache bookkeeping of every instance; ``AssertionError`` on a breach.

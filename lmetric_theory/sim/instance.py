@@ -91,7 +91,7 @@ class Instance:
         "idx", "req", "kv", "c", "budget", "max_batch", "ff", "waiting", "prefilling", "n_dec",
         "ctx_sum", "fin", "steps", "queued", "plan", "plan_start", "plan_end", "plan_m",
         "plan_chunks", "version", "pf_total", "dec_total", "iterations", "preemptions",
-        "rt_queued", "rt_inflight", "rt_all",
+        "rt_queued", "rt_inflight", "rt_all", "rt_new",
     )
 
     def __init__(self, idx: int, req: Requests, kv: KVCache, coef: tuple[float, ...], budget: int,
@@ -124,6 +124,7 @@ class Instance:
         self.rt_queued = 0
         self.rt_inflight = 0
         self.rt_all = 0
+        self.rt_new = 0  # predicted new tokens of in-flight requests (released at finish)
 
     def clone(self, req: Requests) -> Instance:
         """Independent copy bound to ``req`` (the fork's request table)."""
@@ -161,6 +162,7 @@ class Instance:
         req = self.req
         self.kv.check([req.refs[r] for r in holders], sum(req.priv[r] for r in holders))
         assert self.n_dec == len(self.fin), self.idx
+        assert self.rt_new >= 0, self.idx
 
     # ------------------------------------------------------------------ arrivals
 
@@ -172,6 +174,7 @@ class Instance:
         self.rt_queued += est
         self.rt_inflight += 1
         self.rt_all += self.req.inp[rid]
+        self.rt_new += est
 
     def cut(self, t: float) -> bool:
         """Shorten a decode stretch to the iterations started by ``t``; True if it changed."""
@@ -352,6 +355,7 @@ class Instance:
         self.kv.release(req.refs[rid], req.priv[rid])
         self.rt_inflight -= 1
         self.rt_all -= req.inp[rid] + req.out[rid]
+        self.rt_new -= req.est[rid]
         req.refs[rid] = None
         req.new[rid] = None
         req.done[rid] = t
@@ -428,6 +432,7 @@ class PagedInstance:
         "S", "n_dec", "sum_base", "H", "fin", "queued", "plan", "plan_start", "plan_end", "plan_m",
         "plan_sched", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "sync_t", "version",
         "pf_total", "dec_total", "iterations", "preemptions", "rt_queued", "rt_inflight", "rt_all",
+        "rt_new",
     )
 
     def __init__(self, idx: int, req: PagedRequests, pool: BlockPool, coef: tuple[float, ...],
@@ -469,6 +474,7 @@ class PagedInstance:
         self.rt_queued = 0
         self.rt_inflight = 0
         self.rt_all = 0
+        self.rt_new = 0  # predicted new tokens of in-flight requests (released at finish)
 
     def clone(self, req: PagedRequests) -> PagedInstance:
         """Independent copy bound to ``req``."""
@@ -544,6 +550,7 @@ class PagedInstance:
         assert n_dec == self.n_dec
         self.pool.check(held, hashless)
         assert self.queued >= 0 and self.rt_queued >= 0 and self.rt_inflight >= 0 and self.rt_all >= 0
+        assert self.rt_new >= 0
 
     # ------------------------------------------------------------------ arrivals
 
@@ -557,6 +564,7 @@ class PagedInstance:
         self.rt_queued += est
         self.rt_inflight += 1
         self.rt_all += req.inp[rid]
+        self.rt_new += est
 
     def cut(self, t: float) -> bool:
         """Shorten a decode stretch to the iterations started by ``t``; True if it changed."""
@@ -818,6 +826,7 @@ class PagedInstance:
         self.running.remove(rid)
         self.rt_inflight -= 1
         self.rt_all -= req.inp[rid] + req.out[rid]
+        self.rt_new -= req.est[rid]
 
     # ------------------------------------------------------------------ planning
 

@@ -4,8 +4,8 @@
 in the set of blocks the router itself sent to each instance (never evicted). Engine-reported
 signals (queued prefill tokens, running, waiting, KV usage) are read as of ``signal_delay_s``
 seconds before the decision from a per-instance history of engine states. The router's own
-counters (queued prefill tokens, in-flight requests, tokens in flight) are current: the
-router updates them at dispatch and engine events correct them.
+counters (queued prefill tokens, in-flight requests, tokens in flight, new tokens in flight)
+are current: the router updates them at dispatch and engine events correct them.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class RouterView:
         rq = [ins.rt_queued for ins in inst]
         ri = [ins.rt_inflight for ins in inst]
         ra = [ins.rt_all for ins in inst]
-        return self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, rq, ri, ra)
+        rn = [ins.rt_new for ins in inst]
+        return self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, rq, ri, ra, rn)
 
     def _delayed(self, t: float) -> tuple[list, list, list, list]:
         """Engine signals as of ``t - delay`` from each instance's signal history."""
@@ -210,4 +211,5 @@ class RouterView:
         pc = int(req.hashes[req.hoff[rid]]) if req.nfull[rid] else -1
         return DecisionView(d, t, inp, ro[0][d_row], ro[1][d_row], ro[2][d_row], ro[3][d_row],
                             ro[4][d_row], ro[5][d_row], self.bs, ro[6][d_row], ro[7][d_row],
-                            ro[8][d_row], prefix_class=pc)
+                            ro[8][d_row], prefix_class=pc,
+                            router_inflight_new_tokens=ro[9][d_row])

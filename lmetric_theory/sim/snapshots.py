@@ -3,9 +3,9 @@
 A :class:`SnapshotLog` holds, for ``D`` decisions over ``N`` instances, the per-instance
 signals the policy was given (the request's uncached tokens, queued prefill tokens,
 running batch size, waiting count, KV usage, prefix hit in blocks and the router's own
-queued / in-flight / all-token counters) plus, per decision, the request index, the
-decision time and the chosen instance. 16 instances cost 9 x 4 x 16 + 4 + 8 + 4 + 4 = 596
-bytes per decision, about 596 MB per million decisions.
+queued / in-flight / all-token / in-flight-new-token counters) plus, per decision, the
+request index, the decision time and the chosen instance. 16 instances cost
+10 x 4 x 16 + 4 + 8 + 4 + 4 = 660 bytes per decision, about 660 MB per million decisions.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ SIGNALS: tuple[tuple[str, type], ...] = (
     ("router_queued", np.int32),
     ("router_inflight", np.int32),
     ("router_all_tokens", np.int32),
+    ("router_inflight_new_tokens", np.int32),
 )
 
 #: Columns added after the first release: logs written without them load with the
 #: defaults of :class:`~lmetric_theory.policies.base.DecisionView`.
-_LATER = ("hit_blocks", "router_queued", "router_inflight", "router_all_tokens")
+_LATER = ("hit_blocks", "router_queued", "router_inflight", "router_all_tokens",
+          "router_inflight_new_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,10 @@ class SnapshotLog:
     router_queued, router_inflight, router_all_tokens : np.ndarray, shape (D, N), int32
         The router's own counters: queued prefill tokens, in-flight requests, tokens of
         in-flight requests (see :class:`~lmetric_theory.policies.base.DecisionView`).
+    router_inflight_new_tokens : np.ndarray, shape (D, N), int32
+        Predicted new (uncached) tokens of the router's in-flight requests, released at
+        completion, tokens (logs written before the column existed load it as
+        ``router_queued``, the closest counter they hold).
     meta : dict
         Settings the log was recorded under (view, signal delay, ...).
     """
@@ -86,6 +92,7 @@ class SnapshotLog:
     router_queued: np.ndarray
     router_inflight: np.ndarray
     router_all_tokens: np.ndarray
+    router_inflight_new_tokens: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -190,6 +197,8 @@ def _fill_later(cols: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         cols["router_inflight"] = (cols["running"] + cols["waiting"]).astype(np.int32)
     if "router_all_tokens" not in cols:
         cols["router_all_tokens"] = np.zeros_like(cols["uncached"], dtype=np.int32)
+    if "router_inflight_new_tokens" not in cols:
+        cols["router_inflight_new_tokens"] = np.asarray(cols["router_queued"], np.int32)
     return cols
 
 

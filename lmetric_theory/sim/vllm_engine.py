@@ -90,12 +90,14 @@ class _Router:
     ``inflight`` (+1 at dispatch, -1 at finish), ``queued`` (+ the request's predicted new
     tokens at dispatch; corrected to the real hit at admission; - prefill tokens computed per
     step; clamped at 0), ``all_tokens`` (+ prompt at dispatch, + each token produced,
-    - prompt + output at finish): the fast engine's router counters.
+    - prompt + output at finish), ``inflight_new`` (+ the predicted new tokens at dispatch,
+    - the same at finish): the fast engine's router counters.
     """
 
     inflight: list[int]
     queued: list[int]
     all_tokens: list[int]
+    inflight_new: list[int]
 
 
 class _Replay:
@@ -134,7 +136,7 @@ class _Replay:
         self.dec = dict.fromkeys(instances, 0)
         self.peak = dict.fromkeys(instances, 0)
         k = len(instances)
-        self.router = _Router([0] * k, [0] * k, [0] * k)
+        self.router = _Router([0] * k, [0] * k, [0] * k, [0] * k)
         self.pos = {i: j for j, i in enumerate(instances)}
         self.now = 0.0
         self.pending: dict[int, list[Any]] = {}
@@ -165,6 +167,7 @@ class _Replay:
             "router_queued": np.asarray([max(q, 0) for q in r.queued], dtype=np.int64),
             "router_inflight": np.asarray(r.inflight, dtype=np.int64),
             "router_all_tokens": np.asarray(r.all_tokens, dtype=np.int64),
+            "router_inflight_new_tokens": np.asarray(r.inflight_new, dtype=np.int64),
             "prefix_class": int(self.w.blocks(rid)[0]) if self.w.blocks(rid).size else -1,
         }
         if self.view_fields is None:
@@ -226,6 +229,7 @@ class _Replay:
         self.router.inflight[j] += 1
         self.router.queued[j] += est
         self.router.all_tokens[j] += len(toks)
+        self.router.inflight_new[j] += est
         self.where[rid] = target
         return target, req
 
@@ -311,6 +315,7 @@ class _Replay:
             self.done[rid] = t
             r.inflight[j] -= 1
             r.all_tokens[j] -= int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid])
+            r.inflight_new[j] -= int(self.est[rid])
 
     def preemptions(self) -> np.ndarray:
         p = np.zeros(len(self.w), dtype=np.int64)

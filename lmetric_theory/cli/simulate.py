@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
                    help="fast: this package's engine (sweeps); vllm: vLLM's own scheduler per "
                    "instance, needs the vllm extra (confirming a conclusion)")
+    p.add_argument("--list-policies", action="store_true",
+                   help="print every policy and lmetric variant with its formula and source "
+                   "(with --json: a list of {name, formula, source, parameters}) and exit")
     p.set_defaults(func=run)
 
 
@@ -84,8 +87,60 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec)
 
 
+def policy_catalog() -> list[dict[str, Any]]:
+    """Every registered policy, then every ``lmetric`` variant, as
+    ``{name, formula, source, parameters}`` (parameters: name -> default, JSON-ready)."""
+    import dataclasses
+    from fractions import Fraction
+
+    from lmetric_theory.policies.base import _REGISTRY
+    from lmetric_theory.policies.lmetric_variants import LMETRIC_VARIANTS
+    from lmetric_theory.policies.registry import policy_names
+
+    def plain(params: Any) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(params):
+            v = getattr(params, f.name)
+            out[f.name] = str(v) if isinstance(v, Fraction) else v
+        return out
+
+    rows = []
+    for name in policy_names():
+        cls = _REGISTRY[name]
+        rows.append({"name": name, "formula": cls.formula, "source": cls.source,
+                     "parameters": plain(cls.Params())})
+    lmetric = _REGISTRY["lmetric"]
+    for name, v in LMETRIC_VARIANTS.items():
+        rows.append({"name": f"lmetric:variant={name}", "formula": v.formula, "source": v.source,
+                     "parameters": plain(lmetric.Params(variant=name))})
+    return rows
+
+
+def _list_policies(as_json: bool) -> int:
+    rows = policy_catalog()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="routing policies (simulate --policy NAME[:key=value,...])")
+        for col in ("name", "formula", "source"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(r["name"], r["formula"], r["source"])
+        Console().print(table)
+    else:
+        print("name\tformula\tsource")
+        for r in rows:
+            print(f"{r['name']}\t{r['formula']}\t{r['source']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler: simulate every policy, print a table or JSON, optionally write results."""
+    if args.list_policies:
+        return _list_policies(args.json)
     from lmetric_theory.experiments.tuning import resolve_policy
     from lmetric_theory.policies import make_policy
     from lmetric_theory.sim import SimConfig, Simulator

@@ -1,21 +1,29 @@
-"""``lmetric-theory results [TRACE]``: the policy comparison table at several load levels.
+"""``lmetric-theory results [TRACE ...]``: the policy comparison at several loads, seeds and workloads.
 
-Runs ``lmetric``, ``lmetric:P=queued+uncached``, ``guarded-lmetric``, ``tuned-linear``,
-``least-loaded``, ``cache-affinity`` and ``round-robin`` on the trace (or the synthetic
-default) at each ``--rate-scales`` factor, through the sweep executor. ``tuned-linear`` is
-tuned per load level first (log-spaced grid, mean TTFT) and runs as the resulting ``linear``
-spec; ``guarded-lmetric`` uses that tuned ``lam`` as its reference, with the mitigation of
-``--guard-mitigation`` (default ``prefill_block``, one KV block of the workload; note that ``fallback`` makes it identical to
-``linear`` at the same ``lam`` — every flagged decision goes where the reference would send it
-and unflagged ones agree with it).
-``--markdown`` prints Markdown tables (for the README); ``--json`` prints the rows.
+Each TRACE is a trace file or a synthetic spec (``synthetic:chat``, ``synthetic:api:count=500``);
+none means the synthetic default. Every policy of ``--policies`` (default: the paper's
+comparison set, :data:`lmetric_theory.experiments.study.PAPER_POLICIES`) runs at every load for
+every seed (``--seeds K``: seeds 0..K-1; they change the policies' random choices and, for
+synthetic workloads, the workload). Loads are either ``--rate-scales`` (absolute arrival-rate
+factors) or, with ``--saturation``, fractions (``--loads``, default 0.5,0.9) of each workload's
+saturation point, found by a sweep of the rate scale under ``--reference`` (default
+round-robin): the smallest scale whose mean TTFT exceeds ``--sat-factor`` (default 10) x its
+value at ``--sat-start`` (default 0.25), or at which the time the cluster stays busy after the
+last arrival grew (over the light load) by more than ``--sat-drain`` (default 0.25) x the
+arrival span (see
+:func:`lmetric_theory.experiments.study.find_saturation`). ``tuned-linear`` is tuned (grid of
+``--points`` values of ``lam``, mean TTFT) on each workload, load and seed it runs on.
+
+Output: one table per workload and load (mean over seeds, with the min-max range of mean TTFT),
+the saturation sweep, and the paper's claims as percentage changes computed from the rows
+(paired by seed). ``--markdown`` prints Markdown, ``--json`` the rows, aggregates and claims.
 
 Examples
 --------
 ::
 
-    lmetric-theory results                                       # synthetic default
-    lmetric-theory results trace.jsonl --rate-scales 1,2 --instances 8 --markdown
+    lmetric-theory results                                       # synthetic default, x1 and x2
+    lmetric-theory results trace.jsonl synthetic:chat --saturation --seeds 3 --markdown
 """
 
 from __future__ import annotations
@@ -27,34 +35,50 @@ import sys
 import time
 from typing import Any
 
-POLICIES = ("lmetric", "lmetric:P=queued+uncached", "guarded-lmetric", "tuned-linear", "least-loaded",
-            "cache-affinity", "round-robin")
+from lmetric_theory.experiments.study import PAPER_POLICIES
+
+#: Default policy set (kept under this name for callers of the previous version).
+POLICIES = PAPER_POLICIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``results`` sub-command."""
     p = subparsers.add_parser(
         "results",
-        help="policy comparison table at several load levels",
-        description="Replay a trace (or the synthetic default) under the reference policies at each "
-        "rate scale and print the comparison table (TTFT, TPOT, prefix-hit rate).",
+        help="policy comparison at several loads, seeds and workloads; the paper's claims",
+        description="Replay traces (or synthetic workloads) under the comparison policies at each "
+        "load and seed; print the tables (TTFT, TPOT, prefix-hit rate, preemptions) and the paper's "
+        "claims as percentage changes.",
     )
-    p.add_argument("trace", metavar="TRACE", nargs="?", help="trace file (Mooncake/Bailian JSONL, generic JSONL/CSV)")
-    p.add_argument("--rate-scales", default="1,2", metavar="K1,K2,...", help="arrival-rate factors (default 1,2)")
+    p.add_argument("trace", metavar="TRACE", nargs="*",
+                   help="trace files (Mooncake/Bailian JSONL, generic JSONL/CSV) or synthetic:KIND[:k=v,...]")
+    p.add_argument("--policies", default=None, metavar="SPEC,...",
+                   help="policy specs, ';'- or ','-separated names (default: the paper's comparison set)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (default 3)")
+    p.add_argument("--rate-scales", default="1,2", metavar="K1,K2,...",
+                   help="arrival-rate factors (default 1,2; ignored with --saturation)")
+    p.add_argument("--saturation", action="store_true",
+                   help="find each workload's saturation point and run at --loads fractions of it")
+    p.add_argument("--loads", default="0.5,0.9", metavar="F1,F2,...",
+                   help="fractions of the saturation point (default 0.5,0.9)")
+    p.add_argument("--reference", default="round-robin", help="policy of the saturation search (default round-robin)")
+    p.add_argument("--sat-start", type=float, default=0.25, help="light-load scale of the search (default 0.25)")
+    p.add_argument("--sat-factor", type=float, default=10.0, help="TTFT blow-up factor (default 10)")
+    p.add_argument("--sat-drain", type=float, default=0.25, help="lag threshold: drain growth / arrival span (default 0.25)")
     p.add_argument("--instances", "-n", type=int, default=8, help="number of instances (default 8)")
-    p.add_argument("--preset", default="h100-llama3-8b", help="hardware preset name (default h100-llama3-8b)")
+    p.add_argument("--preset", default="h100-llama3-8b-calibrated",
+                   help="hardware preset name (default h100-llama3-8b-calibrated)")
     p.add_argument("--points", type=int, default=9, help="grid points for tuned-linear (default 9)")
-    p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests")
+    p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests of each TRACE")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     p.add_argument("--executor", choices=("local", "dask"), default="local",
                    help="sweep executor (dask: needs the 'dask' extra and a scheduler via DASK_SCHEDULER_ADDRESS)")
-    p.add_argument("--guard-mitigation", default="prefill_block",
-                   choices=("fallback", "prefill_block", "batch_offset", "tie_break_load", "load_cap", "auto"),
-                   help="mitigation of guarded-lmetric (default prefill_block)")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    p.add_argument("--json", action="store_true", help="print JSON rows")
+    p.add_argument("--json", action="store_true", help="print JSON (rows, aggregates, claims)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--render", metavar="JSON", default=None,
+                   help="print the tables of a saved --json document instead of running")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
-    p.add_argument("--seed", type=int, default=0, help="seed for the synthetic workload and policies")
     p.set_defaults(func=run)
 
 
@@ -63,72 +87,166 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        xs = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not xs or any(not (math.isfinite(k) and k > 0) for k in xs):
+        raise ValueError(f"{flag}: need finite factors > 0, got {text!r}")
+    return xs
+
+
+def _split_policies(text: str) -> list[str]:
+    """``a,b:k=v,c`` -> specs; a comma starts a new spec unless the next item is ``key=value``."""
+    if ";" in text:
+        return [s.strip() for s in text.split(";") if s.strip()]
+    out: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" in item and ":" not in item and out:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
 def run(args: argparse.Namespace) -> int:
-    """Handler: tune, sweep, print."""
-    from lmetric_theory.experiments.sweep import SimTask, get_executor, run_sweep
-    from lmetric_theory.experiments.tuning import tune_linear
+    """Handler: validate, (search saturation,) run the grid, print."""
+    if args.render is not None:
+        try:
+            with open(args.render, encoding="utf-8") as fh:
+                saved = json.load(fh)
+            _ = saved["workloads"], saved["summary"], saved["claims"], saved["config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return _err(f"{args.render}: not a saved 'results --json' document ({exc})")
+        _print(saved, markdown=args.markdown)
+        return 0
+    from lmetric_theory.experiments.study import (
+        GridSpec,
+        aggregate,
+        claim_changes,
+        run_grid,
+        saturation_job,
+    )
+    from lmetric_theory.experiments.tasks import get_executor
+    from lmetric_theory.policies import make_policy
     from lmetric_theory.sim import SimConfig, load_preset
-    from lmetric_theory.workload import default_workload, load_trace, scale_rate, select
+    from lmetric_theory.workload import default_workload, load_trace, select
+    from lmetric_theory.workload.spec import is_synthetic_spec, synthetic_from_spec
 
     try:
-        scales = [float(x) for x in args.rate_scales.split(",") if x.strip()]
-    except ValueError:
-        return _err(f"--rate-scales: expected comma-separated numbers, got {args.rate_scales!r}")
-    if not scales or any(not (math.isfinite(k) and k > 0) for k in scales):
-        return _err(f"--rate-scales: need finite factors > 0, got {args.rate_scales!r}")
-    if args.instances < 1:
-        return _err(f"--instances must be >= 1, got {args.instances}")
-    if args.points < 2:
-        return _err(f"--points must be >= 2, got {args.points}")
-    if args.count is not None and args.count < 1:
-        return _err(f"--count must be >= 1, got {args.count}")
+        scales = _floats(args.rate_scales, "--rate-scales")
+        loads = _floats(args.loads, "--loads")
+    except ValueError as exc:
+        return _err(str(exc))
+    for flag, v, ok in (("--instances", args.instances, args.instances >= 1),
+                        ("--points", args.points, args.points >= 2),
+                        ("--seeds", args.seeds, args.seeds >= 1),
+                        ("--count", args.count, args.count is None or args.count >= 1),
+                        ("--sat-start", args.sat_start, args.sat_start > 0),
+                        ("--sat-factor", args.sat_factor, args.sat_factor > 1),
+                        ("--sat-drain", args.sat_drain, args.sat_drain > 0)):
+        if not ok:
+            return _err(f"{flag}: out of range, got {v}")
+    policies = _split_policies(args.policies) if args.policies else list(PAPER_POLICIES)
+    if not policies:
+        return _err("--policies: no policy given")
+    try:
+        for spec in [*policies, args.reference]:
+            if spec.split(":", 1)[0] != "tuned-linear":
+                make_policy(spec)
+    except (ValueError, KeyError, TypeError) as exc:
+        return _err(f"--policies: {exc}")
+    seeds = list(range(args.seeds))
+    sources = list(args.trace) or [None]
     t0 = time.perf_counter()
     try:
         cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False)
-        from lmetric_theory.workload.spec import is_synthetic_spec, synthetic_from_spec
+        makers = []
+        for src in sources:
+            if src is None:
+                def make(seed: int) -> Any:
+                    return default_workload(seed=seed)
+                name = "synthetic default"
+            elif is_synthetic_spec(src):
+                synthetic_from_spec(src, seed=0)  # validate now
 
-        if args.trace is None:
-            w = default_workload(seed=args.seed)
-        elif is_synthetic_spec(args.trace):  # synthetic:KIND[:key=value,...]
-            w = synthetic_from_spec(args.trace, seed=args.seed)
-        else:
-            w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
-        if args.count is not None:
-            w = select(w, count=args.count)
+                def make(seed: int, _s: str = src) -> Any:
+                    return synthetic_from_spec(_s, seed=seed)
+                name = src
+            else:
+                w0 = load_trace(src, skip_bad_lines=args.skip_bad_lines)
+
+                def make(seed: int, _w: Any = w0) -> Any:
+                    return _w
+                name = src
+            if args.count is not None:
+                def make(seed: int, _m: Any = make) -> Any:
+                    return select(_m(seed), count=args.count)
+            makers.append((name, make))
         ex = get_executor(args.executor, workers=args.workers)
     except (OSError, ValueError, ImportError) as exc:
         return _err(str(exc))
 
-    tasks, tuned = [], {}
-    for k in scales:
-        wk = scale_rate(w, k)
-        tr = tune_linear(wk, config=cfg, points=args.points, seed=args.seed, executor=ex)
-        tuned[k] = tr
-        lam = tr.lam
-        for spec in POLICIES:
-            run_spec = {
-                "tuned-linear": f"linear:lam={lam!r}",
-                "guarded-lmetric": (f"guarded-lmetric:mitigation={args.guard_mitigation},lam={lam!r},"
-                                    f"block={int(w.block_size)}"),
-            }.get(spec, spec)
-            tasks.append(SimTask(wk, cfg, run_spec, args.seed, {"rate_scale": k, "name": spec}))
-    rows = run_sweep(tasks, ex)
+    show = not args.no_progress and sys.stderr.isatty()
+    sat: dict[str, Any] = {}
+    if args.saturation:
+        kw = {"start": args.sat_start, "factor": args.sat_factor, "drain": args.sat_drain}
+        jobs = [(make(0), cfg, args.reference, 0, kw) for _, make in makers]
+        results = list(ex.map(saturation_job, jobs))
+        grids = []
+        for (name, make), r in zip(makers, results, strict=True):
+            sat[name] = r.to_dict()
+            if not r.found:
+                print(f"lmetric-theory results: warning: {name}: no saturation up to x{r.evaluations[-1][0]:g}; "
+                      "using the largest scale tried", file=sys.stderr)
+            k_sat = r.scale if r.found else r.evaluations[-1][0]
+            grids.append(GridSpec(name, make, [f * k_sat for f in loads], [f"{f:g}x sat" for f in loads]))
+    else:
+        grids = [GridSpec(name, make, scales, [f"x{k:g}" for k in scales]) for name, make in makers]
+
+    total = sum(len(g.scales) for g in grids) * len(seeds) * len(policies)
+    run_specs = {p: f"tuned-linear:points={args.points}" for p in policies if p == "tuned-linear"}
+    if show:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("simulating", total=total)
+            rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs,
+                            progress=lambda n: bar.advance(task, n))
+    else:
+        rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs)
     elapsed = time.perf_counter() - t0
-    skipped = int(w.meta.get("skipped_lines", 0))
-    source = "synthetic default" if args.trace is None else args.trace
     doc: dict[str, Any] = {
-        "trace": {"source": source, "requests": len(w), "skipped_lines": skipped},
-        "config": {"instances": args.instances, "preset": args.preset, "seed": args.seed,
-                   "guard_mitigation": args.guard_mitigation, "points": args.points},
-        "tuned_lam": {str(k): tuned[k].lam for k in scales},
-        "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                 for r in rows],
+        "workloads": [{"source": g.name, "requests": len(g.make(0)), "scales": g.scales, "loads": g.labels}
+                      for g in grids],
+        "config": {"instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
+                   "points": args.points, "saturation": args.saturation, "reference": args.reference,
+                   "count": args.count},
+        "saturation": sat,
+        "rows": rows,
+        "summary": aggregate(rows),
+        "claims": claim_changes(rows),
         "elapsed_s": elapsed,
     }
+    doc = _clean(doc)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    _print(doc, scales, markdown=args.markdown)
+    _print(doc, markdown=args.markdown)
     return 0
 
 
@@ -136,42 +254,56 @@ def _fmt(x: Any, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
     return "-" if x is None else fmt.format(x * scale)
 
 
-def _print(doc: dict[str, Any], scales: list[float], *, markdown: bool) -> None:
-    tr = doc["trace"]
-    cols = ("policy", "done", "TTFT mean (s)", "TTFT p50", "TTFT p99", "TPOT mean (ms)", "TPOT p99", "prefix hit")
-    skipped = f", {tr['skipped_lines']} lines skipped" if tr["skipped_lines"] else ""
-    for k in scales:
-        lam = doc["tuned_lam"][str(k)]
-        title = (f"{tr['source']}: {tr['requests']} requests{skipped}, x{k:g} rate, "
-                 f"{doc['config']['instances']} instances, {doc['config']['preset']} (tuned lam = {lam:g})")
-        body = []
-        for r in doc["rows"]:
-            if r["rate_scale"] != k:
-                continue
-            name = r["name"]
-            if name == "tuned-linear":
-                name = f"tuned-linear (lam={lam:g})"
-            elif name == "guarded-lmetric":
-                name = f"guarded-lmetric ({doc['config']['guard_mitigation']}, lam={lam:g})"
-            body.append((name, str(r["completed"]), _fmt(r["ttft_mean_s"]), _fmt(r["ttft_p50_s"]),
-                         _fmt(r["ttft_p99_s"]), _fmt(r["tpot_mean_s"], 1e3, "{:.1f}"),
-                         _fmt(r["tpot_p99_s"], 1e3, "{:.1f}"), _fmt(r["prefix_hit_rate"], 100, "{:.1f}%")))
-        if markdown:
-            print(f"**{title}**\n")
-            print("| " + " | ".join(cols) + " |")
-            print("|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|")
-            for row in body:
-                print("| " + " | ".join(row) + " |")
-            print()
-        else:
-            from rich.console import Console
-            from rich.table import Table
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{x:+.0f}%"
 
-            t = Table(title=title)
-            for c in cols:
-                t.add_column(c, justify="left" if c == "policy" else "right")
-            for row in body:
-                t.add_row(*row)
-            Console(width=None if sys.stdout.isatty() else 132).print(t)
-    how = "lmetric-theory results" + ("" if tr["source"] == "synthetic default" else " TRACE")
-    print(f"\n({how}: {doc['elapsed_s']:.1f} s wall)")
+
+def _table(title: str, cols: tuple[str, ...], body: list[tuple[str, ...]], markdown: bool) -> None:
+    if markdown:
+        print(f"**{title}**\n")
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|")
+        for row in body:
+            print("| " + " | ".join(row) + " |")
+        print()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("policy", "claim", "workload") else "right")
+    for row in body:
+        t.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+
+
+def _print(doc: dict[str, Any], *, markdown: bool) -> None:
+    cfg = doc["config"]
+    nseeds = len(cfg["seeds"])
+    for wl in doc["workloads"]:
+        if wl["source"] in doc["saturation"]:
+            s = doc["saturation"][wl["source"]]
+            body = [(f"x{e['scale']:g}", _fmt(e["ttft_mean_s"]), _fmt(e["lag"], 1, "{:.2f}"),
+                     "yes" if e["saturated"] else "no") for e in s["evaluations"]]
+            _table(f"{wl['source']}: saturation search under {cfg['reference']} (seed 0): x{s['scale']:g}",
+                   ("rate scale", "TTFT mean (s)", "lag", "saturated"), body, markdown)
+        for load, k in zip(wl["loads"], wl["scales"], strict=True):
+            cols = ("policy", "TTFT mean (s)", f"range over {nseeds} seeds", "p50", "p90", "p99",
+                    "TPOT mean (ms)", "prefix hit", "preempt.")
+            body = []
+            for r in doc["summary"]:
+                if r["workload"] != wl["source"] or r["load"] != load:
+                    continue
+                rng = f"{_fmt(r['ttft_mean_s_min'])}-{_fmt(r['ttft_mean_s_max'])}"
+                body.append((r["name"], _fmt(r["ttft_mean_s"]), rng, _fmt(r["ttft_p50_s"]), _fmt(r["ttft_p90_s"]),
+                             _fmt(r["ttft_p99_s"]), _fmt(r["tpot_mean_s"], 1e3, "{:.1f}"),
+                             _fmt(r["prefix_hit_rate"], 100, "{:.1f}%"), _fmt(r["preemptions"], 1, "{:.0f}")))
+            title = (f"{wl['source']} ({wl['requests']} requests), {load} = x{k:.3g} rate, "
+                     f"{cfg['instances']} instances, {cfg['preset']}, mean of {nseeds} seeds")
+            _table(title, cols, body, markdown)
+    body = [(c["workload"], c["load"], c["claim"], _pct(c["paper_pct"]), _pct(c["pct"]),
+             f"{_pct(c['pct_min'])} .. {_pct(c['pct_max'])}") for c in doc["claims"]]
+    _table("The paper's claims: change of lmetric (paper score) vs the baseline, paired by seed",
+           ("workload", "load", "claim", "paper", "here (mean)", "range over seeds"), body, markdown)
+    print(f"\n(lmetric-theory results: {doc['elapsed_s']:.1f} s wall)")

@@ -1,0 +1,414 @@
+"""The results study: saturation search, a grid of policies x loads x seeds, and the paper's claims.
+
+Three steps, each a library function (the ``results`` CLI only prints):
+
+1. :func:`find_saturation` finds a workload's saturation point under one reference policy by a
+   sweep of the arrival-rate scale ``k``. It takes the *evaluator* ``k -> LoadPoint`` as a
+   parameter, so it is testable without a simulator (:func:`simulator_evaluator` builds the
+   real one).
+
+   Definition. ``base`` = mean TTFT at the sweep's first scale ``start`` (a light load). A scale
+   ``k`` is *saturated* when its mean TTFT exceeds ``factor * base`` (default 10x) **or** the
+   replay lags: the time the cluster stays busy after the last arrival grew, relative to the
+   light load, by more than ``drain`` (default 0.25) x the arrival span
+   (``(drain_s(k) - drain_s(start)) / span_s(k) > drain``; subtracting the light-load drain
+   removes the service time of the last requests, which is there at any load). The sweep
+   doubles ``k`` from ``start`` until a saturated scale is seen (at most ``max_doublings``),
+   then bisects ``refine`` times in ``log k`` between the last unsaturated and the first
+   saturated scale; the saturation point is the smallest saturated scale found. The criterion
+   is assumed monotone in ``k`` (true for the mean TTFT of a fixed request sequence in
+   practice, not guaranteed).
+
+2. :func:`run_grid` runs every policy at every load (fractions of the saturation point, e.g.
+   0.5 and 0.9) for every seed through an executor of :mod:`lmetric_theory.experiments.tasks`.
+   Seeds change the policies' random choices (ties, weighted random selection) and, for
+   synthetic workloads, the workload itself. ``tuned-linear`` is tuned on each (workload,
+   load, seed) it runs on (grid search of ``lam``, mean TTFT), inside the task.
+
+3. :func:`aggregate` reduces rows over seeds (mean, min, max) and :func:`claim_changes`
+   computes the paper's claims as percentage changes from the rows, paired by seed:
+   ``100 * (target - baseline) / baseline`` per seed, then the mean and range over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.experiments.tasks import Executor, SimTask, get_executor
+from lmetric_theory.sim import SimConfig, Simulator
+from lmetric_theory.workload import Workload, scale_rate
+
+__all__ = [
+    "CLAIMS",
+    "METRICS",
+    "PAPER_POLICIES",
+    "Claim",
+    "GridSpec",
+    "LoadPoint",
+    "SaturationResult",
+    "aggregate",
+    "claim_changes",
+    "find_saturation",
+    "run_grid",
+    "saturation_job",
+    "simulator_evaluator",
+    "study_task",
+]
+
+#: The comparison set run by default: the paper's score, the public variants, the paper's
+#: baselines (vLLM v1, Dynamo, Bailian, Preble, an llm-d scorer), round-robin, tuned linear.
+PAPER_POLICIES: tuple[str, ...] = (
+    "lmetric", "lmetric:tie=random", "lmetric:variant=llm-d", "lmetric:variant=dynamo",
+    "lmetric:variant=sglang-fork",
+    "vllm-v1", "dynamo", "bailian", "preble", "most-hit-load", "round-robin", "tuned-linear",
+)
+
+#: Row metrics aggregated over seeds (seconds, fractions, counts).
+METRICS: tuple[str, ...] = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s",
+                            "tpot_p99_s", "prefix_hit_rate", "preemptions", "completed")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPoint:
+    """What the saturation finder needs to know about one load level.
+
+    Attributes
+    ----------
+    ttft_mean_s : float
+        Mean time to first token, seconds (``inf`` when nothing completed).
+    drain_s : float
+        ``end - last_arrival``: how long the cluster stays busy after the last arrival, seconds.
+    span_s : float
+        ``last_arrival - first_arrival``, seconds.
+    """
+
+    ttft_mean_s: float
+    drain_s: float = 0.0
+    span_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SaturationResult:
+    """Outcome of :func:`find_saturation`.
+
+    Attributes
+    ----------
+    scale : float
+        Saturation point: the smallest saturated rate scale found (``nan`` if none).
+    base_ttft_s : float
+        Mean TTFT at the first scale, seconds.
+    found : bool
+        Whether a saturated scale was reached within the sweep.
+    evaluations : tuple of (float, LoadPoint, bool)
+        Every ``(scale, point, saturated)`` evaluated, in order.
+    factor, drain : float
+        The criterion's thresholds.
+    """
+
+    scale: float
+    base_ttft_s: float
+    found: bool
+    evaluations: tuple[tuple[float, LoadPoint, bool], ...]
+    factor: float
+    drain: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"scale": _clean(self.scale), "base_ttft_s": _clean(self.base_ttft_s), "found": self.found,
+                "factor": self.factor, "drain": self.drain,
+                "evaluations": [{"scale": k, "ttft_mean_s": _clean(p.ttft_mean_s),
+                                 "drain_s": _clean(p.drain_s), "span_s": _clean(p.span_s),
+                                 "lag": _clean(self.lag(p)), "saturated": s}
+                                for k, p, s in self.evaluations]}
+
+    def lag(self, p: LoadPoint) -> float:
+        """Drain growth over the light load, as a fraction of ``p``'s arrival span."""
+        base = self.evaluations[0][1].drain_s if self.evaluations else 0.0
+        return _lag(p, base)
+
+
+def _clean(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def find_saturation(evaluate: Callable[[float], LoadPoint], *, start: float = 0.25,
+                    factor: float = 10.0, drain: float = 0.25, max_doublings: int = 8,
+                    refine: int = 3) -> SaturationResult:
+    """Smallest rate scale at which the evaluated load saturates (see the module docstring).
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``k -> LoadPoint`` for rate scale ``k`` (dimensionless).
+    start : float
+        First (light-load) scale; its mean TTFT is the baseline.
+    factor : float
+        Saturated when mean TTFT > ``factor`` x baseline.
+    drain : float
+        Saturated when the drain ratio exceeds this.
+    max_doublings : int
+        Doublings of ``k`` tried after ``start``.
+    refine : int
+        Bisection steps in ``log k`` once bracketed.
+
+    Returns
+    -------
+    SaturationResult
+    """
+    if not (start > 0 and factor > 1 and drain > 0 and max_doublings >= 1 and refine >= 0):
+        raise ValueError("find_saturation: need start > 0, factor > 1, drain > 0, max_doublings >= 1, "
+                         "refine >= 0")
+    evals: list[tuple[float, LoadPoint, bool]] = []
+    base_point = evaluate(start)
+    base = base_point.ttft_mean_s
+
+    def saturated(p: LoadPoint) -> bool:
+        return (not math.isfinite(p.ttft_mean_s) or p.ttft_mean_s > factor * base
+                or _lag(p, base_point.drain_s) > drain)
+
+    s0 = saturated(base_point)
+    evals.append((start, base_point, s0))
+    if s0:  # already saturated at the light load: nothing below to compare with
+        return SaturationResult(start, base, True, tuple(evals), factor, drain)
+    lo, hi = start, math.nan
+    k = start
+    for _ in range(max_doublings):
+        k *= 2.0
+        p = evaluate(k)
+        s = saturated(p)
+        evals.append((k, p, s))
+        if s:
+            hi = k
+            break
+        lo = k
+    if not math.isfinite(hi):
+        return SaturationResult(math.nan, base, False, tuple(evals), factor, drain)
+    for _ in range(refine):
+        mid = float(f"{math.sqrt(lo * hi):.4g}")
+        if not lo < mid < hi:
+            break
+        p = evaluate(mid)
+        s = saturated(p)
+        evals.append((mid, p, s))
+        if s:
+            hi = mid
+        else:
+            lo = mid
+    return SaturationResult(hi, base, True, tuple(evals), factor, drain)
+
+
+def _lag(p: LoadPoint, base_drain_s: float) -> float:
+    d = p.drain_s - base_drain_s
+    if not math.isfinite(d):
+        return math.inf
+    return max(0.0, d) / p.span_s if p.span_s > 0 else (math.inf if d > 0 else 0.0)
+
+
+def study_task(task: SimTask) -> dict[str, Any]:
+    """Run one task (tuning ``tuned-linear`` on the task's workload first); its row.
+
+    Returns
+    -------
+    dict
+        ``tags`` merged with ``policy``, ``policy_resolved``, ``seed``, ``requests``,
+        the keys of :meth:`SimResult.summary` (seconds / fractions), ``preemptions`` (count),
+        ``end_s``, ``drain_s`` and ``span_s`` (seconds).
+    """
+    from lmetric_theory.experiments.tuning import resolve_policy
+
+    policy = resolve_policy(task.policy, task.workload, task.config, seed=task.seed)
+    res = Simulator(task.workload, task.config, policy, seed=task.seed).run()
+    row: dict[str, Any] = dict(task.tags)
+    row.update(policy=task.policy, policy_resolved=res.policy, seed=task.seed,
+               requests=len(task.workload))
+    row.update(res.summary())
+    row["preemptions"] = res.counts()["preemptions"]
+    done = res.completed
+    end = float(np.max(res.arrival_s[done] + res.e2e_s[done])) if done.any() else math.inf
+    arr = np.asarray(res.arrival_s, dtype=float)
+    row["end_s"] = end
+    row["drain_s"] = end - float(arr.max()) if arr.size else 0.0
+    row["span_s"] = float(arr.max() - arr.min()) if arr.size else 0.0
+    return row
+
+
+def saturation_job(job: tuple[Workload, SimConfig, str, int, dict[str, Any]]) -> SaturationResult:
+    """:func:`find_saturation` with the simulator evaluator; ``job`` = (workload, config, policy,
+    seed, keyword arguments of :func:`find_saturation`). Picklable, for an executor's ``map``."""
+    w, cfg, policy, seed, kw = job
+    return find_saturation(simulator_evaluator(w, cfg, policy, seed=seed), **kw)
+
+
+def simulator_evaluator(workload: Workload, config: SimConfig, policy: str = "round-robin", *,
+                        seed: int = 0) -> Callable[[float], LoadPoint]:
+    """The real evaluator: replay ``workload`` at rate scale ``k`` under ``policy``."""
+
+    def evaluate(k: float) -> LoadPoint:
+        row = study_task(SimTask(scale_rate(workload, float(k)), config, policy, seed))
+        return LoadPoint(float(row["ttft_mean_s"]), float(row["drain_s"]), float(row["span_s"]))
+
+    return evaluate
+
+
+def _run(tasks: Sequence[SimTask], executor: Executor, progress: Callable[[int], None] | None,
+         chunk: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for i in range(0, len(tasks), chunk):
+        part = list(tasks[i:i + chunk])
+        rows += list(executor.map(study_task, part))
+        if progress is not None:
+            progress(len(part))
+    return rows
+
+
+@dataclass(slots=True)
+class GridSpec:
+    """One workload of the grid: a name, a factory ``seed -> Workload`` and the loads to run.
+
+    Attributes
+    ----------
+    name : str
+        Label used in the rows (``workload`` key).
+    make : callable
+        ``seed -> Workload`` (a trace ignores the seed).
+    scales : list of float
+        Absolute rate scales to run.
+    labels : list of str
+        One label per scale (e.g. ``"0.5x sat"``), in the rows as ``load``.
+    """
+
+    name: str
+    make: Callable[[int], Workload]
+    scales: list[float]
+    labels: list[str] = field(default_factory=list)
+
+
+def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[str],
+             seeds: Sequence[int], *, executor: Executor | str | None = None,
+             workers: int | None = None, progress: Callable[[int], None] | None = None,
+             chunk: int | None = None, run_specs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every policy x load x seed on every workload; one row per run (see :func:`study_task`).
+
+    Rows carry ``workload``, ``load`` (label), ``rate_scale``, ``name`` (the spec asked for) and
+    ``seed``. ``run_specs`` maps a name to the spec actually run (e.g. ``tuned-linear`` ->
+    ``tuned-linear:points=6``). ``progress(n)`` is called after each chunk of ``n`` finished runs.
+    """
+    run_specs = dict(run_specs or {})
+    ex = get_executor(executor, workers=workers)
+    tasks = []
+    for g in grids:
+        labels = g.labels or [f"x{k:g}" for k in g.scales]
+        for seed in seeds:
+            w = g.make(seed)
+            for k, lab in zip(g.scales, labels, strict=True):
+                wk = scale_rate(w, float(k))
+                tasks += [SimTask(wk, config, run_specs.get(spec, spec), int(seed),
+                                  {"workload": g.name, "load": lab, "rate_scale": float(k), "name": spec})
+                          for spec in policies]
+    n = chunk or max(1, 4 * int(getattr(ex, "workers", 1) or 1))
+    return _run(tasks, ex, progress, n)
+
+
+def aggregate(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
+    """Rows reduced over seeds: per (workload, load, name), each metric's mean, min and max.
+
+    Returns
+    -------
+    list of dict
+        Keys ``workload``, ``load``, ``rate_scale``, ``name``, ``seeds`` and, per metric ``m``,
+        ``m`` (mean over seeds), ``m_min``, ``m_max`` (``None`` when undefined).
+    """
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["load"], r["name"]), []).append(r)
+    out = []
+    for (wl, load, name), rs in groups.items():
+        a: dict[str, Any] = {"workload": wl, "load": load, "rate_scale": rs[0]["rate_scale"], "name": name,
+                             "seeds": len(rs)}
+        for m in metrics:
+            v = np.array([np.nan if r.get(m) is None else float(r[m]) for r in rs], dtype=float)
+            ok = np.isfinite(v)
+            a[m] = float(v[ok].mean()) if ok.any() else None
+            a[f"{m}_min"] = float(v[ok].min()) if ok.any() else None
+            a[f"{m}_max"] = float(v[ok].max()) if ok.any() else None
+        out.append(a)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One of the paper's claims: target vs baseline on a metric, and the paper's figure.
+
+    Attributes
+    ----------
+    label : str
+        Short description.
+    metric : str
+        Row key compared (e.g. ``ttft_mean_s``).
+    target, baseline : str
+        Policy names (``name`` in the rows).
+    paper_pct : float or None
+        The paper's figure, percent change of target vs baseline (negative = better).
+    """
+
+    label: str
+    metric: str
+    target: str
+    baseline: str
+    paper_pct: float | None
+
+
+#: The paper's claims as tested here. "Production scheduler" = ``bailian`` and ``dynamo``
+#: (both reported; the paper's -52%/-39% and -21%/-24% pairs are set against each).
+CLAIMS: tuple[Claim, ...] = (
+    Claim("TTFT vs vLLM-v1", "ttft_mean_s", "lmetric", "vllm-v1", -92.0),
+    Claim("TTFT vs Bailian", "ttft_mean_s", "lmetric", "bailian", -52.0),
+    Claim("TTFT vs Dynamo", "ttft_mean_s", "lmetric", "dynamo", -39.0),
+    Claim("TPOT vs Bailian", "tpot_mean_s", "lmetric", "bailian", -21.0),
+    Claim("TPOT vs Dynamo", "tpot_mean_s", "lmetric", "dynamo", -24.0),
+    Claim("TTFT vs tuned linear", "ttft_mean_s", "lmetric", "tuned-linear", None),
+)
+
+
+def claim_changes(rows: Iterable[Mapping[str, Any]], claims: Sequence[Claim] = CLAIMS) -> list[dict[str, Any]]:
+    """Percentage change of each claim's target vs its baseline, paired by seed.
+
+    For each (workload, load) and claim: per seed, ``100 * (target - baseline) / baseline`` of
+    the claim's metric; then the mean, min and max over the seeds where both ran.
+
+    Returns
+    -------
+    list of dict
+        Keys ``workload``, ``load``, ``claim``, ``metric``, ``target``, ``baseline``,
+        ``paper_pct``, ``pct`` (mean, percent), ``pct_min``, ``pct_max``, ``seeds``;
+        ``pct`` is ``None`` when no seed has both values.
+    """
+    idx: dict[tuple[str, str, str, int], Mapping[str, Any]] = {}
+    cells: list[tuple[str, str]] = []
+    for r in rows:
+        idx[(r["workload"], r["load"], r["name"], int(r["seed"]))] = r
+        if (r["workload"], r["load"]) not in cells:
+            cells.append((r["workload"], r["load"]))
+    seeds = sorted({k[3] for k in idx})
+    out = []
+    for wl, load in cells:
+        for c in claims:
+            pcts = []
+            for s in seeds:
+                t, b = idx.get((wl, load, c.target, s)), idx.get((wl, load, c.baseline, s))
+                if t is None or b is None or t.get(c.metric) is None or b.get(c.metric) is None:
+                    continue
+                tv, bv = float(t[c.metric]), float(b[c.metric])
+                if math.isfinite(tv) and math.isfinite(bv) and bv > 0:
+                    pcts.append(100.0 * (tv - bv) / bv)
+            out.append({"workload": wl, "load": load, "claim": c.label, "metric": c.metric,
+                        "target": c.target, "baseline": c.baseline, "paper_pct": c.paper_pct,
+                        "pct": float(np.mean(pcts)) if pcts else None,
+                        "pct_min": float(min(pcts)) if pcts else None,
+                        "pct_max": float(max(pcts)) if pcts else None, "seeds": len(pcts)})
+    return out

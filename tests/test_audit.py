@@ -35,7 +35,7 @@ def small():
 @pytest.fixture(scope="module")
 def small_audit(small):
     ref = LinearReference.band(128, 1024, lam=512)
-    return audit_workload(small, instances=4, reference=ref, top=5)
+    return audit_workload(small, instances=4, reference=ref, top=5, preset="h100-llama3-8b")
 
 
 # ----------------------------------------------------------------------- library: replay
@@ -107,7 +107,8 @@ def test_mitigations_ranked_with_evidence(small_audit):
 def test_queued_definition_and_offsets_are_used(small):
     ref = LinearReference.fixed(256)
     res = audit_workload(small, instances=4, reference=ref, p_definition="queued+uncached",
-                         b_definition="in-flight", prefill_offset=16, batch_offset=2, top=0)
+                         b_definition="in-flight", prefill_offset=16, batch_offset=2, top=0,
+                         preset="h100-llama3-8b")
     cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
     spec = "lmetric:variant=paper,P=queued+uncached,B=in-flight,p0=16,b0=2"
     log = Simulator(small, cfg, spec, seed=0).run().snapshots

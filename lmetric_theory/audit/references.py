@@ -15,7 +15,7 @@ __all__ = ["DEFAULT_BAND_FACTOR", "DEFAULT_PRESET", "NOMINAL_CONTEXT_TOKENS", "N
 
 
 #: Preset the audit replays on unless told otherwise.
-DEFAULT_PRESET = "h100-llama3-8b"
+DEFAULT_PRESET = "h100-llama3-8b-calibrated"
 #: Multiplicative half-width of the default latency-model band.
 DEFAULT_BAND_FACTOR = 2.0
 #: Nominal request shape used for the default reference when no workload is known

@@ -66,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
     p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
                    help="replay X times as fast (default 1)")
-    p.add_argument("--preset", default="h100-llama3-8b",
-                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
+    p.add_argument("--preset", default="h100-llama3-8b-calibrated",
+                   help="hardware preset name, or a preset JSON file (default "
+                   "h100-llama3-8b-calibrated, as simulate)")
     p.add_argument("--variant", choices=tuple(LMETRIC_VARIANTS), default="paper",
                    help="lmetric variant replayed and audited: its P and B definitions and tie "
                         "rule (default paper: the authors' router)")

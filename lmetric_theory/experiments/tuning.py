@@ -72,7 +72,7 @@ def tune_linear(
     workload: Workload,
     *,
     instances: int | None = None,
-    preset: Any = "h100-llama3-8b",
+    preset: Any = "h100-llama3-8b-calibrated",
     config: SimConfig | None = None,
     objective: str = "ttft_mean",
     lam_min: float = 1.0,
@@ -97,7 +97,7 @@ def tune_linear(
     instances : int, optional
         Number of instances (with ``preset``); ignored when ``config`` is given.
     preset : str or Preset
-        Hardware preset name or object (default ``h100-llama3-8b``).
+        Hardware preset name or object (default ``h100-llama3-8b-calibrated``).
     config : SimConfig, optional
         Full cluster settings (overrides ``instances`` / ``preset``).
     objective : str

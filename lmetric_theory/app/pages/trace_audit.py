@@ -31,8 +31,8 @@ UPLOAD = "Upload a JSONL trace"
 DEFAULT_REF = "latency-model default (as the CLI)"
 CUSTOM_REF = "my own λ and band"
 #: The CLI's defaults: `lmetric-theory audit` replays every request on 8 instances with the
-#: h100-llama3-8b preset and the reference band derived from its latency model.
-PRESET = "h100-llama3-8b"
+#: h100-llama3-8b-calibrated preset and the reference band derived from its latency model.
+PRESET = "h100-llama3-8b-calibrated"
 
 
 @st.cache_data(max_entries=2, show_spinner=False)

@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module under :mod:`lmetric_theory.cli`
 and exposes ``register(subparsers)``, which adds its parser and sets
-``func(args) -> int`` as the handler.
+``func(args) -> int`` as the handler. :data:`COMMANDS` lists them with their one-line
+help, so that :func:`main` imports only the module of the command it runs (``--help``
+imports none): start-up does not pay for the libraries of the other commands.
 """
 
 from __future__ import annotations
@@ -12,30 +14,54 @@ import importlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
+#: Sub-commands in the order ``--help`` lists them: name -> (module, one-line help). The
+#: help must equal the one the module's ``register`` gives (a test compares them).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "derive": ("lmetric_theory.cli.derive",
+               "derive when the product score disagrees with a linear score"),
+    "simulate": ("lmetric_theory.cli.simulate",
+                 "replay a trace through routing policies on a simulated cluster"),
+    "calibrate": ("lmetric_theory.cli.calibrate",
+                  "fit the simulator's latency model to measured iteration times"),
+    "audit": ("lmetric_theory.cli.audit",
+              "check every routing decision of the product score against a linear reference"),
+    "counterfactual": ("lmetric_theory.cli.counterfactual",
+                       "fork the simulator at flagged and control decisions: does a flag "
+                       "predict harm?"),
+    "results": ("lmetric_theory.cli.results",
+                "policy comparison at several loads, seeds and workloads; the paper's claims"),
+    "app": ("lmetric_theory.cli.app",
+            "start the Streamlit app (decision regions, snapshot checker, trace audit)"),
+}
+
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "lmetric_theory.cli.derive",
-    "lmetric_theory.cli.simulate",
-    "lmetric_theory.cli.calibrate",
-    "lmetric_theory.cli.audit",
-    "lmetric_theory.cli.counterfactual",
-    "lmetric_theory.cli.results",
-    "lmetric_theory.cli.app",
-)
+COMMAND_MODULES: tuple[str, ...] = tuple(module for module, _ in COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every registered sub-command."""
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser.
+
+    Parameters
+    ----------
+    commands : iterable of str, optional
+        Sub-commands whose full parser is built (their module imported, its ``register``
+        called); the others get a placeholder that only lists their one-line help.
+        Default: every sub-command.
+    """
     parser = argparse.ArgumentParser(
         prog="lmetric-theory",
         description="When can the LMetric routing score be trusted? Theory, audit, simulation.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    full = set(COMMANDS) if commands is None else set(commands)
+    for name, (module, text) in COMMANDS.items():
+        if name in full:
+            importlib.import_module(module).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -43,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 for usage errors)."""
     from lmetric_theory.cli.common import join_negative_values
 
-    parser = build_parser()
     tokens = join_negative_values(sys.argv[1:] if argv is None else list(argv))
+    # The top-level parser has no options but -h: the first other token names the command.
+    command = next((t for t in tokens if not t.startswith("-")), None)
+    parser = build_parser([command] if command in COMMANDS else [])
     args, extra = parser.parse_known_args(tokens)
     if getattr(args, "passes_unknown_args", False):  # `app`: the rest goes to Streamlit
         args.extra_args = extra

@@ -7,9 +7,10 @@ import argparse
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmetric_theory.workload import Workload
+if TYPE_CHECKING:  # imported where used: the CLI starts without the library
+    from lmetric_theory.workload import Workload
 
 
 def workload_from_args(args: argparse.Namespace) -> Workload:

@@ -161,6 +161,9 @@ def test_saturation_markdown_and_render(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("| lmetric |") == 2 and "saturation search under round-robin" in out
     assert "| TTFT vs vLLM-v1 |" in out
+    assert main(["results", "--render", str(f), "--markdown", "--compact"]) == 0
+    out = capsys.readouterr().out
+    assert "| policy | chat 0.5x sat | chat 0.9x sat |" in out and "| TTFT vs vLLM-v1 | -92% |" in out
 
 
 def test_usage_errors(capsys, tmp_path):

@@ -75,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sweep executor (dask: needs the 'dask' extra and a scheduler via DASK_SCHEDULER_ADDRESS)")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     p.add_argument("--json", action="store_true", help="print JSON (rows, aggregates, claims)")
+    p.add_argument("--compact", action="store_true",
+                   help="print two pivot tables only: mean TTFT per policy and the claims, per workload and load")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="print the tables of a saved --json document instead of running")
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             _ = saved["workloads"], saved["summary"], saved["claims"], saved["config"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return _err(f"{args.render}: not a saved 'results --json' document ({exc})")
-        _print(saved, markdown=args.markdown)
+        (_print_compact if args.compact else _print)(saved, markdown=args.markdown)
         return 0
     from lmetric_theory.experiments.study import (
         GridSpec,
@@ -246,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    _print(doc, markdown=args.markdown)
+    (_print_compact if args.compact else _print)(doc, markdown=args.markdown)
     return 0
 
 
@@ -307,3 +309,36 @@ def _print(doc: dict[str, Any], *, markdown: bool) -> None:
     _table("The paper's claims: change of lmetric (paper score) vs the baseline, paired by seed",
            ("workload", "load", "claim", "paper", "here (mean)", "range over seeds"), body, markdown)
     print(f"\n(lmetric-theory results: {doc['elapsed_s']:.1f} s wall)")
+
+
+def _short(source: str) -> str:
+    """Column label of a workload: the file name, or the synthetic kind."""
+    if source.startswith("synthetic:"):
+        return source.split(":")[1]
+    return source.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0].split("_")[0]
+
+
+def _print_compact(doc: dict[str, Any], *, markdown: bool) -> None:
+    """Mean TTFT (s) per policy and the claims (percent, seed range), one column per workload/load."""
+    cells = [(wl["source"], load) for wl in doc["workloads"] for load in wl["loads"]]
+    heads = tuple(f"{_short(w)} {load}" for w, load in cells)
+    nseeds = len(doc["config"]["seeds"])
+    by = {(r["workload"], r["load"], r["name"]): r for r in doc["summary"]}
+    names = list(dict.fromkeys(r["name"] for r in doc["summary"]))
+    body = [(n, *(_fmt(by[(w, ld, n)]["ttft_mean_s"]) if (w, ld, n) in by else "-" for w, ld in cells))
+            for n in names]
+    _table(f"Mean TTFT (s), mean of {nseeds} seeds, {doc['config']['instances']} instances, "
+           f"{doc['config']['preset']}", ("policy", *heads), body, markdown)
+    cl = {(c["workload"], c["load"], c["claim"]): c for c in doc["claims"]}
+    labels = list(dict.fromkeys(c["claim"] for c in doc["claims"]))
+    paper = {c["claim"]: c["paper_pct"] for c in doc["claims"]}
+    body = []
+    for lab in labels:
+        row = [lab, _pct(paper[lab])]
+        for w, ld in cells:
+            c = cl.get((w, ld, lab))
+            row.append("-" if c is None or c["pct"] is None else
+                       f"{_pct(c['pct'])} [{_pct(c['pct_min'])}, {_pct(c['pct_max'])}]")
+        body.append(tuple(row))
+    _table("lmetric (paper score) vs baseline: percent change, mean [min, max] over seeds",
+           ("claim", "paper", *heads), body, markdown)

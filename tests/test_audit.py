@@ -353,3 +353,11 @@ def test_tune_without_workload_falls_back_and_says_so():
 
     ref = tuned_reference(None, instances=4)
     assert ref.source == "latency_model" and "--tune requested" in ref.provenance
+
+
+def test_cli_engine_vllm_is_refused_with_the_reason(capsys) -> None:
+    from lmetric_theory.cli import main
+
+    assert main(["audit", "--engine", "vllm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "snapshot log" in err[0] and "simulate --engine vllm" in err[0]

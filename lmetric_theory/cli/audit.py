@@ -69,6 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="h100-llama3-8b-calibrated",
                    help="hardware preset name, or a preset JSON file (default "
                    "h100-llama3-8b-calibrated, as simulate)")
+    p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
+                   help="engine of the replay: fast only (the audit reads the per-decision "
+                        "snapshot log, which the vllm engine does not record; confirm a "
+                        "conclusion with 'simulate --engine vllm')")
     p.add_argument("--variant", choices=tuple(LMETRIC_VARIANTS), default="paper",
                    help="lmetric variant replayed and audited: its P and B definitions and tie "
                         "rule (default paper: the authors' router)")
@@ -96,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.instances < 1:
         return _err(f"--instances must be >= 1, got {args.instances}")
+    if args.engine != "fast":
+        return _err("--engine vllm: the audit judges every decision from the fast engine's "
+                    "snapshot log, which the vllm engine does not record; replay with the fast "
+                    "engine and confirm with 'lmetric-theory simulate --engine vllm'")
     if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
         return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
     if args.count is not None and args.count < 1:

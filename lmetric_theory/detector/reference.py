@@ -143,9 +143,9 @@ class LinearReference:
             raise ValueError(f"band_factor: must be >= 1, got {f!r}")
         lam = it * (cdec + ckv * ctx) / cpf
         prov = (
-            f"lam = iterations*(c_dec + c_kv*context_tokens)/c_pf with c_pf={cpf!r} s/token, "
-            f"c_dec={cdec!r} s, c_kv={ckv!r} s/token, context_tokens={ctx!r}, "
-            f"iterations={it!r}"
+            f"lam = iterations*(c_dec + c_kv*context_tokens)/c_pf = {lam:.4g} with "
+            f"c_pf={cpf:.4g} s/token, c_dec={cdec:.4g} s, c_kv={ckv:.4g} s/token, "
+            f"context_tokens={ctx:.6g}, iterations={it:.6g}"
         )
         return cls(lam, lam / f, lam * f, source="latency_model", provenance=prov)
 

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fork the simulator at flagged and control decisions: does a flag predict harm?",
         description="Fork the simulator at sampled flagged and load-matched unflagged routing "
         "decisions, replay every instance choice, and report harm, AUROC of the detector's "
-        "signals, precision/recall and mitigation gains with bootstrap 95%% intervals.",
+        "signals, precision/recall and mitigation gains with bootstrap 95% intervals.",
     )
     p.add_argument("trace", metavar="TRACE", nargs="?",
                    help="trace file, or synthetic:KIND[:key=value,...] (e.g. "
@@ -76,8 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="simulator engine (default fast, the built-in discrete-event engine)")
     p.add_argument("--scheduler", choices=("vllm-v1", "reserve"), default="vllm-v1",
                    help="instance scheduler of the fast engine (default vllm-v1)")
-    p.add_argument("--preset", default="h100-llama3-8b",
-                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b)")
+    p.add_argument("--preset", default="h100-llama3-8b-calibrated",
+                   help="hardware preset name, or a preset JSON file (default h100-llama3-8b-calibrated, as simulate, audit and results)")
     p.add_argument("--count", type=int, default=None, help="use only the first COUNT requests")
     p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
                    help="replay X times as fast (default 1)")

@@ -200,24 +200,9 @@ def test_cycle_finder_sees_function_level_imports(tmp_path) -> None:
     assert _edges("lmetric_theory.m", mod) == {"lmetric_theory.core.signals"}
 
 
-#: Cycles known to remain in folders this test does not own; each entry makes the
-#: package-wide test fail until the cycle is gone (then remove the entry).
-KNOWN: list[list[str]] = [
-    ["lmetric_theory.theory.derivation", "lmetric_theory.theory.hotspot"],
-]
-
-
 def test_no_import_cycle_in_the_package() -> None:
     graph = {n: _edges(n, p) for n, p in MODULES.items()}
-    cycles = [c for c in _cycles(graph) if c not in KNOWN]
+    cycles = _cycles(graph)
     assert not cycles, "import cycles (function-level imports included): " + "; ".join(
         " <-> ".join(c) for c in cycles
     )
-
-
-@pytest.mark.xfail(strict=True, reason="theory.derivation imports theory.hotspot inside derive() "
-                   "and theory.hotspot imports theory.derivation: a cycle to break in theory/")
-def test_known_cycles_are_gone() -> None:
-    graph = {n: _edges(n, p) for n, p in MODULES.items()}
-    remaining = [c for c in _cycles(graph) if c in KNOWN]
-    assert not remaining, remaining

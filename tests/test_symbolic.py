@@ -64,8 +64,9 @@ def test_derive_is_cached(d):
 def test_definitions_match_the_scores(d):
     assert sp.expand(d.S_1 - S1) == 0 and sp.expand(d.S_2 - S2) == 0
     assert sp.expand(d.C_1 - C1) == 0 and sp.expand(d.C_2 - C2) == 0
-    assert d.p_definitions == ("uncached", "queued+uncached")
-    assert d.b_definitions == ("running", "in-flight")
+    assert d.p_definitions == ("uncached", "queued+uncached", "router-queued+new",
+                               "uncached-full-blocks", "prefill-blocks", "inflight-new+new")
+    assert d.b_definitions == ("running", "in-flight", "router-in-flight", "decode-blocks")
     assert (d.default_p0, d.default_b0) == (0, 1)
 
 
@@ -231,7 +232,9 @@ def test_numeric_geometry_helpers(d):
 def test_score_definition():
     sd = ScoreDefinition()
     assert (sd.p0, sd.b0) == (DEFAULT_P0, DEFAULT_B0) == (0, 1)
-    assert sd.p_definition is PDefinition.UNCACHED and sd.b_definition is BDefinition.RUNNING
+    # the paper's router (policy lmetric-q) by default
+    assert sd.p_definition is PDefinition.ROUTER_QUEUED_PLUS_NEW
+    assert sd.b_definition is BDefinition.ROUTER_IN_FLIGHT
     sd2 = ScoreDefinition("queued+uncached", "in-flight", F(1, 2), 0)
     assert sd2.p_definition is PDefinition.QUEUED_PLUS_UNCACHED
     assert sd2.as_dict() == {

@@ -35,7 +35,7 @@ from fractions import Fraction
 
 import sympy as sp
 
-from lmetric_theory.theory.derivation import SYMBOLS, Formula, Identity, Result
+from lmetric_theory.theory.base import SYMBOLS, Formula, Identity, Result
 
 __all__ = [
     "HOTSPOT_SYMBOLS",

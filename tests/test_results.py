@@ -185,3 +185,23 @@ def test_policy_list_splitting():
     assert _split_policies("lmetric:variant=llm-d,tie=random,vllm-v1") == ["lmetric:variant=llm-d,tie=random",
                                                                            "vllm-v1"]
     assert _split_policies("a:x=1;b") == ["a:x=1", "b"]
+
+
+def test_engine_vllm_runs_the_study_or_says_how_to_install(capsys) -> None:
+    import importlib.util
+    import json
+
+    from lmetric_theory.cli import main
+
+    argv = ["results", "synthetic:chat:count=40", "--engine", "vllm", "--instances", "2",
+            "--seeds", "1", "--policies", "lmetric,round-robin", "--rate-scales", "1",
+            "--workers", "1", "--json"]
+    if importlib.util.find_spec("vllm") is None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'pip install -e ".[vllm]"' in err[0]
+        return
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["engine"] == "vllm" and doc["config"]["vllm_version"]
+    assert {r["name"] for r in doc["rows"]} == {"lmetric", "round-robin"}

@@ -66,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sat-factor", type=float, default=10.0, help="TTFT blow-up factor (default 10)")
     p.add_argument("--sat-drain", type=float, default=0.25, help="lag threshold: drain growth / arrival span (default 0.25)")
     p.add_argument("--instances", "-n", type=int, default=8, help="number of instances (default 8)")
+    p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
+                   help="fast: this package's simulator (sweeps); vllm: vLLM's own scheduler per "
+                        "instance, to confirm a conclusion on a subset (needs the 'vllm' extra; "
+                        "tuned-linear is still tuned on the fast engine)")
     p.add_argument("--preset", default="h100-llama3-8b-calibrated",
                    help="hardware preset name (default h100-llama3-8b-calibrated)")
     p.add_argument("--points", type=int, default=9, help="grid points for tuned-linear (default 9)")
@@ -136,6 +140,14 @@ def run(args: argparse.Namespace) -> int:
             return _err(f"{args.render}: not a saved 'results --json' document ({exc})")
         (_print_compact if args.compact else _print)(saved, markdown=args.markdown)
         return 0
+    vllm_version = None
+    if args.engine == "vllm":
+        from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
+
+        try:
+            vllm_version = require_vllm()
+        except VllmUnavailable as exc:
+            return _err(str(exc))
     from lmetric_theory.experiments.study import (
         GridSpec,
         aggregate,
@@ -228,14 +240,16 @@ def run(args: argparse.Namespace) -> int:
         with Progress(transient=True) as bar:
             task = bar.add_task("simulating", total=total)
             rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n), engine=args.engine)
     else:
-        rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs)
+        rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs,
+                        engine=args.engine)
     elapsed = time.perf_counter() - t0
     doc: dict[str, Any] = {
         "workloads": [{"source": g.name, "requests": len(g.make(0)), "scales": g.scales, "loads": g.labels}
                       for g in grids],
-        "config": {"instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
+        "config": {"engine": args.engine, "vllm_version": vllm_version,
+                   "instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
                    "points": args.points, "saturation": args.saturation, "reference": args.reference,
                    "count": args.count},
         "saturation": sat,

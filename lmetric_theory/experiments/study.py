@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory.experiments.tasks import Executor, SimTask, get_executor
-from lmetric_theory.sim import SimConfig, Simulator
+from lmetric_theory.experiments.tasks import Executor, SimTask, get_executor, run_engine
+from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload, scale_rate
 
 __all__ = [
@@ -222,7 +222,7 @@ def study_task(task: SimTask) -> dict[str, Any]:
     from lmetric_theory.experiments.tuning import resolve_policy
 
     policy = resolve_policy(task.policy, task.workload, task.config, seed=task.seed)
-    res = Simulator(task.workload, task.config, policy, seed=task.seed).run()
+    res = run_engine(task, policy)
     row: dict[str, Any] = dict(task.tags)
     row.update(policy=task.policy, policy_resolved=res.policy, seed=task.seed,
                requests=len(task.workload))
@@ -291,12 +291,15 @@ class GridSpec:
 def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[str],
              seeds: Sequence[int], *, executor: Executor | str | None = None,
              workers: int | None = None, progress: Callable[[int], None] | None = None,
-             chunk: int | None = None, run_specs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+             chunk: int | None = None, run_specs: Mapping[str, str] | None = None,
+             engine: str = "fast") -> list[dict[str, Any]]:
     """Every policy x load x seed on every workload; one row per run (see :func:`study_task`).
 
     Rows carry ``workload``, ``load`` (label), ``rate_scale``, ``name`` (the spec asked for) and
     ``seed``. ``run_specs`` maps a name to the spec actually run (e.g. ``tuned-linear`` ->
     ``tuned-linear:points=6``). ``progress(n)`` is called after each chunk of ``n`` finished runs.
+    ``engine`` runs every task on ``fast`` or ``vllm`` (tuning ``tuned-linear`` always uses
+    the fast engine).
     """
     run_specs = dict(run_specs or {})
     ex = get_executor(executor, workers=workers)
@@ -308,7 +311,8 @@ def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[st
             for k, lab in zip(g.scales, labels, strict=True):
                 wk = scale_rate(w, float(k))
                 tasks += [SimTask(wk, config, run_specs.get(spec, spec), int(seed),
-                                  {"workload": g.name, "load": lab, "rate_scale": float(k), "name": spec})
+                                  {"workload": g.name, "load": lab, "rate_scale": float(k), "name": spec},
+                                  engine)
                           for spec in policies]
     n = chunk or max(1, 4 * int(getattr(ex, "workers", 1) or 1))
     return _run(tasks, ex, progress, n)

@@ -59,6 +59,9 @@ class SimTask:
         Policy seed.
     tags : dict
         Labels copied into the result row (e.g. ``{"rate_scale": 2.0}``).
+    engine : str
+        ``"fast"`` (this package's simulator) or ``"vllm"`` (vLLM's own scheduler per
+        instance; needs the ``vllm`` extra).
     """
 
     workload: Workload
@@ -66,6 +69,18 @@ class SimTask:
     policy: str
     seed: int = 0
     tags: dict[str, Any] = field(default_factory=dict)
+    engine: str = "fast"
+
+
+def run_engine(task: SimTask, policy: Any) -> Any:
+    """Run ``task`` on its engine with ``policy`` (a spec or a Policy); the ``SimResult``."""
+    if task.engine == "vllm":
+        from lmetric_theory.sim.vllm_engine import simulate_vllm
+
+        return simulate_vllm(task.workload, task.config, policy, seed=task.seed)
+    if task.engine != "fast":
+        raise ValueError(f"engine: {task.engine!r} is not one of fast, vllm")
+    return Simulator(task.workload, task.config, policy, seed=task.seed).run()
 
 
 def simulate_task(task: SimTask, policy: str | None = None) -> dict[str, Any]:
@@ -78,7 +93,7 @@ def simulate_task(task: SimTask, policy: str | None = None) -> dict[str, Any]:
         canonical spec run), ``instances``, ``requests`` and the keys of
         :meth:`SimResult.summary` (seconds / fractions).
     """
-    res = Simulator(task.workload, task.config, policy or task.policy, seed=task.seed).run()
+    res = run_engine(task, policy or task.policy)
     row: dict[str, Any] = dict(task.tags)
     row.update(policy=task.policy, policy_resolved=res.policy, instances=task.config.n_instances,
                requests=len(task.workload))

@@ -246,14 +246,27 @@ def _print(rep: dict[str, Any]) -> None:
     con.print(t)
     if lr.get("provenance"):
         con.print(f"[dim]reference: {lr['provenance']}[/dim]", highlight=False)
+    con.print(
+        "[dim]Terms: a decision [bold]disagrees[/bold] when the product's instance differs from "
+        "linear(λ) at the reference λ; [bold]fragile[/bold]: it agrees at λ but disagrees "
+        "somewhere in the band; [bold]exact product ties[/bold]: two or more instances share "
+        "the lowest product score (the tie rule decides, which is not an error); "
+        "[bold]extreme operating points[/bold]: λ_eff more than 10x outside the reference "
+        "band; [bold]regret[/bold]: how many prefill tokens worse the product's pick "
+        "is under linear(λ); [bold]flagged[/bold]: any finding (ties included); "
+        "[bold]agree share[/bold]: share of the flagged decisions whose mitigated choice "
+        "equals linear(λ)'s. Many disagreements mean the reference λ lies far from the product's "
+        "λ_eff (compare the two rows above), not that the product is harmful: "
+        "'lmetric-theory counterfactual' measures harm.[/dim]",
+        highlight=False,
+    )
 
     m = Table(title="Mitigations, ranked by flagged decisions fixed "
                     f"({rep['flagged']:,} flagged)")
-    for col in ("#", "mitigation", "fixes", "breaks", "agree share", "regret removed",
-                "recommended for"):
+    for col in ("#", "mitigation", "fixes", "breaks", "agree share", "regret removed"):
         # Names are never cut with an ellipsis at 80 columns: the mitigation keeps its
-        # full width and the kinds it is recommended for go one per line.
-        left = col in ("mitigation", "recommended for")
+        # full width; the kinds it is recommended for are listed below the table.
+        left = col == "mitigation"
         m.add_column(col, justify="left" if left else "right", overflow="fold",
                      no_wrap=col == "mitigation",
                      min_width=max(len(x["mitigation"]) for x in rep["mitigations"])
@@ -261,10 +274,14 @@ def _print(rep: dict[str, Any]) -> None:
     for x in rep["mitigations"]:
         label = x["mitigation"] + (f" ({x['value']:g})" if x["value"] is not None else "")
         m.add_row(str(x["rank"]), label, f"{x['fixes']:,}", f"{x['breaks']:,}",
-                  _f(x["agree_share"], "{:.1%}"), _f(x["mean_regret_removed_tokens"]),
-                  "\n".join(f"{k.replace('_', ' ')} ({n:,})"
-                            for k, n in x["recommended_for"].items()))
+                  _f(x["agree_share"], "{:.1%}"), _f(x["mean_regret_removed_tokens"]))
     con.print(m)
+    for x in rep["mitigations"]:
+        if x["recommended_for"]:
+            kinds = ", ".join(f"{k.replace('_', ' ')} ({n:,})"
+                              for k, n in x["recommended_for"].items())
+            con.print(f"  {x['rank']}. {x['mitigation']} is recommended for: {kinds}",
+                      highlight=False)
 
     if rep["worst"]:
         w = Table(title="Worst decisions by regret")

@@ -80,6 +80,19 @@ class RouterView:
         c.hist_v = [h.copy() for h in self.hist_v]
         return c
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The policy-facing arrays are views of the log's columns; pickle would turn them
+        # into independent copies (the policy would then read signals frozen at pickling
+        # time), so they are dropped here and re-made by __setstate__.
+        state = dict(self.__dict__)
+        state.pop("_wr", None)
+        state.pop("_ro", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind()
+
     def _bind(self) -> None:
         """Writable signal columns of the log, and read-only views of them for policies."""
         log = self.log if self.log is not None else self.row

@@ -20,6 +20,7 @@ from lmetric_theory.sim import (
     load_preset,
     simulate,
 )
+from lmetric_theory.workload import synthetic
 from lmetric_theory.workload.base import Workload
 
 LAT = LatencyModel(c0=0.01, c_pf=1e-4, c_dec=1e-3, c_kv=1e-6, c_att=1e-8)
@@ -226,6 +227,44 @@ def test_fork_and_force() -> None:
     np.testing.assert_array_equal(sim.run().e2e_s, full.e2e_s)
     with pytest.raises(ValueError, match="already taken"):
         sim.force(3, 0)
+
+
+@pytest.mark.parametrize("scheduler", ["vllm-v1", "reserve"])
+@pytest.mark.parametrize("record", [False, True])
+def test_pickled_simulator_replays_like_its_fork(scheduler: str, record: bool) -> None:
+    # Forks travel to worker processes pickled: the copy must go on exactly like a fork
+    # (the policy must keep reading live signals, not a copy frozen at pickling time).
+    import dataclasses
+    import pickle
+
+    w = synthetic("chat", n_requests=300, rate_rps=30.0, seed=5)
+    cfg = dataclasses.replace(SimConfig.from_preset(load_preset("h100-llama3-8b"), 3,
+                                                    scheduler=scheduler),
+                              record_snapshots=record)
+    sim = Simulator(w, cfg, "lmetric")
+    sim.advance(until_decision=40)
+    a = sim.fork().run()
+    b = pickle.loads(pickle.dumps(sim)).run()
+    assert b.events == a.events
+    for f in ("instance", "cached_tokens", "ttft_s", "e2e_s"):
+        np.testing.assert_array_equal(getattr(b, f), getattr(a, f))
+    if record:
+        np.testing.assert_array_equal(b.snapshots.uncached, a.snapshots.uncached)
+        np.testing.assert_array_equal(b.snapshots.running, a.snapshots.running)
+
+
+def test_outcomes_match_the_result() -> None:
+    w = random_workload(6, n=60)
+    sim = Simulator(w, config(3), "lmetric")
+    t = float(w.arrival_s[30])
+    part = sim.run(until_time=t)
+    idx = np.arange(10, 50)
+    inst, ttft, tpot, e2e = sim.outcomes(idx)
+    np.testing.assert_array_equal(inst, part.instance[idx])
+    np.testing.assert_array_equal(ttft, part.ttft_s[idx])
+    np.testing.assert_array_equal(tpot, part.tpot_s[idx])
+    np.testing.assert_array_equal(e2e, part.e2e_s[idx])
+    assert np.isnan(ttft[-5:]).all() and (inst[-5:] == -1).all()
 
 
 def test_snapshot_log_records_router_view_and_roundtrips(tmp_path: Path) -> None:

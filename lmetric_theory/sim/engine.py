@@ -279,6 +279,42 @@ class Simulator:
             for e in handle(entry):
                 push(heap, e)
 
+    def outcomes(self, requests: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                      np.ndarray]:
+        """Where some requests went and when they got their first and last token, so far.
+
+        A cheap slice of :meth:`run`'s result for a few requests (no whole-workload arrays,
+        no snapshot copy): the counterfactual forks call it many times per decision.
+
+        Parameters
+        ----------
+        requests : np.ndarray of int
+            Request indices.
+
+        Returns
+        -------
+        instance : np.ndarray of int64
+            Instance each request was routed to (-1: not routed yet).
+        ttft_s : np.ndarray of float64
+            Time to first token, seconds (NaN: no first token yet).
+        tpot_s : np.ndarray of float64
+            Time per output token after the first, seconds per token (NaN: not finished,
+            or a one-token output), as in :class:`~lmetric_theory.sim.config.SimResult`.
+        e2e_s : np.ndarray of float64
+            Arrival to last token, seconds (NaN: not finished).
+        """
+        req = self._req
+        ids = [int(i) for i in np.asarray(requests).ravel()]
+        where, first, done, arr = req.where, req.first, req.done, req.arrival
+        inst = np.fromiter((where[i] for i in ids), dtype=np.int64, count=len(ids))
+        a = np.fromiter((arr[i] for i in ids), dtype=np.float64, count=len(ids))
+        f = np.fromiter((first[i] for i in ids), dtype=np.float64, count=len(ids))
+        d = np.fromiter((done[i] for i in ids), dtype=np.float64, count=len(ids))
+        out = np.fromiter((req.out[i] for i in ids), dtype=np.int64, count=len(ids))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = np.where(out > 1, (d - f) / np.maximum(out - 1, 1), np.nan)
+        return inst, f - a, tpot, d - a
+
     def router_counters(self) -> dict[str, list[int]]:
         """The router's own counters per instance: queued prefill tokens, in-flight requests,
         tokens of in-flight requests and predicted new tokens of in-flight requests

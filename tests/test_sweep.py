@@ -79,3 +79,34 @@ def test_dask_local_cluster_equals_local(small):
         rows = run_sweep(tasks, ex)
     assert rows == local
     assert np.isfinite([r["ttft_mean_s"] for r in rows]).all()
+
+
+def _square(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative item {x}")
+    return x * x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_imap_streams_every_item_once_with_a_bounded_window(workers: int) -> None:
+    drawn: list[int] = []
+    pending_max = 0
+
+    def items():
+        nonlocal pending_max
+        for k in range(12):
+            drawn.append(k)
+            yield k
+
+    got: dict[int, int] = {}
+    for k, r in LocalExecutor(workers).imap(_square, items(), window=3):
+        got[k] = r
+        pending_max = max(pending_max, len(drawn) - len(got))
+    assert got == {k: k * k for k in range(12)}
+    assert pending_max <= 3  # never more than `window` items drawn ahead of the results
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_imap_raises_the_item_error(workers: int) -> None:
+    with pytest.raises(ValueError, match="negative item -1"):
+        list(LocalExecutor(workers).imap(_square, [1, 2, -1, 3], window=2))

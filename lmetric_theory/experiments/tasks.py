@@ -16,9 +16,11 @@ Executors map a picklable function over tasks, keeping task order:
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -121,8 +123,24 @@ class LocalExecutor:
         n = min(self.workers, len(items))
         if n <= 1:
             return [fn(x) for x in items]
-        with ProcessPoolExecutor(max_workers=n) as pool:
+        with ProcessPoolExecutor(max_workers=n, initializer=gc.freeze) as pool:
             return list(pool.map(fn, items))
+
+    def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], *,
+             window: int | None = None) -> Iterator[tuple[int, Any]]:
+        """``(k, fn(items[k]))`` as each finishes, in completion order, with one pool.
+
+        Items are drawn from ``items`` lazily: at most ``window`` (default ``2 * workers``)
+        are pending at a time, so a generator of large tasks is never held whole in memory.
+        With one worker everything runs in this process, in order.
+        """
+        if self.workers <= 1:
+            for k, x in enumerate(items):
+                yield k, fn(x)
+            return
+        yield from _bounded_imap(
+            lambda pool, x: pool.submit(fn, x), items, window or 2 * self.workers,
+            lambda: ProcessPoolExecutor(max_workers=self.workers, initializer=gc.freeze))
 
 
 class DaskExecutor:
@@ -159,10 +177,64 @@ class DaskExecutor:
         futures = self.client.map(fn, items, pure=False)
         return list(self.client.gather(futures))
 
+    def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], *,
+             window: int | None = None) -> Iterator[tuple[int, Any]]:
+        """``(k, fn(items[k]))`` as each finishes; at most ``window`` pending (default: twice
+        the cluster's worker count)."""
+        if window is None:
+            try:
+                window = 2 * max(1, len(self.client.scheduler_info().get("workers", {})))
+            except Exception:  # noqa: BLE001 - no scheduler info: a small window
+                window = 2
+
+        yield from _bounded_imap(lambda c, x: c.submit(fn, x, pure=False), items, window,
+                                 lambda: nullcontext(self.client))
+
     def close(self) -> None:
         """Close the client if this executor created it."""
         if self._own:
             self.client.close()
+
+
+def _bounded_imap(submit: Callable[[Any, Any], Any], items: Iterable[Any], window: int,
+                  open_pool: Callable[[], Any]) -> Iterator[tuple[int, Any]]:
+    """Keep at most ``window`` futures pending; yield ``(k, result)`` as they complete.
+
+    Works with ``concurrent.futures`` futures and Dask futures alike (both have ``done()``
+    and ``result()``); a failed item raises its exception here, the others are cancelled.
+    """
+    window = max(1, int(window))
+    it = iter(enumerate(items))
+    pending: dict[Any, int] = {}
+    with open_pool() as pool:
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        k, x = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending[submit(pool, x)] = k
+                if not pending:
+                    return
+                done = _wait_any(list(pending))
+                for fut in done:
+                    k = pending.pop(fut)
+                    yield k, fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def _wait_any(futures: list[Any]) -> list[Any]:
+    """The finished ones among ``futures``, waiting for at least one."""
+    if all(isinstance(f, Future) for f in futures):
+        return list(wait(futures, return_when=FIRST_COMPLETED).done)
+    from dask.distributed import wait as dask_wait  # Dask futures
+
+    return list(dask_wait(futures, return_when="FIRST_COMPLETED").done)
 
 
 def get_executor(executor: Executor | str | None = None, *, workers: int | None = None) -> Executor:

@@ -227,6 +227,22 @@ def test_any_executor_object_gives_the_same_forks(small, study) -> None:
     assert other.forks == study.forks and InOrder.calls >= 1
 
 
+def test_worker_processes_give_the_same_forks(small, study, monkeypatch) -> None:
+    # Two worker processes, several decisions per task: each task's simulator is pickled
+    # to its worker and advanced there from decision to decision.
+    import lmetric_theory.experiments.counterfactual.study as mod
+
+    monkeypatch.setattr(mod, "_TASKS_PER_WORKER", 1)
+    w, cfg = small
+    seen: list[tuple[int, int]] = []
+    other = counterfactual_study(w, cfg, reference=LinearReference.band(64, 1024, lam=256),
+                                 samples=8, horizon_s=5.0, seed=4, end_to_end_seeds=0, n_boot=200,
+                                 workers=2, progress=lambda d, t: seen.append((d, t)))
+    assert other.forks == study.forks
+    total = len(study.forks)
+    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) >= 3
+
+
 def test_controls_are_matched_on_load_decile() -> None:
     rng = np.random.default_rng(0)
     load = rng.gamma(2.0, 3.0, 2000)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,6 +269,29 @@ def _parallelism(ex: Any) -> int:
     return max(1, int(n or 1))
 
 
+#: Fork tasks per worker: small enough to balance uneven decisions, large enough that the
+#: per-task copy of the simulator (a few MB) stays cheap.
+_TASKS_PER_WORKER = 16
+
+
+def _stream(ex: Any, fn: Callable[[Any], Any], items: Iterator[Any],
+            n_workers: int) -> Iterator[Any]:
+    """Results of ``fn`` over ``items`` as they finish: the executor's ``imap`` when it has
+    one, else its ``map`` over batches of ``n_workers`` items."""
+    if hasattr(ex, "imap"):
+        for _, r in ex.imap(fn, items, window=2 * n_workers):
+            yield r
+        return
+    batch: list[Any] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) == n_workers:
+            yield from ex.map(fn, batch)
+            batch = []
+    if batch:
+        yield from ex.map(fn, batch)
+
+
 def _mitigation_name(m: Mitigation) -> str:
     return m.kind.value if m.value is None else f"{m.kind.value}={m.value:g}"
 
@@ -413,8 +436,7 @@ def counterfactual_study(
     det = Detector(reference, p0, b0, block_tokens=block)
 
     cfg = dataclasses.replace(config, record_snapshots=True)
-    base = Simulator(workload, cfg, spec, seed=seed)
-    first = base.fork().run()
+    first = Simulator(workload, cfg, spec, seed=seed).run()
     log = first.snapshots
     if log is None or len(log) == 0:
         raise ValueError("the replay recorded no routing decisions")
@@ -430,30 +452,33 @@ def counterfactual_study(
     arrival = np.asarray(workload.arrival_s, dtype=np.float64)
     t_base = time.perf_counter() - t_start
 
-    # ---- forks, in batches through the executor
+    # ---- forks, in small tasks streamed through the executor
     todo = np.unique(np.concatenate([smp.flagged, smp.control])).tolist()
     n_workers = _parallelism(ex)
-    per_task = max(1, math.ceil(len(todo) / (8 * n_workers)))
+    per_task = max(1, math.ceil(len(todo) / (_TASKS_PER_WORKER * n_workers)))
     chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    # The walker runs the same policy without recording snapshots (recording never changes a
+    # decision) and is forked once per task, positioned at the task's first decision.
+    walker = Simulator(workload, dataclasses.replace(config, record_snapshots=False), spec,
+                       seed=seed)
+
+    def tasks() -> Iterator[ForkTask]:
+        for ch in chunks:
+            walker.advance(until_decision=ch[0])
+            yield ForkTask(
+                sim=walker.fork(), decisions=tuple(ch),
+                requests=tuple(int(requests[d]) for d in ch),
+                chosen=tuple(int(chosen[d]) for d in ch), arrival_s=arrival,
+                horizon_s=float(horizon_s), converge_k=int(converge_k), aa_seed=int(seed) + 1)
+
     forks: dict[int, DecisionForks] = {}
-    done = 0
     if progress is not None:
         progress(0, len(todo))
-    for b0_ in range(0, len(chunks), n_workers):
-        batch = chunks[b0_:b0_ + n_workers]
-        tasks = []
-        for ch in batch:
-            base.advance(until_decision=ch[0])
-            tasks.append(ForkTask(
-                sim=base.fork(), decisions=tuple(ch), requests=tuple(int(requests[d]) for d in ch),
-                chosen=tuple(int(chosen[d]) for d in ch), arrival_s=arrival,
-                horizon_s=float(horizon_s), converge_k=int(converge_k), aa_seed=int(seed) + 1))
-        for res in ex.map(run_fork_task, tasks):
-            for f in res:
-                forks[f.decision] = f
-        done += sum(len(c) for c in batch)
+    for res in _stream(ex, run_fork_task, tasks(), n_workers):
+        for f in res:
+            forks[f.decision] = f
         if progress is not None:
-            progress(done, len(todo))
+            progress(len(forks), len(todo))
     t_forks = time.perf_counter() - t_start - t_base
 
     # ---- per-decision outcomes

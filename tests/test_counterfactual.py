@@ -182,6 +182,14 @@ def test_json_stable_keys_and_consistency(study) -> None:
     assert d["flagged"]["harm_rate"] == pytest.approx(np.mean([h > thr for h in fl]))
     assert d["flagged"]["mean_harm_s"] == pytest.approx(np.mean(fl))
     assert d["precision"]["value"] == d["flagged"]["harm_rate"]
+    # the sensitivity table: the same harms against larger thresholds, never a larger rate
+    prev = d["flagged"]["harm_rate"]
+    for row in d["harm_rate_by_threshold"].values():
+        t = row["threshold_s"]
+        assert t >= thr
+        assert row["flagged"]["harm_rate"] == pytest.approx(np.mean([h > t for h in fl]))
+        assert row["flagged"]["harm_rate"] <= prev
+        prev = row["flagged"]["harm_rate"]
     for name, x in d["auroc"].items():
         assert set(x) >= {"value", "ci95"}, name
     assert "hotspot_phase" in d["auroc"] or "hotspot_phase" in d["auroc_omitted"]

@@ -283,6 +283,12 @@ def _print(doc: dict[str, Any]) -> None:
               f"{doc['harm_threshold_s']:.4g} s; horizon {cfg['horizon_s']:g} s; "
               f"re-converged early {pop['converged']} of {pop['sampled_flagged'] + pop['sampled_control']}",
               highlight=False)
+    sens = doc.get("harm_rate_by_threshold") or {}
+    if sens:
+        con.print("harm rate flagged / control if small harms did not count: " + "; ".join(
+            f"> {row['threshold_s']:g} s: {_ci(row['flagged']['harm_rate'], None, '{:.0%}')} / "
+            f"{_ci(row['control']['harm_rate'], None, '{:.0%}')}" for row in sens.values()),
+            highlight=False)
     a = Table(title="Does the signal predict harm? AUROC (0.5 = chance)")
     a.add_column("signal")
     a.add_column("AUROC [95%]", justify="right")

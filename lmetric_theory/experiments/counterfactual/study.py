@@ -79,6 +79,10 @@ DEFAULTS: dict[str, Any] = {
     "n_boot": 2000,
 }
 
+#: Harm thresholds of the sensitivity table ``harm_rate_by_threshold``, seconds of summed
+#: TTFT over the affected requests (each at least the noise floor).
+HARM_SENSITIVITY_S: tuple[float, ...] = (0.01, 0.1, 1.0)
+
 #: Detector signals whose AUROC is reported (larger value = predicted harmful).
 SIGNALS: tuple[str, ...] = ("disagreement", "regret_tokens", "lam_star_band_distance", "lam_eff",
                             "hotspot_phase")
@@ -503,6 +507,18 @@ def counterfactual_study(
         for g, (name, k) in enumerate((("flagged", kf), ("control", kc)))
     }
 
+    # ---- how the harm rates depend on the threshold (the floor is 0 for a deterministic
+    # policy, so any difference counts; these show how much of the rate is small differences)
+    sensitivity: dict[str, Any] = {}
+    for g, t_ in enumerate(HARM_SENSITIVITY_S):
+        t_eff = max(thr, t_)
+        row: dict[str, Any] = {"threshold_s": t_eff}
+        for name, k in (("flagged", kf), ("control", kc)):
+            e = stats.bootstrap_ci((harm[k] > t_eff).astype(np.float64), n_boot=n_boot,
+                                   seed=[seed, 400 + 2 * g + (name == "control")])
+            row[name] = {"harm_rate": e.value, "harm_rate_ci95": list(e.ci95)}
+        sensitivity[f"{t_:g}"] = row
+
     # ---- AUROC of each signal over both groups pooled
     pool = np.concatenate([kf, kc])
     dpool = np.array([order[k] for k in pool.tolist()], dtype=np.int64)
@@ -522,6 +538,12 @@ def counterfactual_study(
     auroc: dict[str, Any] = {}
     for g, (name, s) in enumerate(sig.items()):
         ok = ~np.isnan(s)
+        if np.unique(s[ok]).size < 2:  # a constant ranks nothing: AUROC 0.5 by construction
+            omitted[name] = (
+                "the hot-spot monitor raised no phase at any sampled decision"
+                if name == "hotspot_phase" else
+                f"constant over the {int(ok.sum())} sampled decisions (no ranking to score)")
+            continue
         e = stats.auroc_ci(s[ok], y[ok], n_boot=n_boot, seed=[seed, 100 + g])
         auroc[name] = {"value": e.value, "ci95": list(e.ci95), "n": int(ok.sum()),
                        "positives": int(y[ok].sum())}
@@ -590,6 +612,7 @@ def counterfactual_study(
         **groups,
         "noise_floor_s": noise,
         "harm_threshold_s": thr,
+        "harm_rate_by_threshold": sensitivity,
         "auroc": auroc,
         "auroc_omitted": omitted,
         "precision": precision,

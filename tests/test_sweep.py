@@ -110,3 +110,16 @@ def test_imap_streams_every_item_once_with_a_bounded_window(workers: int) -> Non
 def test_imap_raises_the_item_error(workers: int) -> None:
     with pytest.raises(ValueError, match="negative item -1"):
         list(LocalExecutor(workers).imap(_square, [1, 2, -1, 3], window=2))
+
+
+def test_dask_imap_streams_and_raises():
+    distributed = pytest.importorskip("dask.distributed", reason="optional extra 'dask' not installed")
+    from lmetric_theory.experiments.sweep import DaskExecutor
+
+    with distributed.LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        ex = DaskExecutor(client=client)
+        got = dict(ex.imap(_square, iter(range(9)), window=2))
+        assert got == {k: k * k for k in range(9)}
+        with pytest.raises(ValueError, match="negative item -2"):
+            list(ex.imap(_square, [3, -2, 5], window=2))

@@ -313,6 +313,22 @@ def test_cli_json(capsys) -> None:
     assert d["end_to_end"]["how"] == "workload regenerated per seed"
 
 
+@pytest.mark.parametrize("policy, P, B", [
+    ("lmetric", "router-queued+new", "router-in-flight"),
+    ("lmetric:variant=llm-d", "uncached-full-blocks", "router-in-flight"),
+])
+def test_cli_tuned_reference_scores_the_policys_own_signals(capsys, policy, P, B) -> None:
+    code = main(["counterfactual", "synthetic:chat:count=150,rate=15", "-n", "2", "--samples", "2",
+                 "--horizon", "2", "--e2e-seeds", "0", "--workers", "1", "--reference", "tuned",
+                 "--policy", policy, "--json"])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    ref = d["config"]["reference"]
+    assert ref["source"] == "tuned"
+    assert ref["provenance"].endswith(f"linear scored with P={P}, B={B}")
+    assert (d["config"]["score"]["P"], d["config"]["score"]["B"]) == (P, B)
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--samples", "0"], "--samples"),
     (["--horizon", "-1"], "--horizon"),

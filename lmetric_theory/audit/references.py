@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -115,7 +116,10 @@ def tuned_reference(
 
         res = tune_linear(workload, instances=int(instances), preset=_load_preset(preset),
                           seed=seed, P=str(p_definition), B=str(b_definition))
-        return reference_from_tuning(res, tolerance=tolerance)
+        ref = reference_from_tuning(res, tolerance=tolerance)
+        return dataclasses.replace(
+            ref, provenance=f"{ref.provenance}; linear scored with P={p_definition}, "
+                            f"B={b_definition}")
     ref = default_reference(preset, workload)
     why = "no workload to tune on (snapshot audit)"
     return LinearReference(ref.lam, ref.lam_lo, ref.lam_hi, source="latency_model",

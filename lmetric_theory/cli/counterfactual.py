@@ -220,11 +220,12 @@ def _reference(args: argparse.Namespace, preset: Any, workload: Any) -> Any:
     from lmetric_theory.detector import LinearReference
 
     if args.reference == "tuned":
-        spec = args.policy.split(":", 1)
-        params = dict(kv.split("=", 1) for kv in spec[1].split(",") if "=" in kv) if len(spec) > 1 else {}
+        # tuned on the policy's own P and B (a variant resolves to its definitions)
+        from lmetric_theory.experiments.counterfactual import policy_score
+
+        P, B, *_ = policy_score(args.policy, args.seed)
         return A.tuned_reference(workload, instances=args.instances, preset=preset, seed=args.seed,
-                                 p_definition=params.get("P", "uncached"),
-                                 b_definition=params.get("B", "running"))
+                                 p_definition=P, b_definition=B)
     ref = A.default_reference(preset, workload)
     if args.reference == "lam":
         return LinearReference(ref.lam, source="latency_model",

@@ -29,6 +29,7 @@ from lmetric_theory.experiments.counterfactual.study import (
     SIGNALS,
     CounterfactualStudy,
     counterfactual_study,
+    policy_score,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "hotspot_phase",
     "load_deciles",
     "matched_sample",
+    "policy_score",
     "reseed_policy",
     "run_fork_task",
 ]

@@ -65,7 +65,8 @@ from lmetric_theory.experiments.counterfactual.sampling import (
 from lmetric_theory.sim import SimConfig, Simulator
 from lmetric_theory.workload import Workload
 
-__all__ = ["DEFAULTS", "HARM_RULE", "SIGNALS", "CounterfactualStudy", "counterfactual_study"]
+__all__ = ["DEFAULTS", "HARM_RULE", "SIGNALS", "CounterfactualStudy", "counterfactual_study",
+           "policy_score"]
 
 #: Default settings of the study (the CLI's defaults).
 DEFAULTS: dict[str, Any] = {
@@ -144,7 +145,7 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def _policy_score(spec: str, seed: int) -> tuple[str, str, Any, Any, str]:
+def policy_score(spec: str, seed: int) -> tuple[str, str, Any, Any, str]:
     """``P``, ``B`` definitions, ``p0``, ``b0`` and tie rule of a policy (lmetric defaults).
 
     The definitions come from the policy's resolved score definition when it has one (a
@@ -435,7 +436,7 @@ def counterfactual_study(
     t_start = time.perf_counter()
     ex = get_executor(executor, workers=workers)
     spec = resolve_policy(policy, workload, config, seed=seed, executor=ex)
-    P_def, B_def, p0, b0, tie = _policy_score(spec, seed)
+    P_def, B_def, p0, b0, tie = policy_score(spec, seed)
     block = int(getattr(workload, "block_size", 16) or 16)
     det = Detector(reference, p0, b0, block_tokens=block)
 

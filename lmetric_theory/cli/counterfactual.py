@@ -8,7 +8,8 @@ intervals, plus ``guarded-lmetric`` against the policy end to end over several r
 
 TRACE is a trace file, or ``synthetic:KIND[:key=value,...]`` (see
 :mod:`lmetric_theory.workload.spec`, e.g. ``synthetic:hotspot:share=0.6``); without it, the
-synthetic default workload. A progress bar runs on stderr; ``--json`` prints the
+synthetic default workload. A progress bar runs on stderr (with ``--json`` only when
+stderr is a terminal); ``--json`` prints the
 stable JSON; ``--out DIR`` writes ``counterfactual.json`` and ``decisions.csv`` atomically.
 
 Examples
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     bar = None
     progress = None
-    if not args.json:
+    if not args.json or sys.stderr.isatty():  # the bar goes to stderr; JSON stays clean
         from rich.console import Console
         from rich.progress import (
             BarColumn,

@@ -103,19 +103,22 @@ def tuned_reference(
     p_definition: str = "router-queued+new",
     b_definition: str = "router-in-flight",
     tolerance: float = 0.05,
+    config: Any = None,
 ) -> LinearReference:
     """A reference tuned with the simulator, for ``--tune``.
 
     Runs :func:`lmetric_theory.experiments.tuning.tune_linear` (``linear`` replayed over a
     log-spaced grid of ``lam``, mean TTFT minimised) and turns it into a reference with
     :func:`reference_from_tuning`. With no workload to tune on (snapshot audits), falls
-    back to :func:`default_reference` and says so in the provenance.
+    back to :func:`default_reference` and says so in the provenance. ``config`` (a
+    :class:`~lmetric_theory.sim.SimConfig`), when given, is the cluster the tuning simulates
+    (scheduler included) instead of ``instances`` instances of ``preset``.
     """
     if workload is not None:
         from lmetric_theory.experiments.tuning import tune_linear
 
         res = tune_linear(workload, instances=int(instances), preset=_load_preset(preset),
-                          seed=seed, P=str(p_definition), B=str(b_definition))
+                          config=config, seed=seed, P=str(p_definition), B=str(b_definition))
         ref = reference_from_tuning(res, tolerance=tolerance)
         return dataclasses.replace(
             ref, provenance=f"{ref.provenance}; linear scored with P={p_definition}, "

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         workload = workload_from_args(args)
         replicate = replicate_factory(args)
         cfg = SimConfig.from_preset(preset, args.instances, scheduler=args.scheduler)
-        reference = _reference(args, preset, workload)
+        reference = _reference(args, preset, workload, cfg)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reference(args: argparse.Namespace, preset: Any, workload: Any) -> Any:
+def _reference(args: argparse.Namespace, preset: Any, workload: Any, cfg: Any) -> Any:
     from lmetric_theory import audit as A
     from lmetric_theory.detector import LinearReference
 
@@ -226,7 +226,7 @@ def _reference(args: argparse.Namespace, preset: Any, workload: Any) -> Any:
 
         P, B, *_ = policy_score(args.policy, args.seed)
         return A.tuned_reference(workload, instances=args.instances, preset=preset, seed=args.seed,
-                                 p_definition=P, b_definition=B)
+                                 p_definition=P, b_definition=B, config=cfg)
     ref = A.default_reference(preset, workload)
     if args.reference == "lam":
         return LinearReference(ref.lam, source="latency_model",

@@ -90,3 +90,34 @@ def test_simulate_command_tunes_and_guards(capsys):
     doc = json.loads(capsys.readouterr().out)
     for spec in ("tuned-linear:points=3", "guarded-lmetric"):
         assert doc["policies"][spec]["completed"] == 150
+
+
+def test_dynamo_w_tuned_picks_the_grid_weight_with_the_lowest_mean_ttft(setup):
+    from lmetric_theory.experiments.tuning import DYNAMO_W_GRID, resolve_policy, tune_dynamo_w
+
+    w, cfg = setup
+    spec, evals = tune_dynamo_w("dynamo:w=tuned,tie=lowest", w, cfg, grid=("0", "1", "8"))
+    # brute force: every weight replayed on its own
+    brute = {g: float(Simulator(w, cfg, f"dynamo:w={g},tie=lowest").run().summary()["ttft_mean_s"])
+             for g in ("0", "1", "8")}
+    assert dict(evals) == pytest.approx(brute)
+    best = min(brute, key=lambda g: (brute[g], ("0", "1", "8").index(g)))
+    assert spec == f"dynamo:w={best},tie=lowest"
+    # resolve_policy does the same over the default grid; the result is an ordinary spec
+    resolved = resolve_policy("dynamo-po:w=tuned", w, cfg)
+    name, _, rest = resolved.partition(":")
+    assert name == "dynamo-po" and rest.split(",")[0].removeprefix("w=") in DYNAMO_W_GRID
+    assert Simulator(w, cfg, resolved).run(until_decision=20).instance[:20].min() >= 0  # routes
+    assert resolve_policy("dynamo:w=2", w, cfg) == "dynamo:w=2"
+
+
+def test_dynamo_w_tuned_refuses_to_route_unresolved(setup):
+    w, cfg = setup
+    pol = make_policy("dynamo:w=tuned")
+    assert pol.params.w == "tuned"
+    with pytest.raises(RuntimeError, match="w=tuned is not resolved"):
+        Simulator(w, cfg, pol).run(until_decision=1)
+    with pytest.raises(ValueError, match="cannot read 'tuned'"):
+        make_policy("lmetric:p0=tuned")  # only parameters marked tunable accept it
+    with pytest.raises(ValueError, match="w must be >= 0"):
+        make_policy("dynamo:w=-1")

@@ -10,6 +10,10 @@ a policy the workload, so the tuning happens *before* the run: call :func:`prepa
 with a spec string, :func:`resolve_policy` (the sweep functions do this), which turns
 ``tuned-linear:...`` into the equivalent ``linear:lam=X,...`` spec. An unprepared
 ``tuned-linear`` raises ``RuntimeError`` on its first decision.
+
+The same holds for Dynamo's overlap weight: ``dynamo:w=tuned`` (and ``dynamo-po:w=tuned``),
+the paper's "Dynamo with ``w`` tuned per workload", is resolved by :func:`tune_dynamo_w`
+to the weight of :data:`DYNAMO_W_GRID` with the lowest mean TTFT on the workload.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from lmetric_theory.policies.tuned import linear_spec as _linear_spec
 from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload
 
-__all__ = ["OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams", "prepare_tuned",
-           "resolve_policy", "tune_linear"]
+__all__ = ["DYNAMO_W_GRID", "OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams",
+           "prepare_tuned", "resolve_policy", "tune_dynamo_w", "tune_linear"]
+
+#: Overlap weights tried by ``dynamo:w=tuned`` (Dynamo's default is 1; 0 ignores the prefix
+#: term's weight, larger values favour cache hits more).
+DYNAMO_W_GRID: tuple[str, ...] = ("0", "1/4", "1/2", "1", "2", "4", "8", "16")
+
+#: Policies whose ``w`` can be tuned.
+_DYNAMO_NAMES = ("dynamo", "dynamo-po")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,14 +213,56 @@ def prepare_tuned(policy: TunedLinear, workload: Workload, config: SimConfig, *,
     return result
 
 
+def tune_dynamo_w(spec: str, workload: Workload, config: SimConfig, *, seed: int = 0,
+                  grid: tuple[str, ...] = DYNAMO_W_GRID, objective: str = "ttft_mean",
+                  executor: Any = None) -> tuple[str, list[tuple[str, float]]]:
+    """Tune the overlap weight of a ``dynamo[-po]:w=tuned,...`` spec on ``workload``.
+
+    Replays the workload once per weight of ``grid`` (the spec's other parameters kept) and
+    keeps the weight with the lowest objective; ties go to the weight listed first.
+
+    Returns
+    -------
+    spec : str
+        The spec with ``w`` set to the best weight.
+    evaluations : list of (str, float)
+        Every weight and its objective, seconds (``inf`` when no request completed).
+    """
+    name, raw = parse_policy_spec(spec)
+    if name not in _DYNAMO_NAMES:
+        raise ValueError(f"{spec!r}: only {', '.join(_DYNAMO_NAMES)} have a tunable w")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if not grid:
+        raise ValueError("grid: at least one weight")
+
+    def with_w(w: str) -> str:
+        return name + ":" + ",".join(f"{k}={w if k == 'w' else v}" for k, v in
+                                     {**raw, "w": w}.items())
+
+    specs = [with_w(w) for w in grid]
+    for sp in specs:
+        make_policy(sp, seed=seed)  # every weight valid before any run
+    cfg = dataclasses.replace(config, record_snapshots=False)
+    rows = get_executor(executor).map(simulate_task, [SimTask(workload, cfg, sp, seed) for sp in specs])
+    key = f"{objective}_s"
+    vals = [float(r[key]) if math.isfinite(float(r[key])) else math.inf for r in rows]
+    best = min(range(len(grid)), key=lambda k: (vals[k], k))
+    return specs[best], list(zip(grid, vals, strict=True))
+
+
 def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: int = 0,
                    executor: Any = None) -> str:
-    """``spec`` itself, or for ``tuned-linear[:...]`` the equivalent tuned ``linear`` spec.
+    """``spec`` itself; for ``tuned-linear[:...]`` the equivalent tuned ``linear`` spec; for
+    ``dynamo[-po]:w=tuned,...`` the spec with the tuned weight (:func:`tune_dynamo_w`).
 
     Tuning runs through ``executor`` (default: sequential in this process when called from a
     sweep worker would nest pools, so pass one explicitly for parallel tuning).
     """
-    name, _ = parse_policy_spec(spec)
+    name, raw = parse_policy_spec(spec)
+    if name in _DYNAMO_NAMES and raw.get("w", "").strip() == "tuned":
+        return tune_dynamo_w(spec, workload, config, seed=seed,
+                             executor=executor if executor is not None else LocalExecutor(1))[0]
     if name != TunedLinear.name:
         return spec
     pol = make_policy(spec, seed=seed)

@@ -184,6 +184,11 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
+#: The value of a tunable parameter (field metadata ``tunable``) that asks for it to be tuned
+#: on the workload before the run (e.g. ``dynamo:w=tuned``).
+TUNED = "tuned"
+
+
 def _in_range(where: str, raw: str, v: Any) -> Any:
     """``v`` if ``|v| <= POLICY_NUMBER_MAX`` (the exact kernel's limit on offsets and rates),
     else ``ValueError`` stating the range."""
@@ -265,7 +270,13 @@ def build_policy(spec: str, seed: int = 0) -> Policy:
                 f"policy {name!r}: unknown parameter {key!r}; valid parameters: {', '.join(fields)}"
             )
         choices = fields[key].metadata.get("choices")
-        kwargs[key] = _convert(name, key, value, hints[key], choices)
+        tp = hints[key]
+        if fields[key].metadata.get("tunable"):
+            if value.strip() == TUNED:  # resolved later by tuning on a workload
+                kwargs[key] = TUNED
+                continue
+            tp = next(t for t in typing.get_args(tp) if t is not str)
+        kwargs[key] = _convert(name, key, value, tp, choices)
     try:
         params = cls.Params(**kwargs)
     except ValueError as exc:

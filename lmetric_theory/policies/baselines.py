@@ -42,7 +42,7 @@ import numpy as np
 
 from lmetric_theory.core import signals as sig
 from lmetric_theory.core.definitions import BDefinition, PDefinition
-from lmetric_theory.policies.base import Policy, register_policy
+from lmetric_theory.policies.base import TUNED, Policy, register_policy
 
 __all__ = [
     "BASELINE_POLICIES",
@@ -363,15 +363,22 @@ class BoundedMostHit(CatalogPolicy):
 
 @dataclass(frozen=True, slots=True)
 class DynamoParams:
-    """Dynamo's logit: overlap weight ``w`` (default 1) and the router's integer ``scale``."""
+    """Dynamo's logit: overlap weight ``w`` (default 1) and the router's integer ``scale``.
 
-    w: Fraction = Fraction(1)
+    ``w=tuned`` asks for the weight to be tuned on the workload before the run
+    (:func:`lmetric_theory.experiments.tuning.resolve_policy` replaces it with the weight
+    of :data:`lmetric_theory.experiments.tuning.DYNAMO_W_GRID` that gives the lowest mean
+    TTFT); such a policy cannot route until then.
+    """
+
+    w: Fraction | str = dataclasses.field(default=Fraction(1), metadata={"tunable": True})
     scale: int = 1000
     tie: str = catalog_tie_field()
 
     def __post_init__(self) -> None:
         _check_tie(self.tie)
-        _nonneg("w", self.w)
+        if self.w != TUNED:
+            _nonneg("w", self.w)
         _nonneg("scale", self.scale)
 
 
@@ -389,14 +396,24 @@ class Dynamo(CatalogPolicy):
 
     def scores(self, view: Any) -> list[int | Fraction]:
         """Per-instance logits (truncated as the router does unless ``scale=0``)."""
+        self._check_resolved()
         s = block_size(view)
         num = [self._wn * p + self._wd * s * (p // s) for p in prefill_tokens(view)]
         return self._finish(num, self._wd * s)
 
     def __init__(self, params: DynamoParams, seed: int = 0) -> None:
         super().__init__(params, seed)
+        if params.w == TUNED:  # resolved by tuning before any routing
+            self._wn, self._wd = 0, 0
+            return
         w = Fraction(params.w)
         self._wn, self._wd = w.numerator, w.denominator
+
+    def _check_resolved(self) -> None:
+        if self.params.w == TUNED:
+            raise RuntimeError(
+                f"{self.name}:w=tuned is not resolved: lmetric_theory.experiments.tuning."
+                "resolve_policy(spec, workload, config) tunes w on the workload first")
 
     def _finish(self, num: list[int], den: int) -> list[int | Fraction]:
         """``trunc(scale * num / den)`` (exact, ``num >= 0``), or ``num / den`` for ``scale=0``."""
@@ -421,6 +438,7 @@ class DynamoPO(Dynamo):
     signals = ("router_all_tokens", "hit_blocks", "block_size", "input_tokens")
 
     def scores(self, view: Any) -> list[int | Fraction]:
+        self._check_resolved()
         s = block_size(view)
         num = [self._wn * n + self._wd * s * (nb + d) for n, nb, d in
                zip(new_tokens(view), new_blocks(view), decode_blocks(view), strict=True)]

@@ -123,7 +123,7 @@ class LocalExecutor:
         n = min(self.workers, len(items))
         if n <= 1:
             return [fn(x) for x in items]
-        with ProcessPoolExecutor(max_workers=n, initializer=gc.freeze) as pool:
+        with _process_pool(n) as pool:
             return list(pool.map(fn, items))
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], *,
@@ -140,7 +140,7 @@ class LocalExecutor:
             return
         yield from _bounded_imap(
             lambda pool, x: pool.submit(fn, x), items, window or 2 * self.workers,
-            lambda: ProcessPoolExecutor(max_workers=self.workers, initializer=gc.freeze))
+            lambda: _process_pool(self.workers))
 
 
 class DaskExecutor:
@@ -194,6 +194,12 @@ class DaskExecutor:
         """Close the client if this executor created it."""
         if self._own:
             self.client.close()
+
+
+def _process_pool(n: int) -> ProcessPoolExecutor:
+    """``n`` worker processes; each freezes the heap it inherits out of the garbage collector
+    (collections then walk only the worker's own objects)."""
+    return ProcessPoolExecutor(max_workers=n, initializer=gc.freeze)
 
 
 def _bounded_imap(submit: Callable[[Any, Any], Any], items: Iterable[Any], window: int,

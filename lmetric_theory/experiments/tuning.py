@@ -27,6 +27,7 @@ import numpy as np
 
 from lmetric_theory.experiments.tasks import LocalExecutor, SimTask, get_executor, simulate_task
 from lmetric_theory.policies import make_policy, parse_policy_spec
+from lmetric_theory.policies.base import TUNED
 from lmetric_theory.policies.tuned import OBJECTIVES, TunedLinear, TunedLinearParams
 from lmetric_theory.policies.tuned import linear_spec as _linear_spec
 from lmetric_theory.sim import SimConfig
@@ -260,7 +261,7 @@ def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: in
     sweep worker would nest pools, so pass one explicitly for parallel tuning).
     """
     name, raw = parse_policy_spec(spec)
-    if name in _DYNAMO_NAMES and raw.get("w", "").strip() == "tuned":
+    if name in _DYNAMO_NAMES and raw.get("w", "").strip() == TUNED:
         return tune_dynamo_w(spec, workload, config, seed=seed,
                              executor=executor if executor is not None else LocalExecutor(1))[0]
     if name != TunedLinear.name:

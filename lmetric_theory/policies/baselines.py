@@ -396,7 +396,6 @@ class Dynamo(CatalogPolicy):
 
     def scores(self, view: Any) -> list[int | Fraction]:
         """Per-instance logits (truncated as the router does unless ``scale=0``)."""
-        self._check_resolved()
         s = block_size(view)
         num = [self._wn * p + self._wd * s * (p // s) for p in prefill_tokens(view)]
         return self._finish(num, self._wd * s)
@@ -409,14 +408,12 @@ class Dynamo(CatalogPolicy):
         w = Fraction(params.w)
         self._wn, self._wd = w.numerator, w.denominator
 
-    def _check_resolved(self) -> None:
-        if self.params.w == TUNED:
+    def _finish(self, num: list[int], den: int) -> list[int | Fraction]:
+        """``trunc(scale * num / den)`` (exact, ``num >= 0``), or ``num / den`` for ``scale=0``."""
+        if self.params.w == TUNED:  # both logits end here
             raise RuntimeError(
                 f"{self.name}:w=tuned is not resolved: lmetric_theory.experiments.tuning."
                 "resolve_policy(spec, workload, config) tunes w on the workload first")
-
-    def _finish(self, num: list[int], den: int) -> list[int | Fraction]:
-        """``trunc(scale * num / den)`` (exact, ``num >= 0``), or ``num / den`` for ``scale=0``."""
         k = self.params.scale
         if k > 0:
             return [k * x // den for x in num]
@@ -438,7 +435,6 @@ class DynamoPO(Dynamo):
     signals = ("router_all_tokens", "hit_blocks", "block_size", "input_tokens")
 
     def scores(self, view: Any) -> list[int | Fraction]:
-        self._check_resolved()
         s = block_size(view)
         num = [self._wn * n + self._wd * s * (nb + d) for n, nb, d in
                zip(new_tokens(view), new_blocks(view), decode_blocks(view), strict=True)]

@@ -311,9 +311,7 @@ class Simulator:
         f = np.fromiter((first[i] for i in ids), dtype=np.float64, count=len(ids))
         d = np.fromiter((done[i] for i in ids), dtype=np.float64, count=len(ids))
         out = np.fromiter((req.out[i] for i in ids), dtype=np.int64, count=len(ids))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(out > 1, (d - f) / np.maximum(out - 1, 1), np.nan)
-        return inst, f - a, tpot, d - a
+        return inst, f - a, _tpot(f, d, out), d - a
 
     def router_counters(self) -> dict[str, list[int]]:
         """The router's own counters per instance: queued prefill tokens, in-flight requests,
@@ -413,8 +411,7 @@ class Simulator:
         out = np.asarray(req.out, dtype=np.int64)
         ttft = first - arrival
         e2e = done - arrival
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)
+        tpot = _tpot(first, done, out)
         log = None
         if self._router.log is not None:
             log = self._router.log.head(self._next_decision)
@@ -447,6 +444,13 @@ class Simulator:
                          else np.zeros(len(req), dtype=np.int64)),
             preemptions_per_instance=np.asarray([i.preemptions for i in self._inst], dtype=np.int64),
         )
+
+
+def _tpot(first: np.ndarray, done: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Time per output token after the first, seconds per token (NaN for one-token outputs
+    and unfinished requests)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)
 
 
 def simulate(workload: Workload, config: SimConfig, policy: Policy | str, *, seed: int = 0) -> SimResult:

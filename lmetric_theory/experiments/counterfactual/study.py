@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.kernel import product_scores
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, Verdicts
 from lmetric_theory.experiments import stats
 from lmetric_theory.experiments.counterfactual.forks import DecisionForks, ForkTask, run_fork_task
@@ -588,8 +589,7 @@ def counterfactual_study(
         hot = phase[dfl] == 2
         if hot.any():
             hits = log.uncached[dfl] < np.asarray(log.input_tokens)[dfl][:, None]
-            S = (Pm[dfl] + float(p0)) * (Bm[dfl] + float(b0))
-            S = np.where(hits, np.inf, S)
+            S = np.where(hits, np.inf, product_scores(Pm[dfl], Bm[dfl], p0, b0).astype(np.float64))
             cold = np.isfinite(S).any(axis=1)
             ch = np.where(hot & cold, np.argmin(S, axis=1), chosen[dfl])
             gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),

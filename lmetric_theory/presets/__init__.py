@@ -4,4 +4,7 @@
 - ``a100-llama3-8b``: the same model on one A100 SXM 80GB;
 - ``h100-llama3-8b-calibrated``: coefficients fitted to measured H100 iteration times with
   ``lmetric-theory calibrate --attention`` (limits as the roofline preset).
+- ``h200-qwen2.5-7b``: roofline of a Qwen2.5-7B-shaped model on one H200 141GB (the paper's model);
+- ``h200-qwen2.5-7b-calibrated``: fitted to measured H200 iterations of that shape
+  (``calibration/`` in the repository: the data, the script and the fit quality).
 """

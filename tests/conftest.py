@@ -1,10 +1,19 @@
-"""Shared fixtures: paths to the shared real-data folder (skip with a reason when absent)."""
+"""Shared fixtures and helpers: paths to the shared real-data folder (skip with a reason when
+absent), a workload from request tuples, a free local port.
+
+Test modules import the helpers with ``from conftest import ...`` (the tests folder is on
+``sys.path`` under pytest's default import mode).
+"""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from lmetric_theory.workload.base import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -26,6 +35,32 @@ def calibration_path() -> Path:
     if not CALIBRATION.is_file():
         pytest.skip(f"shared calibration CSV not found at ../shared/calibration/{CALIBRATION.name}")
     return CALIBRATION
+
+
+def requests_workload(reqs: list[tuple[float, int, int, list[int]]], block: int) -> Workload:
+    """A workload from ``(arrival s, input tokens, output tokens, block hashes)`` tuples,
+    ``block`` tokens per hash block (each request lists ``ceil(input / block)`` hashes)."""
+    hashes: list[int] = []
+    offs = [0]
+    for _, inp, _, hs in reqs:
+        assert len(hs) == -(-inp // block)
+        hashes.extend(hs)
+        offs.append(len(hashes))
+    return Workload(
+        arrival_s=np.array([r[0] for r in reqs], dtype=np.float64),
+        input_tokens=np.array([r[1] for r in reqs], dtype=np.int64),
+        output_tokens=np.array([r[2] for r in reqs], dtype=np.int64),
+        hash_ids=np.array(hashes, dtype=np.int64),
+        hash_offsets=np.array(offs, dtype=np.int64),
+        block_size=block,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

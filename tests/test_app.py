@@ -8,11 +8,16 @@ import math
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from lmetric_theory.app.support import EXAMPLE_SNAPSHOTS, check_table
-from lmetric_theory.detector import Detector, LinearReference, Snapshot
-from lmetric_theory.experiments.regions import compute_regions
+# The app needs the app extra (streamlit, plotly); without it these tests skip, saying so.
+AppTest = pytest.importorskip(
+    "streamlit.testing.v1", reason="the app tests need streamlit (the app extra)"
+).AppTest
+pytest.importorskip("plotly", reason="the app tests need plotly (the app extra)")
+
+from lmetric_theory.app.support import EXAMPLE_SNAPSHOTS, check_table  # noqa: E402
+from lmetric_theory.detector import Detector, LinearReference, Snapshot  # noqa: E402
+from lmetric_theory.experiments.regions import compute_regions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "lmetric_theory" / "app" / "main.py")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from lmetric_theory import (
     Detector,
@@ -98,13 +98,16 @@ def test_guard_bad_input():
         Guard(det, lmetric_router)([1, 2])
 
 
-def _value(reg: CollectorRegistry, name: str, **labels: str) -> float:
+def _value(reg: Any, name: str, **labels: str) -> float:
     v = reg.get_sample_value(name, labels or None)
     return 0.0 if v is None else v
 
 
 def test_prometheus_counters():
-    reg = CollectorRegistry()
+    prometheus_client = pytest.importorskip(
+        "prometheus_client", reason="PrometheusMetrics needs the prometheus extra"
+    )
+    reg = prometheus_client.CollectorRegistry()
     metrics = PrometheusMetrics(reg)
     det = Detector(LinearReference.fixed(50), 0, 0)
     g = Guard(det, lmetric_router, on_flag="mitigate", metrics=metrics)

@@ -2,7 +2,7 @@
 against exact brute force in :class:`fractions.Fraction` arithmetic.
 
 (The vectorised scores, signs and ratios are tied to the sympy derivation and to brute
-force in ``tests/test_predicates.py``.)
+force in ``tests/test_kernel_vectorised.py``.)
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import free_port
 
 from lmetric_theory import cli
 
@@ -72,16 +72,10 @@ def test_app_command_without_streamlit_says_which_extra():
     assert "streamlit not installed" in lines[0] and "lmetric-theory[app]" in lines[0]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_app_command_serves_the_app():
     """``lmetric-theory app`` starts Streamlit on the package's entry script; its health
     endpoint answers."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmetric_theory", "app", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requests_workload
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,20 +30,7 @@ BS = 100
 
 def make_workload(reqs: list[tuple[float, int, int, list[int]]], block: int = BS) -> Workload:
     """Workload from (arrival s, input tokens, output tokens, block hashes) tuples."""
-    hashes: list[int] = []
-    offs = [0]
-    for _, inp, _, hs in reqs:
-        assert len(hs) == -(-inp // block)
-        hashes.extend(hs)
-        offs.append(len(hashes))
-    return Workload(
-        arrival_s=np.array([r[0] for r in reqs], dtype=np.float64),
-        input_tokens=np.array([r[1] for r in reqs], dtype=np.int64),
-        output_tokens=np.array([r[2] for r in reqs], dtype=np.int64),
-        hash_ids=np.array(hashes, dtype=np.int64),
-        hash_offsets=np.array(offs, dtype=np.int64),
-        block_size=block,
-    )
+    return requests_workload(reqs, block)
 
 
 def load_mooncake(path: Path, rate_scale: float = 1.0, limit: int | None = None) -> Workload:
@@ -59,7 +47,7 @@ def load_mooncake(path: Path, rate_scale: float = 1.0, limit: int | None = None)
 
 def config(n: int = 1, **kw) -> SimConfig:
     """The reserve scheduler (these hand-computed cases are its model; vllm-v1's are in
-    test_engine_vllm.py)."""
+    test_paged_instance.py)."""
     base = dict(latency=LAT, kv_capacity_tokens=100_000, token_budget=4096, max_batch=64,
                 scheduler="reserve")
     base.update(kw)

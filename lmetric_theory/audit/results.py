@@ -4,14 +4,13 @@ non-finite numbers are ``None``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from lmetric_theory.audit.evidence import _pct, mitigation_evidence, worst_decisions
+from lmetric_theory.core.fileio import json_safe  # re-exported: the audit's strict JSON
 from lmetric_theory.detector import (
     DEGENERATE_KINDS,
     Detector,
@@ -101,20 +100,3 @@ def _in_band(le: np.ndarray, ref: LinearReference) -> float | None:
         return None
     x = le[ok]
     return float(np.mean((x >= ref.lam_lo) & (x <= ref.lam_hi)))
-
-
-def json_safe(x: Any) -> Any:
-    """Strict-JSON copy: non-finite floats become None, numpy values Python ones."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(val) for k, val in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(val) for val in x]
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, Fraction):
-        x = float(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.fileio import TextFileError, read_text
 from lmetric_theory.detector import (
     Snapshot,
 )
@@ -163,16 +164,10 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
 def _decoded_lines(p: Path, name: str) -> list[str]:
     """The lines of a UTF-8 text file; ``ValueError`` naming the file and line for a
     binary file (NUL byte) or invalid UTF-8."""
-    data = p.read_bytes()
-    nul = data.find(b"\0")
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise ValueError(f"{name}, line {line}: contains a NUL byte: a binary file, not JSON Lines")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{name}, line {line}: not valid UTF-8 ({exc.reason})") from None
+        text = read_text(p, "JSON Lines")
+    except TextFileError as exc:
+        raise ValueError(f"{name}, line {exc.line}: {exc.reason}") from None
     lines = text.split("\n")
     return lines[:-1] if lines and not lines[-1] else lines
 

@@ -21,11 +21,10 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from lmetric_theory.core.fileio import TextFileError, atomic_write_text, read_text
 from lmetric_theory.core.limits import BATCH_MAX, ITERATION_MAX_S, TOKENS_MAX
 
 REQUIRED = ("prefill_tokens", "prefill_context", "decode_seqs", "decode_context", "iteration_s_median")
@@ -83,15 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def read_calibration_csv(path: Path) -> dict[str, list[float]]:
     """Read the required columns; ``ValueError`` naming file, line and field on bad input
     (binary or non-UTF-8 file, missing column, a cell that is not a number in its range)."""
-    data = path.read_bytes()
-    if b"\0" in data:
-        line = data.count(b"\n", 0, data.index(b"\0")) + 1
-        raise ValueError(f"{path}: line {line}: contains a NUL byte: a binary file, not a CSV")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{path}: line {line}: not valid UTF-8 ({exc.reason})") from None
+        text = read_text(path, "a CSV")
+    except TextFileError as exc:
+        raise ValueError(f"{path}: line {exc.line}: {exc.reason}") from None
     cols: dict[str, list[float]] = {k: [] for k in REQUIRED}
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
@@ -128,20 +122,6 @@ def _cell(path: Path, line: int, column: str, raw: str | None) -> float:
     if not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo):
         raise ValueError(f"{where}: expected {want}, got {shown!r}")
     return v
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _err(msg: str) -> int:
@@ -211,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         doc["fit"]["pinned"] = pins
     if args.out:
         try:
-            write_atomic(Path(args.out), json.dumps(doc, indent=2) + "\n")
+            atomic_write_text(Path(args.out), json.dumps(doc, indent=2) + "\n")
         except OSError as exc:
             return _err(f"cannot write {args.out}: {exc.strerror or exc}")
     if args.json:

@@ -199,12 +199,12 @@ def run(args: argparse.Namespace) -> int:
     doc["config"]["scheduler"] = args.scheduler
     doc["config"]["preset"] = preset.name
     if args.out:
-        from lmetric_theory.cli.calibrate import write_atomic
+        from lmetric_theory.core.fileio import atomic_write_text
 
         out = Path(args.out)
         try:
-            write_atomic(out / "counterfactual.json", json.dumps(doc, indent=2) + "\n")
-            write_atomic(out / "decisions.csv", _decisions_csv(res))
+            atomic_write_text(out / "counterfactual.json", json.dumps(doc, indent=2) + "\n")
+            atomic_write_text(out / "decisions.csv", _decisions_csv(res))
         except OSError as exc:
             return _err(f"cannot write {args.out}: {exc}")
     if args.json:

@@ -35,6 +35,7 @@ import sys
 import time
 from typing import Any
 
+from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.study import PAPER_POLICIES
 
 #: Default policy set (kept under this name for callers of the previous version).
@@ -117,16 +118,6 @@ def _split_policies(text: str) -> list[str]:
         else:
             out.append(item)
     return out
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
 
 
 def run(args: argparse.Namespace) -> int:
@@ -258,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         "claims": claim_changes(rows),
         "elapsed_s": elapsed,
     }
-    doc = _clean(doc)
+    doc = json_safe(doc)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmetric_theory.cli.common import preset_from_arg, workload_from_args
+from lmetric_theory.core.fileio import json_safe
 
 DEFAULT_POLICIES = ("lmetric", "round-robin")
 PROGRESS_MIN_REQUESTS = 2000
@@ -71,16 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _err(msg: str) -> int:
     print(f"lmetric-theory simulate: error: {msg}", file=sys.stderr)
     return 2
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 def _slug(spec: str) -> str:
@@ -248,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         "trace": trace_info,
         "config": config_info,
     }
-    doc = _finite(doc)
+    doc = json_safe(doc)
     if args.out:
         try:
             _write_out(Path(args.out), results, doc)
@@ -266,8 +257,7 @@ def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lmetric_theory.cli.calibrate import write_atomic
-    from lmetric_theory.sim.snapshots import _atomic_write
+    from lmetric_theory.core.fileio import atomic_write, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     for spec, r in results.items():
@@ -285,10 +275,10 @@ def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
             "preemptions": (r.preemptions if r.preemptions is not None
                             else np.zeros(r.arrival_s.shape[0], np.int64)),
         }).replace_schema_metadata({"policy": r.policy})
-        _atomic_write(out / f"{slug}.requests.parquet", lambda f, t=table: pq.write_table(t, f))
+        atomic_write(out / f"{slug}.requests.parquet", lambda f, t=table: pq.write_table(t, f))
         if r.snapshots is not None:
             r.snapshots.save_npz(out / f"{slug}.snapshots.npz")
-    write_atomic(out / "summary.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(doc, indent=2) + "\n")
 
 
 def _print_table(doc: dict[str, Any]) -> None:

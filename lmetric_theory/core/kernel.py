@@ -1,7 +1,7 @@
 """The numeric kernel: every formula of the product-vs-linear theory, written once.
 
 These are the numeric counterparts of the expressions derived in
-:mod:`lmetric_theory.theory`; ``tests/test_predicates.py`` and ``tests/test_kernel.py`` tie
+:mod:`lmetric_theory.theory`; ``tests/test_kernel_vectorised.py`` and ``tests/test_kernel.py`` tie
 every function here to those expressions and to brute force in exact rational arithmetic.
 Policies, the detector, the region maps, the audit and the app call these functions; none
 writes a score, a rate or an argmin of its own.

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.tasks import Executor, SimTask, get_executor, run_engine
 from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload, scale_rate
@@ -119,21 +120,17 @@ class SaturationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"scale": _clean(self.scale), "base_ttft_s": _clean(self.base_ttft_s), "found": self.found,
+        return {"scale": json_safe(self.scale), "base_ttft_s": json_safe(self.base_ttft_s), "found": self.found,
                 "factor": self.factor, "drain": self.drain,
-                "evaluations": [{"scale": k, "ttft_mean_s": _clean(p.ttft_mean_s),
-                                 "drain_s": _clean(p.drain_s), "span_s": _clean(p.span_s),
-                                 "lag": _clean(self.lag(p)), "saturated": s}
+                "evaluations": [{"scale": k, "ttft_mean_s": json_safe(p.ttft_mean_s),
+                                 "drain_s": json_safe(p.drain_s), "span_s": json_safe(p.span_s),
+                                 "lag": json_safe(self.lag(p)), "saturated": s}
                                 for k, p, s in self.evaluations]}
 
     def lag(self, p: LoadPoint) -> float:
         """Drain growth over the light load, as a fraction of ``p``'s arrival span."""
         base = self.evaluations[0][1].drain_s if self.evaluations else 0.0
         return _lag(p, base)
-
-
-def _clean(x: Any) -> Any:
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def find_saturation(evaluate: Callable[[float], LoadPoint], *, start: float = 0.25,

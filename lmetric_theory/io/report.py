@@ -12,14 +12,13 @@ import html
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from lmetric_theory.audit import AuditResult, json_safe
+from lmetric_theory.core.fileio import atomic_write, atomic_write_text
 
 __all__ = [
     "atomic_write",
@@ -36,32 +35,8 @@ JSON_NAME = "audit.json"
 HTML_NAME = "audit.html"
 
 
-# ================================================================================ atomic I/O
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, then rename it over
-    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    data = text.encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data))
+# ``atomic_write`` and ``atomic_write_text`` live in ``core.fileio`` (shared with the
+# simulator's snapshot logs and the CLI); they are re-exported here.
 
 
 # ===================================================================================== JSON

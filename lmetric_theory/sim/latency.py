@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.fileio import TextFileError, read_text
 from lmetric_theory.core.limits import (
     BATCH_MAX,
     COEF_MAX,
@@ -273,15 +274,10 @@ def load_preset_file(path: str | PathLike[str]) -> Preset:
         The file cannot be read.
     """
     p = Path(path)
-    data = p.read_bytes()
-    if b"\0" in data:
-        line = data.count(b"\n", 0, data.index(b"\0")) + 1
-        raise ValueError(f"{p}, line {line}: contains a NUL byte: a binary file, not a preset")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{p}, line {line}: not valid UTF-8 ({exc.reason})") from None
+        text = read_text(p, "a preset")
+    except TextFileError as exc:
+        raise ValueError(f"{p}, line {exc.line}: {exc.reason}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lmetric_theory.core.fileio import atomic_write
 
 __all__ = ["SnapshotLog", "SIGNALS"]
 
@@ -135,7 +136,7 @@ class SnapshotLog:
         """Write an uncompressed ``.npz`` atomically (temporary file, then rename)."""
         arrays = {c: getattr(self, c) for c in self._columns()}
         arrays["meta_json"] = np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8)
-        _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike[str]) -> SnapshotLog:
@@ -161,7 +162,7 @@ class SnapshotLog:
         table = pa.table(cols).replace_schema_metadata(
             {"lmetric_snapshot_meta": json.dumps(self.meta), "n_instances": str(n)}
         )
-        _atomic_write(Path(path), lambda f: pq.write_table(table, f))
+        atomic_write(path, lambda f: pq.write_table(table, f))
 
     @classmethod
     def load_parquet(cls, path: str | os.PathLike[str]) -> SnapshotLog:
@@ -200,17 +201,3 @@ def _fill_later(cols: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     if "router_inflight_new_tokens" not in cols:
         cols["router_inflight_new_tokens"] = np.asarray(cols["router_queued"], np.int32)
     return cols
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -170,15 +170,15 @@ class Derivation:
     prefill_rescale_equivalent_p0: sp.Expr
     batch_rescale_equivalent_b0: sp.Expr
     linear_lam_after_prefill_rescale: sp.Expr
-    lambda_eff_ratio_after_prefill_rescale: sp.Expr
+    lam_eff_ratio_after_prefill_rescale: sp.Expr
     # (c) pairwise identity
     pairwise_lhs: sp.Expr
     pairwise_rhs: sp.Expr
     prefill_weight: sp.Expr
     batch_weight: sp.Expr
-    lambda_eff: sp.Expr
+    lam_eff: sp.Expr
     # (d) break-even rate and disagreement
-    lambda_star: sp.Expr
+    lam_star: sp.Expr
     conflict_condition: sp.Basic
     disagreement_lhs: sp.Expr
     disagreement_rhs: sp.Expr
@@ -222,12 +222,19 @@ class Derivation:
                 return r
         raise KeyError(f"unknown result {key!r}; valid: {', '.join(r.key for r in self.results)}")
 
-    @property
-    def lam_eff(self) -> sp.Expr:
-        """The product's pairwise exchange rate ``lam_eff`` (same as ``lambda_eff``)."""
-        return self.lambda_eff
+    # The rates were first named ``lambda_*``; those names remain as read-only aliases.
 
     @property
-    def lam_star(self) -> sp.Expr:
-        """The pair's break-even rate ``lam*`` (same as ``lambda_star``)."""
-        return self.lambda_star
+    def lambda_eff(self) -> sp.Expr:
+        """Alias of :attr:`lam_eff`, the product's pairwise exchange rate."""
+        return self.lam_eff
+
+    @property
+    def lambda_star(self) -> sp.Expr:
+        """Alias of :attr:`lam_star`, the pair's break-even rate ``lam*``."""
+        return self.lam_star
+
+    @property
+    def lambda_eff_ratio_after_prefill_rescale(self) -> sp.Expr:
+        """Alias of :attr:`lam_eff_ratio_after_prefill_rescale`."""
+        return self.lam_eff_ratio_after_prefill_rescale

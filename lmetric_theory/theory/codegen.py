@@ -47,8 +47,8 @@ _ALL = (P_1, B_1, P_2, B_2, _lam_num, _lam_den, p_0, b_0)
 def _pieces() -> dict[str, sp.Expr]:
     """Integer (division-free) expressions the emitted functions evaluate."""
     d = derive()
-    eff_num, eff_den = sp.fraction(sp.cancel(d.lambda_eff))
-    star_num, star_den = sp.fraction(sp.cancel(d.lambda_star))
+    eff_num, eff_den = sp.fraction(sp.cancel(d.lam_eff))
+    star_num, star_den = sp.fraction(sp.cancel(d.lam_star))
     # linear difference at lam = lam_num/lam_den, multiplied by lam_den > 0 (sign kept)
     linear = sp.collect(
         sp.expand(_lam_den * (d.C_1 - d.C_2).subs(lam, _lam_num / _lam_den)),

@@ -12,6 +12,7 @@ tokens, ``B`` in requests (or KV blocks), ``lam`` in tokens per batch slot.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import sympy as sp
 
@@ -69,6 +70,127 @@ def _split_terms(expr: sp.Expr, var: sp.Symbol) -> sp.Expr:
     return sp.Add(*[sp.factor(t) for t in sp.Add.make_args(sp.apart(sp.cancel(expr), var))])
 
 
+# --------------------------------------------------------------------- step results
+#
+# ``derive`` runs one step per result; each step returns the expressions it derived, the
+# identities that tie them together and its rendered :class:`Result`. Later steps take
+# the earlier ones they build on.
+
+
+@dataclass(frozen=True, slots=True)
+class _Scores:
+    """(a) The four scores of the pair and its differences."""
+
+    S_1: sp.Expr
+    S_2: sp.Expr
+    C_1: sp.Expr
+    C_2: sp.Expr
+    dP: sp.Expr
+    dB: sp.Expr
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _Pairwise:
+    """(c) The pairwise identity and the product's effective rate."""
+
+    prefill_weight: sp.Expr
+    batch_weight: sp.Expr
+    pairwise_rhs: sp.Expr
+    lam_eff: sp.Expr
+    identities: tuple[Identity, ...]
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _BreakEven:
+    """(d) The break-even rate and the exact disagreement condition."""
+
+    linear_diff_at: sp.Lambda
+    lam_star: sp.Expr
+    conflict_condition: sp.Basic
+    disagreement_lhs: sp.Expr
+    disagreement_rhs: sp.Expr
+    disagreement_between: sp.Basic
+    identities: tuple[Identity, ...]
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """(e) The iso-curves through instance 1 in the plane of instance 2's state."""
+
+    hyperbola_B2: sp.Expr
+    line_B2: sp.Expr
+    intersections: tuple[tuple[sp.Expr, sp.Expr], ...]
+    second_P2: sp.Expr
+    second_B2: sp.Expr
+    gap: sp.Expr
+    tangent_lam: sp.Expr
+    regions: tuple[Region, ...]
+    identities: tuple[Identity, ...]
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _Regret:
+    """(h) The regret of following the product."""
+
+    regret: sp.Expr
+    via_star: sp.Expr
+    decomposition: sp.Expr
+    bound: sp.Expr
+    identities: tuple[Identity, ...]
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _ScaleInvariance:
+    """(b) What rescaling ``P`` or ``B`` does to either score."""
+
+    prefill_rescale_remainder: sp.Expr
+    batch_rescale_remainder: sp.Expr
+    prefill_offset_for_invariance: sp.Expr
+    batch_offset_for_invariance: sp.Expr
+    prefill_rescale_equivalent_p0: sp.Expr
+    batch_rescale_equivalent_b0: sp.Expr
+    linear_lam_after_prefill_rescale: sp.Expr
+    lam_eff_ratio_after_prefill_rescale: sp.Expr
+    identities: tuple[Identity, ...]
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _Degenerates:
+    """(g) The degenerate cases and the offsets that remove them."""
+
+    cases: tuple[Degenerate, ...]
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _Band:
+    """(i) The robust band of exchange rates."""
+
+    hull_lo: sp.Expr
+    hull_hi: sp.Expr
+    disagrees_condition: sp.Basic
+    hull_condition: sp.Basic
+    agrees_strictly_condition: sp.Basic
+    boundary_rule: str
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class _NInstances:
+    """(f) Among N instances one pair decides."""
+
+    pair_condition: sp.Basic
+    statement: str
+    ties_statement: str
+    result: Result
+
+
 # ------------------------------------------------------------------------- derivation
 
 
@@ -81,15 +203,113 @@ def derive() -> Derivation:
     -------
     Derivation
         Named sympy expressions, regions, degenerate cases, identities and the
-        plain-language statements of results (a)-(i).
+        plain-language statements of results (a)-(l) ((j)-(l), the hot prefix classes,
+        come from :func:`~lmetric_theory.theory.hotspot.derive_hotspot`).
     """
+    sc = _definitions()
+    pw = _pairwise_identity(sc)
+    be = _break_even(sc, pw)
+    geo = _geometry(sc)
+    rg = _regret(sc, pw, be)
+    si = _scale_invariance(pw)
+    dg = _degenerate_cases(sc, pw, be, geo)
+    band = _robust_band(sc, pw, be)
+    n = _n_instances(be)
+    # (j)-(l) hot prefix classes: a cluster-level condition built on (d), derived in its
+    # own module
+    hot = derive_hotspot()
+    results = (
+        sc.result, si.result, pw.result, be.result, geo.result, n.result, dg.result,
+        rg.result, band.result, *hot.results,
+    )
+    identities = (
+        *pw.identities, *be.identities, *geo.identities, *rg.identities, *si.identities,
+        *hot.identities,
+    )
+    return Derivation(
+        S_1=sc.S_1,
+        S_2=sc.S_2,
+        C_1=sc.C_1,
+        C_2=sc.C_2,
+        p_definitions=tuple(m.value for m in PDefinition),
+        b_definitions=tuple(m.value for m in BDefinition),
+        default_p0=DEFAULT_P0,
+        default_b0=DEFAULT_B0,
+        prefill_rescale_remainder=si.prefill_rescale_remainder,
+        batch_rescale_remainder=si.batch_rescale_remainder,
+        prefill_offset_for_invariance=si.prefill_offset_for_invariance,
+        batch_offset_for_invariance=si.batch_offset_for_invariance,
+        prefill_rescale_equivalent_p0=si.prefill_rescale_equivalent_p0,
+        batch_rescale_equivalent_b0=si.batch_rescale_equivalent_b0,
+        linear_lam_after_prefill_rescale=si.linear_lam_after_prefill_rescale,
+        lam_eff_ratio_after_prefill_rescale=si.lam_eff_ratio_after_prefill_rescale,
+        pairwise_lhs=sc.S_1 - sc.S_2,
+        pairwise_rhs=pw.pairwise_rhs,
+        prefill_weight=pw.prefill_weight,
+        batch_weight=pw.batch_weight,
+        lam_eff=pw.lam_eff,
+        lam_star=be.lam_star,
+        conflict_condition=be.conflict_condition,
+        disagreement_lhs=be.disagreement_lhs,
+        disagreement_rhs=be.disagreement_rhs,
+        disagreement_condition=sp.StrictLessThan(be.disagreement_lhs, 0),
+        disagreement_between=be.disagreement_between,
+        hyperbola_B2=geo.hyperbola_B2,
+        line_B2=geo.line_B2,
+        intersections=geo.intersections,
+        second_P2=geo.second_P2,
+        second_B2=geo.second_B2,
+        gap=geo.gap,
+        tangent_lam=geo.tangent_lam,
+        regions=geo.regions,
+        n_pair_condition=n.pair_condition,
+        n_statement=n.statement,
+        n_ties_statement=n.ties_statement,
+        degenerate=dg.cases,
+        regret=rg.regret,
+        regret_via_star=rg.via_star,
+        regret_decomposition=rg.decomposition,
+        regret_bound=rg.bound,
+        band_hull_lo=band.hull_lo,
+        band_hull_hi=band.hull_hi,
+        band_disagrees_condition=band.disagrees_condition,
+        band_hull_condition=band.hull_condition,
+        band_agrees_strictly_condition=band.agrees_strictly_condition,
+        band_boundary_rule=band.boundary_rule,
+        identities=identities,
+        results=results,
+    )
+
+
+# ------------------------------------------------------------------ (a) definitions
+
+
+def _definitions() -> _Scores:
+    """(a) The product and linear scores of instances 1 and 2."""
     S_1, S_2 = product_score(P_1, B_1), product_score(P_2, B_2)
     C_1, C_2 = linear_score(P_1, B_1), linear_score(P_2, B_2)
-    dP, dB = P_1 - P_2, B_1 - B_2
-    identities: list[Identity] = []
+    result = Result(
+        "definitions", "a", "Definitions",
+        "Lower score wins. The product (LMetric) score multiplies the prefill tokens the "
+        "request would cost on instance i by its batch size, each with an offset; the "
+        "linear score adds them with an exchange rate λ (prefill tokens per batch "
+        "slot). P counts the request's uncached tokens ('uncached') or queued prefill "
+        "plus uncached ('queued+uncached'); B counts running or in-flight requests. "
+        "Defaults p0 = 0, b0 = 1. Every result below holds for either definition.",
+        (
+            Formula("S_i", "S_i", "S_i", product_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
+            Formula("C_i", "C_i", "C_i", linear_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
+        ),
+    )
+    return _Scores(S_1, S_2, C_1, C_2, P_1 - P_2, B_1 - B_2, result)
 
-    # ---------------------------------------------------------------- (c) pairwise
-    # Write each pair as mean +- half difference and collect the difference terms.
+
+# ------------------------------------------------------------------- (c) pairwise
+
+
+def _pairwise_identity(sc: _Scores) -> _Pairwise:
+    """(c) Write each pair as mean +- half difference and collect the difference terms."""
+    S_1, S_2, dP, dB = sc.S_1, sc.S_2, sc.dP, sc.dB
     mP, mB, hP, hB = sp.symbols("m_P m_B d_P d_B", real=True)
     centred = {P_1: mP + hP / 2, P_2: mP - hP / 2, B_1: mB + hB / 2, B_2: mB - hB / 2}
     poly = sp.Poly(sp.expand((S_1 - S_2).subs(centred)), hP, hB)
@@ -99,38 +319,57 @@ def derive() -> Derivation:
     prefill_weight = poly.coeff_monomial(hP).subs(means)  # mean(B) + b0
     batch_weight = poly.coeff_monomial(hB).subs(means)  # mean(P) + p0
     pairwise_rhs = prefill_weight * dP + batch_weight * dB
-    lambda_eff = sp.factor(sp.cancel(batch_weight / prefill_weight))
-    identities += [
+    lam_eff = sp.factor(sp.cancel(batch_weight / prefill_weight))
+    identities = (
         Identity(
             "pairwise_identity", S_1 - S_2, pairwise_rhs,
             "S_1 - S_2 = (mean(B) + b0)(P_1 - P_2) + (mean(P) + p0)(B_1 - B_2).",
         ),
         Identity(
             "product_is_linear_at_lam_eff", S_1 - S_2,
-            prefill_weight * linear_score(P_1, B_1, lambda_eff)
-            - prefill_weight * linear_score(P_2, B_2, lambda_eff),
+            prefill_weight * linear_score(P_1, B_1, lam_eff)
+            - prefill_weight * linear_score(P_2, B_2, lam_eff),
             "For each pair the product ranks like linear(λ_eff), scaled by "
             "mean(B) + b0 > 0.",
         ),
-    ]
+    )
+    result = Result(
+        "pairwise_identity", "c", "Pairwise identity and the effective exchange rate",
+        "For every pair, the product's difference is a linear score difference whose "
+        "weights are the pair's mean batch (+ b0) and mean prefill (+ p0): the product "
+        "chooses exactly as linear(λ_eff) would, with a rate that adapts to the "
+        "state - more prefill-tolerant when instances hold many tokens, more "
+        "batch-averse when batches are small.",
+        (
+            Formula("lhs", "S_1 - S_2", "S_1 - S_2", S_1 - S_2),
+            Formula("rhs", "S_1 - S_2", "S_1 - S_2", pairwise_rhs),
+            Formula("lam_eff", "λ_eff", r"\lambda_{\mathrm{eff}}", lam_eff),
+        ),
+    )
+    return _Pairwise(prefill_weight, batch_weight, pairwise_rhs, lam_eff, identities, result)
 
-    # ------------------------------------------------------------- (d) break-even
+
+# ------------------------------------------------------------------ (d) break-even
+
+
+def _break_even(sc: _Scores, pw: _Pairwise) -> _BreakEven:
+    """(d) The rate at which linear(λ) flips, and when the two scores disagree."""
+    S_1, S_2, C_1, C_2, dB = sc.S_1, sc.S_2, sc.C_1, sc.C_2, sc.dB
+    lam_eff = pw.lam_eff
     rate = sp.Dummy("rate", real=True)
     linear_diff_at = sp.Lambda(rate, linear_score(P_1, B_1, rate) - linear_score(P_2, B_2, rate))
-    lambda_star = _solve_one(linear_diff_at(rate), rate)
-    conflict_rhs = sp.factor(sp.expand(lambda_star * dB**2))
+    lam_star = _solve_one(linear_diff_at(rate), rate)
+    conflict_rhs = sp.factor(sp.expand(lam_star * dB**2))
     conflict_condition = sp.StrictLessThan(sp.factor(-conflict_rhs), 0)
     disagreement_lhs = (S_1 - S_2) * (C_1 - C_2)
-    disagreement_rhs = (
-        prefill_weight * dB**2 * (lam - lambda_star) * (lambda_eff - lambda_star)
-    )
-    identities += [
+    disagreement_rhs = pw.prefill_weight * dB**2 * (lam - lam_star) * (lam_eff - lam_star)
+    identities = (
         Identity(
-            "linear_difference_factors", C_1 - C_2, dB * (lam - lambda_star),
+            "linear_difference_factors", C_1 - C_2, dB * (lam - lam_star),
             "C_1 - C_2 = (B_1 - B_2)(λ - λ*): linear(λ) flips at λ*.",
         ),
         Identity(
-            "conflict_sign", lambda_star * dB**2, conflict_rhs,
+            "conflict_sign", lam_star * dB**2, conflict_rhs,
             "λ* > 0 exactly when (P_1 - P_2)(B_1 - B_2) < 0 (a conflicting pair).",
         ),
         Identity(
@@ -138,33 +377,53 @@ def derive() -> Derivation:
             "(S_1 - S_2)(C_1 - C_2) = (mean(B) + b0)(B_1 - B_2)^2 (λ - λ*)"
             "(λ_eff - λ*).",
         ),
-    ]
+    )
+    result = Result(
+        "disagreement", "d", "Break-even rate and exact disagreement condition",
+        "A conflicting pair (one instance needs fewer prefill tokens, the other has the "
+        "smaller batch) has a break-even rate λ* > 0 at which linear(λ) "
+        "changes its choice; a dominated pair has λ* <= 0 (or none) and never "
+        "disagrees (λ and λ_eff are >= 0). Whenever mean(B) + b0 > 0, product "
+        "and linear(λ) strictly disagree exactly when λ* lies strictly "
+        "between λ and λ_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
+        "Ties are separate: λ = λ* is a linear tie, λ_eff = "
+        "λ* a product tie, B_1 = B_2 leaves both ranking by P; none is a "
+        "disagreement.",
+        (
+            Formula("lam_star", "λ*", r"\lambda^{*}", lam_star),
+            Formula("conflict", "conflicting pair", r"\text{conflict}", conflict_condition),
+            Formula("disagreement_lhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
+                    disagreement_lhs),
+            Formula("disagreement_rhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
+                    disagreement_rhs),
+            Formula("disagreement", "strict disagreement", r"\text{disagree}",
+                    sp.StrictLessThan((lam - lam_star) * (lam_eff - lam_star), 0)),
+        ),
+    )
+    return _BreakEven(
+        linear_diff_at, lam_star, conflict_condition, disagreement_lhs, disagreement_rhs,
+        sp.StrictLessThan((lam - lam_star) * (lam_eff - lam_star), 0), identities, result,
+    )
 
-    # -------------------------------------------------------------- (e) geometry
+
+# -------------------------------------------------------------------- (e) geometry
+
+
+def _geometry(sc: _Scores) -> _Geometry:
+    """(e) Fix instance 1: the product's hyperbola and linear(λ)'s line through it in the
+    ``(P_2, B_2)`` plane, where they meet, and the regions where the scores disagree."""
+    S_1, S_2, C_1, C_2 = sc.S_1, sc.S_2, sc.C_1, sc.C_2
     hyperbola_B2 = _split_terms(_solve_one(S_2 - S_1, B_2), P_2)
     line_B2 = _split_terms(_solve_one(C_2 - C_1, B_2), lam)
-    X, Y = sp.Dummy("X", real=True), sp.Dummy("Y", real=True)
-    sols = sp.solve(
-        [(S_2 - S_1).subs({P_2: X, B_2: Y}), (C_2 - C_1).subs({P_2: X, B_2: Y})],
-        [X, Y],
-        dict=True,
-        simplify=False,
-    )
-    intersections = tuple(
-        (sp.factor(s[X]), _split_terms(s[Y], lam)) for s in sols
-    )
-    others = [pt for pt in intersections if sp.simplify(pt[0] - P_1) != 0]
-    if len(intersections) != 2 or len(others) != 1:  # pragma: no cover - derivation bug
-        raise RuntimeError(f"unexpected intersections {intersections}")
-    intersections = ((P_1, B_1), others[0])
-    second_P2, second_B2 = sp.expand(others[0][0]), others[0][1]
+    intersections = _intersections(S_2 - S_1, C_2 - C_1)
+    second_P2, second_B2 = sp.expand(intersections[1][0]), intersections[1][1]
     gap = sp.factor(sp.together(hyperbola_B2 - line_B2))
     tangent_lam = _solve_one(second_P2 - P_1, lam)
     # Which side of each curve favours which instance: S_2 - S_1 and C_2 - C_1
     # factor through B_2 minus the curve.
     s_side = sp.factor(sp.cancel((S_2 - S_1) / (B_2 - hyperbola_B2)))  # P_2 + p_0 > 0
     c_side = sp.factor(sp.cancel((C_2 - C_1) / (B_2 - line_B2)))  # lam > 0
-    identities += [
+    identities = (
         Identity(
             "hyperbola_is_product_isocurve", S_2.subs(B_2, hyperbola_B2), S_1,
             "Every point of the hyperbola has the product score of instance 1.",
@@ -196,12 +455,66 @@ def derive() -> Derivation:
             "gap_factors", hyperbola_B2 - line_B2, gap,
             "hyperbola - line = (P_2 - P_1)(P_2 - P_2*) / (λ (P_2 + p0)).",
         ),
-    ]
+    )
     product_above = 1 if s_side.subs({P_2: 1 - p_0}) > 0 else 2  # P_2 + p0 = 1 > 0
     linear_above = 1 if c_side.subs(lam, 1) > 0 else 2
+    regions = _regions(hyperbola_B2, line_B2, second_P2, product_above, linear_above)
+    result = Result(
+        "geometry", "e", "Geometry in the plane of instance 2's state",
+        "Fix instance 1. In the (P_2, B_2) plane the product's iso-curve through "
+        "instance 1 is a hyperbola (asymptotes P_2 = -p0, B_2 = -b0) and linear(λ)'s "
+        "is a line of slope -1/λ. They meet at instance 1 and at one second point; "
+        "they touch when λ = (P_1 + p0)/(B_1 + b0). Between the two points the line "
+        "lies above the hyperbola (bounded lens: product keeps 1, linear moves to 2); "
+        "outside them the hyperbola lies above the line (two unbounded parts: product "
+        "moves to 2, linear keeps 1). Above both curves both keep 1; below both, both "
+        "move to 2. Only the part with P_2, B_2 >= 0 is reachable.",
+        (
+            Formula("hyperbola", "B_2 (product iso-curve)", r"B_2^{\mathrm{prod}}",
+                    hyperbola_B2),
+            Formula("line", "B_2 (linear iso-line)", r"B_2^{\mathrm{lin}}", line_B2),
+            Formula("second_P2", "P_2 (second intersection)", r"P_2^{\times}", second_P2),
+            Formula("second_B2", "B_2 (second intersection)", r"B_2^{\times}", second_B2),
+            Formula("gap", "hyperbola - line", r"B_2^{\mathrm{prod}} - B_2^{\mathrm{lin}}",
+                    gap),
+            Formula("tangent", "λ (tangent, empty lens)", r"\lambda_{\mathrm{tangent}}",
+                    tangent_lam),
+        ),
+    )
+    return _Geometry(
+        hyperbola_B2, line_B2, intersections, second_P2, second_B2, gap, tangent_lam,
+        regions, identities, result,
+    )
+
+
+def _intersections(
+    product_diff: sp.Expr, linear_diff: sp.Expr
+) -> tuple[tuple[sp.Expr, sp.Expr], tuple[sp.Expr, sp.Expr]]:
+    """Where both differences vanish in the ``(P_2, B_2)`` plane: instance 1 itself, then
+    the one other point (``B_2`` in partial fractions in ``lam``)."""
+    X, Y = sp.Dummy("X", real=True), sp.Dummy("Y", real=True)
+    sols = sp.solve(
+        [product_diff.subs({P_2: X, B_2: Y}), linear_diff.subs({P_2: X, B_2: Y})],
+        [X, Y],
+        dict=True,
+        simplify=False,
+    )
+    found = tuple((sp.factor(s[X]), _split_terms(s[Y], lam)) for s in sols)
+    others = [pt for pt in found if sp.simplify(pt[0] - P_1) != 0]
+    if len(found) != 2 or len(others) != 1:  # pragma: no cover - derivation bug
+        raise RuntimeError(f"unexpected intersections {found}")
+    return (P_1, B_1), others[0]
+
+
+def _regions(
+    hyperbola_B2: sp.Expr, line_B2: sp.Expr, second_P2: sp.Expr, product_above: int,
+    linear_above: int,
+) -> tuple[Region, ...]:
+    """The lens and the two unbounded parts where the product and linear(λ) disagree;
+    ``*_above`` is the instance each score favours above its own curve."""
     below = {1: 2, 2: 1}
     lo_x, hi_x = sp.Min(P_1, second_P2), sp.Max(P_1, second_P2)
-    regions = (
+    return (
         Region(
             "lens", True, lo_x, hi_x, hyperbola_B2, line_B2,
             product_above, below[linear_above],
@@ -227,31 +540,65 @@ def derive() -> Derivation:
         ),
     )
 
-    # ------------------------------------------------------------------ (h) regret
-    regret = sp.expand(C_1 - C_2)
-    regret_via_star = sp.factor(dB) * (lam - lambda_star)
-    regret_decomposition = (lam - lambda_eff) * dB + (S_1 - S_2) / prefill_weight
-    regret_bound = (lam - lambda_eff) * sp.factor(dB)
-    identities += [
+
+# ---------------------------------------------------------------------- (h) regret
+
+
+def _regret(sc: _Scores, pw: _Pairwise, be: _BreakEven) -> _Regret:
+    """(h) What following the product costs when linear(λ) is the reference."""
+    dB = sc.dB
+    regret = sp.expand(sc.C_1 - sc.C_2)
+    via_star = sp.factor(dB) * (lam - be.lam_star)
+    decomposition = (lam - pw.lam_eff) * dB + (sc.S_1 - sc.S_2) / pw.prefill_weight
+    bound = (lam - pw.lam_eff) * sp.factor(dB)
+    identities = (
         Identity(
-            "regret_via_lam_star", regret, regret_via_star,
+            "regret_via_lam_star", regret, via_star,
             "Regret = (B_1 - B_2)(λ - λ*).",
         ),
         Identity(
-            "regret_decomposition", regret, regret_decomposition,
+            "regret_decomposition", regret, decomposition,
             "Regret = (λ - λ_eff)(B_1 - B_2) + (S_1 - S_2)/(mean(B) + b0); the "
             "last term is <= 0 when the product chose 1.",
         ),
-    ]
+    )
+    result = Result(
+        "regret", "h", "Regret of following the product",
+        "When the product picks 1 and linear(λ) - the reference - picks 2, following "
+        "the product costs (P_1 - P_2) + λ (B_1 - B_2) >= 0 prefill-token "
+        "equivalents. It equals (B_1 - B_2)(λ - λ*) and is at most "
+        "(λ - λ_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
+        "the reference rate, the more a disagreement can cost.",
+        (
+            Formula("regret", "regret", r"\mathrm{regret}", regret),
+            Formula("via_star", "regret", r"\mathrm{regret}", via_star),
+            Formula("decomposition", "regret", r"\mathrm{regret}", decomposition),
+            Formula("bound", "regret bound (product picked 1)", r"\mathrm{regret}_{\max}",
+                    bound),
+        ),
+    )
+    return _Regret(regret, via_star, decomposition, bound, identities, result)
 
-    # ------------------------------------------------------- (b) scale invariance
-    def pair_diff(P_scale: sp.Expr, B_scale: sp.Expr) -> sp.Expr:
-        return product_score(P_scale * P_1, B_scale * B_1) - product_score(
-            P_scale * P_2, B_scale * B_2
-        )
 
-    prefill_rescale_remainder = sp.factor(sp.expand(pair_diff(k_P, 1) - k_P * pair_diff(1, 1)))
-    batch_rescale_remainder = sp.factor(sp.expand(pair_diff(1, k_B) - k_B * pair_diff(1, 1)))
+# ------------------------------------------------------------- (b) scale invariance
+
+
+def _pair_diff(P_scale: sp.Expr, B_scale: sp.Expr) -> sp.Expr:
+    """``S_1 - S_2`` after rescaling ``P`` by ``P_scale`` and ``B`` by ``B_scale``."""
+    return product_score(P_scale * P_1, B_scale * B_1) - product_score(
+        P_scale * P_2, B_scale * B_2
+    )
+
+
+def _scale_invariance(pw: _Pairwise) -> _ScaleInvariance:
+    """(b) Which offsets make the product's choices independent of the units of ``P`` and
+    ``B``, and what a rescaling does to either score otherwise."""
+    prefill_rescale_remainder = sp.factor(
+        sp.expand(_pair_diff(k_P, 1) - k_P * _pair_diff(1, 1))
+    )
+    batch_rescale_remainder = sp.factor(
+        sp.expand(_pair_diff(1, k_B) - k_B * _pair_diff(1, 1))
+    )
     (sol_p,) = sp.solve(sp.Poly(prefill_rescale_remainder, B_1, B_2).coeffs(), p_0, dict=True)
     (sol_b,) = sp.solve(sp.Poly(batch_rescale_remainder, P_1, P_2).coeffs(), b_0, dict=True)
     prefill_offset_for_invariance = sol_p[p_0]
@@ -266,20 +613,21 @@ def derive() -> Derivation:
     linear_lam_after_prefill_rescale = _solve_one(
         sp.expand(linear_score(k_P * P_1, B_1) - k_P * linear_score(P_1, B_1, q)), q
     )
-    lambda_eff_ratio_after_prefill_rescale = sp.factor(
+    lam_eff = pw.lam_eff
+    lam_eff_ratio_after_prefill_rescale = sp.factor(
         sp.cancel(
-            lambda_eff.subs({P_1: k_P * P_1, P_2: k_P * P_2, p_0: prefill_offset_for_invariance})
-            / lambda_eff.subs(p_0, prefill_offset_for_invariance)
+            lam_eff.subs({P_1: k_P * P_1, P_2: k_P * P_2, p_0: prefill_offset_for_invariance})
+            / lam_eff.subs(p_0, prefill_offset_for_invariance)
         )
     )
-    identities += [
+    identities = (
         Identity(
-            "prefill_rescale_remainder", pair_diff(k_P, 1) - k_P * pair_diff(1, 1),
+            "prefill_rescale_remainder", _pair_diff(k_P, 1) - k_P * _pair_diff(1, 1),
             prefill_rescale_remainder,
             "Rescaling P by k_P changes S_1 - S_2 by k_P-times plus p0 (1 - k_P)(B_1 - B_2).",
         ),
         Identity(
-            "batch_rescale_remainder", pair_diff(1, k_B) - k_B * pair_diff(1, 1),
+            "batch_rescale_remainder", _pair_diff(1, k_B) - k_B * _pair_diff(1, 1),
             batch_rescale_remainder,
             "Rescaling B by k_B changes S_1 - S_2 by k_B-times plus b0 (1 - k_B)(P_1 - P_2).",
         ),
@@ -298,16 +646,60 @@ def derive() -> Derivation:
             k_P * linear_score(P_1, B_1, linear_lam_after_prefill_rescale),
             "Rescaling P by k_P ranks linear(λ) like linear(λ / k_P): λ must be re-tuned.",
         ),
-    ]
+    )
+    result = Result(
+        "scale_invariance", "b", "Scale invariance (when the hyperparameters cancel)",
+        "Rescaling P by k_P != 1 (tokens vs KV blocks) keeps every product choice iff "
+        "p0 = 0; rescaling B by k_B != 1 (requests vs KV blocks) keeps them iff b0 = 0 "
+        "(otherwise a tie with B_1 != B_2, resp. P_1 != P_2, is broken). Otherwise the "
+        "rescaled product ranks like the original with offset p0/k_P (or b0/k_B), so "
+        "with the public default b0 = 1 the unit of B matters. The linear score always "
+        "needs λ re-tuned to λ/k_P, while the product's implicit rate λ_eff "
+        "follows the unit of P by itself (ratio k_P when p0 = 0).",
+        (
+            Formula("prefill_remainder", "(S'_1 - S'_2) - k_P (S_1 - S_2)",
+                    r"(S'_1 - S'_2) - k_P (S_1 - S_2)", prefill_rescale_remainder),
+            Formula("prefill_offset", "p_0 for invariance", r"p_0^{\mathrm{inv}}",
+                    prefill_offset_for_invariance),
+            Formula("equivalent_p0", "equivalent p_0 after P -> k_P P",
+                    r"p_0^{\mathrm{equiv}}", prefill_rescale_equivalent_p0),
+            Formula("batch_remainder", "(S'_1 - S'_2) - k_B (S_1 - S_2)",
+                    r"(S'_1 - S'_2) - k_B (S_1 - S_2)", batch_rescale_remainder),
+            Formula("batch_offset", "b_0 for invariance", r"b_0^{\mathrm{inv}}",
+                    batch_offset_for_invariance),
+            Formula("equivalent_b0", "equivalent b_0 after B -> k_B B",
+                    r"b_0^{\mathrm{equiv}}", batch_rescale_equivalent_b0),
+            Formula("linear_lam", "linear λ after P -> k_P P", r"\lambda'",
+                    linear_lam_after_prefill_rescale),
+            Formula("lam_eff_ratio", "λ_eff ratio after P -> k_P P (p_0 = 0)",
+                    r"\lambda_{\mathrm{eff}}' / \lambda_{\mathrm{eff}}",
+                    lam_eff_ratio_after_prefill_rescale),
+        ),
+    )
+    return _ScaleInvariance(
+        prefill_rescale_remainder, batch_rescale_remainder, prefill_offset_for_invariance,
+        batch_offset_for_invariance, prefill_rescale_equivalent_p0,
+        batch_rescale_equivalent_b0, linear_lam_after_prefill_rescale,
+        lam_eff_ratio_after_prefill_rescale, identities, result,
+    )
 
-    # ------------------------------------------------------- (g) degenerate cases
+
+# ------------------------------------------------------------ (g) degenerate cases
+
+
+def _degenerate_cases(
+    sc: _Scores, pw: _Pairwise, be: _BreakEven, geo: _Geometry
+) -> _Degenerates:
+    """(g) Zero scores, ties and an undefined λ_eff, each with the offsets that reach or
+    remove it."""
+    S_1, S_2, C_1, C_2 = sc.S_1, sc.S_2, sc.C_1, sc.C_2
     x = sp.Dummy("x", real=True)
     p_zero = _solve_one(product_score(x, B_1), x)  # P_1 = -p0
     b_zero = _solve_one(product_score(P_1, x), x)  # B_1 = -b0
     p_reach = sp.solve(p_zero >= 0, p_0)  # a nonnegative P reaches it iff p0 <= 0
     b_reach = sp.solve(b_zero >= 0, b_0)
-    tie_B2 = hyperbola_B2
-    degenerate = (
+    tie_B2 = geo.hyperbola_B2
+    cases = (
         Degenerate(
             "prefill_zero",
             sp.Eq(P_1, p_zero),
@@ -344,9 +736,9 @@ def derive() -> Derivation:
         ),
         Degenerate(
             "linear_tie",
-            sp.Eq(lam, lambda_star),
+            sp.Eq(lam, be.lam_star),
             C_1 - C_2,
-            sp.cancel((C_1 - C_2).subs(lam, lambda_star)),
+            sp.cancel((C_1 - C_2).subs(lam, be.lam_star)),
             None,
             None,
             "linear(λ) ties exactly at λ = λ* (a boundary of every "
@@ -364,9 +756,9 @@ def derive() -> Derivation:
         ),
         Degenerate(
             "lam_eff_undefined",
-            sp.Eq(sp.denom(lambda_eff), 0),
+            sp.Eq(sp.denom(pw.lam_eff), 0),
             S_1 - S_2,
-            sp.factor((S_1 - S_2).subs(B_2, _solve_one(sp.denom(lambda_eff), B_2))),
+            sp.factor((S_1 - S_2).subs(B_2, _solve_one(sp.denom(pw.lam_eff), B_2))),
             b_reach,
             sp.StrictGreaterThan(b_0, 0),
             "mean(B) + b0 = 0 (only with b0 <= 0; with b0 = 0 both instances idle): the "
@@ -374,264 +766,97 @@ def derive() -> Derivation:
             "b0 > 0 removes it.",
         ),
     )
-
-    # ------------------------------------------------------------- (i) robust band
-    d_at = sp.Lambda(rate, (S_1 - S_2) * linear_diff_at(rate))
-    band_disagrees_condition = sp.Or(
-        sp.StrictLessThan(d_at(lam_lo), 0), sp.StrictLessThan(d_at(lam_hi), 0)
+    result = Result(
+        "degenerate_cases", "g", "Degenerate cases and which offsets remove them",
+        " ".join(d.statement for d in cases),
+        tuple(
+            Formula(d.name, d.name.replace("_", " "),
+                    r"\text{" + d.name.replace("_", r"\_") + "}", d.condition)
+            for d in cases
+        ),
     )
-    band_agrees_strictly_condition = sp.And(
+    return _Degenerates(cases, result)
+
+
+# ----------------------------------------------------------------- (i) robust band
+
+_BAND_BOUNDARY_RULE = (
+    "With λ_lo <= λ_hi and mean(B) + b0 > 0: some λ in [λ_lo, λ_hi] "
+    "strictly disagrees with the product iff B_1 != B_2 and λ* lies in the "
+    "OPEN interval (min(λ_lo, λ_eff), max(λ_hi, λ_eff)) and "
+    "λ* != λ_eff. Boundaries: λ* equal to a band end that is "
+    "a hull end means linear(λ) only ties there (no disagreement); λ* = "
+    "λ_eff means the product ties (no disagreement for any λ). Equivalently, "
+    "division-free: (S_1 - S_2)(C_1 - C_2) < 0 at λ_lo or at λ_hi. The product's "
+    "choice is strictly the linear choice for every λ in the band iff "
+    "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and λ* is "
+    "outside the CLOSED hull (or B_1 = B_2)."
+)
+
+
+def _robust_band(sc: _Scores, pw: _Pairwise, be: _BreakEven) -> _Band:
+    """(i) When the product agrees with linear(λ) for every λ of a band
+    ``[lam_lo, lam_hi]``."""
+    lam_eff, lam_star = pw.lam_eff, be.lam_star
+    rate = sp.Dummy("rate", real=True)
+    d_at = sp.Lambda(rate, (sc.S_1 - sc.S_2) * be.linear_diff_at(rate))
+    disagrees = sp.Or(sp.StrictLessThan(d_at(lam_lo), 0), sp.StrictLessThan(d_at(lam_hi), 0))
+    agrees_strictly = sp.And(
         sp.StrictGreaterThan(d_at(lam_lo), 0), sp.StrictGreaterThan(d_at(lam_hi), 0)
     )
-    band_hull_lo = sp.Min(lam_lo, lambda_eff)
-    band_hull_hi = sp.Max(lam_hi, lambda_eff)
-    band_hull_condition = sp.And(
+    hull_lo = sp.Min(lam_lo, lam_eff)
+    hull_hi = sp.Max(lam_hi, lam_eff)
+    hull_rule = sp.And(
         sp.Ne(B_1, B_2),
-        sp.Ne(lambda_star, lambda_eff),
-        sp.StrictLessThan(band_hull_lo, lambda_star),
-        sp.StrictLessThan(lambda_star, band_hull_hi),
+        sp.Ne(lam_star, lam_eff),
+        sp.StrictLessThan(hull_lo, lam_star),
+        sp.StrictLessThan(lam_star, hull_hi),
     )
-    band_boundary_rule = (
-        "With λ_lo <= λ_hi and mean(B) + b0 > 0: some λ in [λ_lo, λ_hi] "
-        "strictly disagrees with the product iff B_1 != B_2 and λ* lies in the "
-        "OPEN interval (min(λ_lo, λ_eff), max(λ_hi, λ_eff)) and "
-        "λ* != λ_eff. Boundaries: λ* equal to a band end that is "
-        "a hull end means linear(λ) only ties there (no disagreement); λ* = "
-        "λ_eff means the product ties (no disagreement for any λ). Equivalently, "
-        "division-free: (S_1 - S_2)(C_1 - C_2) < 0 at λ_lo or at λ_hi. The product's "
-        "choice is strictly the linear choice for every λ in the band iff "
-        "(S_1 - S_2)(C_1 - C_2) > 0 at both ends, i.e. S_1 != S_2 and λ* is "
-        "outside the CLOSED hull (or B_1 = B_2)."
+    result = Result(
+        "robust_band", "i", "Robust band of exchange rates",
+        "If the right rate is only known to lie in [λ_lo, λ_hi], the product's "
+        "choice agrees with linear(λ) for every λ in the band iff λ* lies "
+        "outside the hull of {λ_lo, λ_hi, λ_eff}. " + _BAND_BOUNDARY_RULE,
+        (
+            Formula("hull_lo", "hull low end", r"\underline{h}", hull_lo),
+            Formula("hull_hi", "hull high end", r"\overline{h}", hull_hi),
+            Formula("disagrees", "some λ in band disagrees", r"\exists\lambda", disagrees),
+            Formula("hull_rule", "some λ in band disagrees", r"\exists\lambda", hull_rule),
+            Formula("agrees_strictly", "strict agreement on the whole band",
+                    r"\forall\lambda", agrees_strictly),
+        ),
     )
+    return _Band(hull_lo, hull_hi, disagrees, hull_rule, agrees_strictly,
+                 _BAND_BOUNDARY_RULE, result)
 
-    # ------------------------------------------------------------ (f) N instances
-    n_pair_condition = sp.StrictLessThan(disagreement_lhs, 0)
-    n_statement = (
-        "Among N instances let i* be the product's choice and j* the linear(λ) choice. "
-        "When all scores are distinct, i* != j* exactly when the pair (i*, j*) disagrees "
-        "as in (d) - λ*(i*, j*) strictly between λ and λ_eff(i*, j*) - so "
-        "one O(N) pass (two argmins, one pair test) decides it; no pair other than "
-        "(i*, j*) matters, and the regret of the decision is that pair's regret."
-    )
-    n_ties_statement = (
-        "With ties and lowest-index tie-breaking, i* != j* exactly when S_i* <= S_j* and "
-        "C_j* <= C_i* with at least one strict: a strict pair disagreement, or a "
-        "tie-break disagreement (S_i* = S_j*, i.e. λ* = λ_eff; or "
-        "C_i* = C_j*, i.e. λ* = λ) that a different tie-break would remove. "
-        "'No instance is optimal for both scores' is stronger than a strict pair "
-        "disagreement when scores tie: check it in O(N) as 'no k with S_k = min S and "
-        "C_k = min C'."
-    )
 
-    # -------------------------------------------------------------- rendering order
-    F = Formula
-    results = (
-        Result(
-            "definitions", "a", "Definitions",
-            "Lower score wins. The product (LMetric) score multiplies the prefill tokens the "
-            "request would cost on instance i by its batch size, each with an offset; the "
-            "linear score adds them with an exchange rate λ (prefill tokens per batch "
-            "slot). P counts the request's uncached tokens ('uncached') or queued prefill "
-            "plus uncached ('queued+uncached'); B counts running or in-flight requests. "
-            "Defaults p0 = 0, b0 = 1. Every result below holds for either definition.",
-            (
-                F("S_i", "S_i", "S_i", product_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
-                F("C_i", "C_i", "C_i", linear_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
-            ),
-        ),
-        Result(
-            "scale_invariance", "b", "Scale invariance (when the hyperparameters cancel)",
-            "Rescaling P by k_P != 1 (tokens vs KV blocks) keeps every product choice iff "
-            "p0 = 0; rescaling B by k_B != 1 (requests vs KV blocks) keeps them iff b0 = 0 "
-            "(otherwise a tie with B_1 != B_2, resp. P_1 != P_2, is broken). Otherwise the "
-            "rescaled product ranks like the original with offset p0/k_P (or b0/k_B), so "
-            "with the public default b0 = 1 the unit of B matters. The linear score always "
-            "needs λ re-tuned to λ/k_P, while the product's implicit rate λ_eff "
-            "follows the unit of P by itself (ratio k_P when p0 = 0).",
-            (
-                F("prefill_remainder", "(S'_1 - S'_2) - k_P (S_1 - S_2)",
-                  r"(S'_1 - S'_2) - k_P (S_1 - S_2)", prefill_rescale_remainder),
-                F("prefill_offset", "p_0 for invariance", r"p_0^{\mathrm{inv}}",
-                  prefill_offset_for_invariance),
-                F("equivalent_p0", "equivalent p_0 after P -> k_P P",
-                  r"p_0^{\mathrm{equiv}}", prefill_rescale_equivalent_p0),
-                F("batch_remainder", "(S'_1 - S'_2) - k_B (S_1 - S_2)",
-                  r"(S'_1 - S'_2) - k_B (S_1 - S_2)", batch_rescale_remainder),
-                F("batch_offset", "b_0 for invariance", r"b_0^{\mathrm{inv}}",
-                  batch_offset_for_invariance),
-                F("equivalent_b0", "equivalent b_0 after B -> k_B B",
-                  r"b_0^{\mathrm{equiv}}", batch_rescale_equivalent_b0),
-                F("linear_lam", "linear λ after P -> k_P P", r"\lambda'",
-                  linear_lam_after_prefill_rescale),
-                F("lam_eff_ratio", "λ_eff ratio after P -> k_P P (p_0 = 0)",
-                  r"\lambda_{\mathrm{eff}}' / \lambda_{\mathrm{eff}}",
-                  lambda_eff_ratio_after_prefill_rescale),
-            ),
-        ),
-        Result(
-            "pairwise_identity", "c", "Pairwise identity and the effective exchange rate",
-            "For every pair, the product's difference is a linear score difference whose "
-            "weights are the pair's mean batch (+ b0) and mean prefill (+ p0): the product "
-            "chooses exactly as linear(λ_eff) would, with a rate that adapts to the "
-            "state - more prefill-tolerant when instances hold many tokens, more "
-            "batch-averse when batches are small.",
-            (
-                F("lhs", "S_1 - S_2", "S_1 - S_2", S_1 - S_2),
-                F("rhs", "S_1 - S_2", "S_1 - S_2", pairwise_rhs),
-                F("lam_eff", "λ_eff", r"\lambda_{\mathrm{eff}}", lambda_eff),
-            ),
-        ),
-        Result(
-            "disagreement", "d", "Break-even rate and exact disagreement condition",
-            "A conflicting pair (one instance needs fewer prefill tokens, the other has the "
-            "smaller batch) has a break-even rate λ* > 0 at which linear(λ) "
-            "changes its choice; a dominated pair has λ* <= 0 (or none) and never "
-            "disagrees (λ and λ_eff are >= 0). Whenever mean(B) + b0 > 0, product "
-            "and linear(λ) strictly disagree exactly when λ* lies strictly "
-            "between λ and λ_eff, i.e. (S_1 - S_2)(C_1 - C_2) < 0. "
-            "Ties are separate: λ = λ* is a linear tie, λ_eff = "
-            "λ* a product tie, B_1 = B_2 leaves both ranking by P; none is a "
-            "disagreement.",
-            (
-                F("lam_star", "λ*", r"\lambda^{*}", lambda_star),
-                F("conflict", "conflicting pair", r"\text{conflict}", conflict_condition),
-                F("disagreement_lhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
-                  disagreement_lhs),
-                F("disagreement_rhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
-                  disagreement_rhs),
-                F("disagreement", "strict disagreement", r"\text{disagree}",
-                  sp.StrictLessThan(
-                      (lam - lambda_star) * (lambda_eff - lambda_star), 0)),
-            ),
-        ),
-        Result(
-            "geometry", "e", "Geometry in the plane of instance 2's state",
-            "Fix instance 1. In the (P_2, B_2) plane the product's iso-curve through "
-            "instance 1 is a hyperbola (asymptotes P_2 = -p0, B_2 = -b0) and linear(λ)'s "
-            "is a line of slope -1/λ. They meet at instance 1 and at one second point; "
-            "they touch when λ = (P_1 + p0)/(B_1 + b0). Between the two points the line "
-            "lies above the hyperbola (bounded lens: product keeps 1, linear moves to 2); "
-            "outside them the hyperbola lies above the line (two unbounded parts: product "
-            "moves to 2, linear keeps 1). Above both curves both keep 1; below both, both "
-            "move to 2. Only the part with P_2, B_2 >= 0 is reachable.",
-            (
-                F("hyperbola", "B_2 (product iso-curve)", r"B_2^{\mathrm{prod}}",
-                  hyperbola_B2),
-                F("line", "B_2 (linear iso-line)", r"B_2^{\mathrm{lin}}", line_B2),
-                F("second_P2", "P_2 (second intersection)", r"P_2^{\times}", second_P2),
-                F("second_B2", "B_2 (second intersection)", r"B_2^{\times}", second_B2),
-                F("gap", "hyperbola - line", r"B_2^{\mathrm{prod}} - B_2^{\mathrm{lin}}",
-                  gap),
-                F("tangent", "λ (tangent, empty lens)", r"\lambda_{\mathrm{tangent}}",
-                  tangent_lam),
-            ),
-        ),
-        Result(
-            "n_instances", "f", "N instances: one pair decides",
-            n_statement + " " + n_ties_statement,
-            (F("pair", "pair (i*, j*) disagrees", r"\text{disagree}(i^*, j^*)",
-               n_pair_condition),),
-        ),
-        Result(
-            "degenerate_cases", "g", "Degenerate cases and which offsets remove them",
-            " ".join(d.statement for d in degenerate),
-            tuple(
-                F(d.name, d.name.replace("_", " "), r"\text{" + d.name.replace("_", r"\_") + "}",
-                  d.condition)
-                for d in degenerate
-            ),
-        ),
-        Result(
-            "regret", "h", "Regret of following the product",
-            "When the product picks 1 and linear(λ) - the reference - picks 2, following "
-            "the product costs (P_1 - P_2) + λ (B_1 - B_2) >= 0 prefill-token "
-            "equivalents. It equals (B_1 - B_2)(λ - λ*) and is at most "
-            "(λ - λ_eff)(B_1 - B_2): the further the pair's adaptive rate is from "
-            "the reference rate, the more a disagreement can cost.",
-            (
-                F("regret", "regret", r"\mathrm{regret}", regret),
-                F("via_star", "regret", r"\mathrm{regret}", regret_via_star),
-                F("decomposition", "regret", r"\mathrm{regret}", regret_decomposition),
-                F("bound", "regret bound (product picked 1)", r"\mathrm{regret}_{\max}",
-                  regret_bound),
-            ),
-        ),
-        Result(
-            "robust_band", "i", "Robust band of exchange rates",
-            "If the right rate is only known to lie in [λ_lo, λ_hi], the product's "
-            "choice agrees with linear(λ) for every λ in the band iff λ* lies "
-            "outside the hull of {λ_lo, λ_hi, λ_eff}. " + band_boundary_rule,
-            (
-                F("hull_lo", "hull low end", r"\underline{h}", band_hull_lo),
-                F("hull_hi", "hull high end", r"\overline{h}", band_hull_hi),
-                F("disagrees", "some λ in band disagrees", r"\exists\lambda",
-                  band_disagrees_condition),
-                F("hull_rule", "some λ in band disagrees", r"\exists\lambda",
-                  band_hull_condition),
-                F("agrees_strictly", "strict agreement on the whole band",
-                  r"\forall\lambda", band_agrees_strictly_condition),
-            ),
-        ),
-    )
+# --------------------------------------------------------------- (f) N instances
 
-    # (j)-(l) hot prefix classes: a cluster-level condition built on (d), derived in its
-    # own module
-    hot = derive_hotspot()
-    results += hot.results
-    identities += hot.identities
+_N_STATEMENT = (
+    "Among N instances let i* be the product's choice and j* the linear(λ) choice. "
+    "When all scores are distinct, i* != j* exactly when the pair (i*, j*) disagrees "
+    "as in (d) - λ*(i*, j*) strictly between λ and λ_eff(i*, j*) - so "
+    "one O(N) pass (two argmins, one pair test) decides it; no pair other than "
+    "(i*, j*) matters, and the regret of the decision is that pair's regret."
+)
+_N_TIES_STATEMENT = (
+    "With ties and lowest-index tie-breaking, i* != j* exactly when S_i* <= S_j* and "
+    "C_j* <= C_i* with at least one strict: a strict pair disagreement, or a "
+    "tie-break disagreement (S_i* = S_j*, i.e. λ* = λ_eff; or "
+    "C_i* = C_j*, i.e. λ* = λ) that a different tie-break would remove. "
+    "'No instance is optimal for both scores' is stronger than a strict pair "
+    "disagreement when scores tie: check it in O(N) as 'no k with S_k = min S and "
+    "C_k = min C'."
+)
 
-    return Derivation(
-        S_1=S_1,
-        S_2=S_2,
-        C_1=C_1,
-        C_2=C_2,
-        p_definitions=tuple(m.value for m in PDefinition),
-        b_definitions=tuple(m.value for m in BDefinition),
-        default_p0=DEFAULT_P0,
-        default_b0=DEFAULT_B0,
-        prefill_rescale_remainder=prefill_rescale_remainder,
-        batch_rescale_remainder=batch_rescale_remainder,
-        prefill_offset_for_invariance=prefill_offset_for_invariance,
-        batch_offset_for_invariance=batch_offset_for_invariance,
-        prefill_rescale_equivalent_p0=prefill_rescale_equivalent_p0,
-        batch_rescale_equivalent_b0=batch_rescale_equivalent_b0,
-        linear_lam_after_prefill_rescale=linear_lam_after_prefill_rescale,
-        lambda_eff_ratio_after_prefill_rescale=lambda_eff_ratio_after_prefill_rescale,
-        pairwise_lhs=S_1 - S_2,
-        pairwise_rhs=pairwise_rhs,
-        prefill_weight=prefill_weight,
-        batch_weight=batch_weight,
-        lambda_eff=lambda_eff,
-        lambda_star=lambda_star,
-        conflict_condition=conflict_condition,
-        disagreement_lhs=disagreement_lhs,
-        disagreement_rhs=disagreement_rhs,
-        disagreement_condition=sp.StrictLessThan(disagreement_lhs, 0),
-        disagreement_between=sp.StrictLessThan(
-            (lam - lambda_star) * (lambda_eff - lambda_star), 0
-        ),
-        hyperbola_B2=hyperbola_B2,
-        line_B2=line_B2,
-        intersections=intersections,
-        second_P2=second_P2,
-        second_B2=second_B2,
-        gap=gap,
-        tangent_lam=tangent_lam,
-        regions=regions,
-        n_pair_condition=n_pair_condition,
-        n_statement=n_statement,
-        n_ties_statement=n_ties_statement,
-        degenerate=degenerate,
-        regret=regret,
-        regret_via_star=regret_via_star,
-        regret_decomposition=regret_decomposition,
-        regret_bound=regret_bound,
-        band_hull_lo=band_hull_lo,
-        band_hull_hi=band_hull_hi,
-        band_disagrees_condition=band_disagrees_condition,
-        band_hull_condition=band_hull_condition,
-        band_agrees_strictly_condition=band_agrees_strictly_condition,
-        band_boundary_rule=band_boundary_rule,
-        identities=tuple(identities),
-        results=results,
+
+def _n_instances(be: _BreakEven) -> _NInstances:
+    """(f) Among N instances the pair (product's choice, linear's choice) decides."""
+    pair_condition = sp.StrictLessThan(be.disagreement_lhs, 0)
+    result = Result(
+        "n_instances", "f", "N instances: one pair decides",
+        _N_STATEMENT + " " + _N_TIES_STATEMENT,
+        (Formula("pair", "pair (i*, j*) disagrees", r"\text{disagree}(i^*, j^*)",
+                 pair_condition),),
     )
+    return _NInstances(pair_condition, _N_STATEMENT, _N_TIES_STATEMENT, result)

@@ -130,9 +130,9 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
             "batch_offset_for_invariance": e(d.batch_offset_for_invariance),
             "batch_rescale_equivalent_b0": e(d.batch_rescale_equivalent_b0),
             "linear_lam_after_prefill_rescale": e(d.linear_lam_after_prefill_rescale),
-            "lam_eff_ratio_after_prefill_rescale": e(d.lambda_eff_ratio_after_prefill_rescale),
+            "lam_eff_ratio_after_prefill_rescale": e(d.lam_eff_ratio_after_prefill_rescale),
             "lambda_eff_ratio_after_prefill_rescale": e(
-                d.lambda_eff_ratio_after_prefill_rescale
+                d.lam_eff_ratio_after_prefill_rescale
             ),
             "statement": st["scale_invariance"],
         },
@@ -141,10 +141,10 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
             "rhs": e(d.pairwise_rhs),
             "statement": st["pairwise_identity"],
         },
-        "lam_eff": e(d.lambda_eff),
-        "lam_star": e(d.lambda_star),
-        "lambda_eff": e(d.lambda_eff),
-        "lambda_star": e(d.lambda_star),
+        "lam_eff": e(d.lam_eff),
+        "lam_star": e(d.lam_star),
+        "lambda_eff": e(d.lam_eff),
+        "lambda_star": e(d.lam_star),
         "disagreement": {
             "conflict_condition": e(d.conflict_condition),
             "lhs": e(d.disagreement_lhs),

@@ -61,7 +61,7 @@ import csv
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import itemgetter
@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.fileio import TextFileError, read_text
 from lmetric_theory.core.limits import ID_MAX, ID_MIN, TIME_MAX_S, TOKENS_MAX
 from lmetric_theory.workload.base import Workload
 from lmetric_theory.workload.errors import TraceError, TraceOrderWarning
@@ -167,18 +168,10 @@ def load_trace(
     """
     p = Path(path)
     source = str(path)
-    data = p.read_bytes()
-    nul = data.find(b"\0")
-    if nul >= 0:  # text never holds NUL bytes: name the file as binary, not as bad UTF-8
-        raise TraceError(
-            source, data.count(b"\n", 0, nul) + 1, None,
-            "contains a NUL byte: a binary file, not a trace",
-        )
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise TraceError(source, line, None, f"not valid UTF-8 ({exc.reason})") from None
+        text = read_text(p, "a trace")
+    except TextFileError as exc:
+        raise TraceError(source, exc.line, None, exc.reason) from None
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     return parse_trace(
@@ -304,107 +297,42 @@ def parse_trace(
     Same rules as :func:`load_trace`; ``lines[i]`` is reported as line ``i + 1`` of
     ``source``; ``suffix`` (the file name's, e.g. ``".jsonl"``) takes part in format
     detection as in :func:`detect_format`.
+
+    The steps, each a function of its own: keep the request lines
+    (:func:`_request_lines`), name the format and block size (:func:`_resolve_format`),
+    parse the rows (:func:`_parse_rows`), read and check the columns
+    (:func:`_read_columns`), drop or report the bad rows (:func:`_drop_bad_rows`), derive
+    sessions and missing hashes, sort by arrival (:func:`_sort_by_arrival`) and build the
+    workload.
     """
     if format != "auto" and format not in _SPECS:
         raise ValueError(f"unknown trace format {format!r}; valid: auto, {', '.join(FORMATS)}")
-    if lines and not lines[-1].strip():  # the newline that ends the last line
-        lines = lines[:-1]
-    if all(map(str.strip, lines)):
-        body = list(lines)
-        line_nos = None  # line i + 1
-    else:
-        keep = [i for i, s in enumerate(lines) if s.strip()]
-        body = [lines[i] for i in keep]
-        line_nos = keep
-    if not body:
-        raise TraceError(source, None, None, "trace is empty (no request lines)")
-
-    def lineno(i: int) -> int:
-        return (i if line_nos is None else line_nos[i]) + 1
-
-    if format == "auto":
-        format, format_reason = _detect(body[0], source=source, line=lineno(0), suffix=suffix)
-    else:
-        format_reason = "format given"
-    if block_size is None:
-        block_size = DEFAULT_BLOCK_SIZE[format]
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-
+    body, lineno = _request_lines(lines, source)
+    format, format_reason, block_size = _resolve_format(
+        format, block_size, body[0], source=source, line=lineno(0), suffix=suffix
+    )
     errors: dict[int, tuple[str | None, str]] = {}
-    if format == "csv":
-        header_line = lineno(0)
-        rows = _csv_rows(body, source, header_line, errors, format_reason)
-        body_line = lineno
-        lineno = lambda i: body_line(i + 1)  # noqa: E731 - data rows follow the header
-        if not rows:
-            raise TraceError(source, None, None, "trace is empty (header only, no requests)")
-    else:
-        rows = _json_rows(body, errors)
+    rows, lineno = _parse_rows(format, body, source, lineno, errors, format_reason)
     spec = _SPECS[format]
     cols = _Columns(rows, errors)
-
-    t = cols.number(spec.time_field, TIME_MAX_S / spec.time_to_s, spec.time_unit)
-    inp = cols.integer(spec.input_field, 1, TOKENS_MAX)
-    out = cols.integer(spec.output_field, 1, TOKENS_MAX)
-    flat, lens, has_hash = cols.hashes("hash_ids", spec.hash_required, inp, block_size)
-    chat = parent = sess_vals = None
-    if spec.session == "chain":
-        chat = cols.integer("chat_id", _INT64_MIN)
-        parent = cols.integer("parent_chat_id", _INT64_MIN)
-    elif spec.session == "field":
-        sess_vals = cols.session("session_id")
-
+    fields = _read_columns(cols, spec, block_size)
     n_rows = len(rows)
     skipped_reasons: list[str] = []
     if errors:
-        bad = sorted(errors)
-        if not skip_bad_lines:
-            i = bad[0]
-            field, reason = errors[i]
-            raise TraceError(source, lineno(i), field, reason)
-        for i in bad[:MAX_REASONS]:
-            field, reason = errors[i]
-            skipped_reasons.append(str(TraceError(source, lineno(i), field, reason)))
-        good = np.ones(n_rows, dtype=bool)
-        good[bad] = False
-        if not good.any():
-            raise TraceError(
-                source, None, None, f"no valid requests ({len(bad)} bad lines skipped)"
-            )
-        # hashes: drop the blocks of bad rows
-        flat = flat[np.repeat(good, lens)]
-        lens, has_hash = lens[good], has_hash[good]
-        t, inp, out = t[good], inp[good], out[good]
-        if chat is not None and parent is not None:
-            chat, parent = chat[good], parent[good]
-        if sess_vals is not None:
-            sess_vals = [v for v, g in zip(sess_vals, good.tolist(), strict=True) if g]
+        skipped_reasons = _drop_bad_rows(fields, errors, skip_bad_lines, source, lineno)
 
     session_ids: np.ndarray | None = None
-    if chat is not None and parent is not None:
-        session_ids = _chain_roots(chat, parent)
-    elif sess_vals is not None:
-        session_ids = _factorize_sessions(sess_vals)
-
-    flat, lens = _fill_missing_hashes(flat, lens, has_hash, inp, block_size, source)
-
-    t = t * spec.time_to_s
-    reordered = 0
-    if t.shape[0] > 1 and bool(np.any(t[1:] < t[:-1])):
-        reordered = int(np.count_nonzero(t[1:] < np.maximum.accumulate(t)[:-1]))
-        order = np.argsort(t, kind="stable")
-        t, inp, out = t[order], inp[order], out[order]
-        if session_ids is not None:
-            session_ids = session_ids[order]
-        flat, lens = _reorder_csr(flat, lens, order)
-        warnings.warn(
-            TraceOrderWarning(
-                f"{source}: {reordered} line(s) arrive earlier than a line above them; "
-                "requests were stable-sorted by timestamp"
-            ),
-            stacklevel=3,
-        )
+    if fields.chat is not None and fields.parent is not None:
+        session_ids = _chain_roots(fields.chat, fields.parent)
+    elif fields.sess_vals is not None:
+        session_ids = _factorize_sessions(fields.sess_vals)
+    flat, lens = _fill_missing_hashes(
+        fields.flat, fields.lens, fields.has_hash, fields.inp, block_size, source
+    )
+    t, inp, out = fields.t * spec.time_to_s, fields.inp, fields.out
+    t, inp, out, session_ids, flat, lens, reordered = _sort_by_arrival(
+        t, inp, out, session_ids, flat, lens, source
+    )
     origin = float(t[0])
     offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
@@ -434,6 +362,159 @@ def parse_trace(
         session_ids=session_ids,
         meta=meta,
     )
+
+
+# ------------------------------------------------------------------- parse_trace's steps
+
+
+def _request_lines(
+    lines: Sequence[str], source: str
+) -> tuple[list[str], Callable[[int], int]]:
+    """The non-blank lines, and the 1-based file line of each (``TraceError`` when none)."""
+    if lines and not lines[-1].strip():  # the newline that ends the last line
+        lines = lines[:-1]
+    if all(map(str.strip, lines)):
+        body = list(lines)
+        line_nos = None  # line i + 1
+    else:
+        keep = [i for i, s in enumerate(lines) if s.strip()]
+        body = [lines[i] for i in keep]
+        line_nos = keep
+    if not body:
+        raise TraceError(source, None, None, "trace is empty (no request lines)")
+
+    def lineno(i: int) -> int:
+        return (i if line_nos is None else line_nos[i]) + 1
+
+    return body, lineno
+
+
+def _resolve_format(
+    format: str, block_size: int | None, first_line: str, *, source: str, line: int,
+    suffix: str,
+) -> tuple[str, str, int]:
+    """The format (detected from the first request line when ``"auto"``), why it was
+    chosen, and the block size (the format's default when not given), tokens per block."""
+    if format == "auto":
+        format, format_reason = _detect(first_line, source=source, line=line, suffix=suffix)
+    else:
+        format_reason = "format given"
+    if block_size is None:
+        block_size = DEFAULT_BLOCK_SIZE[format]
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    return format, format_reason, block_size
+
+
+def _parse_rows(
+    format: str,
+    body: list[str],
+    source: str,
+    lineno: Callable[[int], int],
+    errors: dict[int, tuple[str | None, str]],
+    format_reason: str,
+) -> tuple[list[Any], Callable[[int], int]]:
+    """One dict per request, and the file line of each row (a CSV's rows follow its
+    header, so row ``i`` is body line ``i + 1``)."""
+    if format != "csv":
+        return _json_rows(body, errors), lineno
+    rows = _csv_rows(body, source, lineno(0), errors, format_reason)
+    if not rows:
+        raise TraceError(source, None, None, "trace is empty (header only, no requests)")
+    return rows, lambda i: lineno(i + 1)
+
+
+@dataclass(slots=True)
+class _Fields:
+    """The checked columns of every row, shape (n,) unless noted; the hashes in CSR form."""
+
+    t: np.ndarray  # arrival, in the format's time unit, float64
+    inp: np.ndarray  # prompt tokens, int64
+    out: np.ndarray  # output tokens, int64
+    flat: np.ndarray  # every row's block ids, concatenated, int64
+    lens: np.ndarray  # block ids per row, int64
+    has_hash: np.ndarray  # row gave its hashes, bool
+    chat: np.ndarray | None  # bailian chat ids
+    parent: np.ndarray | None  # bailian parent chat ids
+    sess_vals: list[Any] | None  # generic formats' session ids, as given
+
+
+def _read_columns(cols: _Columns, spec: _Spec, block_size: int) -> _Fields:
+    """Read and check every column the format defines (errors go to ``cols.errors``)."""
+    t = cols.number(spec.time_field, TIME_MAX_S / spec.time_to_s, spec.time_unit)
+    inp = cols.integer(spec.input_field, 1, TOKENS_MAX)
+    out = cols.integer(spec.output_field, 1, TOKENS_MAX)
+    flat, lens, has_hash = cols.hashes("hash_ids", spec.hash_required, inp, block_size)
+    chat = parent = sess_vals = None
+    if spec.session == "chain":
+        chat = cols.integer("chat_id", _INT64_MIN)
+        parent = cols.integer("parent_chat_id", _INT64_MIN)
+    elif spec.session == "field":
+        sess_vals = cols.session("session_id")
+    return _Fields(t, inp, out, flat, lens, has_hash, chat, parent, sess_vals)
+
+
+def _drop_bad_rows(
+    f: _Fields,
+    errors: dict[int, tuple[str | None, str]],
+    skip_bad_lines: bool,
+    source: str,
+    lineno: Callable[[int], int],
+) -> list[str]:
+    """Raise the first bad row's ``TraceError``, or (``skip_bad_lines``) remove the bad
+    rows from ``f`` in place and return the first :data:`MAX_REASONS` reasons."""
+    bad = sorted(errors)
+    if not skip_bad_lines:
+        i = bad[0]
+        field, reason = errors[i]
+        raise TraceError(source, lineno(i), field, reason)
+    skipped_reasons = []
+    for i in bad[:MAX_REASONS]:
+        field, reason = errors[i]
+        skipped_reasons.append(str(TraceError(source, lineno(i), field, reason)))
+    good = np.ones(f.t.shape[0], dtype=bool)
+    good[bad] = False
+    if not good.any():
+        raise TraceError(source, None, None, f"no valid requests ({len(bad)} bad lines skipped)")
+    # hashes: drop the blocks of bad rows
+    f.flat = f.flat[np.repeat(good, f.lens)]
+    f.lens, f.has_hash = f.lens[good], f.has_hash[good]
+    f.t, f.inp, f.out = f.t[good], f.inp[good], f.out[good]
+    if f.chat is not None and f.parent is not None:
+        f.chat, f.parent = f.chat[good], f.parent[good]
+    if f.sess_vals is not None:
+        f.sess_vals = [v for v, g in zip(f.sess_vals, good.tolist(), strict=True) if g]
+    return skipped_reasons
+
+
+def _sort_by_arrival(
+    t: np.ndarray,
+    inp: np.ndarray,
+    out: np.ndarray,
+    session_ids: np.ndarray | None,
+    flat: np.ndarray,
+    lens: np.ndarray,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, int]:
+    """Stable-sort the requests by arrival ``t`` (seconds) when it goes backwards, with a
+    :class:`TraceOrderWarning`; the last value is how many lines arrived earlier than
+    some line above them (0: nothing moved)."""
+    if not (t.shape[0] > 1 and bool(np.any(t[1:] < t[:-1]))):
+        return t, inp, out, session_ids, flat, lens, 0
+    reordered = int(np.count_nonzero(t[1:] < np.maximum.accumulate(t)[:-1]))
+    order = np.argsort(t, kind="stable")
+    t, inp, out = t[order], inp[order], out[order]
+    if session_ids is not None:
+        session_ids = session_ids[order]
+    flat, lens = _reorder_csr(flat, lens, order)
+    warnings.warn(
+        TraceOrderWarning(
+            f"{source}: {reordered} line(s) arrive earlier than a line above them; "
+            "requests were stable-sorted by timestamp"
+        ),
+        stacklevel=4,  # the caller of parse_trace's caller, as when this ran inline
+    )
+    return t, inp, out, session_ids, flat, lens, reordered
 
 
 def make_workload(

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.core.kernel import product_scores
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, Verdicts
 from lmetric_theory.experiments import stats
@@ -131,19 +132,7 @@ class CounterfactualStudy:
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON: ``flagged``, ``control``, ``noise_floor_s``, ``auroc``, ``precision``,
         ``recall``, ``mitigations``, ``end_to_end``, ``population``, ``config`` (and more)."""
-        return _json_safe(self.summary)
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, float | np.floating):
-        return float(x) if math.isfinite(x) else None
-    return x
+        return json_safe(self.summary)
 
 
 def policy_score(spec: str, seed: int) -> tuple[str, str, Any, Any, str]:

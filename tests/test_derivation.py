@@ -61,6 +61,13 @@ def test_derive_is_cached(d):
     assert derive() is d
 
 
+def test_old_rate_attributes_are_aliases(d):
+    """``lambda_*`` attributes of the first layout return the ``lam_*`` expressions."""
+    assert d.lambda_eff is d.lam_eff and d.lambda_star is d.lam_star
+    assert d.lambda_eff_ratio_after_prefill_rescale is d.lam_eff_ratio_after_prefill_rescale
+    assert sp.simplify(d.lam_star - (P_2 - P_1) / (B_1 - B_2)) == 0
+
+
 def test_definitions_match_the_scores(d):
     assert sp.expand(d.S_1 - S1) == 0 and sp.expand(d.S_2 - S2) == 0
     assert sp.expand(d.C_1 - C1) == 0 and sp.expand(d.C_2 - C2) == 0

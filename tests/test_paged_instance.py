@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import requests_workload as workload
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,24 +13,6 @@ from lmetric_theory.sim import LatencyModel, SimConfig, Simulator, simulate
 from lmetric_theory.workload.base import Workload
 
 LAT = LatencyModel(c0=0.01, c_pf=1e-4, c_dec=1e-3, c_kv=1e-6, c_att=1e-8)
-
-
-def workload(reqs: list[tuple[float, int, int, list[int]]], block: int) -> Workload:
-    """Workload from (arrival s, input tokens, output tokens, hash ids) tuples."""
-    hashes: list[int] = []
-    offs = [0]
-    for _, inp, _, hs in reqs:
-        assert len(hs) == -(-inp // block)
-        hashes.extend(hs)
-        offs.append(len(hashes))
-    return Workload(
-        arrival_s=np.array([r[0] for r in reqs], dtype=np.float64),
-        input_tokens=np.array([r[1] for r in reqs], dtype=np.int64),
-        output_tokens=np.array([r[2] for r in reqs], dtype=np.int64),
-        hash_ids=np.array(hashes, dtype=np.int64),
-        hash_offsets=np.array(offs, dtype=np.int64),
-        block_size=block,
-    )
 
 
 def config(n: int = 1, **kw) -> SimConfig:

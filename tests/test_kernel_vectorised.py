@@ -1,4 +1,4 @@
-"""Numeric predicates vs exact rational brute force and vs the sympy derivation.
+"""The kernel's vectorised scores, signs and ratios (``core.kernel``) vs exact rational brute
 
 Every hypothesis example draws a seed and builds a *batch* of random states with a
 numpy Generator (mixing tiny ranges that force zeros and ties, constructed exact

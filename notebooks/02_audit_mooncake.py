@@ -171,7 +171,7 @@ if not dis_forks:
 
 # %%
 key = (INSTANCES[-1], LOADS[-1])
-mit = results[key].report["mitigations"]
+mit = results[key].report.mitigations
 display(Markdown("| rank | mitigation | fixes | breaks | agree share | mean regret removed (tokens) |\n"
                  "|---|---|---|---|---|---|\n" + "\n".join(
     f"| {m['rank']} | {m['description']} | {m['fixes']} | {m['breaks']} | "

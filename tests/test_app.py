@@ -129,8 +129,8 @@ def test_snapshot_examples_match_detector(name):
     m = _metrics(at)
     assert m["Product picks"] == f"#{v.product_choice}"
     assert m["Linear picks"] == f"#{v.linear_choice}"
-    assert m["λ_eff"] == f"{v.lambda_eff:.6g}"
-    assert m["λ*"] == f"{v.lambda_star:.6g}"
+    assert m["λ_eff"] == f"{v.lam_eff:.6g}"
+    assert m["λ*"] == f"{v.lam_star:.6g}"
     assert m["Regret (token equiv.)"] == f"{v.regret_tokens:.6g}"
     verdict = [e.value for e in (*at.warning, *at.info, *at.success)
                if e.value.startswith("Verdict")]
@@ -258,7 +258,7 @@ def test_audit_default_matches_the_cli(capsys):
     assert m["Decisions"] == f"{rep['decisions']:,}"
     assert m["Disagreement rate"] == f"{rep['disagreement_rate']:.3%}"
     assert m["Fragile"] == f"{rep['fragile']:,}"
-    lam = rep.get("lam_reference", rep.get("lambda_reference"))["lam"]
+    lam = rep["lam_reference"]["lam"]
     assert any(f"Reference λ = {lam:.4g}" in c.value for c in at.caption)
     # Worst decisions: readable headers, values rounded to 4 significant figures.
     table = at.dataframe[0].value

@@ -23,8 +23,11 @@ from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import default_workload, select
 
 REPORT_KEYS = {"decisions", "disagreements", "disagreement_rate", "fragile", "degenerate",
-               "regret_tokens", "lambda_reference", "lambda_eff", "worst", "mitigations",
-               "config", "trace", "skipped_lines"}
+               "regret_tokens", "lam_reference", "lam_eff", "lam_eff_in_band", "worst",
+               "mitigations", "config", "trace", "skipped_lines"}
+#: The former spellings, still written beside the keys above (documented aliases).
+ALIASES = {"lambda_reference": "lam_reference", "lambda_eff": "lam_eff",
+           "lambda_eff_in_band": "lam_eff_in_band"}
 
 
 @pytest.fixture(scope="module")
@@ -55,32 +58,38 @@ def test_report_numbers_equal_an_independent_check_of_the_same_replay(small, sma
     det = Detector(LinearReference.band(128, 1024, lam=512), 0, 1)
     v = det.check_many(P, B)
     rep = res.report
-    assert rep["decisions"] == len(small) == len(v)
-    assert rep["disagreements"] == int(v.disagrees.sum())
-    assert rep["disagreement_rate"] == pytest.approx(v.disagrees.mean())
-    assert rep["fragile"] == int(v.fragile.sum())
-    assert rep["degenerate"] == {k: int(v.mask(k).sum())
-                                 for k in ("zero_prefill", "idle_tie", "exact_tie")}
-    assert rep["regret_tokens"]["mean"] == pytest.approx(v.regret_tokens.mean())
-    assert rep["regret_tokens"]["max"] == pytest.approx(v.regret_tokens.max())
-    assert rep["regret_tokens"]["p99"] == pytest.approx(np.percentile(v.regret_tokens, 99))
-    le = v.lambda_eff[np.isfinite(v.lambda_eff)]
-    assert rep["lambda_eff"]["p50"] == pytest.approx(np.percentile(le, 50))
+    assert rep.decisions == len(small) == len(v)
+    assert rep.disagreements == int(v.disagrees.sum())
+    assert rep.disagreement_rate == pytest.approx(v.disagrees.mean())
+    assert rep.fragile == int(v.fragile.sum())
+    assert rep.degenerate == {k: int(v.mask(k).sum())
+                              for k in ("zero_prefill", "idle_tie", "exact_tie")}
+    assert rep.regret_tokens["mean"] == pytest.approx(v.regret_tokens.mean())
+    assert rep.regret_tokens["max"] == pytest.approx(v.regret_tokens.max())
+    assert rep.regret_tokens["p99"] == pytest.approx(np.percentile(v.regret_tokens, 99))
+    le = v.lam_eff[np.isfinite(v.lam_eff)]
+    assert rep.lam_eff["p50"] == pytest.approx(np.percentile(le, 50))
     np.testing.assert_array_equal(res.time_s, log.time_s)
     # The product's choice is where the replay actually sent each request.
     np.testing.assert_array_equal(res.verdicts.product_choice, log.chosen)
-    assert rep["config"]["p_definition"] == "router-queued+new" and rep["config"]["instances"] == 4
-    assert rep["lambda_reference"]["lam"] == 512 and rep["lambda_reference"]["source"] == "band"
-    json.dumps(rep, allow_nan=False)  # strict JSON
+    assert rep.config["p_definition"] == "router-queued+new" and rep.config["instances"] == 4
+    assert rep.lam_reference["lam"] == 512 and rep.lam_reference["source"] == "band"
+    doc = rep.to_json()
+    json.dumps(doc, allow_nan=False)  # strict JSON
+    # the former spellings are aliases of the same values, in the JSON only
+    assert all(doc[old] == doc[new] for old, new in ALIASES.items())
+    assert all(w["lambda_eff"] == w["lam_eff"] and w["lambda_star"] == w["lam_star"]
+               for w in doc["worst"])
+    assert not any(k.startswith("lambda") for w in rep.worst for k in w)
 
 
 def test_worst_decisions_are_sorted_and_hand_checkable(small_audit):
     rep, v = small_audit.report, small_audit.verdicts
-    worst = rep["worst"]
-    assert len(worst) == min(5, rep["disagreements"]) > 0
+    worst = rep.worst
+    assert len(worst) == min(5, rep.disagreements) > 0
     regrets = [w["regret_tokens"] for w in worst]
     assert regrets == sorted(regrets, reverse=True)
-    assert regrets[0] == pytest.approx(rep["regret_tokens"]["max"])
+    assert regrets[0] == pytest.approx(rep.regret_tokens["max"])
     for w in worst:
         P, B, i, j = w["P"], w["B"], w["product_choice"], w["linear_choice"]
         assert w["regret_tokens"] == pytest.approx((P[i] - P[j]) + 512 * (B[i] - B[j]))
@@ -93,12 +102,12 @@ def test_worst_decisions_are_sorted_and_hand_checkable(small_audit):
 
 def test_mitigations_ranked_with_evidence(small_audit):
     rep, v = small_audit.report, small_audit.verdicts
-    mits = rep["mitigations"]
+    mits = rep.mitigations
     fixes = [m["fixes"] for m in mits]
     assert fixes == sorted(fixes, reverse=True)
     fb = next(m for m in mits if m["mitigation"] == "fallback_reference")
     # falling back to the reference fixes every disagreement and agrees on every flagged one
-    assert fb["fixes"] == rep["disagreements"] and fb["agree_share"] == 1.0
+    assert fb["fixes"] == rep.disagreements and fb["agree_share"] == 1.0
     assert fb["breaks"] == 0 and fb["flagged"] == int(v.flagged.sum())
     F = v.flagged
     assert fb["mean_regret_removed_tokens"] == pytest.approx(v.regret_tokens[F].mean())
@@ -115,9 +124,9 @@ def test_queued_definition_and_offsets_are_used(small):
     P = log.uncached.astype(np.int64) + log.queued
     B = log.running.astype(np.int64) + log.waiting
     v = Detector(ref, 16, 2).check_many(P, B)
-    assert res.report["disagreements"] == int(v.disagrees.sum())
+    assert res.report.disagreements == int(v.disagrees.sum())
     np.testing.assert_array_equal(res.verdicts.product_choice, log.chosen)
-    assert res.report["config"]["policy"] == spec and res.report["worst"] == []
+    assert res.report.config["policy"] == spec and res.report.worst == ()
 
 
 @pytest.mark.parametrize("kw, needle", [
@@ -168,14 +177,14 @@ def test_snapshot_file_good_lines_match_direct_check(tmp_path):
     ref = LinearReference.fixed(100)
     res = audit_snapshot_file(p, ref)
     v = Detector(ref).check_many(b.prefill_tokens, b.batch_size)
-    assert res.report["disagreements"] == int(v.disagrees.sum())
+    assert res.report.disagreements == int(v.disagrees.sum())
     np.testing.assert_array_equal(res.time_s, [0.5, 1.0, 2.0])
-    assert res.report["skipped_lines"] == 0 and res.report["trace"]["requests"] == 3
+    assert res.report.skipped_lines == 0 and res.report.trace["requests"] == 3
     # decision 1: product 10*10=100, 900*1=900, 20*8=160 -> #0; linear(100): 910, 900, 720
     # -> #2: a disagreement with regret (10 - 20) + 100*(9 - 7) = 190
     assert res.verdicts.product_choice[1] == 0 and res.verdicts.linear_choice[1] == 2
     assert res.verdicts.regret_tokens[1] == pytest.approx(190.0)
-    w = next(x for x in res.report["worst"] if x["decision"] == 1)
+    w = next(x for x in res.report.worst if x["decision"] == 1)
     assert w["line"] == 2
 
 
@@ -201,8 +210,8 @@ def test_snapshot_bad_line_names_file_line_and_field(tmp_path, bad, field):
 def test_skipped_lines_reach_the_report(tmp_path):
     p = _write(tmp_path, [GOOD[0], '{"nope": 1}', GOOD[1], "[1, 2]"])
     res = audit_snapshot_file(p, LinearReference.fixed(10), skip_bad_lines=True)
-    assert res.report["skipped_lines"] == 2 == res.report["trace"]["skipped_lines"]
-    assert len(res.report["trace"]["skipped_reasons"]) == 2
+    assert res.report.skipped_lines == 2 == res.report.trace["skipped_lines"]
+    assert len(res.report.trace["skipped_reasons"]) == 2
 
 
 def test_empty_snapshot_file_is_an_error(tmp_path):
@@ -214,7 +223,7 @@ def test_empty_snapshot_file_is_an_error(tmp_path):
 def test_audit_snapshots_without_times_uses_decision_index():
     res = audit_snapshots([[5, 1], [0, 3]], [[0, 3], [2, 2]], None, ["x", "y"],
                           LinearReference.fixed(4))
-    assert res.report["time_axis"] == "decision index"
+    assert res.report.time_axis == "decision index"
     np.testing.assert_array_equal(res.time_s, [0.0, 1.0])
     with pytest.raises(ValueError, match="times"):
         audit_snapshots([[5, 1]], [[0, 3]], [1.0, 2.0], None, LinearReference.fixed(4))
@@ -228,7 +237,8 @@ def test_audit_snapshots_without_times_uses_decision_index():
 def test_write_report_json_and_self_contained_html(tmp_path, small_audit):
     j, h = write_report(small_audit, tmp_path / "out")
     doc = json.loads(j.read_text())
-    assert REPORT_KEYS <= set(doc) and doc["decisions"] == small_audit.report["decisions"]
+    assert REPORT_KEYS | set(ALIASES) <= set(doc)
+    assert doc == json.loads(json.dumps(small_audit.report.to_json()))
     page = h.read_text()
     assert page.startswith("<!DOCTYPE html>") and "Disagreement rate over time" in page
     assert "<script src=" not in page  # plotly.js inline: viewable offline
@@ -260,11 +270,11 @@ def test_cli_json_keys_on_a_snapshot_file(tmp_path, capsys):
     assert main(["audit", "--snapshots", str(p), "--lambda", "100", "--json",
                  "--skip-bad-lines"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert REPORT_KEYS <= set(doc)
+    assert REPORT_KEYS | set(ALIASES) <= set(doc) and "hotspots" not in doc
     assert doc["decisions"] == 3 and doc["skipped_lines"] == 1
     assert set(doc["degenerate"]) == {"zero_prefill", "idle_tie", "exact_tie"}
     assert set(doc["regret_tokens"]) >= {"mean", "p50", "p99", "max"}
-    assert set(doc["lambda_eff"]) == {"p1", "p50", "p99"}
+    assert set(doc["lam_eff"]) == {"p1", "p50", "p99"} and doc["lambda_eff"] == doc["lam_eff"]
 
 
 def test_cli_out_writes_json_and_html(tmp_path, capsys):
@@ -274,14 +284,14 @@ def test_cli_out_writes_json_and_html(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "disagreements" in text and "audit.html" in text
     doc = json.loads((out / "audit.json").read_text())
-    assert doc["decisions"] == 400 and doc["lambda_reference"]["lam"] == 200  # geometric centre of 100..400
+    assert doc["decisions"] == 400 and doc["lam_reference"]["lam"] == 200  # geometric centre of 100..400
     assert (out / "audit.html").stat().st_size > 100_000
 
 
 def test_cli_default_reference_is_stated(capsys):
     assert main(["audit", "--count", "300", "--instances", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    lr = doc["lambda_reference"]
+    lr = doc["lam_reference"]
     assert lr["source"] == "latency_model" and lr["provenance"].startswith("default:")
     assert doc["trace"]["source"] == "synthetic default"
 

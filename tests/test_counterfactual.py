@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lmetric_theory.cli import main
+from lmetric_theory.core.definitions import ScoreDefinition
 from lmetric_theory.detector import Detector, LinearReference
 from lmetric_theory.experiments.counterfactual import (
     counterfactual_study,
@@ -284,7 +285,7 @@ def test_hotspot_phase_sees_the_planted_hot_class() -> None:
     cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 8)
     log = Simulator(w, cfg, "lmetric").run().snapshots
     P, B = log.uncached.astype(np.int64), log.running.astype(np.int64)
-    phase = hotspot_phase(w, log, P, B, 0, 1)
+    phase = hotspot_phase(w, log, ScoreDefinition("uncached", "running", 0, 1))
     assert set(np.unique(phase).tolist()) <= {0, 1, 2}
     assert (phase >= 1).any()
     # Only requests of a shared-prefix class (a hit somewhere) can be in a phase.

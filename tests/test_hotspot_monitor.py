@@ -192,10 +192,14 @@ def test_audit_json_lists_hot_classes(capsys, share, confirmed):
 
     spec = f"synthetic:hotspot:share={share},count=400"
     assert cli.main(["audit", spec, "--instances", "8", "--json"]) == 0
-    hs = json.loads(capsys.readouterr().out)["hotspots"]
+    doc = json.loads(capsys.readouterr().out)
+    hs = doc["hotspots"]
     keys = {"class", "share", "cached_instances", "phase1_decision", "phase2_decision",
-            "condition_holds", "mitigation"}
+            "condition_holds", "mitigation", "p_definition", "b_definition"}
     assert all(set(h) == keys for h in hs)
+    # each entry names the definitions it was computed with: the audit's own
+    assert all((h["p_definition"], h["b_definition"])
+               == (doc["config"]["p_definition"], doc["config"]["b_definition"]) for h in hs)
     got = [h for h in hs if h["phase2_decision"] is not None]
     if confirmed:
         (h,) = got

@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from lmetric_theory.audit import audit_workload
+from lmetric_theory.audit import AuditReport, audit_workload
 from lmetric_theory.core.kernel import linear_scores, product_scores
 from lmetric_theory.detector import Detector, LinearReference, Snapshot, Verdict, Verdicts
 from lmetric_theory.experiments.regions import RegionMap
@@ -284,9 +284,6 @@ def _sig(x: Any, digits: int = 4) -> Any:
 def worst_rows(worst: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The report's worst decisions as table rows with readable headers and values rounded
     to 4 significant figures (time to 0.01 s)."""
-    def get(w: Mapping[str, Any], key: str, old: str) -> Any:
-        return w[key] if key in w else w.get(old)
-
     return [
         {
             "decision": w["decision"],
@@ -294,8 +291,8 @@ def worst_rows(worst: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "product picks": w["product_choice"],
             "linear picks": w["linear_choice"],
             "regret (tokens)": _sig(w["regret_tokens"]),
-            "λ_eff (tokens/slot)": _sig(get(w, "lam_eff", "lambda_eff")),
-            "λ* (tokens/slot)": _sig(get(w, "lam_star", "lambda_star")),
+            "λ_eff (tokens/slot)": _sig(w["lam_eff"]),
+            "λ* (tokens/slot)": _sig(w["lam_star"]),
         }
         for w in worst
     ]
@@ -503,8 +500,8 @@ class AuditView:
         Decision times, seconds.
     verdicts : Verdicts
         The detector's verdict on every decision (``D`` decisions over ``N`` instances).
-    report : dict
-        The JSON report (keys as ``lmetric-theory audit --json``).
+    report : AuditReport or None
+        The audit's report (``report.to_json()`` is ``lmetric-theory audit --json``).
     lam, lam_lo, lam_hi : float
         Reference rate and band, tokens per batch slot.
     p0, b0 : float
@@ -514,7 +511,7 @@ class AuditView:
     source: str
     time_s: np.ndarray
     verdicts: Verdicts
-    report: dict[str, Any] = field(default_factory=dict)
+    report: AuditReport | None = None
     lam: float = 0.0
     lam_lo: float = 0.0
     lam_hi: float = 0.0
@@ -574,4 +571,4 @@ def audit_for_app(
     res = audit_workload(workload, instances=int(instances), reference=ref, prefill_offset=p0,
                          batch_offset=b0, top=top, progress=progress, source=source)
     return AuditView(source, np.asarray(res.time_s, dtype=np.float64), res.verdicts,
-                     dict(res.report), ref.lam, ref.lam_lo, ref.lam_hi, p0, b0)
+                     res.report, ref.lam, ref.lam_lo, ref.lam_hi, p0, b0)

@@ -122,8 +122,8 @@ def worst_decisions(
             "product_choice": verdict.product_choice,
             "linear_choice": verdict.linear_choice,
             "regret_tokens": verdict.regret_tokens,
-            "lambda_eff": verdict.lam_eff,
-            "lambda_star": verdict.lam_star,
+            "lam_eff": verdict.lam_eff,
+            "lam_star": verdict.lam_star,
             "P": v.prefill_tokens[k].tolist(),
             "B": v.batch_size[k].tolist(),
             "findings": [

@@ -9,13 +9,15 @@ Two entry points build the same report:
   ``B`` of shape (D, N), e.g. read by :func:`load_snapshots` from a snapshot JSON Lines file
   (schema in ``docs/audit.md``).
 
-The report (:attr:`AuditResult.report`) is a JSON-ready dict (strict JSON: non-finite
-numbers are ``None``) with the keys of ``lmetric-theory audit --json``. The audit layer reads
+The report (:attr:`AuditResult.report`) is an :class:`~lmetric_theory.audit.results.AuditReport`;
+its ``to_json()`` (strict JSON: non-finite numbers are ``None``) has the keys of
+``lmetric-theory audit --json``. The audit layer reads
 snapshot files but never prints; :mod:`lmetric_theory.io.report` writes the JSON and HTML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from fractions import Fraction
@@ -42,13 +44,6 @@ __all__ = ["audit_snapshot_file", "audit_snapshots", "audit_workload"]
 
 
 _PROGRESS_STEPS = 20
-
-
-def _signals(log: Any, p_definition: PDefinition, b_definition: BDefinition
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``P``, ``B`` and the uncached tokens (each (D, N) int64) from a SnapshotLog."""
-    P, B = score_inputs(log, ScoreDefinition(p_definition, b_definition))
-    return P, B, log.uncached.astype(np.int64)
 
 
 def _spec_number(x: float) -> str:
@@ -146,7 +141,10 @@ def audit_workload(
     log = res.snapshots
     if log is None or len(log) == 0:
         raise ValueError("the replay recorded no routing decisions")
-    P, B, U = _signals(log, pdef, bdef)
+    score = ScoreDefinition(pdef, bdef, Fraction(det.prefill_offset),
+                            Fraction(det.batch_offset))
+    P, B = score_inputs(log, score)
+    U = log.uncached.astype(np.int64)
     v = det.check_many(P, B, validate=False)
     time_s = np.asarray(log.time_s, dtype=np.float64)
     meta = dict(getattr(workload, "meta", {}) or {})
@@ -169,14 +167,12 @@ def audit_workload(
         "preset": pre.name,
         "seed": seed,
     }
-    report = _build_report(det, v, time_s, U, None, top=top, trace=trace, config=config,
-                           skipped=skipped, time_axis="seconds")
-    # hot prefix classes (two-phase monitor over the replay; classes = leading block hashes)
-    from lmetric_theory.audit.hotspots import hotspot_findings, hotspots_report
+    # hot prefix classes: the shared runner over the replay, under the audit's definition
+    from lmetric_theory.experiments.hotspots import run_hotspots
 
-    report["hotspots"] = hotspots_report(hotspot_findings(
-        workload, log, prefill_offset=float(det.prefill_offset),
-        batch_offset=float(det.batch_offset), p_definition=pdef.value, b_definition=bdef.value))
+    hot = run_hotspots(workload, log, score).entries
+    report = _build_report(det, v, time_s, U, None, top=top, trace=trace, config=config,
+                           skipped=skipped, time_axis="seconds", hotspots=hot)
     if progress is not None:
         progress(1.0)
     return AuditResult(time_s, v, report, reference)
@@ -292,11 +288,11 @@ def audit_snapshot_file(
         uncached_tokens=b.uncached_tokens, source=b.source, skipped_lines=b.skipped_lines,
         progress=progress,
     )
-    if b.skipped_reasons:
-        res.report["trace"]["skipped_reasons"] = list(b.skipped_reasons)
-    for w in res.report["worst"]:
-        w["line"] = b.lines[w["decision"]]
-    return res
+    rep = res.report
+    trace = ({**rep.trace, "skipped_reasons": list(b.skipped_reasons)} if b.skipped_reasons
+             else rep.trace)
+    worst = tuple({**w, "line": b.lines[w["decision"]]} for w in rep.worst)
+    return dataclasses.replace(res, report=dataclasses.replace(rep, trace=trace, worst=worst))
 
 
 def _definition(enum: Any, name: str, value: Any) -> Any:

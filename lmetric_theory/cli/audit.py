@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmetric_theory.cli.common import (
     add_lam_arguments,
@@ -35,6 +35,9 @@ from lmetric_theory.cli.common import (
     workload_from_args,
 )
 from lmetric_theory.core.definitions import LMETRIC_VARIANTS, BDefinition, PDefinition
+
+if TYPE_CHECKING:
+    from lmetric_theory.audit import AuditReport
 
 PROGRESS_MIN_REQUESTS = 2000
 PROG = "lmetric-theory audit"
@@ -197,11 +200,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _get(d: dict[str, Any], key: str, old_key: str) -> Any:
-    """``d[key]``, or ``d[old_key]`` for reports written with the old ``lambda_*`` keys."""
-    return d[key] if key in d else d[old_key]
-
-
 def _have_plotly() -> bool:
     import importlib.util
 
@@ -212,13 +210,13 @@ def _f(x: Any, fmt: str = "{:,.4g}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def _print(rep: dict[str, Any]) -> None:
+def _print(rep: AuditReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
     con = Console()
-    tr, cfg, lr = rep["trace"], rep["config"], _get(rep, "lam_reference", "lambda_reference")
-    skipped = f", {rep['skipped_lines']} bad lines skipped" if rep["skipped_lines"] else ""
+    tr, cfg, lr = rep.trace, rep.config, rep.lam_reference
+    skipped = f", {rep.skipped_lines} bad lines skipped" if rep.skipped_lines else ""
     what = (f"{cfg['instances']} instances, {cfg['preset']}" if cfg.get("preset")
             else f"{cfg['instances']} instances, captured snapshots")
     unit = "requests" if cfg.get("preset") else "decisions"
@@ -226,17 +224,17 @@ def _print(rep: dict[str, Any]) -> None:
               show_header=False)
     t.add_column("", style="bold")
     t.add_column("", justify="right")
-    t.add_row("decisions", f"{rep['decisions']:,}")
-    t.add_row("disagreements", f"{rep['disagreements']:,} ({rep['disagreement_rate']:.2%})")
-    t.add_row("fragile (disagree with part of the band)", f"{rep['fragile']:,}")
+    t.add_row("decisions", f"{rep.decisions:,}")
+    t.add_row("disagreements", f"{rep.disagreements:,} ({rep.disagreement_rate:.2%})")
+    t.add_row("fragile (disagree with part of the band)", f"{rep.fragile:,}")
     for k, label in (("zero_prefill", "zero-prefill hot-spots"), ("idle_tie", "idle ties"),
                      ("exact_tie", "exact product ties")):
-        t.add_row(label, f"{rep['degenerate'][k]:,}")
-    t.add_row("extreme operating points", f"{rep['extreme_operating_point']:,}")
-    r = rep["regret_tokens"]
+        t.add_row(label, f"{rep.degenerate[k]:,}")
+    t.add_row("extreme operating points", f"{rep.extreme_operating_point:,}")
+    r = rep.regret_tokens
     t.add_row("regret mean / p50 / p99 / max (tokens)",
               " / ".join(_f(r[k]) for k in ("mean", "p50", "p99", "max")))
-    le = _get(rep, "lam_eff", "lambda_eff")
+    le = rep.lam_eff
     t.add_row("λ_eff p1 / p50 / p99 (tokens per slot)", " / ".join(_f(le[k]) for k in ("p1", "p50", "p99")))
     t.add_row("reference λ [band]",
               f"{_f(lr['lam'])} [{_f(lr['lam_lo'])}, {_f(lr['lam_hi'])}] ({lr['source']})")
@@ -262,46 +260,46 @@ def _print(rep: dict[str, Any]) -> None:
     )
 
     m = Table(title="Mitigations, ranked by flagged decisions fixed "
-                    f"({rep['flagged']:,} flagged)")
+                    f"({rep.flagged:,} flagged)")
     for col in ("#", "mitigation", "fixes", "breaks", "agree share", "regret removed"):
         # Names are never cut with an ellipsis at 80 columns: the mitigation keeps its
         # full width; the kinds it is recommended for are listed below the table.
         left = col == "mitigation"
         m.add_column(col, justify="left" if left else "right", overflow="fold",
                      no_wrap=col == "mitigation",
-                     min_width=max(len(x["mitigation"]) for x in rep["mitigations"])
-                     if col == "mitigation" and rep["mitigations"] else None)
-    for x in rep["mitigations"]:
+                     min_width=max(len(x["mitigation"]) for x in rep.mitigations)
+                     if col == "mitigation" and rep.mitigations else None)
+    for x in rep.mitigations:
         label = x["mitigation"] + (f" ({x['value']:g})" if x["value"] is not None else "")
         m.add_row(str(x["rank"]), label, f"{x['fixes']:,}", f"{x['breaks']:,}",
                   _f(x["agree_share"], "{:.1%}"), _f(x["mean_regret_removed_tokens"]))
     con.print(m)
-    for x in rep["mitigations"]:
+    for x in rep.mitigations:
         if x["recommended_for"]:
             kinds = ", ".join(f"{k.replace('_', ' ')} ({n:,})"
                               for k, n in x["recommended_for"].items())
             con.print(f"  {x['rank']}. {x['mitigation']} is recommended for: {kinds}",
                       highlight=False)
 
-    if rep["worst"]:
+    if rep.worst:
         w = Table(title="Worst decisions by regret")
         for col in ("decision", "time (s)", "product", "linear", "regret", "λ_eff", "λ*"):
             w.add_column(col, justify="right")
-        for x in rep["worst"]:
+        for x in rep.worst:
             w.add_row(str(x["decision"]), _f(x["time_s"], "{:.2f}"), str(x["product_choice"]),
                       str(x["linear_choice"]), _f(x["regret_tokens"]),
-                      _f(_get(x, "lam_eff", "lambda_eff")), _f(_get(x, "lam_star", "lambda_star")))
+                      _f(x["lam_eff"]), _f(x["lam_star"]))
         con.print(w)
 
-    if rep.get("hotspots"):
+    if rep.hotspots:
         h = Table(title="Hot prefix classes (phase 1: x/xbar > |M|/|Mbar|; phase 2: confirmed)")
         for col in ("class", "share", "cached on", "phase 1", "phase 2", "(l) holds",
                     "mitigation"):
             h.add_column(col, justify="left" if col == "mitigation" else "right",
                          overflow="fold")
-        for x in rep["hotspots"]:
-            h.add_row(str(x["class"]), f"{x['share']:.2f}",
-                      ", ".join(map(str, x["cached_instances"])), str(x["phase1_decision"]),
-                      "-" if x["phase2_decision"] is None else str(x["phase2_decision"]),
-                      "yes" if x["condition_holds"] else "no", x["mitigation"] or "-")
+        for x in rep.hotspots:
+            h.add_row(str(x.class_id), f"{x.share:.2f}",
+                      ", ".join(map(str, x.cached_instances)), str(x.phase1_decision),
+                      "-" if x.phase2_decision is None else str(x.phase2_decision),
+                      "yes" if x.condition_holds else "no", x.mitigation or "-")
         con.print(h)

@@ -12,19 +12,21 @@ import html
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmetric_theory.audit import AuditResult, json_safe
+from lmetric_theory.audit import AuditReport, AuditResult, HotspotEntry, json_safe
 from lmetric_theory.core.fileio import atomic_write, atomic_write_text
 
 __all__ = [
     "atomic_write",
     "atomic_write_text",
     "disagreement_rate_figure",
-    "lambda_eff_figure",
+    "hotspot_figure",
+    "lam_eff_figure",
     "regret_figure",
     "render_html",
     "report_json",
@@ -42,9 +44,12 @@ HTML_NAME = "audit.html"
 # ===================================================================================== JSON
 
 
-def report_json(report: dict[str, Any]) -> str:
-    """The report as strict JSON text (NaN and infinities become null)."""
-    return json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n"
+def report_json(report: AuditReport | dict[str, Any]) -> str:
+    """A report as strict JSON text (NaN and infinities become null): an
+    :class:`AuditReport` through its ``to_json()`` (documented keys and aliases), or any
+    JSON-like dict."""
+    doc = report.to_json() if isinstance(report, AuditReport) else report
+    return json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n"
 
 
 # ==================================================================================== plots
@@ -94,13 +99,17 @@ def regret_figure(regret_tokens: np.ndarray, disagrees: np.ndarray) -> Any:
     return fig
 
 
-def lambda_eff_figure(time_s: np.ndarray, lambda_eff: np.ndarray, lam: float, lam_lo: float,
-                      lam_hi: float, max_points: int = 5000, time_axis: str = "seconds") -> Any:
-    """``lambda_eff`` per decision over time (log y) against the reference rate and band."""
+def lam_eff_figure(time_s: np.ndarray, lam_eff: np.ndarray, lam: float, lam_lo: float,
+                   lam_hi: float, max_points: int = 5000, time_axis: str = "seconds") -> Any:
+    """``lam_eff`` per decision over time (log y) against the reference rate and band.
+
+    ``time_s`` (seconds, or decision indices) and ``lam_eff`` (tokens per batch slot) have
+    shape (D,); ``lam``, ``lam_lo``, ``lam_hi`` are the reference rate and band.
+    """
     import plotly.graph_objects as go
 
     t = np.asarray(time_s, dtype=np.float64)
-    le = np.asarray(lambda_eff, dtype=np.float64)
+    le = np.asarray(lam_eff, dtype=np.float64)
     idx = np.flatnonzero(np.isfinite(le) & (le > 0) & np.isfinite(t))
     if idx.size > max_points:  # even thinning keeps the picture, bounds the file size
         idx = idx[np.linspace(0, idx.size - 1, max_points).astype(np.int64)]
@@ -128,7 +137,7 @@ def lambda_eff_figure(time_s: np.ndarray, lambda_eff: np.ndarray, lam: float, la
 # ===================================================================================== HTML
 
 
-def hotspot_figure(time_s: np.ndarray, hotspots: list[dict[str, Any]],
+def hotspot_figure(time_s: np.ndarray, hotspots: Sequence[HotspotEntry],
                    time_axis: str = "seconds") -> Any:
     """Hot prefix classes over time: one row per class (x: decision time), phase 1 (alarm)
     and phase 2 (confirmed) marked; the label gives the share and cached instances."""
@@ -140,9 +149,10 @@ def hotspot_figure(time_s: np.ndarray, hotspots: list[dict[str, Any]],
                               ("phase 2 (confirmed)", "phase2_decision", "x")):
         xs, ys = [], []
         for h in hotspots:
-            if h[key] is not None:
-                xs.append(float(time_s[h[key]]))
-                ys.append(f"class {h['class']} (x={h['share']:.2f}, |M|={len(h['cached_instances'])})")
+            at = getattr(h, key)
+            if at is not None:
+                xs.append(float(time_s[at]))
+                ys.append(f"class {h.class_id} (x={h.share:.2f}, |M|={len(h.cached_instances)})")
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=kind,
                                  marker={"symbol": symbol, "size": 11}))
     fig.update_xaxes(title="decision" if time_axis == "decision" else "time (s)",
@@ -178,34 +188,34 @@ def render_html(result: AuditResult) -> str:
     rep = result.report
     v = result.verdicts
     ref = result.reference
-    axis = rep.get("time_axis", "seconds")
+    axis = rep.time_axis
     figs = [
         disagreement_rate_figure(result.time_s, v.disagrees, time_axis=axis),
         regret_figure(v.regret_tokens, v.disagrees),
-        lambda_eff_figure(result.time_s, v.lambda_eff, ref.lam, ref.lam_lo, ref.lam_hi,
-                          time_axis=axis),
+        lam_eff_figure(result.time_s, v.lam_eff, ref.lam, ref.lam_lo, ref.lam_hi,
+                       time_axis=axis),
     ]
     plots = "".join(
         f.to_html(full_html=False, include_plotlyjs=(k == 0), config={"displaylogo": False})
         for k, f in enumerate(figs)
     )
-    tr, cfg, lr = rep.get("trace", {}), rep.get("config", {}), rep["lambda_reference"]
+    tr, cfg, lr = rep.trace, rep.config, rep.lam_reference
     summary = _table([
         ("trace", tr.get("source")),
-        ("requests / decisions", f"{tr.get('requests')} / {rep['decisions']}"),
-        ("skipped lines", rep.get("skipped_lines", 0)),
-        ("instances", rep.get("instances")),
+        ("requests / decisions", f"{tr.get('requests')} / {rep.decisions}"),
+        ("skipped lines", rep.skipped_lines),
+        ("instances", rep.instances),
         ("definitions", f"P={cfg.get('p_definition')}, B={cfg.get('b_definition')}, "
                         f"p0={cfg.get('prefill_offset')}, b0={cfg.get('batch_offset')}"),
-        ("disagreements", f"{rep['disagreements']} ({rep['disagreement_rate']:.3%})"),
-        ("fragile", rep["fragile"]),
+        ("disagreements", f"{rep.disagreements} ({rep.disagreement_rate:.3%})"),
+        ("fragile", rep.fragile),
         ("zero-prefill / idle tie / exact tie",
-         " / ".join(str(rep["degenerate"][k]) for k in ("zero_prefill", "idle_tie", "exact_tie"))),
-        ("extreme operating point", rep.get("extreme_operating_point")),
+         " / ".join(str(rep.degenerate[k]) for k in ("zero_prefill", "idle_tie", "exact_tie"))),
+        ("extreme operating point", rep.extreme_operating_point),
         ("regret mean / p50 / p99 / max (tokens)",
-         " / ".join(_fmt(rep["regret_tokens"][k]) for k in ("mean", "p50", "p99", "max"))),
+         " / ".join(_fmt(rep.regret_tokens[k]) for k in ("mean", "p50", "p99", "max"))),
         ("lambda_eff p1 / p50 / p99",
-         " / ".join(_fmt(rep["lambda_eff"][k]) for k in ("p1", "p50", "p99"))),
+         " / ".join(_fmt(rep.lam_eff[k]) for k in ("p1", "p50", "p99"))),
         ("reference lam [band]", f"{_fmt(lr['lam'])} [{_fmt(lr['lam_lo'])}, {_fmt(lr['lam_hi'])}]"),
         ("reference source", f"{lr['source']}: {lr.get('provenance') or ''}"),
     ])
@@ -215,22 +225,22 @@ def render_html(result: AuditResult) -> str:
         [[m["rank"], m["description"], m["fixes"], m["breaks"], m["agree_share"],
           m["mean_regret_removed_tokens"],
           ", ".join(f"{k} ({n})" for k, n in m["recommended_for"].items())]
-         for m in rep["mitigations"]],
+         for m in rep.mitigations],
     )
-    hot = rep.get("hotspots") or []
+    hot = rep.hotspots or ()
     hot_html = ("<p>No prefix class raised phase 1 (x/xbar &gt; |M|/|Mbar|).</p>" if not hot else
                 hotspot_figure(result.time_s, hot, axis).to_html(
                     full_html=False, include_plotlyjs=False, config={"displaylogo": False})
                 + _grid(["class", "share", "cached instances", "phase 1 (decision)",
                          "phase 2 (decision)", "condition (l)", "mitigation"],
-                        [[h["class"], h["share"], ", ".join(map(str, h["cached_instances"])),
-                          h["phase1_decision"], h["phase2_decision"], h["condition_holds"],
-                          h["mitigation"]] for h in hot]))
+                        [[h.class_id, h.share, ", ".join(map(str, h.cached_instances)),
+                          h.phase1_decision, h.phase2_decision, h.condition_holds,
+                          h.mitigation] for h in hot]))
     worst = _grid(
         ["decision", "time", "product", "linear", "regret", "lambda_eff", "lambda*", "P", "B"],
         [[w["decision"], w["time_s"], w["product_choice"], w["linear_choice"],
-          w["regret_tokens"], w["lambda_eff"], w["lambda_star"], w["P"], w["B"]]
-         for w in rep["worst"]],
+          w["regret_tokens"], w["lam_eff"], w["lam_star"], w["P"], w["B"]]
+         for w in rep.worst],
     )
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
              "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
@@ -244,7 +254,7 @@ def render_html(result: AuditResult) -> str:
         f"<h2>Plots</h2>{plots}"
         f"<h2>Mitigations (ranked by flagged decisions fixed)</h2>{mit}"
         f"<h2>Worst decisions (by regret)</h2>{worst}"
-        + (f"<h2>Hot prefix classes</h2>{hot_html}" if "hotspots" in rep else "")
+        + (f"<h2>Hot prefix classes</h2>{hot_html}" if rep.hotspots is not None else "")
         + "</body></html>\n"
     )
 

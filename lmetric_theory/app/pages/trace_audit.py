@@ -20,7 +20,7 @@ from lmetric_theory.experiments.regions import compute_regions
 from lmetric_theory.io.report import (
     disagreement_rate_figure,
     hotspot_figure,
-    lambda_eff_figure,
+    lam_eff_figure,
     regret_figure,
     report_json,
 )
@@ -121,16 +121,16 @@ view = st.session_state["audit_view"]
 rep = view.report
 
 m1, m2, m3, m4, m5 = st.columns(5)
-m1.metric("Decisions", f"{rep['decisions']:,}")
-m2.metric("Disagreement rate", f"{rep['disagreement_rate']:.3%}")
-m3.metric("Fragile", f"{rep['fragile']:,}")
-m4.metric("Mean regret (token equiv.)", f"{rep['regret_tokens']['mean']:.4g}")
-le = rep["lam_eff"] if "lam_eff" in rep else rep["lambda_eff"]
+m1.metric("Decisions", f"{rep.decisions:,}")
+m2.metric("Disagreement rate", f"{rep.disagreement_rate:.3%}")
+m3.metric("Fragile", f"{rep.fragile:,}")
+m4.metric("Mean regret (token equiv.)", f"{rep.regret_tokens['mean']:.4g}")
+le = rep.lam_eff
 m5.metric("λ_eff p50", f"{le['p50']:.4g}" if le["p50"] is not None else "n/a")
 st.caption(f"Reference λ = {view.lam:.4g} tokens per slot, band [{view.lam_lo:.4g}, "
            f"{view.lam_hi:.4g}]" + ("" if custom else f", derived from the {PRESET} latency "
                                      "model and the workload's mean request shape") + ".")
-deg = rep["degenerate"]
+deg = rep.degenerate
 st.caption(f"Degenerate decisions — zero-prefill hot-spots: {deg['zero_prefill']}, idle ties: "
            f"{deg['idle_tie']}, exact ties: {deg['exact_tie']}.")
 
@@ -138,7 +138,7 @@ v = view.verdicts
 # Two columns (three would clip the plot titles at 1400 px); titles sized to fit.
 figs = (disagreement_rate_figure(view.time_s, v.disagrees),
         regret_figure(v.regret_tokens, v.disagrees),
-        lambda_eff_figure(view.time_s, v.lambda_eff, view.lam, view.lam_lo, view.lam_hi))
+        lam_eff_figure(view.time_s, v.lam_eff, view.lam, view.lam_lo, view.lam_hi))
 for f in figs:
     f.update_layout(title_font_size=15, margin={"t": 50})
 figs[2].update_layout(title_text="λ_eff of each decision against the reference band")
@@ -149,7 +149,7 @@ g2.plotly_chart(figs[1], key="regret_plot")
 st.plotly_chart(figs[2], key="lam_plot")
 
 st.subheader("Worst decisions")
-worst = rep["worst"]
+worst = rep.worst
 if not worst:
     st.write("No decision disagrees with the reference.")
 else:
@@ -171,14 +171,14 @@ else:
                     key="worst_plot")
 
 st.subheader("Hot prefix classes")
-hot = rep.get("hotspots")
+hot = rep.hotspots
 if hot is None:
     st.write("Hot prefix classes need the requests' block hashes (a replay).")
 elif not hot:
     st.write("No prefix class raised phase 1 (x/x̄ > |M|/|M̄|).")
 else:
     st.plotly_chart(hotspot_figure(view.time_s, hot), key="hot_plot")
-    st.dataframe([{**h, "cached_instances": ", ".join(map(str, h["cached_instances"]))}
+    st.dataframe([{**h.to_json(), "cached_instances": ", ".join(map(str, h.cached_instances))}
                   for h in hot], key="hot_table", hide_index=True)
 
 st.download_button("Download the JSON report", report_json(view.report),

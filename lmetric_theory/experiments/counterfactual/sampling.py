@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmetric_theory.core.definitions import ScoreDefinition
 from lmetric_theory.detector import Verdicts
 from lmetric_theory.sim import SnapshotLog
 from lmetric_theory.workload import Workload
@@ -70,44 +71,21 @@ def flag_mask(v: Verdicts, flag: str, phase: np.ndarray | None = None) -> np.nda
     raise ValueError(f"flag: {flag!r} is not one of {', '.join(FLAG_DEFINITIONS)}")
 
 
-def hotspot_phase(workload: Workload, log: SnapshotLog, P: np.ndarray, B: np.ndarray,
-                  p0: float, b0: float) -> np.ndarray:
+def hotspot_phase(workload: Workload, log: SnapshotLog, definition: ScoreDefinition) -> np.ndarray:
     """Hot-spot phase of each decision's prefix class, shape (D,), int64: 0, 1 or 2.
 
-    A :class:`~lmetric_theory.detector.hotspot.HotspotMonitor` (default settings, detect
-    only) observes the decisions in order: the class is the request's leading block hash,
-    an instance holds it when the request has a prefix hit there (uncached < prompt
-    tokens), ``P``/``B`` the policy's signals. After observing decision ``d``: 2 when the
+    The shared hot-spot runner (:func:`lmetric_theory.experiments.hotspots.run_hotspots`,
+    default monitor settings, detect only) observes the decisions in order: the class is
+    the request's leading block hash, an instance holds it when the request has a prefix
+    hit there (uncached < prompt tokens), ``P``/``B`` the log's signals under the policy's
+    score ``definition`` (offsets included). After observing decision ``d``: 2 when the
     class is confirmed (the monitor's mitigation applies), 1 when the phase-1 condition
     ``x |Mbar| > (1 - x) |M|`` holds (share ``x`` of the class in the window, ``|M|``
     instances holding it, ``1 <= |M| < N``, window at least ``min_decisions`` long), else 0.
     """
-    from lmetric_theory.detector.hotspot import HotspotMonitor
+    from lmetric_theory.experiments.hotspots import run_hotspots
 
-    D, N = log.uncached.shape
-    out = np.zeros(D, dtype=np.int64)
-    if N < 2:
-        return out
-    mon = HotspotMonitor(N, p0=float(p0), b0=float(b0), mitigate=True)
-    offs = np.asarray(workload.hash_offsets, dtype=np.int64)
-    hashes = np.asarray(workload.hash_ids, dtype=np.int64)
-    req = np.asarray(log.request, dtype=np.int64)
-    has = offs[req + 1] > offs[req]
-    cls = np.where(has, hashes[np.minimum(offs[req], max(hashes.size - 1, 0))], -1)
-    hits = log.uncached < np.asarray(log.input_tokens)[:, None]
-    for d in range(D):
-        c = int(cls[d])
-        mon.observe(c, hits[d], P[d], B[d], decision=d)
-        if c < 0:
-            continue
-        if mon.active(c):
-            out[d] = 2
-            continue
-        m = int(np.count_nonzero(hits[d]))
-        x = mon.share(c)
-        if mon.decisions >= mon.min_decisions and 1 <= m < N and x * (N - m) > (1 - x) * m:
-            out[d] = 1
-    return out
+    return run_hotspots(workload, log, definition).phase
 
 
 def decision_load(log: SnapshotLog) -> np.ndarray:

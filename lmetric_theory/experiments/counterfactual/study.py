@@ -47,10 +47,12 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from lmetric_theory.core.definitions import ScoreDefinition
 from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.core.kernel import product_scores
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, Verdicts
@@ -437,7 +439,7 @@ def counterfactual_study(
         raise ValueError("the replay recorded no routing decisions")
     Pm, Bm, Um = _signals(log, P_def, B_def)
     v: Verdicts = det.check_many(Pm, Bm, validate=False)
-    phase = hotspot_phase(workload, log, Pm, Bm, p0, b0)
+    phase = hotspot_phase(workload, log, ScoreDefinition(P_def, B_def, Fraction(p0), Fraction(b0)))
     flagged = flag_mask(v, flag, phase)
     load = decision_load(log)
     rng = np.random.default_rng([seed, 0xCF])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from lmetric_theory.detector import (
     Detector,
     LinearReference,
 )
+from lmetric_theory.policies import policy_spec
 
 __all__ = ["audit_snapshot_file", "audit_snapshots", "audit_workload"]
 
@@ -49,13 +49,6 @@ def _signals(log: Any, p_definition: PDefinition, b_definition: BDefinition
     """``P``, ``B`` and the uncached tokens (each (D, N) int64) from a SnapshotLog."""
     P, B = score_inputs(log, ScoreDefinition(p_definition, b_definition))
     return P, B, log.uncached.astype(np.int64)
-
-
-def _spec_number(x: float) -> str:
-    f = Fraction(x).limit_denominator(1 << 20) if isinstance(x, float) else Fraction(x)
-    if float(f) != float(x):
-        f = Fraction(x)
-    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
 def audit_workload(
@@ -133,8 +126,8 @@ def audit_workload(
     # validates the offsets; the prefill-block mitigation adds one of the workload's blocks
     det = Detector(reference, prefill_offset, batch_offset, block_tokens=block)
     pre = _load_preset(preset)
-    spec = (f"lmetric:variant={variant},P={pdef.value},B={bdef.value},p0={_spec_number(det.prefill_offset)},"
-            f"b0={_spec_number(det.batch_offset)}")
+    spec = policy_spec("lmetric", variant=variant, P=pdef.value, B=bdef.value,
+                       p0=det.prefill_offset, b0=det.batch_offset)
     cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True)
     sim = Simulator(workload, cfg, spec, seed=seed)
     n = len(workload)
@@ -160,7 +153,7 @@ def audit_workload(
     }
     config = {
         "mode": "replay",
-        "policy": spec,
+        "policy": str(spec),
         "p_definition": pdef.value,
         "b_definition": bdef.value,
         "prefill_offset": det.prefill_offset,

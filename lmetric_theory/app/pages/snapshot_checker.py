@@ -76,8 +76,8 @@ ids = result.instance_ids
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Product picks", ids[v.product_choice])
 m2.metric("Linear picks", ids[v.linear_choice])
-m3.metric("λ_eff", f"{v.lambda_eff:.6g}")
-m4.metric("λ*", f"{v.lambda_star:.6g}")
+m3.metric("λ_eff", f"{v.lam_eff:.6g}")
+m4.metric("λ*", f"{v.lam_star:.6g}")
 m5.metric("Regret (token equiv.)", f"{v.regret_tokens:.6g}")
 
 if v.disagrees:

@@ -138,7 +138,7 @@ v = view.verdicts
 # Two columns (three would clip the plot titles at 1400 px); titles sized to fit.
 figs = (disagreement_rate_figure(view.time_s, v.disagrees),
         regret_figure(v.regret_tokens, v.disagrees),
-        lambda_eff_figure(view.time_s, v.lambda_eff, view.lam, view.lam_lo, view.lam_hi))
+        lambda_eff_figure(view.time_s, v.lam_eff, view.lam, view.lam_lo, view.lam_hi))
 for f in figs:
     f.update_layout(title_font_size=15, margin={"t": 50})
 figs[2].update_layout(title_text="λ_eff of each decision against the reference band")

@@ -453,8 +453,6 @@ def counterfactual_study(
         e2e = _end_to_end(workload, config, base.spec, gspec, end_to_end_seeds, seed, replicate, ex)
     t_e2e = time.perf_counter() - t_e2e0
 
-    F, phase, ref = out.forks, base.phase, base.det.reference
-    d = base.definition
     summary: dict[str, Any] = {
         **groups,
         "noise_floor_s": out.noise,
@@ -466,37 +464,52 @@ def counterfactual_study(
         "recall": recall,
         "mitigations": mitigations,
         "end_to_end": e2e,
-        "population": {
-            "decisions": len(base.log), "flagged": int(base.flagged.sum()), "unflagged": U,
-            "hotspot_phase_1": int(np.count_nonzero(phase == 1)),
-            "hotspot_phase_2": int(np.count_nonzero(phase == 2)),
-            "sampled_flagged": int(out.kf.size), "sampled_control": int(out.kc.size),
-            "converged": int(sum(f.converged for f in F)),
-            "mean_affected": float(np.mean([f.affected for f in F])) if F else math.nan,
-            "aa_nonzero": int(np.count_nonzero(out.aa)),
-        },
+        "population": _population(out, base, U),
         "runtime_s": {"replay": t_base, "forks": t_forks, "end_to_end": t_e2e,
                       "total": time.perf_counter() - t_start},
         "config": {
             "source": source if source is not None else str(workload.meta.get("source", "workload")),
             "requests": len(workload), "instances": config.n_instances,
             "policy": str(asked), "policy_resolved": str(base.spec),
-            "score": {"P": d.p_definition.value, "B": d.b_definition.value,
-                      "p0": _json_number(d.p0), "b0": _json_number(d.b0), "tie": base.tie},
-            "flag": flag, "flag_definition": FLAG_TEXT[flag],
-            "reference": {"lam": ref.lam, "lam_lo": ref.lam_lo, "lam_hi": ref.lam_hi,
-                          "source": ref.source, "provenance": ref.provenance},
-            "horizon_s": float(horizon_s), "converge_k": int(converge_k),
-            "min_harm_s": float(min_harm_s), "samples": int(samples), "seed": int(seed),
-            "n_boot": int(n_boot), "harm_rule": HARM_RULE,
-            "matching": "controls drawn from the flagged decision's load decile (mean in-flight "
-                        "requests per instance)",
+            **_settings(base, flag, horizon_s, converge_k, min_harm_s, samples, seed, n_boot),
         },
     }
     return CounterfactualStudy(
-        forks=tuple(F), flagged_decisions=tuple(int(x) for x in base.sample.flagged),
+        forks=tuple(out.forks), flagged_decisions=tuple(int(x) for x in base.sample.flagged),
         control_decisions=tuple(int(x) for x in base.sample.control),
         harm_threshold_s=out.threshold, summary=summary)
+
+
+def _population(out: _Outcomes, base: _Base, U: int) -> dict[str, Any]:
+    """Decision counts of the run and the sample (``U``: unflagged decisions)."""
+    F, phase = out.forks, base.phase
+    return {
+        "decisions": len(base.log), "flagged": int(base.flagged.sum()), "unflagged": U,
+        "hotspot_phase_1": int(np.count_nonzero(phase == 1)),
+        "hotspot_phase_2": int(np.count_nonzero(phase == 2)),
+        "sampled_flagged": int(out.kf.size), "sampled_control": int(out.kc.size),
+        "converged": int(sum(f.converged for f in F)),
+        "mean_affected": float(np.mean([f.affected for f in F])) if F else math.nan,
+        "aa_nonzero": int(np.count_nonzero(out.aa)),
+    }
+
+
+def _settings(base: _Base, flag: str, horizon_s: float, converge_k: int, min_harm_s: float,
+              samples: int, seed: int, n_boot: int) -> dict[str, Any]:
+    """The study's settings as the results state them (score, flag, reference, rules)."""
+    d, ref = base.definition, base.det.reference
+    return {
+        "score": {"P": d.p_definition.value, "B": d.b_definition.value,
+                  "p0": _json_number(d.p0), "b0": _json_number(d.b0), "tie": base.tie},
+        "flag": flag, "flag_definition": FLAG_TEXT[flag],
+        "reference": {"lam": ref.lam, "lam_lo": ref.lam_lo, "lam_hi": ref.lam_hi,
+                      "source": ref.source, "provenance": ref.provenance},
+        "horizon_s": float(horizon_s), "converge_k": int(converge_k),
+        "min_harm_s": float(min_harm_s), "samples": int(samples), "seed": int(seed),
+        "n_boot": int(n_boot), "harm_rule": HARM_RULE,
+        "matching": "controls drawn from the flagged decision's load decile (mean in-flight "
+                    "requests per instance)",
+    }
 
 
 def _check_settings(flag: str, samples: int, horizon_s: float, converge_k: int,

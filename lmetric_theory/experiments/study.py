@@ -301,8 +301,8 @@ def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[st
 
     Rows carry ``workload``, ``load`` (label), ``rate_scale``, ``name`` (the spec asked for) and
     ``seed``. ``run_specs`` maps a name to the typed spec actually run (e.g. ``tuned-linear``
-    -> ``tuned-linear:points=6``); a name without one is read as spec text, once. ``progress(n)`` is called after each chunk of ``n`` finished runs.
-    ``engine`` runs every task on ``fast`` or ``vllm`` (tuning ``tuned-linear`` always uses
+    -> ``tuned-linear:points=6``); a name without one is read as spec text, once.
+    ``progress(n)`` is called after each chunk of ``n`` finished runs. ``engine`` runs every task on ``fast`` or ``vllm`` (tuning ``tuned-linear`` always uses
     the fast engine).
     """
     given = dict(run_specs or {})

@@ -341,3 +341,26 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, argv, msg) -> None:
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert msg in err and len(err.splitlines()) == 1
+
+
+def test_the_study_scores_the_policy_by_its_own_exact_definition():
+    """policy_score reads the policy's ScoreDefinition (a variant resolves, offsets stay
+    exact) and the guarded comparator carries the same score, not a rounded copy."""
+    from fractions import Fraction
+
+    from lmetric_theory.detector import LinearReference
+    from lmetric_theory.experiments.counterfactual import policy_score
+    from lmetric_theory.experiments.counterfactual.study import _guard_spec
+    from lmetric_theory.policies import make_policy, parse_spec
+
+    d, tie = policy_score(parse_spec("lmetric:variant=llm-d,p0=1/3"))
+    assert (d.p_definition.value, d.b_definition.value, d.p0, d.b0, tie) == (
+        "uncached-full-blocks", "router-in-flight", Fraction(1, 3), 1, "random")
+    g = _guard_spec(LinearReference.band(64, 1024, lam=256), d, tie, 16)
+    assert make_policy(g).definition == d
+    assert str(g) == ("guarded-lmetric:lam=256.0,lam_lo=64.0,lam_hi=1024.0,P=uncached-full-blocks,"
+                      "B=router-in-flight,p0=1/3,b0=1,block=16,tie=random")
+    # a policy that names no P and B is studied under the paper's defaults
+    d, tie = policy_score("round-robin")
+    assert (d.p_definition.value, d.b_definition.value, d.p0, d.b0, tie) == (
+        "router-queued+new", "router-in-flight", 0, 1, "lowest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from lmetric_theory.experiments.tuning import (
     resolve_policy,
     tune_linear,
 )
-from lmetric_theory.policies import DecisionView, make_policy
+from lmetric_theory.policies import DecisionView, make_policy, parse_spec
 from lmetric_theory.sim import SimConfig, Simulator, load_preset
 from lmetric_theory.workload import synthetic
 
@@ -59,13 +60,15 @@ def test_tuned_linear_policy_prepare_and_resolve(setup):
     with pytest.raises(RuntimeError, match="prepare"):
         pol.choose(v)
     res = prepare_tuned(pol, w, cfg)
-    spec = resolve_policy("tuned-linear:points=3,lam_min=64,lam_max=4096", w, cfg)
-    assert spec == pol.linear_spec and spec.startswith(f"linear:lam={res.lam!r}")
+    spec = resolve_policy(parse_spec("tuned-linear:points=3,lam_min=64,lam_max=4096"), w, cfg)
+    assert spec == pol.linear_spec and spec.name == "linear"
+    assert spec.params.lam == Fraction(repr(res.lam))  # the rate reported is the rate run
+    assert str(spec).startswith(f"linear:lam={Fraction(repr(res.lam))},")
     # Routing with the prepared policy equals routing with the resolved linear spec.
     a = Simulator(w, cfg, pol).run()
     b = Simulator(w, cfg, spec).run()
     assert np.array_equal(a.instance, b.instance)
-    assert resolve_policy("lmetric", w, cfg) == "lmetric"
+    assert str(resolve_policy(parse_spec("lmetric"), w, cfg)) == "lmetric"
 
 
 def test_bad_arguments(setup):
@@ -96,19 +99,20 @@ def test_dynamo_w_tuned_picks_the_grid_weight_with_the_lowest_mean_ttft(setup):
     from lmetric_theory.experiments.tuning import DYNAMO_W_GRID, resolve_policy, tune_dynamo_w
 
     w, cfg = setup
-    spec, evals = tune_dynamo_w("dynamo:w=tuned,tie=lowest", w, cfg, grid=("0", "1", "8"))
+    grid = (Fraction(0), Fraction(1), Fraction(8))
+    spec, evals = tune_dynamo_w(parse_spec("dynamo:w=tuned,tie=lowest"), w, cfg, grid=grid)
     # brute force: every weight replayed on its own
     brute = {g: float(Simulator(w, cfg, f"dynamo:w={g},tie=lowest").run().summary()["ttft_mean_s"])
-             for g in ("0", "1", "8")}
+             for g in grid}
     assert dict(evals) == pytest.approx(brute)
-    best = min(brute, key=lambda g: (brute[g], ("0", "1", "8").index(g)))
-    assert spec == f"dynamo:w={best},tie=lowest"
+    best = min(brute, key=lambda g: (brute[g], grid.index(g)))
+    assert str(spec) == f"dynamo:w={best},tie=lowest" and spec.params.w == best
     # resolve_policy does the same over the default grid; the result is an ordinary spec
-    resolved = resolve_policy("dynamo-po:w=tuned", w, cfg)
-    name, _, rest = resolved.partition(":")
-    assert name == "dynamo-po" and rest.split(",")[0].removeprefix("w=") in DYNAMO_W_GRID
+    resolved = resolve_policy(parse_spec("dynamo-po:w=tuned"), w, cfg)
+    name, _, rest = str(resolved).partition(":")
+    assert name == "dynamo-po" and Fraction(rest.split(",")[0].removeprefix("w=")) in DYNAMO_W_GRID
     assert Simulator(w, cfg, resolved).run(until_decision=20).instance[:20].min() >= 0  # routes
-    assert resolve_policy("dynamo:w=2", w, cfg) == "dynamo:w=2"
+    assert str(resolve_policy(parse_spec("dynamo:w=2"), w, cfg)) == "dynamo:w=2"
 
 
 def test_dynamo_w_tuned_refuses_to_route_unresolved(setup):

@@ -39,18 +39,12 @@ from lmetric_theory.detector import (
     Detector,
     LinearReference,
 )
+from lmetric_theory.policies import policy_spec
 
 __all__ = ["audit_snapshot_file", "audit_snapshots", "audit_workload"]
 
 
 _PROGRESS_STEPS = 20
-
-
-def _spec_number(x: float) -> str:
-    f = Fraction(x).limit_denominator(1 << 20) if isinstance(x, float) else Fraction(x)
-    if float(f) != float(x):
-        f = Fraction(x)
-    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
 def audit_workload(
@@ -128,8 +122,8 @@ def audit_workload(
     # validates the offsets; the prefill-block mitigation adds one of the workload's blocks
     det = Detector(reference, prefill_offset, batch_offset, block_tokens=block)
     pre = _load_preset(preset)
-    spec = (f"lmetric:variant={variant},P={pdef.value},B={bdef.value},p0={_spec_number(det.prefill_offset)},"
-            f"b0={_spec_number(det.batch_offset)}")
+    spec = policy_spec("lmetric", variant=variant, P=pdef.value, B=bdef.value,
+                       p0=det.prefill_offset, b0=det.batch_offset)
     cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True)
     sim = Simulator(workload, cfg, spec, seed=seed)
     n = len(workload)
@@ -158,7 +152,7 @@ def audit_workload(
     }
     config = {
         "mode": "replay",
-        "policy": spec,
+        "policy": str(spec),
         "p_definition": pdef.value,
         "b_definition": bdef.value,
         "prefill_offset": det.prefill_offset,

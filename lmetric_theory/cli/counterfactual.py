@@ -121,7 +121,7 @@ def replicate_factory(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Handler: run the study, print tables or JSON, optionally write files."""
     from lmetric_theory.cli.common import preset_from_arg, workload_from_args
-    from lmetric_theory.policies import make_policy
+    from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig
 
     if args.instances < 2:
@@ -143,15 +143,13 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
         return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
     try:
-        import lmetric_theory.experiments.tuning  # noqa: F401  (registers tuned-linear)
-        import lmetric_theory.policies.guarded  # noqa: F401
-
-        make_policy(args.policy, seed=args.seed)
+        policy = parse_spec(args.policy)  # read once; the study takes the typed spec
+        make_policy(policy, seed=args.seed)  # a check inside the policy fails here, not later
         preset = preset_from_arg(args.preset)
         workload = workload_from_args(args)
         replicate = replicate_factory(args)
         cfg = SimConfig.from_preset(preset, args.instances, scheduler=args.scheduler)
-        reference = _reference(args, preset, workload, cfg)
+        reference = _reference(args, policy, preset, workload, cfg)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
@@ -185,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         executor = LocalExecutor(args.workers)
     try:
         res = counterfactual_study(
-            workload, cfg, reference=reference, policy=args.policy, flag=args.flag,
+            workload, cfg, reference=reference, policy=policy, flag=args.flag,
             samples=args.samples, horizon_s=args.horizon, converge_k=args.converge_k,
             min_harm_s=args.min_harm, seed=args.seed, end_to_end_seeds=args.e2e_seeds,
             replicate=replicate, executor=executor, progress=progress, source=source)
@@ -216,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reference(args: argparse.Namespace, preset: Any, workload: Any, cfg: Any) -> Any:
+def _reference(args: argparse.Namespace, policy: Any, preset: Any, workload: Any, cfg: Any) -> Any:
     from lmetric_theory import audit as A
     from lmetric_theory.detector import LinearReference
 
@@ -224,9 +222,10 @@ def _reference(args: argparse.Namespace, preset: Any, workload: Any, cfg: Any) -
         # tuned on the policy's own P and B (a variant resolves to its definitions)
         from lmetric_theory.experiments.counterfactual import policy_score
 
-        P, B, *_ = policy_score(args.policy, args.seed)
+        d, _ = policy_score(policy, args.seed)
         return A.tuned_reference(workload, instances=args.instances, preset=preset, seed=args.seed,
-                                 p_definition=P, b_definition=B, config=cfg)
+                                 p_definition=d.p_definition.value,
+                                 b_definition=d.b_definition.value, config=cfg)
     ref = A.default_reference(preset, workload)
     if args.reference == "lam":
         return LinearReference(ref.lam, source="latency_model",

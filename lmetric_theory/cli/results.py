@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         saturation_job,
     )
     from lmetric_theory.experiments.tasks import get_executor
-    from lmetric_theory.policies import make_policy
+    from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig, load_preset
     from lmetric_theory.workload import default_workload, load_trace, select
     from lmetric_theory.workload.spec import is_synthetic_spec, synthetic_from_spec
@@ -170,9 +170,12 @@ def run(args: argparse.Namespace) -> int:
     if not policies:
         return _err("--policies: no policy given")
     try:
-        for spec in [*policies, args.reference]:
-            if spec.split(":", 1)[0] != "tuned-linear":
-                make_policy(spec)
+        # every spec text is read once, here; the rows keep the text given as their name
+        run_specs = {p: parse_spec(f"tuned-linear:points={args.points}" if p == "tuned-linear"
+                                   else p) for p in policies}
+        reference = parse_spec(args.reference)
+        for spec in [*run_specs.values(), reference]:
+            make_policy(spec)  # a check inside the policy fails before any run
     except (ValueError, KeyError, TypeError) as exc:
         return _err(f"--policies: {exc}")
     seeds = list(range(args.seeds))
@@ -210,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     sat: dict[str, Any] = {}
     if args.saturation:
         kw = {"start": args.sat_start, "factor": args.sat_factor, "drain": args.sat_drain}
-        jobs = [(make(0), cfg, args.reference, 0, kw) for _, make in makers]
+        jobs = [(make(0), cfg, reference, 0, kw) for _, make in makers]
         results = list(ex.map(saturation_job, jobs))
         grids = []
         for (name, make), r in zip(makers, results, strict=True):
@@ -224,7 +227,6 @@ def run(args: argparse.Namespace) -> int:
         grids = [GridSpec(name, make, scales, [f"x{k:g}" for k in scales]) for name, make in makers]
 
     total = sum(len(g.scales) for g in grids) * len(seeds) * len(policies)
-    run_specs = {p: f"tuned-linear:points={args.points}" for p in policies if p == "tuned-linear"}
     if show:
         from rich.progress import Progress
 

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_policies:
         return _list_policies(args.json)
     from lmetric_theory.experiments.tuning import resolve_policy
-    from lmetric_theory.policies import make_policy
+    from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig, Simulator
 
     specs = list(args.policy or DEFAULT_POLICIES)
@@ -146,8 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         return _err(f"--count must be >= 1, got {args.count}")
     try:
-        for s in specs:
-            make_policy(s, seed=args.seed)
+        # each --policy text is read once, here; results stay keyed by the text given
+        typed = {s: parse_spec(s) for s in specs}
+        for t in typed.values():
+            make_policy(t, seed=args.seed)  # a check inside the policy fails before any run
         preset = preset_from_arg(args.preset)
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
                                     signal_delay_s=args.signal_delay, scheduler=args.scheduler)
@@ -183,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         for spec in specs:
             try:
                 # tuned-linear is tuned on this workload first (a linear spec comes back)
-                resolved = resolve_policy(spec, workload, cfg, seed=args.seed)
+                resolved = resolve_policy(typed[spec], workload, cfg, seed=args.seed)
                 if args.engine == "vllm":
                     from lmetric_theory.sim.vllm_engine import simulate_vllm
 

@@ -15,6 +15,7 @@ from fractions import Fraction
 
 __all__ = [
     "LMETRIC_VARIANTS",
+    "LMetricVariant",
     "DEFAULT_B0",
     "DEFAULT_P0",
     "BDefinition",
@@ -120,32 +121,76 @@ class ScoreDefinition:
 
 
 @dataclass(frozen=True, slots=True)
-class Variant:
-    """One implementation's LMetric definition: ``P``, ``B`` and its own tie rule.
+class LMetricVariant:
+    """One implementation's LMetric definition: ``P``, ``B``, its own tie rule, what it is
+    and where it comes from.
 
     Attributes
     ----------
+    name : str
+        Variant name (``lmetric:variant=NAME``).
     p_definition, b_definition : str
         :class:`PDefinition` and :class:`BDefinition` values.
     tie : str
         The implementation's tie rule: ``lowest`` (first minimum) or ``random``.
+    formula : str
+        The score, in words.
+    source : str
+        Repository and file it follows (``docs/policies.md`` cites them).
+    signals : tuple of str
+        Router-view attributes read.
     """
 
+    name: str
     p_definition: str
     b_definition: str
     tie: str
+    formula: str
+    source: str
+    signals: tuple[str, ...]
 
 
-#: ``lmetric:variant=NAME`` -> definitions and tie rule (sources in ``docs/policies.md``).
-#: ``paper`` is the default: the authors' router, policy ``lmetric-q``.
-LMETRIC_VARIANTS: dict[str, Variant] = {
-    "paper": Variant(PDefinition.ROUTER_QUEUED_PLUS_NEW.value,
-                     BDefinition.ROUTER_IN_FLIGHT.value, "lowest"),
-    "llm-d": Variant(PDefinition.UNCACHED_FULL_BLOCKS.value,
-                     BDefinition.ROUTER_IN_FLIGHT.value, "random"),
-    "dynamo": Variant(PDefinition.PREFILL_BLOCKS.value, BDefinition.DECODE_BLOCKS.value, "random"),
-    "sglang-fork": Variant(PDefinition.INFLIGHT_NEW_PLUS_NEW.value,
-                           BDefinition.ROUTER_IN_FLIGHT.value, "lowest"),
+_PAPER = "blitz-serving/blitz-router"
+
+#: The one table of LMetric variants: ``lmetric:variant=NAME`` -> definitions, tie rule and
+#: sources. ``paper`` is the default: the authors' router, policy ``lmetric-q``.
+LMETRIC_VARIANTS: dict[str, LMetricVariant] = {v.name: v for v in (
+    LMetricVariant(
+        "paper", PDefinition.ROUTER_QUEUED_PLUS_NEW.value, BDefinition.ROUTER_IN_FLIGHT.value,
+        "lowest",
+        "argmin (queued_tokens + new_tokens) * (bs + 1)",
+        f"{_PAPER}: docs/dsl/policies.md (lmetric-q), router/src/policies/lmetric.rs, "
+        "docs/dsl/schema.md (prefill_tokens, new_tokens, bs)",
+        ("router_queued", "hit_blocks", "block_size", "input_tokens", "router_inflight"),
+    ),
+    LMetricVariant(
+        "llm-d", PDefinition.UNCACHED_FULL_BLOCKS.value, BDefinition.ROUTER_IN_FLIGHT.value,
+        "random",
+        "argmin (floor(T / block_size) - hit_blocks) * block_size * (in-flight + 1)",
+        "llm-d/llm-d-router PR 2351: pkg/epp/framework/plugins/scheduling/scorer/lmetric/lmetric.go",
+        ("hit_blocks", "block_size", "input_tokens", "router_inflight"),
+    ),
+    LMetricVariant(
+        "dynamo", PDefinition.PREFILL_BLOCKS.value, BDefinition.DECODE_BLOCKS.value, "random",
+        "argmin ((queued_tokens + new_tokens) / block_size) * (floor(all_tokens / block_size) + 1)",
+        "ai-dynamo/dynamo PR 11028 (router_selection_policy=lmetric: "
+        "adjusted_prefill_blocks * (decode_blocks + 1))",
+        ("router_queued", "hit_blocks", "block_size", "input_tokens", "router_all_tokens"),
+    ),
+    LMetricVariant(
+        "sglang-fork", PDefinition.INFLIGHT_NEW_PLUS_NEW.value,
+        BDefinition.ROUTER_IN_FLIGHT.value, "lowest",
+        "argmin (inflight_new_tokens + new_tokens) * (in-flight + 1), "
+        "queued tokens released at completion",
+        "wall96/sglang-router-simple-is-better: sgl-model-gateway/src/policies/lmetric.rs",
+        ("router_inflight_new_tokens", "hit_blocks", "block_size", "input_tokens",
+         "router_inflight"),
+    ),
     # This project's first reading; no public implementation uses it.
-    "legacy": Variant(PDefinition.UNCACHED.value, BDefinition.RUNNING.value, "lowest"),
-}
+    LMetricVariant(
+        "legacy", PDefinition.UNCACHED.value, BDefinition.RUNNING.value, "lowest",
+        "argmin uncached * (running + 1) - used by no implementation",
+        "this project's first reading; no public implementation",
+        ("uncached", "running"),
+    ),
+)}

@@ -41,6 +41,7 @@ import numpy as np
 
 from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.tasks import Executor, SimTask, get_executor, run_engine
+from lmetric_theory.policies import PolicySpec, parse_spec
 from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload, scale_rate
 
@@ -221,7 +222,7 @@ def study_task(task: SimTask) -> dict[str, Any]:
     policy = resolve_policy(task.policy, task.workload, task.config, seed=task.seed)
     res = run_engine(task, policy)
     row: dict[str, Any] = dict(task.tags)
-    row.update(policy=task.policy, policy_resolved=res.policy, seed=task.seed,
+    row.update(policy=str(task.policy), policy_resolved=res.policy, seed=task.seed,
                requests=len(task.workload))
     row.update(res.summary())
     row["preemptions"] = res.counts()["preemptions"]
@@ -234,16 +235,19 @@ def study_task(task: SimTask) -> dict[str, Any]:
     return row
 
 
-def saturation_job(job: tuple[Workload, SimConfig, str, int, dict[str, Any]]) -> SaturationResult:
+def saturation_job(job: tuple[Workload, SimConfig, PolicySpec, int, dict[str, Any]]) -> SaturationResult:
     """:func:`find_saturation` with the simulator evaluator; ``job`` = (workload, config, policy,
     seed, keyword arguments of :func:`find_saturation`). Picklable, for an executor's ``map``."""
     w, cfg, policy, seed, kw = job
     return find_saturation(simulator_evaluator(w, cfg, policy, seed=seed), **kw)
 
 
-def simulator_evaluator(workload: Workload, config: SimConfig, policy: str = "round-robin", *,
+def simulator_evaluator(workload: Workload, config: SimConfig,
+                        policy: PolicySpec | str = "round-robin", *,
                         seed: int = 0) -> Callable[[float], LoadPoint]:
-    """The real evaluator: replay ``workload`` at rate scale ``k`` under ``policy``."""
+    """The real evaluator: replay ``workload`` at rate scale ``k`` under ``policy`` (spec
+    text is read once, here)."""
+    policy = parse_spec(policy)
 
     def evaluate(k: float) -> LoadPoint:
         row = study_task(SimTask(scale_rate(workload, float(k)), config, policy, seed))
@@ -288,17 +292,18 @@ class GridSpec:
 def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[str],
              seeds: Sequence[int], *, executor: Executor | str | None = None,
              workers: int | None = None, progress: Callable[[int], None] | None = None,
-             chunk: int | None = None, run_specs: Mapping[str, str] | None = None,
+             chunk: int | None = None, run_specs: Mapping[str, PolicySpec] | None = None,
              engine: str = "fast") -> list[dict[str, Any]]:
     """Every policy x load x seed on every workload; one row per run (see :func:`study_task`).
 
     Rows carry ``workload``, ``load`` (label), ``rate_scale``, ``name`` (the spec asked for) and
-    ``seed``. ``run_specs`` maps a name to the spec actually run (e.g. ``tuned-linear`` ->
-    ``tuned-linear:points=6``). ``progress(n)`` is called after each chunk of ``n`` finished runs.
-    ``engine`` runs every task on ``fast`` or ``vllm`` (tuning ``tuned-linear`` always uses
+    ``seed``. ``run_specs`` maps a name to the typed spec actually run (e.g. ``tuned-linear``
+    -> ``tuned-linear:points=6``); a name without one is read as spec text, once.
+    ``progress(n)`` is called after each chunk of ``n`` finished runs. ``engine`` runs every task on ``fast`` or ``vllm`` (tuning ``tuned-linear`` always uses
     the fast engine).
     """
-    run_specs = dict(run_specs or {})
+    given = dict(run_specs or {})
+    specs = {name: parse_spec(given.get(name, name)) for name in policies}
     ex = get_executor(executor, workers=workers)
     tasks = []
     for g in grids:
@@ -307,10 +312,10 @@ def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[st
             w = g.make(seed)
             for k, lab in zip(g.scales, labels, strict=True):
                 wk = scale_rate(w, float(k))
-                tasks += [SimTask(wk, config, run_specs.get(spec, spec), int(seed),
-                                  {"workload": g.name, "load": lab, "rate_scale": float(k), "name": spec},
+                tasks += [SimTask(wk, config, specs[name], int(seed),
+                                  {"workload": g.name, "load": lab, "rate_scale": float(k), "name": name},
                                   engine)
-                          for spec in policies]
+                          for name in policies]
     n = chunk or max(1, 4 * int(getattr(ex, "workers", 1) or 1))
     return _run(tasks, ex, progress, n)
 

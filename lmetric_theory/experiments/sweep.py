@@ -1,6 +1,6 @@
 """Sweeps of simulator runs through an executor: local processes or a Dask cluster.
 
-A sweep is a list of :class:`SimTask` (workload, cluster config, policy spec, seed, tags);
+A sweep is a list of :class:`SimTask` (workload, cluster config, typed policy spec, seed, tags);
 :func:`run_sweep` runs them through an executor and returns one tidy row per task, in task
 order whatever the executor. :func:`load_sweep` and :func:`instance_sweep` build the usual
 grids (arrival-rate scales, instance counts).
@@ -33,6 +33,7 @@ from lmetric_theory.experiments.tasks import (
     simulate_task,
 )
 from lmetric_theory.experiments.tuning import resolve_policy
+from lmetric_theory.policies import PolicySpec, parse_spec
 from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload, scale_rate
 
@@ -72,10 +73,12 @@ def run_sweep(tasks: Iterable[SimTask], executor: Executor | str | None = None, 
     return list(get_executor(executor, workers=workers).map(run_task, tasks))
 
 
-def load_sweep(workload: Workload, config: SimConfig, policies: Sequence[str],
+def load_sweep(workload: Workload, config: SimConfig, policies: Sequence[PolicySpec | str],
                rate_scales: Sequence[float], *, seed: int = 0,
                executor: Executor | str | None = None, workers: int | None = None) -> list[dict[str, Any]]:
-    """Every policy at every arrival-rate scale; rows tagged ``rate_scale`` (policy order inner)."""
+    """Every policy at every arrival-rate scale; rows tagged ``rate_scale`` (policy order inner).
+    Spec text is read once per policy."""
+    policies = [parse_spec(p) for p in policies]
     tasks = []
     for k in rate_scales:
         w = scale_rate(workload, float(k))
@@ -83,9 +86,11 @@ def load_sweep(workload: Workload, config: SimConfig, policies: Sequence[str],
     return run_sweep(tasks, executor, workers=workers)
 
 
-def instance_sweep(workload: Workload, config: SimConfig, policies: Sequence[str],
+def instance_sweep(workload: Workload, config: SimConfig, policies: Sequence[PolicySpec | str],
                    instances: Sequence[int], *, seed: int = 0,
                    executor: Executor | str | None = None, workers: int | None = None) -> list[dict[str, Any]]:
-    """Every policy at every instance count; rows tagged ``instances`` (policy order inner)."""
+    """Every policy at every instance count; rows tagged ``instances`` (policy order inner).
+    Spec text is read once per policy."""
+    policies = [parse_spec(p) for p in policies]
     tasks = [SimTask(workload, replace(config, n_instances=int(n)), p, seed) for n in instances for p in policies]
     return run_sweep(tasks, executor, workers=workers)

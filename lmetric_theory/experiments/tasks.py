@@ -1,7 +1,8 @@
 """Simulator tasks and the executors that run them (no policy resolution, no tuning).
 
-A :class:`SimTask` is one simulator run (workload, cluster config, policy spec, seed, tags);
-:func:`simulate_task` runs a task whose spec names a concrete policy and returns its tidy row.
+A :class:`SimTask` is one simulator run (workload, cluster config, typed policy spec, seed,
+tags); :func:`simulate_task` runs a task whose spec names a concrete policy and returns its
+tidy row.
 Executors map a picklable function over tasks, keeping task order:
 
 ``"local"`` (default)
@@ -24,6 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from lmetric_theory.policies import PolicySpec, parse_spec
 from lmetric_theory.sim import SimConfig, Simulator
 from lmetric_theory.workload import Workload
 
@@ -54,9 +56,11 @@ class SimTask:
         Requests to replay (already rate-scaled / selected).
     config : SimConfig
         Cluster settings.
-    policy : str
-        Policy spec ``NAME[:key=value,...]``. ``tuned-linear`` specs are resolved to a
-        ``linear`` spec by tuning on ``workload`` first (see :mod:`lmetric_theory.experiments.tuning`).
+    policy : PolicySpec
+        The policy. Spec text ``NAME[:key=value,...]`` is accepted (a task is built at the
+        edges too: scripts, notebooks) and read once, here. ``tuned-linear`` specs are
+        resolved to a ``linear`` spec by tuning on ``workload`` first (see
+        :mod:`lmetric_theory.experiments.tuning`).
     seed : int
         Policy seed.
     tags : dict
@@ -68,14 +72,18 @@ class SimTask:
 
     workload: Workload
     config: SimConfig
-    policy: str
+    policy: PolicySpec
     seed: int = 0
     tags: dict[str, Any] = field(default_factory=dict)
     engine: str = "fast"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, PolicySpec):
+            object.__setattr__(self, "policy", parse_spec(self.policy))
+
 
 def run_engine(task: SimTask, policy: Any) -> Any:
-    """Run ``task`` on its engine with ``policy`` (a spec or a Policy); the ``SimResult``."""
+    """Run ``task`` on its engine with ``policy`` (a PolicySpec or a Policy); the ``SimResult``."""
     if task.engine == "vllm":
         from lmetric_theory.sim.vllm_engine import simulate_vllm
 
@@ -85,19 +93,20 @@ def run_engine(task: SimTask, policy: Any) -> Any:
     return Simulator(task.workload, task.config, policy, seed=task.seed).run()
 
 
-def simulate_task(task: SimTask, policy: str | None = None) -> dict[str, Any]:
+def simulate_task(task: SimTask, policy: PolicySpec | None = None) -> dict[str, Any]:
     """Run one task with ``policy`` (default ``task.policy``, a concrete spec); its tidy row.
 
     Returns
     -------
     dict
-        ``tags`` merged with ``policy`` (``task.policy``), ``policy_resolved`` (the
-        canonical spec run), ``instances``, ``requests`` and the keys of
+        ``tags`` merged with ``policy`` (``task.policy``'s text), ``policy_resolved`` (the
+        canonical spec run, every parameter), ``instances``, ``requests`` and the keys of
         :meth:`SimResult.summary` (seconds / fractions).
     """
     res = run_engine(task, policy or task.policy)
     row: dict[str, Any] = dict(task.tags)
-    row.update(policy=task.policy, policy_resolved=res.policy, instances=task.config.n_instances,
+    row.update(policy=str(task.policy), policy_resolved=res.policy,
+               instances=task.config.n_instances,
                requests=len(task.workload))
     row.update(res.summary())
     return row

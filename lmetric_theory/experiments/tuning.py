@@ -7,7 +7,7 @@ sweep executor), optionally refines around the best grid point with
 ``tuned-linear`` (:class:`lmetric_theory.policies.tuned.TunedLinear`) is the linear policy whose
 ``lam`` is tuned on the very workload it is about to route. The simulator has no hook that hands
 a policy the workload, so the tuning happens *before* the run: call :func:`prepare_tuned` or,
-with a spec string, :func:`resolve_policy` (the sweep functions do this), which turns
+with a typed spec, :func:`resolve_policy` (the sweep functions do this), which turns
 ``tuned-linear:...`` into the equivalent ``linear:lam=X,...`` spec. An unprepared
 ``tuned-linear`` raises ``RuntimeError`` on its first decision.
 
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from lmetric_theory.experiments.tasks import LocalExecutor, SimTask, get_executor, simulate_task
-from lmetric_theory.policies import make_policy, parse_policy_spec
+from lmetric_theory.policies import PolicySpec, make_policy, with_values
 from lmetric_theory.policies.base import TUNED
 from lmetric_theory.policies.tuned import OBJECTIVES, TunedLinear, TunedLinearParams
 from lmetric_theory.policies.tuned import linear_spec as _linear_spec
@@ -38,7 +40,8 @@ __all__ = ["DYNAMO_W_GRID", "OBJECTIVES", "TuneResult", "TunedLinear", "TunedLin
 
 #: Overlap weights tried by ``dynamo:w=tuned`` (Dynamo's default is 1; 0 ignores the prefix
 #: term's weight, larger values favour cache hits more).
-DYNAMO_W_GRID: tuple[str, ...] = ("0", "1/4", "1/2", "1", "2", "4", "8", "16")
+DYNAMO_W_GRID: tuple[Fraction, ...] = tuple(
+    Fraction(w) for w in ("0", "1/4", "1/2", "1", "2", "4", "8", "16"))
 
 #: Policies whose ``w`` can be tuned.
 _DYNAMO_NAMES = ("dynamo", "dynamo-po")
@@ -75,8 +78,10 @@ class TuneResult:
     refined: bool
 
 
-def _round_lam(x: float) -> float:
-    """6 significant digits, so the spec string reproduces the evaluated value exactly."""
+def _six_digits(x: float) -> float:
+    """``x`` at 6 significant digits: a grid rate as reports print it (``geomspace`` gives
+    ``63.999999999999986`` where 64 is meant). The rate runs as the decimal number it prints
+    as (:func:`~lmetric_theory.policies.tuned.linear_spec`), so reported = evaluated."""
     return float(f"{x:.6g}")
 
 
@@ -150,7 +155,7 @@ def tune_linear(
         if points < 2:
             raise ValueError(f"points must be >= 2, got {points}")
         grid = np.geomspace(lam_min, lam_max, int(points))
-    g = np.array(sorted({_round_lam(float(x)) for x in np.asarray(grid, dtype=np.float64).ravel()}))
+    g = np.array(sorted({_six_digits(float(x)) for x in np.asarray(grid, dtype=np.float64).ravel()}))
     if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
         raise ValueError("grid: lam values must be finite and > 0 (at least one)")
     key = f"{objective}_s"
@@ -173,7 +178,7 @@ def tune_linear(
         lo, hi = g[max(i - 1, 0)], g[min(i + 1, g.size - 1)]
 
         def f(loglam: float) -> float:
-            lam = _round_lam(math.exp(loglam))
+            lam = _six_digits(math.exp(loglam))
             if lam not in cache:
                 cache[lam] = value(simulate_task(SimTask(workload, cfg, _linear_spec(lam, P, B, tie), seed)))
                 evals.append((lam, cache[lam]))
@@ -214,9 +219,9 @@ def prepare_tuned(policy: TunedLinear, workload: Workload, config: SimConfig, *,
     return result
 
 
-def tune_dynamo_w(spec: str, workload: Workload, config: SimConfig, *, seed: int = 0,
-                  grid: tuple[str, ...] = DYNAMO_W_GRID, objective: str = "ttft_mean",
-                  executor: Any = None) -> tuple[str, list[tuple[str, float]]]:
+def tune_dynamo_w(spec: PolicySpec, workload: Workload, config: SimConfig, *, seed: int = 0,
+                  grid: Sequence[Fraction | int] = DYNAMO_W_GRID, objective: str = "ttft_mean",
+                  executor: Any = None) -> tuple[PolicySpec, list[tuple[Fraction | int, float]]]:
     """Tune the overlap weight of a ``dynamo[-po]:w=tuned,...`` spec on ``workload``.
 
     Replays the workload once per weight of ``grid`` (the spec's other parameters kept) and
@@ -224,26 +229,18 @@ def tune_dynamo_w(spec: str, workload: Workload, config: SimConfig, *, seed: int
 
     Returns
     -------
-    spec : str
-        The spec with ``w`` set to the best weight.
-    evaluations : list of (str, float)
+    spec : PolicySpec
+        ``spec`` with ``w`` set to the best weight (in ``w``'s place in the text).
+    evaluations : list of (weight, float)
         Every weight and its objective, seconds (``inf`` when no request completed).
     """
-    name, raw = parse_policy_spec(spec)
-    if name not in _DYNAMO_NAMES:
-        raise ValueError(f"{spec!r}: only {', '.join(_DYNAMO_NAMES)} have a tunable w")
+    if spec.name not in _DYNAMO_NAMES:
+        raise ValueError(f"{str(spec)!r}: only {', '.join(_DYNAMO_NAMES)} have a tunable w")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if not grid:
         raise ValueError("grid: at least one weight")
-
-    def with_w(w: str) -> str:
-        return name + ":" + ",".join(f"{k}={w if k == 'w' else v}" for k, v in
-                                     {**raw, "w": w}.items())
-
-    specs = [with_w(w) for w in grid]
-    for sp in specs:
-        make_policy(sp, seed=seed)  # every weight valid before any run
+    specs = [with_values(spec, w=w) for w in grid]  # every weight valid before any run
     cfg = dataclasses.replace(config, record_snapshots=False)
     rows = get_executor(executor).map(simulate_task, [SimTask(workload, cfg, sp, seed) for sp in specs])
     key = f"{objective}_s"
@@ -252,19 +249,18 @@ def tune_dynamo_w(spec: str, workload: Workload, config: SimConfig, *, seed: int
     return specs[best], list(zip(grid, vals, strict=True))
 
 
-def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: int = 0,
-                   executor: Any = None) -> str:
+def resolve_policy(spec: PolicySpec, workload: Workload, config: SimConfig, *, seed: int = 0,
+                   executor: Any = None) -> PolicySpec:
     """``spec`` itself; for ``tuned-linear[:...]`` the equivalent tuned ``linear`` spec; for
     ``dynamo[-po]:w=tuned,...`` the spec with the tuned weight (:func:`tune_dynamo_w`).
 
     Tuning runs through ``executor`` (default: sequential in this process when called from a
     sweep worker would nest pools, so pass one explicitly for parallel tuning).
     """
-    name, raw = parse_policy_spec(spec)
-    if name in _DYNAMO_NAMES and raw.get("w", "").strip() == TUNED:
+    if spec.name in _DYNAMO_NAMES and spec.value("w") == TUNED:
         return tune_dynamo_w(spec, workload, config, seed=seed,
                              executor=executor if executor is not None else LocalExecutor(1))[0]
-    if name != TunedLinear.name:
+    if spec.name != TunedLinear.name:
         return spec
     pol = make_policy(spec, seed=seed)
     assert isinstance(pol, TunedLinear)
@@ -272,5 +268,3 @@ def resolve_policy(spec: str, workload: Workload, config: SimConfig, *, seed: in
         executor = LocalExecutor(1)
     prepare_tuned(pol, workload, config, executor=executor)
     return pol.linear_spec
-
-

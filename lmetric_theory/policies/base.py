@@ -1,31 +1,33 @@
-"""Policy protocol, per-decision view, typed parameter parsing and the registry's table.
+"""Policy protocol, per-decision view, the spec lexer and the registry's table.
 
 A policy is a small class with a frozen ``Params`` dataclass and a ``choose(view)`` method
-returning an instance index. Policies are selected by a spec string
-``NAME[:key=value,...]``; :func:`lmetric_theory.policies.registry.make_policy` parses and
-validates it. This module holds the table itself (:func:`register_policy` adds to it) and
-imports no policy: :func:`lmetric_theory.policies.registry.register_all` lists them all.
+returning an instance index. Policies are selected by a typed
+:class:`~lmetric_theory.policies.spec.PolicySpec`, read once from ``NAME[:key=value,...]``
+by :func:`lmetric_theory.policies.registry.parse_spec`;
+:func:`lmetric_theory.policies.registry.make_policy` builds the policy. This module holds the
+table itself (:func:`register_policy` adds to it) and imports no policy:
+:func:`lmetric_theory.policies.registry.register_all` lists them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
 
+from lmetric_theory.core.definitions import DEFAULT_B0, DEFAULT_P0, ScoreDefinition
 from lmetric_theory.core.kernel import TIE_RULES as KERNEL_TIE_RULES
-from lmetric_theory.core.kernel import pick_exact, pick_min
+from lmetric_theory.core.kernel import exact_number, pick_exact, pick_min
 
 __all__ = [
     "DecisionView",
     "Policy",
     "TIE_RULES",
-    "build_policy",
+    "TUNED",
     "parse_policy_spec",
+    "score_definition",
     "register_policy",
     "tie_field",
 ]
@@ -144,12 +146,23 @@ class Policy:
         self.params = params
         self.seed = int(seed)
         self.rng = np.random.default_rng([self.seed, 0x5EED])
+        self._definition = score_definition(params)
 
     @property
     def spec(self) -> str:
-        """Canonical spec string ``name:key=value,...`` (all parameters)."""
+        """Canonical spec string ``name:key=value,...`` (all parameters, each printed as
+        :func:`~lmetric_theory.policies.spec.format_value` prints it)."""
         kv = ",".join(f"{f.name}={getattr(self.params, f.name)}" for f in dataclasses.fields(self.params))
         return f"{self.name}:{kv}" if kv else self.name
+
+    @property
+    def definition(self) -> ScoreDefinition:
+        """The :class:`~lmetric_theory.core.definitions.ScoreDefinition` this policy scores
+        ``P`` and ``B`` by: the product's own (``lmetric``, ``guarded-lmetric``), the linear
+        score's definitions with the default offsets (``linear``, ``tuned-linear``), and the
+        paper's defaults for a policy whose parameters name no ``P``/``B`` (the detector and
+        the counterfactual study check such a policy's decisions against that score)."""
+        return self._definition
 
     def choose(self, view: DecisionView) -> int:
         """Instance index for the request described by ``view``."""
@@ -189,47 +202,6 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 TUNED = "tuned"
 
 
-def _in_range(where: str, raw: str, v: Any) -> Any:
-    """``v`` if ``|v| <= POLICY_NUMBER_MAX`` (the exact kernel's limit on offsets and rates),
-    else ``ValueError`` stating the range."""
-    from lmetric_theory.core.limits import POLICY_NUMBER_MAX
-
-    if abs(v) > POLICY_NUMBER_MAX:
-        raise ValueError(
-            f"{where}: {raw!r} is outside the valid range "
-            f"[-{POLICY_NUMBER_MAX}, {POLICY_NUMBER_MAX}]"
-        )
-    return v
-
-
-def _convert(policy: str, key: str, raw: str, tp: Any, choices: tuple[str, ...] | None) -> Any:
-    where = f"policy {policy!r}, parameter {key!r}"
-    try:
-        if tp is bool:
-            low = raw.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if tp is int:
-            return _in_range(where, raw, int(raw))
-        if tp is float:
-            v = float(raw)
-            if not np.isfinite(v):
-                raise ValueError
-            return _in_range(where, raw, v)
-        if tp is Fraction:
-            return _in_range(where, raw, Fraction(raw.strip()))
-        value = str(raw)
-    except (ValueError, ZeroDivisionError) as exc:
-        if str(exc).startswith(where):  # out of range: already worded
-            raise
-        name = getattr(tp, "__name__", str(tp))
-        raise ValueError(f"{where}: cannot read {raw!r} as {name}") from None
-    if choices is not None and value not in choices:
-        raise ValueError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
 def parse_policy_spec(spec: str) -> tuple[str, dict[str, str]]:
     """Split ``NAME[:key=value,...]`` into the name and raw string parameters."""
     name, _, rest = spec.strip().partition(":")
@@ -247,44 +219,16 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name, raw
 
 
-def build_policy(spec: str, seed: int = 0) -> Policy:
-    """Build a policy from ``NAME[:key=value,...]`` out of the table as it stands (no
-    registration; :func:`lmetric_theory.policies.registry.make_policy` registers first).
-
-    Raises
-    ------
-    ValueError
-        Unknown name (lists the valid names), unknown key (lists the valid keys), or a value
-        of the wrong type / outside its choices.
-    """
-    name, raw = parse_policy_spec(spec)
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(_REGISTRY))}")
-    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-    hints = typing.get_type_hints(cls.Params)
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise ValueError(
-                f"policy {name!r}: unknown parameter {key!r}; valid parameters: {', '.join(fields)}"
-            )
-        choices = fields[key].metadata.get("choices")
-        tp = hints[key]
-        if fields[key].metadata.get("tunable"):
-            if value.strip() == TUNED:  # resolved later by tuning on a workload
-                kwargs[key] = TUNED
-                continue
-            tp = next(t for t in typing.get_args(tp) if t is not str)
-        kwargs[key] = _convert(name, key, value, tp, choices)
-    try:
-        params = cls.Params(**kwargs)
-    except ValueError as exc:
-        raise ValueError(f"policy {name!r}: {exc}") from None
-    try:
-        return cls(params, seed=seed)
-    except ValueError as exc:  # a check inside the policy (e.g. its detector's offsets)
-        raise ValueError(f"policy {name!r}: {exc}") from None
+def score_definition(params: Any) -> ScoreDefinition:
+    """The score definition a policy's parameters name: their ``P``, ``B`` (resolved from
+    the variant), ``p0`` and ``b0`` where they have them, else the paper's defaults (exact
+    offsets)."""
+    d = ScoreDefinition()
+    P = getattr(params, "P", "") or d.p_definition
+    B = getattr(params, "B", "") or d.b_definition
+    p0 = getattr(params, "p0", DEFAULT_P0)
+    b0 = getattr(params, "b0", DEFAULT_B0)
+    return ScoreDefinition(P, B, exact_number(p0), exact_number(b0))
 
 
 def tie_field() -> Any:

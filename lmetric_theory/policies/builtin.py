@@ -31,6 +31,7 @@ __all__ = [
     "PowerOfTwo",
     "Random",
     "RoundRobin",
+    "check_offsets",
     "prefill_signal",
     "batch_signal",
 ]
@@ -102,24 +103,25 @@ class LMetricParams:
     def __post_init__(self) -> None:
         resolve_definitions(self)
         _check_tie(self.tie)
+        check_offsets(self.p0, self.b0)
         ScoreDefinition(PDefinition(self.P), BDefinition(self.B),
                         _exact_offset(Fraction(self.p0)), _exact_offset(Fraction(self.b0)))
 
 
+def check_offsets(p0: Fraction, b0: Fraction) -> None:
+    """Refuse a negative offset (``p0`` tokens, ``b0`` requests), as the detector does."""
+    for key, value in (("p0", p0), ("b0", b0)):
+        if Fraction(value) < 0:
+            raise ValueError(f"{key} must be >= 0 (offsets are never negative), got {value}")
+
+
 class LMetric(Policy):
-    """LMetric: argmin of ``(P_i + p0) * (B_i + b0)``."""
+    """LMetric: argmin of ``(P_i + p0) * (B_i + b0)`` (its :attr:`definition`)."""
 
     name = "lmetric"
     formula = 'argmin (P_i + p0) * (B_i + b0); P, B per variant (default paper: (queued_tokens + new_tokens) * (bs + 1))'
     source = 'blitz-serving/blitz-router docs/dsl/policies.md (lmetric-q) and the public ports; see docs/policies.md'
     Params = LMetricParams
-
-    def __init__(self, params: LMetricParams, seed: int = 0) -> None:
-        super().__init__(params, seed)
-        self.definition = ScoreDefinition(
-            PDefinition(params.P), BDefinition(params.B),
-            _exact_offset(Fraction(params.p0)), _exact_offset(Fraction(params.b0)),
-        )
 
     def choose(self, view: DecisionView) -> int:
         d = self.definition

@@ -119,8 +119,7 @@ class GuardedLMetric(Policy):
                else LinearReference.fixed(p.lam))
         self._product = LMetric(LMetricParams(P=p.P, B=p.B, p0=p.p0, b0=p.b0, tie=p.tie), seed)
         self._product.rng = self.rng  # one generator for ties
-        #: The product's score definition (exact offsets), shared with the detector.
-        self.definition = self._product.definition
+        # The product's score definition (exact offsets), shared with the detector.
         d = self.definition
         self.detector = Detector(ref, d.p0, d.b0, block_tokens=p.block, load_cap=float(p.cap))
         values = {

@@ -1,9 +1,10 @@
 """The LMetric score as each implementation defines it: ``(P_i + p0) * (B_i + b0)``.
 
 A variant names a ``P`` and a ``B`` definition (rows of
-:data:`lmetric_theory.core.definitions.LMETRIC_VARIANTS`, computed by
+:data:`lmetric_theory.core.definitions.LMETRIC_VARIANTS`, the one table of variants, with
+what each one is and where it comes from; computed by
 :func:`lmetric_theory.core.signals.score_inputs`) and the implementation's own tie rule; this
-module adds what each one is and where it comes from. ``docs/policies.md`` cites the files.
+module re-exports the table and scores a view by variant. ``docs/policies.md`` cites the files.
 
 - ``paper``: ``P`` = queued_tokens + new_tokens, ``B`` = router bs (running + queued);
   ties to the lowest index.
@@ -22,12 +23,10 @@ module adds what each one is and where it comes from. ``docs/policies.md`` cites
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from lmetric_theory.core import definitions as defs
-from lmetric_theory.core.definitions import ScoreDefinition
+from lmetric_theory.core.definitions import LMETRIC_VARIANTS, LMetricVariant, ScoreDefinition
 from lmetric_theory.core.kernel import product_scores_exact
 from lmetric_theory.core.signals import score_inputs
 
@@ -39,75 +38,6 @@ __all__ = [
     "variant_scores",
     "variant_signals",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class LMetricVariant:
-    """One implementation's definition of ``P`` and ``B``, with what it is and its source.
-
-    Attributes
-    ----------
-    name : str
-        Variant name (``lmetric:variant=NAME``).
-    p_definition, b_definition : str
-        :class:`~lmetric_theory.core.definitions.PDefinition` and ``BDefinition`` values.
-    tie : str
-        The implementation's own tie rule (``lowest`` or ``random``).
-    formula : str
-        The score, in words.
-    source : str
-        Repository and file it follows.
-    signals : tuple of str
-        View attributes read.
-    """
-
-    name: str
-    p_definition: str
-    b_definition: str
-    tie: str
-    formula: str
-    source: str
-    signals: tuple[str, ...]
-
-
-_PAPER = "blitz-serving/blitz-router"
-_ABOUT: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "paper": (
-        "argmin (queued_tokens + new_tokens) * (bs + 1)",
-        f"{_PAPER}: docs/dsl/policies.md (lmetric-q), router/src/policies/lmetric.rs, "
-        "docs/dsl/schema.md (prefill_tokens, new_tokens, bs)",
-        ("router_queued", "hit_blocks", "block_size", "input_tokens", "router_inflight"),
-    ),
-    "llm-d": (
-        "argmin (floor(T / block_size) - hit_blocks) * block_size * (in-flight + 1)",
-        "llm-d/llm-d-router PR 2351: pkg/epp/framework/plugins/scheduling/scorer/lmetric/lmetric.go",
-        ("hit_blocks", "block_size", "input_tokens", "router_inflight"),
-    ),
-    "dynamo": (
-        "argmin ((queued_tokens + new_tokens) / block_size) * (floor(all_tokens / block_size) + 1)",
-        "ai-dynamo/dynamo PR 11028 (router_selection_policy=lmetric: "
-        "adjusted_prefill_blocks * (decode_blocks + 1))",
-        ("router_queued", "hit_blocks", "block_size", "input_tokens", "router_all_tokens"),
-    ),
-    "sglang-fork": (
-        "argmin (inflight_new_tokens + new_tokens) * (in-flight + 1), "
-        "queued tokens released at completion",
-        "wall96/sglang-router-simple-is-better: sgl-model-gateway/src/policies/lmetric.rs",
-        ("router_inflight_new_tokens", "hit_blocks", "block_size", "input_tokens",
-         "router_inflight"),
-    ),
-    "legacy": (
-        "argmin uncached * (running + 1) - used by no implementation",
-        "this project's first reading; no public implementation",
-        ("uncached", "running"),
-    ),
-}
-
-#: Every variant by name.
-LMETRIC_VARIANTS: dict[str, LMetricVariant] = {
-    name: LMetricVariant(name, v.p_definition, v.b_definition, v.tie, *_ABOUT[name])
-    for name, v in defs.LMETRIC_VARIANTS.items()
-}
 
 #: Variant names, in table order.
 VARIANT_NAMES: tuple[str, ...] = tuple(LMETRIC_VARIANTS)

@@ -1,7 +1,7 @@
 """The explicit policy registry: :func:`register_all` lists every built-in policy class.
 
-Nothing registers itself on import. :func:`make_policy` and :func:`policy_names` call
-:func:`register_all` on first use, so every listed name works in a fresh interpreter
+Nothing registers itself on import. :func:`parse_spec`, :func:`policy_spec`,
+:func:`make_policy` and :func:`policy_names` call :func:`register_all` on first use, so every listed name works in a fresh interpreter
 whatever has been imported before. To add a policy, write its class (``name``, frozen
 ``Params`` with a ``tie`` field, ``choose``) and add it to the tuple in :func:`register_all`.
 """
@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lmetric_theory.policies.base import _REGISTRY, Policy, build_policy, register_policy
+from lmetric_theory.policies.base import _REGISTRY, Policy, parse_policy_spec, register_policy
+from lmetric_theory.policies.spec import PolicySpec, field_types, format_value, typed_param
 
-__all__ = ["make_policy", "policy_names", "register_all", "register_policy"]
+__all__ = ["PolicySpec", "make_policy", "parse_spec", "policy_names", "policy_spec",
+           "register_all", "register_policy", "with_values"]
 
 _registered = False
 
@@ -68,21 +70,103 @@ def policy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_policy(spec: str, seed: int = 0) -> Policy:
-    """Build a policy from ``NAME[:key=value,...]``.
+def _policy_class(name: str) -> type[Policy]:
+    _ensure_registered()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(_REGISTRY))}")
+    return cls
+
+
+def _build_spec(name: str, values: dict[str, Any], *, text: bool) -> PolicySpec:
+    """Validate ``values`` (spec text when ``text``, else typed) against policy ``name``."""
+    cls = _policy_class(name)
+    kinds = field_types(cls.Params)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in kinds:
+            raise ValueError(
+                f"policy {name!r}: unknown parameter {key!r}; valid parameters: {', '.join(kinds)}"
+            )
+        kwargs[key] = typed_param(name, key, value, kinds[key], text=text)
+    try:
+        params = cls.Params(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"policy {name!r}: {exc}") from None
+    return PolicySpec(name, params, tuple((k, format_value(v)) for k, v in kwargs.items()))
+
+
+def parse_spec(text: str | PolicySpec) -> PolicySpec:
+    """Read ``NAME[:key=value,...]`` into a typed :class:`PolicySpec` (once, at the edges).
 
     Parameters
     ----------
-    spec : str
-        Policy name and optional parameters, e.g. ``"lmetric:p0=1/3,tie=random"``.
+    text : str or PolicySpec
+        Spec text, e.g. ``"lmetric:p0=1/3,tie=random"``; a :class:`PolicySpec` is returned
+        as it is.
+
+    Returns
+    -------
+    PolicySpec
+        Validated; ``str()`` of it is the canonical text (``parse_spec(str(s)) == s``).
+
+    Raises
+    ------
+    ValueError
+        Unknown name (lists the valid names), unknown key (lists the valid keys), a value of
+        the wrong type, outside its range or choices, or refused by the policy's parameter
+        checks (e.g. ``lmetric:p0=-1``); the message names the policy and the parameter.
+    """
+    if isinstance(text, PolicySpec):
+        return text
+    name, raw = parse_policy_spec(text)
+    return _build_spec(name, raw, text=True)
+
+
+def policy_spec(name: str, **values: Any) -> PolicySpec:
+    """A :class:`PolicySpec` from typed values, e.g. ``policy_spec("lmetric", p0=Fraction(1, 3))``.
+
+    Values are checked and converted as :func:`~lmetric_theory.policies.spec.coerce_value`
+    states (a ``float`` for an exact parameter is the decimal number it prints as); the
+    parameters are set in keyword order, which ``str()`` of the spec keeps.
+
+    Raises
+    ------
+    ValueError
+        As :func:`parse_spec`.
+    """
+    return _build_spec(name, values, text=False)
+
+
+def with_values(spec: PolicySpec, **values: Any) -> PolicySpec:
+    """``spec`` with some parameters set to typed ``values`` (a parameter already set keeps
+    its place in the text; new ones are appended)."""
+    current = {k: spec.value(k) for k in spec.keys}
+    current.update(values)
+    return _build_spec(spec.name, current, text=False)
+
+
+def make_policy(spec: PolicySpec | str, seed: int = 0) -> Policy:
+    """Build the policy a :class:`PolicySpec` names.
+
+    Parameters
+    ----------
+    spec : PolicySpec or str
+        The typed spec. Spec text (e.g. ``"lmetric:p0=1/3,tie=random"``) is accepted as a
+        convenience for callers at the edges (scripts, notebooks, tests) and read once with
+        :func:`parse_spec`; library code passes a :class:`PolicySpec`.
     seed : int
         Seed of the policy's generator (random policies and ``tie=random``).
 
     Raises
     ------
     ValueError
-        Unknown name (lists the valid names), unknown key (lists the valid keys), or a value
-        of the wrong type / outside its choices.
+        As :func:`parse_spec`, or a check inside the policy (e.g. its detector's settings),
+        naming the policy.
     """
-    _ensure_registered()
-    return build_policy(spec, seed=seed)
+    spec = parse_spec(spec)
+    cls = _policy_class(spec.name)
+    try:
+        return cls(spec.params, seed=seed)
+    except ValueError as exc:  # a check inside the policy (e.g. its detector's offsets)
+        raise ValueError(f"policy {spec.name!r}: {exc}") from None

@@ -2,8 +2,8 @@
 
 The tuning itself is a simulation sweep, so it lives in :mod:`lmetric_theory.experiments.tuning`
 (:func:`~lmetric_theory.experiments.tuning.prepare_tuned` tunes and binds,
-:func:`~lmetric_theory.experiments.tuning.resolve_policy` turns a spec into the equivalent
-``linear`` spec). This module holds only the policy: it routes with ``linear`` once a rate has
+:func:`~lmetric_theory.experiments.tuning.resolve_policy` turns a typed spec into the
+equivalent ``linear`` spec). This module holds only the policy: it routes with ``linear`` once a rate has
 been bound with :meth:`TunedLinear.bind`, and refuses to route before.
 """
 
@@ -25,6 +25,7 @@ from lmetric_theory.policies.builtin import (
     resolve_definitions,
     variant_field,
 )
+from lmetric_theory.policies.spec import PolicySpec, coerce_value, format_value
 
 __all__ = ["OBJECTIVES", "TunedLinear", "TunedLinearParams", "linear_spec"]
 
@@ -32,14 +33,13 @@ __all__ = ["OBJECTIVES", "TunedLinear", "TunedLinearParams", "linear_spec"]
 OBJECTIVES: tuple[str, ...] = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot_p99")
 
 
-def linear_spec(lam: float, P: str, B: str, tie: str) -> str:
-    """The ``linear`` spec with rate ``lam`` (tokens per batch slot) and these settings."""
-    return f"linear:lam={lam!r},P={P},B={B},tie={tie}"
-
-
-def _linear_params(lam: float, P: str, B: str, tie: str) -> LinearParams:
-    """Parameters equal to what ``make_policy(linear_spec(lam, P, B, tie))`` parses."""
-    return LinearParams(lam=Fraction(repr(lam)), P=P, B=B, tie=tie)
+def linear_spec(lam: float | Fraction, P: str, B: str, tie: str) -> PolicySpec:
+    """The ``linear`` spec with rate ``lam`` (tokens per batch slot; a float is the decimal
+    number it prints as) and these settings, parameters set in the order ``lam, P, B, tie``."""
+    rate = coerce_value("linear", "lam", lam, Fraction)
+    params = LinearParams(lam=rate, P=P, B=B, tie=tie)
+    return PolicySpec("linear", params, (("lam", format_value(rate)), ("P", params.P),
+                                         ("B", params.B), ("tie", params.tie)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class TunedLinearParams:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         # Validates P, B and tie.
-        _linear_params(1.0, self.P, self.B, self.tie)
+        LinearParams(lam=Fraction(1), P=self.P, B=self.B, tie=self.tie)
 
 
 class TunedLinear(Policy):
@@ -96,15 +96,15 @@ class TunedLinear(Policy):
         """
         self.result = result
         p = self.params
-        self._linear = Linear(_linear_params(float(result.lam), p.P, p.B, p.tie), seed=self.seed)
+        self._linear = Linear(linear_spec(result.lam, p.P, p.B, p.tie).params, seed=self.seed)
 
     @property
-    def linear_spec(self) -> str:
+    def linear_spec(self) -> PolicySpec:
         """The equivalent ``linear`` spec (after tuning)."""
         if self.result is None:
             raise RuntimeError("tuned-linear is not prepared: call prepare_tuned(policy, workload, "
                                "config) first")
-        return linear_spec(float(self.result.lam), self.params.P, self.params.B, self.params.tie)
+        return linear_spec(self.result.lam, self.params.P, self.params.B, self.params.tie)
 
     def choose(self, view: DecisionView) -> int:
         if self._linear is None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory.policies import Policy, make_policy
+from lmetric_theory.policies import Policy, PolicySpec, make_policy
 from lmetric_theory.sim.config import VIEWS, SimConfig, SimResult
 from lmetric_theory.sim.events import (
     ARRIVAL_SEQ,
@@ -56,8 +56,9 @@ class Simulator:
         Requests sorted by arrival.
     config : SimConfig
         Cluster settings.
-    policy : Policy or str
-        A policy object or a spec ``NAME[:key=value,...]`` (built with ``seed``).
+    policy : Policy, PolicySpec or str
+        A policy object, or a typed spec (spec text ``NAME[:key=value,...]`` is read once)
+        built with ``seed``.
     seed : int
         Seed for the policy's generator (when ``policy`` is a spec).
 
@@ -68,10 +69,11 @@ class Simulator:
     processes it, and each handler returns the events it causes.
     """
 
-    def __init__(self, workload: Workload, config: SimConfig, policy: Policy | str, *, seed: int = 0) -> None:
+    def __init__(self, workload: Workload, config: SimConfig, policy: Policy | PolicySpec | str, *,
+                 seed: int = 0) -> None:
         self.config = config
         self.seed = int(seed)
-        self.policy = make_policy(policy, seed=seed) if isinstance(policy, str) else policy
+        self.policy = make_policy(policy, seed=seed) if isinstance(policy, PolicySpec | str) else policy
         n = len(workload)
         if n == 0:
             raise ValueError("workload is empty")

@@ -354,7 +354,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         Requests sorted by arrival.
     config : SimConfig
         Cluster settings (instances, latency model, KV capacity, token budget, max batch).
-    policy : Policy or str, optional
+    policy : Policy, PolicySpec or str, optional
         Closed-loop routing policy (a spec is built with ``seed``). Exactly one of
         ``policy`` and ``assignment`` is given.
     assignment : np.ndarray, shape (n,), int, optional
@@ -404,8 +404,8 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
             rep.run()
             parts = [_collect(rep)]
     else:
-        if isinstance(policy, str):
-            from lmetric_theory.policies import make_policy
+        from lmetric_theory.policies import PolicySpec, make_policy
+        if isinstance(policy, PolicySpec | str):
             policy = make_policy(policy, seed=seed)
         spec = policy.spec
         rep = _Replay(workload, config, block_size, list(range(n)), None, policy, list(range(N)))

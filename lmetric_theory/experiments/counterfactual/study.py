@@ -66,6 +66,7 @@ from lmetric_theory.experiments.counterfactual.sampling import (
     hotspot_phase,
     matched_sample,
 )
+from lmetric_theory.policies import PolicySpec, parse_spec, policy_spec
 from lmetric_theory.sim import SimConfig, Simulator
 from lmetric_theory.workload import Workload
 
@@ -137,43 +138,43 @@ class CounterfactualStudy:
         return json_safe(self.summary)
 
 
-def policy_score(spec: str, seed: int) -> tuple[str, str, Any, Any, str]:
-    """``P``, ``B`` definitions, ``p0``, ``b0`` and tie rule of a policy (lmetric defaults).
+def policy_score(spec: PolicySpec | str, seed: int = 0) -> tuple[ScoreDefinition, str]:
+    """The score definition and tie rule a policy is studied by.
 
-    The definitions come from the policy's resolved score definition when it has one (a
-    ``variant`` resolves to its ``P`` and ``B``), else from its parameters, else lmetric's.
+    Parameters
+    ----------
+    spec : PolicySpec or str
+        The policy (spec text is read once, here).
+    seed : int
+        The policy's seed.
+
+    Returns
+    -------
+    definition : ScoreDefinition
+        :attr:`Policy.definition <lmetric_theory.policies.base.Policy.definition>`: the
+        policy's own ``P``, ``B`` (a variant resolves to its definitions), ``p0`` and ``b0``
+        (exact), the paper's defaults where it names none.
+    tie : str
+        The policy's tie rule (``lowest`` when it has none).
     """
-    from fractions import Fraction
-
     from lmetric_theory.policies import make_policy
 
     pol = make_policy(spec, seed=seed)
-    params = pol.params
-    d = getattr(pol, "definition", None)
-    if d is None:
-        d = getattr(getattr(pol, "_product", None), "definition", None)
-    if d is not None:
-        P, B = str(d.p_definition.value), str(d.b_definition.value)
-        p0, b0 = Fraction(d.p0), Fraction(d.b0)
-    else:
-        lm = make_policy("lmetric", seed=seed).definition  # type: ignore[attr-defined]
-        P = str(getattr(params, "P", "") or lm.p_definition.value)
-        B = str(getattr(params, "B", "") or lm.b_definition.value)
-        p0 = Fraction(getattr(params, "p0", lm.p0))
-        b0 = Fraction(getattr(params, "b0", lm.b0))
-    ex = [int(x) if x.denominator == 1 else float(x) for x in (p0, b0)]
-    tie = str(getattr(params, "tie", "") or getattr(getattr(pol, "_product", pol), "params",
-                                                     params).tie or "lowest")
-    return P, B, ex[0], ex[1], tie
+    return pol.definition, str(getattr(pol.params, "tie", "") or "lowest")
 
 
-def _signals(log: Any, P_def: str, B_def: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _json_number(x: int | Fraction) -> int | float:
+    """An exact offset as JSON prints it: ``int`` when integral, else ``float``."""
+    return int(x) if Fraction(x).denominator == 1 else float(x)
+
+
+def _signals(log: Any, d: ScoreDefinition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``P``, ``B`` (the policy's definitions) and the uncached tokens, each (D, N) int64."""
     from lmetric_theory.core.signals import batch_signal, prefill_signal
 
     U = log.uncached.astype(np.int64)
     view = _LogView(log)
-    return prefill_signal(view, P_def), batch_signal(view, B_def), U
+    return prefill_signal(view, d.p_definition), batch_signal(view, d.b_definition), U
 
 
 class _LogView:
@@ -293,15 +294,17 @@ def _mitigation_name(m: Mitigation) -> str:
     return m.kind.value if m.value is None else f"{m.kind.value}={m.value:g}"
 
 
-def _guard_spec(ref: LinearReference, P: str, B: str, p0: Any, b0: Any, tie: str,
-                block: int) -> str:
-    band = (f",lam_lo={ref.lam_lo!r},lam_hi={ref.lam_hi!r}"
-            if ref.has_band and ref.lam_lo and ref.lam_lo > 0 else "")
-    return (f"guarded-lmetric:lam={float(ref.lam)!r}{band},P={P},B={B},p0={p0},b0={b0},"
-            f"block={block},tie={tie}")
+def _guard_spec(ref: LinearReference, d: ScoreDefinition, tie: str, block: int) -> PolicySpec:
+    """``guarded-lmetric`` with the policy's score (definitions, exact offsets, tie rule) and
+    the study's reference (rate, band)."""
+    band = ({"lam_lo": float(ref.lam_lo), "lam_hi": float(ref.lam_hi)}
+            if ref.has_band and ref.lam_lo and ref.lam_lo > 0 else {})
+    return policy_spec("guarded-lmetric", lam=float(ref.lam), **band, P=d.p_definition.value,
+                       B=d.b_definition.value, p0=d.p0, b0=d.b0, block=block, tie=tie)
 
 
-def _end_to_end(workload: Workload, config: SimConfig, base_spec: str, guard_spec: str,
+def _end_to_end(workload: Workload, config: SimConfig, base_spec: PolicySpec,
+                guard_spec: PolicySpec,
                 seeds: int, seed: int, replicate: Callable[[int], Workload] | None,
                 executor: Any) -> dict[str, Any]:
     from lmetric_theory.experiments.sweep import SimTask, run_sweep
@@ -336,7 +339,7 @@ def _end_to_end(workload: Workload, config: SimConfig, base_spec: str, guard_spe
     g = stats.t_interval(guard)
     return {
         "replicates": len(reps), "how": how, "labels": [r[0] for r in reps],
-        "policy": base_spec, "guarded": guard_spec, "metric": "mean TTFT, seconds",
+        "policy": str(base_spec), "guarded": str(guard_spec), "metric": "mean TTFT, seconds",
         "policy_ttft_mean_s": b.value, "policy_ttft_ci95": list(b.ci95),
         "guarded_ttft_mean_s": g.value, "guarded_ttft_ci95": list(g.ci95),
         "mean_diff_s": diff.value, "diff_ci95": list(diff.ci95),
@@ -349,7 +352,7 @@ def counterfactual_study(
     config: SimConfig,
     *,
     reference: LinearReference,
-    policy: str = DEFAULTS["policy"],
+    policy: PolicySpec | str = DEFAULTS["policy"],
     flag: str = DEFAULTS["flag"],
     samples: int = DEFAULTS["samples"],
     horizon_s: float = DEFAULTS["horizon_s"],
@@ -374,9 +377,10 @@ def counterfactual_study(
         Cluster settings (snapshots are recorded whatever it says).
     reference : LinearReference
         The linear reference (rate ``lam`` and band, tokens per batch slot).
-    policy : str
-        Policy under study (``tuned-linear`` is tuned on the workload first). The detector
-        uses its ``P``/``B`` definitions and offsets (``lmetric`` defaults when it has none).
+    policy : PolicySpec or str
+        Policy under study (``tuned-linear`` is tuned on the workload first; spec text is
+        read once, here). The detector uses its score definition
+        (:attr:`Policy.definition <lmetric_theory.policies.base.Policy.definition>`).
     flag : {"disagreement", "fragile", "hotspot", "any-but-ties"}
         What counts as flagged (:mod:`~lmetric_theory.experiments.counterfactual.sampling`).
     samples : int
@@ -409,10 +413,97 @@ def counterfactual_study(
     -------
     CounterfactualStudy
     """
-    import lmetric_theory.policies.guarded  # noqa: F401  (registers guarded-lmetric)
     from lmetric_theory.experiments.sweep import get_executor
-    from lmetric_theory.experiments.tuning import resolve_policy
 
+    _check_settings(flag, samples, horizon_s, converge_k, min_harm_s, end_to_end_seeds)
+    t_start = time.perf_counter()
+    ex = get_executor(executor, workers=workers)
+    asked = parse_spec(policy)
+    base = _replay(workload, config, reference, asked, flag, samples, seed, ex)
+    t_base = time.perf_counter() - t_start
+
+    forks = _run_forks(workload, config, base, horizon_s, converge_k, seed, ex, progress)
+    t_forks = time.perf_counter() - t_start - t_base
+
+    out = _outcomes(forks, base, min_harm_s)
+    groups = {
+        name: _group(out.harm[k], out.harmful[k], out.regret[k], out.tpot_harm[k], n_boot, seed + g)
+        for g, (name, k) in enumerate((("flagged", out.kf), ("control", out.kc)))
+    }
+    sensitivity = _harm_sensitivity(out, n_boot, seed)
+    auroc, omitted = _auroc_table(out, base, flag, n_boot, seed)
+    precision, recall, U = _flag_precision_recall(out, base, n_boot, seed)
+    mitigations = _mitigation_gains(out, base, n_boot, seed) if out.kf.size else {}
+
+    t_e2e0 = time.perf_counter()
+    e2e: dict[str, Any] = {"replicates": 0}
+    if end_to_end_seeds:
+        gspec = _guard_spec(base.det.reference, base.definition, base.tie, base.block)
+        e2e = _end_to_end(workload, config, base.spec, gspec, end_to_end_seeds, seed, replicate, ex)
+    t_e2e = time.perf_counter() - t_e2e0
+
+    summary: dict[str, Any] = {
+        **groups,
+        "noise_floor_s": out.noise,
+        "harm_threshold_s": out.threshold,
+        "harm_rate_by_threshold": sensitivity,
+        "auroc": auroc,
+        "auroc_omitted": omitted,
+        "precision": precision,
+        "recall": recall,
+        "mitigations": mitigations,
+        "end_to_end": e2e,
+        "population": _population(out, base, U),
+        "runtime_s": {"replay": t_base, "forks": t_forks, "end_to_end": t_e2e,
+                      "total": time.perf_counter() - t_start},
+        "config": {
+            "source": source if source is not None else str(workload.meta.get("source", "workload")),
+            "requests": len(workload), "instances": config.n_instances,
+            "policy": str(asked), "policy_resolved": str(base.spec),
+            **_settings(base, flag, horizon_s, converge_k, min_harm_s, samples, seed, n_boot),
+        },
+    }
+    return CounterfactualStudy(
+        forks=tuple(out.forks), flagged_decisions=tuple(int(x) for x in base.sample.flagged),
+        control_decisions=tuple(int(x) for x in base.sample.control),
+        harm_threshold_s=out.threshold, summary=summary)
+
+
+def _population(out: _Outcomes, base: _Base, U: int) -> dict[str, Any]:
+    """Decision counts of the run and the sample (``U``: unflagged decisions)."""
+    F, phase = out.forks, base.phase
+    return {
+        "decisions": len(base.log), "flagged": int(base.flagged.sum()), "unflagged": U,
+        "hotspot_phase_1": int(np.count_nonzero(phase == 1)),
+        "hotspot_phase_2": int(np.count_nonzero(phase == 2)),
+        "sampled_flagged": int(out.kf.size), "sampled_control": int(out.kc.size),
+        "converged": int(sum(f.converged for f in F)),
+        "mean_affected": float(np.mean([f.affected for f in F])) if F else math.nan,
+        "aa_nonzero": int(np.count_nonzero(out.aa)),
+    }
+
+
+def _settings(base: _Base, flag: str, horizon_s: float, converge_k: int, min_harm_s: float,
+              samples: int, seed: int, n_boot: int) -> dict[str, Any]:
+    """The study's settings as the results state them (score, flag, reference, rules)."""
+    d, ref = base.definition, base.det.reference
+    return {
+        "score": {"P": d.p_definition.value, "B": d.b_definition.value,
+                  "p0": _json_number(d.p0), "b0": _json_number(d.b0), "tie": base.tie},
+        "flag": flag, "flag_definition": FLAG_TEXT[flag],
+        "reference": {"lam": ref.lam, "lam_lo": ref.lam_lo, "lam_hi": ref.lam_hi,
+                      "source": ref.source, "provenance": ref.provenance},
+        "horizon_s": float(horizon_s), "converge_k": int(converge_k),
+        "min_harm_s": float(min_harm_s), "samples": int(samples), "seed": int(seed),
+        "n_boot": int(n_boot), "harm_rule": HARM_RULE,
+        "matching": "controls drawn from the flagged decision's load decile (mean in-flight "
+                    "requests per instance)",
+    }
+
+
+def _check_settings(flag: str, samples: int, horizon_s: float, converge_k: int,
+                    min_harm_s: float, end_to_end_seeds: int) -> None:
+    """``ValueError`` naming the first setting of the study out of its range."""
     if flag not in FLAG_DEFINITIONS:
         raise ValueError(f"flag: {flag!r} is not one of {', '.join(FLAG_DEFINITIONS)}")
     if samples < 1:
@@ -425,38 +516,74 @@ def counterfactual_study(
         raise ValueError(f"min_harm_s must be finite and >= 0, got {min_harm_s}")
     if end_to_end_seeds < 0:
         raise ValueError(f"end_to_end_seeds must be >= 0, got {end_to_end_seeds}")
-    t_start = time.perf_counter()
-    ex = get_executor(executor, workers=workers)
-    spec = resolve_policy(policy, workload, config, seed=seed, executor=ex)
-    P_def, B_def, p0, b0, tie = policy_score(spec, seed)
-    block = int(getattr(workload, "block_size", 16) or 16)
-    det = Detector(reference, p0, b0, block_tokens=block)
 
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    """Step 1-2: the replay under the policy, its verdicts, flags and the sample.
+
+    ``Pm``, ``Bm``, ``Um``: (D, N) signals under the policy's definitions; ``p0``, ``b0``: its
+    offsets as the hot-spot monitor and the JSON take them (int, else float).
+    """
+
+    spec: PolicySpec
+    definition: ScoreDefinition
+    tie: str
+    block: int
+    det: Detector
+    log: Any
+    Pm: np.ndarray
+    Bm: np.ndarray
+    Um: np.ndarray
+    verdicts: Verdicts
+    phase: np.ndarray
+    flagged: np.ndarray
+    sample: Any
+    chosen: np.ndarray
+    p0: int | float
+    b0: int | float
+
+
+def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
+            asked: PolicySpec, flag: str, samples: int, seed: int, ex: Any) -> _Base:
+    """Resolve the policy (tuning it if asked), replay the workload under it recording every
+    decision, check them all with the detector and draw the matched sample."""
+    from lmetric_theory.experiments.tuning import resolve_policy
+
+    spec = resolve_policy(asked, workload, config, seed=seed, executor=ex)
+    d, tie = policy_score(spec, seed)
+    p0, b0 = _json_number(d.p0), _json_number(d.b0)
+    block = int(getattr(workload, "block_size", 16) or 16)
+    det = Detector(reference, d.p0, d.b0, block_tokens=block)
     cfg = dataclasses.replace(config, record_snapshots=True)
-    first = Simulator(workload, cfg, spec, seed=seed).run()
-    log = first.snapshots
+    log = Simulator(workload, cfg, spec, seed=seed).run().snapshots
     if log is None or len(log) == 0:
         raise ValueError("the replay recorded no routing decisions")
-    Pm, Bm, Um = _signals(log, P_def, B_def)
+    Pm, Bm, Um = _signals(log, d)
     v: Verdicts = det.check_many(Pm, Bm, validate=False)
-    phase = hotspot_phase(workload, log, ScoreDefinition(P_def, B_def, Fraction(p0), Fraction(b0)))
+    phase = hotspot_phase(workload, log, d)
     flagged = flag_mask(v, flag, phase)
-    load = decision_load(log)
     rng = np.random.default_rng([seed, 0xCF])
-    smp = matched_sample(flagged, load, samples, rng)
-    chosen = np.asarray(log.chosen, dtype=np.int64)
-    requests = np.asarray(log.request, dtype=np.int64)
-    arrival = np.asarray(workload.arrival_s, dtype=np.float64)
-    t_base = time.perf_counter() - t_start
+    smp = matched_sample(flagged, decision_load(log), samples, rng)
+    return _Base(spec, d, tie, block, det, log, Pm, Bm, Um, v, phase, flagged, smp,
+                 np.asarray(log.chosen, dtype=np.int64), p0, b0)
 
-    # ---- forks, in small tasks streamed through the executor
+
+def _run_forks(workload: Workload, config: SimConfig, base: _Base, horizon_s: float,
+               converge_k: int, seed: int, ex: Any,
+               progress: Callable[[int, int], None] | None) -> dict[int, DecisionForks]:
+    """Step 3: every sampled decision's branches, in small tasks streamed through ``ex``."""
+    smp = base.sample
     todo = np.unique(np.concatenate([smp.flagged, smp.control])).tolist()
     n_workers = _parallelism(ex)
     per_task = max(1, math.ceil(len(todo) / (_TASKS_PER_WORKER * n_workers)))
     chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    requests = np.asarray(base.log.request, dtype=np.int64)
+    arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+    chosen = base.chosen
     # The walker runs the same policy without recording snapshots (recording never changes a
     # decision) and is forked once per task, positioned at the task's first decision.
-    walker = Simulator(workload, dataclasses.replace(config, record_snapshots=False), spec,
+    walker = Simulator(workload, dataclasses.replace(config, record_snapshots=False), base.spec,
                        seed=seed)
 
     def tasks() -> Iterator[ForkTask]:
@@ -476,9 +603,32 @@ def counterfactual_study(
             forks[f.decision] = f
         if progress is not None:
             progress(len(forks), len(todo))
-    t_forks = time.perf_counter() - t_start - t_base
+    return forks
 
-    # ---- per-decision outcomes
+
+@dataclass(frozen=True, slots=True)
+class _Outcomes:
+    """Step 4: per sampled decision (in decision order) harm, regret and the threshold.
+
+    ``kf``, ``kc``: positions of the flagged and control samples in ``forks``; ``order``:
+    the sampled decisions, increasing.
+    """
+
+    forks: list[DecisionForks]
+    order: list[int]
+    harm: np.ndarray
+    aa: np.ndarray
+    noise: float
+    threshold: float
+    harmful: np.ndarray
+    regret: np.ndarray
+    tpot_harm: np.ndarray
+    kf: np.ndarray
+    kc: np.ndarray
+
+
+def _outcomes(forks: dict[int, DecisionForks], base: _Base, min_harm_s: float) -> _Outcomes:
+    """Harm, the noise floor and threshold, regret against the reference, TPOT harm."""
     order = sorted(forks)
     idx = {d: k for k, d in enumerate(order)}
     F = [forks[d] for d in order]
@@ -486,47 +636,48 @@ def counterfactual_study(
     aa = np.abs(np.array([f.aa_diff_s for f in F]))
     noise = float(np.quantile(aa, 0.95)) if aa.size else 0.0
     thr = max(noise, float(min_harm_s))
-    harmful = harm > thr
-    lin = np.asarray(v.linear_choice, dtype=np.int64)
+    lin = np.asarray(base.verdicts.linear_choice, dtype=np.int64)
     regret = np.array([f.cost_of(lin[f.decision]) for f in F])
     regret = np.array([f.ttft_cost_s[f.chosen] for f in F]) - regret
     tpot_harm = np.array([f.tpot_cost_s[f.chosen] - f.tpot_cost_s[int(np.argmin(f.ttft_cost_s))]
                           for f in F])
-    kf = np.array([idx[d] for d in smp.flagged.tolist()], dtype=np.int64)
-    kc = np.array([idx[d] for d in smp.control.tolist()], dtype=np.int64)
+    kf = np.array([idx[d] for d in base.sample.flagged.tolist()], dtype=np.int64)
+    kc = np.array([idx[d] for d in base.sample.control.tolist()], dtype=np.int64)
+    return _Outcomes(F, order, harm, aa, noise, thr, harm > thr, regret, tpot_harm, kf, kc)
 
-    groups = {
-        name: _group(harm[k], harmful[k], regret[k], tpot_harm[k], n_boot, seed + g)
-        for g, (name, k) in enumerate((("flagged", kf), ("control", kc)))
-    }
 
-    # ---- how the harm rates depend on the threshold (the floor is 0 for a deterministic
-    # policy, so any difference counts; these show how much of the rate is small differences)
+def _harm_sensitivity(out: _Outcomes, n_boot: int, seed: int) -> dict[str, Any]:
+    """How the harm rates depend on the threshold (the floor is 0 for a deterministic
+    policy, so any difference counts; these show how much of the rate is small differences)."""
     sensitivity: dict[str, Any] = {}
     for g, t_ in enumerate(HARM_SENSITIVITY_S):
-        t_eff = max(thr, t_)
+        t_eff = max(out.threshold, t_)
         row: dict[str, Any] = {"threshold_s": t_eff}
-        for name, k in (("flagged", kf), ("control", kc)):
-            e = stats.bootstrap_ci((harm[k] > t_eff).astype(np.float64), n_boot=n_boot,
+        for name, k in (("flagged", out.kf), ("control", out.kc)):
+            e = stats.bootstrap_ci((out.harm[k] > t_eff).astype(np.float64), n_boot=n_boot,
                                    seed=[seed, 400 + 2 * g + (name == "control")])
             row[name] = {"harm_rate": e.value, "harm_rate_ci95": list(e.ci95)}
         sensitivity[f"{t_:g}"] = row
+    return sensitivity
 
-    # ---- AUROC of each signal over both groups pooled
-    pool = np.concatenate([kf, kc])
-    dpool = np.array([order[k] for k in pool.tolist()], dtype=np.int64)
-    y = harmful[pool]
-    ref = det.reference
+
+def _auroc_table(out: _Outcomes, base: _Base, flag: str, n_boot: int,
+                 seed: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """AUROC of each signal over both groups pooled, and why a signal was left out."""
+    pool = np.concatenate([out.kf, out.kc])
+    dpool = np.array([out.order[k] for k in pool.tolist()], dtype=np.int64)
+    y = out.harmful[pool]
+    v, ref = base.verdicts, base.det.reference
     sig: dict[str, np.ndarray] = {
         "disagreement": v.disagrees[dpool].astype(np.float64),
         "regret_tokens": v.regret_tokens[dpool],
-        "lam_star_band_distance": _band_distance(v.lambda_star[dpool], float(ref.lam_lo),
+        "lam_star_band_distance": _band_distance(v.lam_star[dpool], float(ref.lam_lo),
                                                  float(ref.lam_hi)),
-        "lam_eff": v.lambda_eff[dpool],
+        "lam_eff": v.lam_eff[dpool],
     }
     if flag != "disagreement":
-        sig[f"flag:{flag}"] = flagged[dpool].astype(np.float64)
-    sig["hotspot_phase"] = phase[dpool].astype(np.float64)
+        sig[f"flag:{flag}"] = base.flagged[dpool].astype(np.float64)
+    sig["hotspot_phase"] = base.phase[dpool].astype(np.float64)
     omitted: dict[str, str] = {}
     auroc: dict[str, Any] = {}
     for g, (name, s) in enumerate(sig.items()):
@@ -540,104 +691,66 @@ def counterfactual_study(
         e = stats.auroc_ci(s[ok], y[ok], n_boot=n_boot, seed=[seed, 100 + g])
         auroc[name] = {"value": e.value, "ci95": list(e.ci95), "n": int(ok.sum()),
                        "positives": int(y[ok].sum())}
+    return auroc, omitted
 
-    # ---- precision / recall of the flag
+
+def _flag_precision_recall(out: _Outcomes, base: _Base, n_boot: int,
+                           seed: int) -> tuple[dict, dict, int]:
+    """Precision and recall of the flag (step 5), and the unflagged decision count."""
+    smp, flagged = base.sample, base.flagged
     dec = smp.decile
     u_mask = ~flagged
     U = int(u_mask.sum())
     u_share = np.array([np.count_nonzero(u_mask & (dec == q)) for q in range(10)],
                        dtype=np.float64) / max(U, 1)
-    precision, recall = _precision_recall(harmful[kf], harmful[kc], dec[smp.control],
-                                          int(flagged.sum()), U, u_share, n_boot, seed)
+    precision, recall = _precision_recall(out.harmful[out.kf], out.harmful[out.kc],
+                                          dec[smp.control], int(flagged.sum()), U, u_share,
+                                          n_boot, seed)
+    return precision, recall, U
 
-    # ---- mitigations at the sampled flagged decisions, read off the same forks
-    mitigations: dict[str, Any] = {}
-    if kf.size:
-        dfl = smp.flagged
-        cands: list[Mitigation] = []
-        for m in det.mitigations.values():
-            if m not in cands and m.kind.value != "none":
-                cands.append(m)
-        base_cost = np.array([F[k].ttft_cost_s[F[k].chosen] for k in kf.tolist()])
-        for g, m in enumerate(cands):
-            ch = det.mitigated_choices(Pm[dfl], Bm[dfl], m, uncached_tokens=Um[dfl], validate=False)
-            gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),
-                                                                          strict=True)])
-            e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=[seed, 200 + g])
-            mitigations[_mitigation_name(m)] = {
-                "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
-                "changed": int(np.count_nonzero(ch != chosen[dfl])), "description": m.message}
-        ch = np.array([det.mitigated_choice(v.snapshot(int(d)), verdict=v[int(d)]) for d in dfl])
-        gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),
-                                                                      strict=True)])
-        e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=[seed, 299])
-        mitigations["auto"] = {
-            "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
-            "changed": int(np.count_nonzero(ch != chosen[dfl])),
-            "description": "the mitigation of each decision's most severe finding"}
-        # The hot-spot monitor's mitigation where it applies (phase 2): the product's argmin
-        # among the instances that do not hold the request's class.
-        hot = phase[dfl] == 2
-        if hot.any():
-            hits = log.uncached[dfl] < np.asarray(log.input_tokens)[dfl][:, None]
-            S = np.where(hits, np.inf, product_scores(Pm[dfl], Bm[dfl], p0, b0).astype(np.float64))
-            cold = np.isfinite(S).any(axis=1)
-            ch = np.where(hot & cold, np.argmin(S, axis=1), chosen[dfl])
-            gain = base_cost - np.array([F[k].cost_of(c) for k, c in zip(kf.tolist(), ch.tolist(),
-                                                                          strict=True)])
-            e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=[seed, 298])
-            mitigations["hotspot_exclude"] = {
-                "n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
-                "changed": int(np.count_nonzero(ch != chosen[dfl])),
-                "description": "hot-spot monitor, phase 2: the product's argmin among instances "
-                               "that do not hold the request's prefix class"}
 
-    # ---- end to end
-    t_e2e0 = time.perf_counter()
-    e2e: dict[str, Any] = {"replicates": 0}
-    if end_to_end_seeds:
-        gspec = _guard_spec(ref, P_def, B_def, p0, b0, tie, block)
-        e2e = _end_to_end(workload, config, spec, gspec, end_to_end_seeds, seed, replicate, ex)
-    t_e2e = time.perf_counter() - t_e2e0
+def _gain(out: _Outcomes, base: _Base, choices: np.ndarray, n_boot: int, seed: list[int],
+          description: str) -> dict[str, Any]:
+    """One mitigation's entry: its choice at every sampled flagged decision, read off the
+    same forks; gain = cost(policy's choice) - cost(mitigated choice), seconds (positive:
+    the mitigation helps), with a bootstrap interval."""
+    kf = out.kf.tolist()
+    base_cost = np.array([out.forks[k].ttft_cost_s[out.forks[k].chosen] for k in kf])
+    gain = base_cost - np.array([out.forks[k].cost_of(c)
+                                 for k, c in zip(kf, choices.tolist(), strict=True)])
+    e = stats.bootstrap_ci(gain, n_boot=n_boot, seed=seed)
+    return {"n": int(gain.size), "mean_gain_s": e.value, "ci95": list(e.ci95),
+            "changed": int(np.count_nonzero(choices != base.chosen[base.sample.flagged])),
+            "description": description}
 
-    summary: dict[str, Any] = {
-        **groups,
-        "noise_floor_s": noise,
-        "harm_threshold_s": thr,
-        "harm_rate_by_threshold": sensitivity,
-        "auroc": auroc,
-        "auroc_omitted": omitted,
-        "precision": precision,
-        "recall": recall,
-        "mitigations": mitigations,
-        "end_to_end": e2e,
-        "population": {
-            "decisions": len(log), "flagged": int(flagged.sum()), "unflagged": U,
-            "hotspot_phase_1": int(np.count_nonzero(phase == 1)),
-            "hotspot_phase_2": int(np.count_nonzero(phase == 2)),
-            "sampled_flagged": int(kf.size), "sampled_control": int(kc.size),
-            "converged": int(sum(f.converged for f in F)),
-            "mean_affected": float(np.mean([f.affected for f in F])) if F else math.nan,
-            "aa_nonzero": int(np.count_nonzero(aa)),
-        },
-        "runtime_s": {"replay": t_base, "forks": t_forks, "end_to_end": t_e2e,
-                      "total": time.perf_counter() - t_start},
-        "config": {
-            "source": source if source is not None else str(workload.meta.get("source", "workload")),
-            "requests": len(workload), "instances": config.n_instances,
-            "policy": policy, "policy_resolved": spec,
-            "score": {"P": P_def, "B": B_def, "p0": p0, "b0": b0, "tie": tie},
-            "flag": flag, "flag_definition": FLAG_TEXT[flag],
-            "reference": {"lam": ref.lam, "lam_lo": ref.lam_lo, "lam_hi": ref.lam_hi,
-                          "source": ref.source, "provenance": ref.provenance},
-            "horizon_s": float(horizon_s), "converge_k": int(converge_k),
-            "min_harm_s": float(min_harm_s), "samples": int(samples), "seed": int(seed),
-            "n_boot": int(n_boot), "harm_rule": HARM_RULE,
-            "matching": "controls drawn from the flagged decision's load decile (mean in-flight "
-                        "requests per instance)",
-        },
-    }
-    return CounterfactualStudy(
-        forks=tuple(F), flagged_decisions=tuple(int(d) for d in smp.flagged),
-        control_decisions=tuple(int(d) for d in smp.control), harm_threshold_s=thr,
-        summary=summary)
+
+def _mitigation_gains(out: _Outcomes, base: _Base, n_boot: int, seed: int) -> dict[str, Any]:
+    """Step 6: every mitigation the detector proposes, ``auto`` (each decision's most severe
+    finding) and, where the hot-spot monitor is in phase 2, the hot-spot exclusion."""
+    det, v, dfl = base.det, base.verdicts, base.sample.flagged
+    Pf, Bf = base.Pm[dfl], base.Bm[dfl]
+    cands: list[Mitigation] = []
+    for m in det.mitigations.values():
+        if m not in cands and m.kind.value != "none":
+            cands.append(m)
+    gains: dict[str, Any] = {}
+    for g, m in enumerate(cands):
+        ch = det.mitigated_choices(Pf, Bf, m, uncached_tokens=base.Um[dfl], validate=False)
+        gains[_mitigation_name(m)] = _gain(out, base, ch, n_boot, [seed, 200 + g], m.message)
+    ch = np.array([det.mitigated_choice(v.snapshot(int(d)), verdict=v[int(d)]) for d in dfl])
+    gains["auto"] = _gain(out, base, ch, n_boot, [seed, 299],
+                          "the mitigation of each decision's most severe finding")
+    # The hot-spot monitor's mitigation where it applies (phase 2): the product's argmin
+    # among the instances that do not hold the request's class.
+    hot = base.phase[dfl] == 2
+    if hot.any():
+        log = base.log
+        hits = log.uncached[dfl] < np.asarray(log.input_tokens)[dfl][:, None]
+        S = np.where(hits, np.inf, product_scores(Pf, Bf, base.p0, base.b0).astype(np.float64))
+        cold = np.isfinite(S).any(axis=1)
+        ch = np.where(hot & cold, np.argmin(S, axis=1), base.chosen[dfl])
+        gains["hotspot_exclude"] = _gain(
+            out, base, ch, n_boot, [seed, 298],
+            "hot-spot monitor, phase 2: the product's argmin among instances that do not hold "
+            "the request's prefix class")
+    return gains

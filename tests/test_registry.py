@@ -3,9 +3,10 @@
 - ``make_policy`` works for every registered name in a fresh interpreter (nothing needs to
   be imported first to register a policy);
 - importing a policy module registers nothing;
-- no module of the package reaches itself through imports, function-level ones included
-  (the graph is built with ``ast`` from the source, every module, every import except those
-  under ``if TYPE_CHECKING:``, which never run).
+- no module of the package reaches itself through imports, counting every import: those at
+  module level, inside functions and under ``if TYPE_CHECKING:`` (the graph is built with
+  ``ast`` from the source of every module; an import made only for type checking still ties
+  the two modules together, so it counts).
 """
 
 from __future__ import annotations
@@ -104,28 +105,14 @@ def _resolve(dotted: str) -> str | None:
     return None
 
 
-def _type_only(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only, never run)."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and (
-            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
-        ):
-            for stmt in node.body:
-                skip.update(id(n) for n in ast.walk(stmt))
-    return skip
-
-
 def _edges(name: str, path: Path) -> set[str]:
+    """Package modules ``name`` imports anywhere in its source: module level, inside
+    functions, and under ``if TYPE_CHECKING:``."""
     is_pkg = path.name == "__init__.py"
     pkg = name.split(".") if is_pkg else name.split(".")[:-1]
     out: set[str] = set()
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    skip = _type_only(tree)
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -191,18 +178,37 @@ def test_import_graph_is_built_from_every_module() -> None:
     assert "lmetric_theory.experiments.tasks" in graph["lmetric_theory.experiments.tuning"]
 
 
-def test_cycle_finder_sees_function_level_imports(tmp_path) -> None:
+def test_cycle_finder_sees_function_level_and_type_checking_imports(tmp_path) -> None:
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     mod = tmp_path / "m.py"
     mod.write_text("from typing import TYPE_CHECKING\n"
+                   "import typing\n"
                    "if TYPE_CHECKING:\n    import lmetric_theory.core.kernel\n"
+                   "if typing.TYPE_CHECKING:\n    from lmetric_theory.core import limits\n"
                    "def f():\n    import lmetric_theory.core.signals\n")
-    assert _edges("lmetric_theory.m", mod) == {"lmetric_theory.core.signals"}
+    assert _edges("lmetric_theory.m", mod) == {
+        "lmetric_theory.core.kernel", "lmetric_theory.core.limits", "lmetric_theory.core.signals",
+    }
+
+
+def test_cycle_finder_sees_a_cycle_made_only_for_type_checking(tmp_path) -> None:
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("from lmetric_theory.x import b\n")
+    b.write_text("from typing import TYPE_CHECKING\n"
+                 "if TYPE_CHECKING:\n    from lmetric_theory.x.a import A\n")
+    saved = dict(MODULES)
+    MODULES.update({"lmetric_theory.x.a": a, "lmetric_theory.x.b": b})
+    try:
+        graph = {n: _edges(n, MODULES[n]) for n in ("lmetric_theory.x.a", "lmetric_theory.x.b")}
+    finally:
+        MODULES.clear()
+        MODULES.update(saved)
+    assert _cycles(graph) == [["lmetric_theory.x.a", "lmetric_theory.x.b"]]
 
 
 def test_no_import_cycle_in_the_package() -> None:
     graph = {n: _edges(n, p) for n, p in MODULES.items()}
     cycles = _cycles(graph)
-    assert not cycles, "import cycles (function-level imports included): " + "; ".join(
+    assert not cycles, "import cycles (function-level and type-checking imports included): " + "; ".join(
         " <-> ".join(c) for c in cycles
     )

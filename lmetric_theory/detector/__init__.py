@@ -3,7 +3,8 @@
 
 Public API: :class:`Snapshot`, :class:`LinearReference`, :class:`Detector`,
 :class:`Verdict`, :class:`Verdicts`, :class:`Finding`, :class:`Mitigation`,
-:class:`MitigationKind`, :class:`Severity`.
+:class:`MitigationKind`, :class:`Severity`, :class:`DetectorSettings` (a detector's settings,
+``Detector.settings``).
 """
 
 from lmetric_theory.detector.detector import Detector
@@ -16,6 +17,7 @@ from lmetric_theory.detector.findings import (
     Severity,
 )
 from lmetric_theory.detector.reference import LinearReference
+from lmetric_theory.detector.settings import DetectorSettings
 from lmetric_theory.detector.snapshot import Snapshot
 from lmetric_theory.detector.verdict import Verdict, Verdicts
 
@@ -23,6 +25,7 @@ __all__ = [
     "DEGENERATE_KINDS",
     "FINDING_KINDS",
     "Detector",
+    "DetectorSettings",
     "Finding",
     "LinearReference",
     "Mitigation",

@@ -40,13 +40,11 @@ import numpy as np
 from lmetric_theory.core import kernel
 from lmetric_theory.core.validate import exact_if_integral, finite_scalar
 from lmetric_theory.detector import mitigation as _mit
-from lmetric_theory.detector.findings import Finding, Mitigation
-from lmetric_theory.detector.messages import EMPTY as _EMPTY
-from lmetric_theory.detector.messages import build_findings
-from lmetric_theory.detector.mitigation import default_mitigations
+from lmetric_theory.detector.findings import Mitigation
 from lmetric_theory.detector.reference import LinearReference
+from lmetric_theory.detector.settings import DetectorSettings
 from lmetric_theory.detector.snapshot import Snapshot, as_exact_array
-from lmetric_theory.detector.verdict import Verdict, Verdicts, new_verdict
+from lmetric_theory.detector.verdict import Verdict, Verdicts, assemble
 
 __all__ = ["Detector"]
 
@@ -91,27 +89,17 @@ class Detector:
     mitigation : Mitigation or mapping of kind to Mitigation, optional
         Overrides the theory's default mitigation for every kind (a single Mitigation) or
         for the kinds given (a mapping).
+
+    Attributes
+    ----------
+    settings : DetectorSettings
+        Every setting above, validated, with the derived forms the checks use (exact
+        rate ratios, band, extreme bounds, mitigations per kind). ``reference``,
+        ``prefill_offset``, ``batch_offset``, ``extreme_factor``, ``tie_break``,
+        ``block_tokens``, ``load_cap`` and ``mitigations`` read it (read-only).
     """
 
-    __slots__ = (
-        "reference",
-        "prefill_offset",
-        "batch_offset",
-        "extreme_factor",
-        "tie_break",
-        "block_tokens",
-        "load_cap",
-        "mitigations",
-        "_lam",
-        "_lam_nd",
-        "_lo_nd",
-        "_hi_nd",
-        "_band",
-        "_ext_lo",
-        "_ext_hi",
-        "_int_offsets",
-        "_hot",
-    )
+    __slots__ = ("_settings", "_hot")
 
     def __init__(
         self,
@@ -127,62 +115,89 @@ class Detector:
     ) -> None:
         if not isinstance(reference, LinearReference):
             reference = LinearReference.fixed(reference)  # validates
-        self.reference = reference
-        self.prefill_offset = _offset("prefill_offset", prefill_offset)
-        self.batch_offset = _offset("batch_offset", batch_offset)
+        p0 = _offset("prefill_offset", prefill_offset)
+        b0 = _offset("batch_offset", batch_offset)
         f = float(extreme_factor)
         if not (math.isfinite(f) and f > 1):
             raise ValueError(f"extreme_factor: must be a finite number > 1, got {extreme_factor!r}")
-        self.extreme_factor = f
         if tie_break not in ("load", "cache"):
             raise ValueError(f"tie_break: unknown {tie_break!r}; valid: 'load', 'cache'")
-        self.tie_break = tie_break
         if not (isinstance(block_tokens, int | np.integer) and block_tokens > 0):
             raise ValueError(f"block_tokens: must be a positive integer, got {block_tokens!r}")
-        self.block_tokens = int(block_tokens)
+        block_tokens = int(block_tokens)
         if load_cap is not None:
             load_cap = float(load_cap)
             if not (math.isfinite(load_cap) and load_cap > 0):
                 raise ValueError(f"load_cap: must be a positive finite number, got {load_cap!r}")
-        self.load_cap = load_cap
-
-        self.mitigations = default_mitigations(
-            block_tokens=self.block_tokens, tie_break=tie_break, load_cap=load_cap,
+        mitigations = _mit.default_mitigations(
+            block_tokens=block_tokens, tie_break=tie_break, load_cap=load_cap,
             mitigation=mitigation,
         )
-
-        ref = reference
-        self._lam = float(ref.lam)
-        self._lam_nd = Fraction(ref.lam).as_integer_ratio()
-        self._lo_nd = Fraction(ref.lam_lo).as_integer_ratio()
-        self._hi_nd = Fraction(ref.lam_hi).as_integer_ratio()
-        self._band = ref.lam_lo < ref.lam_hi
-        self._ext_lo = ref.lam_lo / f
-        self._ext_hi = ref.lam_hi * f
-        self._int_offsets = isinstance(self.prefill_offset, int) and isinstance(
-            self.batch_offset, int
+        s = DetectorSettings(
+            reference, p0, b0, f, tie_break, block_tokens, load_cap, mitigations
         )
+        self._settings = s
         # constants of check()'s pure-Python path (integer inputs and offsets only)
         self._hot = (
-            (
-                self.prefill_offset,
-                self.batch_offset,
-                *self._lam_nd,
-                self._lam,
-                self._band,
-                self._ext_lo,
-                self._ext_hi,
-            )
-            if self._int_offsets
+            (p0, b0, *s.lam_nd, s.lam, s.band, s.extreme_lo, s.extreme_hi)
+            if s.integer_offsets
             else None
         )
 
     def __repr__(self) -> str:
+        s = self._settings
         return (
-            f"Detector({self.reference!r}, prefill_offset={self.prefill_offset!r}, "
-            f"batch_offset={self.batch_offset!r}, extreme_factor={self.extreme_factor!r}, "
-            f"tie_break={self.tie_break!r})"
+            f"Detector({s.reference!r}, prefill_offset={s.prefill_offset!r}, "
+            f"batch_offset={s.batch_offset!r}, extreme_factor={s.extreme_factor!r}, "
+            f"tie_break={s.tie_break!r})"
         )
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def settings(self) -> DetectorSettings:
+        """The detector's settings (one frozen value)."""
+        return self._settings
+
+    @property
+    def reference(self) -> LinearReference:
+        """The linear reference (rate and band, tokens per batch slot)."""
+        return self._settings.reference  # type: ignore[return-value]
+
+    @property
+    def prefill_offset(self) -> int | float | Fraction:
+        """``p0``, tokens (``int`` when integral, a Fraction kept exact)."""
+        return self._settings.prefill_offset
+
+    @property
+    def batch_offset(self) -> int | float | Fraction:
+        """``b0``, batch slots (``int`` when integral, a Fraction kept exact)."""
+        return self._settings.batch_offset
+
+    @property
+    def extreme_factor(self) -> float:
+        """Factor outside the band beyond which ``lam_eff`` is extreme."""
+        return self._settings.extreme_factor
+
+    @property
+    def tie_break(self) -> str:
+        """Tie-break the ``exact_tie`` finding recommends (``"load"`` or ``"cache"``)."""
+        return self._settings.tie_break
+
+    @property
+    def block_tokens(self) -> int:
+        """Tokens of one KV block."""
+        return self._settings.block_tokens
+
+    @property
+    def load_cap(self) -> float | None:
+        """Batch-size cap recommended below the band (requests), or None."""
+        return self._settings.load_cap
+
+    @property
+    def mitigations(self) -> Mapping[str, Mitigation]:
+        """Mitigation per finding kind, plus ``extreme_low`` (read-only mapping)."""
+        return self._settings.mitigations
 
     # ------------------------------------------------------------------ one decision
 
@@ -205,12 +220,12 @@ class Detector:
                 "Snapshot(prefill_tokens, batch_size), or pass arrays to check_many(P, B)"
             )
         hot = self._hot
-        if hot is None or not snapshot._exact:
+        if hot is None or not snapshot.integral:
             return self._check_general(snapshot)
         p0, b0, n, d, lam, band, ext_lo, ext_hi = hot
-        P = snapshot._p
-        B = snapshot._b
-        PB = snapshot._pb
+        P = snapshot.prefill_list
+        B = snapshot.batch_list
+        PB = snapshot.pairs
         S = kernel.product_scores_exact(P, B, p0, b0)
         smin = min(S)
         i = S.index(smin)
@@ -233,9 +248,9 @@ class Detector:
         if i == j:
             regret = 0.0
             if band:
-                ref = self.reference
-                fragile = kernel.argmin_linear_pairs(PB, self._lo_nd, ref.lam_lo) != i or (
-                    kernel.argmin_linear_pairs(PB, self._hi_nd, ref.lam_hi) != i
+                s = self._settings
+                fragile = kernel.argmin_linear_pairs(PB, s.lam_lo_nd, s.lam_lo) != i or (
+                    kernel.argmin_linear_pairs(PB, s.lam_hi_nd, s.lam_hi) != i
                 )
         else:
             regret = kernel.regret_pair(P[i], B[i], P[j], B[j], lam)
@@ -246,45 +261,33 @@ class Detector:
         else:
             le = ls = _NAN
             extreme = False
-        if i != j or fragile or zp or idle or exact_tie or extreme:
-            flags = (i != j, fragile, zp, idle, exact_tie, extreme)
-            findings = build_findings(self, snapshot, i, j, r, flags, le, regret)
-        else:
-            findings = _EMPTY
-        return new_verdict(i, j, i != j, le, ls, regret, findings, fragile, r)
+        flags = (i != j, fragile, zp, idle, exact_tie, extreme)
+        return assemble(self._settings, snapshot, i, j, r, flags, le, ls, regret)
 
     def _check_general(self, snapshot: Snapshot) -> Verdict:
         """Same verdict for float inputs or offsets, through the vectorised path."""
         v = self.check_many(
             snapshot.prefill_tokens[None, :], snapshot.batch_size[None, :], validate=False
         )
-        i, j, r = int(v.product_choice[0]), int(v.linear_choice[0]), int(v.rival[0])
-        le, regret = float(v.lam_eff[0]), float(v.regret_tokens[0])
         flags = (
-            i != j,
+            bool(v.disagrees[0]),
             bool(v.fragile[0]),
             bool(v.zero_prefill[0]),
             bool(v.idle_tie[0]),
             bool(v.exact_tie[0]),
             bool(v.extreme_operating_point[0]),
         )
-        findings = build_findings(self, snapshot, i, j, r, flags, le, regret) if any(flags) else _EMPTY
-        return Verdict(i, j, i != j, le, float(v.lam_star[0]), regret, findings, flags[1], r)
-
-    # ---------------------------------------------------------------------- findings
-
-    def _findings(
-        self,
-        snap: Snapshot,
-        i: int,
-        j: int,
-        r: int,
-        flags: tuple[bool, ...],
-        lam_eff: float,
-        regret: float,
-    ) -> tuple[Finding, ...]:
-        """The findings of one flagged decision (see :func:`messages.build_findings`)."""
-        return build_findings(self, snap, i, j, r, flags, lam_eff, regret)
+        return assemble(
+            self._settings,
+            snapshot,
+            int(v.product_choice[0]),
+            int(v.linear_choice[0]),
+            int(v.rival[0]),
+            flags,
+            float(v.lam_eff[0]),
+            float(v.lam_star[0]),
+            float(v.regret_tokens[0]),
+        )
 
     # -------------------------------------------------------------------- mitigation
 
@@ -312,7 +315,12 @@ class Detector:
         int
             Index of the chosen instance.
         """
-        return _mit.mitigated_choice(self, snapshot, mitigation, verdict=verdict)
+        if mitigation is None:
+            verdict = verdict if verdict is not None else self.check(snapshot)
+            mitigation = verdict.mitigation
+            if mitigation is None:
+                return verdict.product_choice
+        return _mit.mitigated_choice(self._settings, snapshot, mitigation)
 
     def mitigated_choices(
         self,
@@ -333,8 +341,8 @@ class Detector:
             The instance each decision would go to.
         """
         return _mit.mitigated_choices(
-            self, prefill_tokens, batch_size, mitigation, uncached_tokens=uncached_tokens,
-            only=only, validate=validate,
+            self._settings, prefill_tokens, batch_size, mitigation,
+            uncached_tokens=uncached_tokens, only=only, validate=validate,
         )
 
     # ---------------------------------------------------------------- many decisions
@@ -405,7 +413,7 @@ class Detector:
         for start in range(0, D, _CHUNK):
             sl = slice(start, min(D, start + _CHUNK))
             self._block(P[sl], B[sl], {k: v[sl] for k, v in cols.items()})
-        return Verdicts(**cols, prefill_tokens=P, batch_size=B, detector=self)
+        return Verdicts(**cols, prefill_tokens=P, batch_size=B, settings=self._settings)
 
     def _block(self, P: np.ndarray, B: np.ndarray, out: dict[str, np.ndarray]) -> None:
         """Fill ``out`` (views of shape (d,)) for one block of decisions."""
@@ -413,8 +421,9 @@ class Detector:
         rows = np.arange(d)
         base = rows * N  # flat gathers on contiguous blocks beat 2-d fancy indexing
         Pf, Bf = P.ravel(), B.ravel()
-        p0, b0 = self.prefill_offset, self.batch_offset
-        exact = P.dtype.kind == "i" and B.dtype.kind == "i" and self._int_offsets
+        s = self._settings
+        p0, b0 = s.prefill_offset, s.batch_offset
+        exact = P.dtype.kind == "i" and B.dtype.kind == "i" and s.integer_offsets
         if exact:
             S = kernel.product_scores(P, B, p0, b0)
             i = S.argmin(axis=1)
@@ -437,7 +446,7 @@ class Detector:
         if N == 1:
             tie = np.zeros(d, bool)
             r2 = np.full(d, -1)
-        j = kernel.argmin_linear_rows(P, B, self._lam_nd, self._lam)
+        j = kernel.argmin_linear_rows(P, B, s.lam_nd, s.lam)
         dis = i != j
         r = np.where(dis, j, r2)
         zp = np.zeros(d, bool)
@@ -449,10 +458,10 @@ class Detector:
             if b0 == 0:
                 idle[z] = np.count_nonzero(Bz == 0, axis=1) >= 2
         fragile = np.zeros(d, bool)
-        if self._band:
+        if s.band:
             # on every row (cheaper than gathering the agreeing ones), kept where i == j
-            lo = kernel.argmin_linear_rows(P, B, self._lo_nd, self.reference.lam_lo)
-            hi = kernel.argmin_linear_rows(P, B, self._hi_nd, self.reference.lam_hi)
+            lo = kernel.argmin_linear_rows(P, B, s.lam_lo_nd, s.lam_lo)
+            hi = kernel.argmin_linear_rows(P, B, s.lam_hi_nd, s.lam_hi)
             fragile = ~dis & ((lo != i) | (hi != i))
         fi = base + i
         Pi, Bi = Pf.take(fi), Bf.take(fi)
@@ -464,9 +473,9 @@ class Detector:
         if N == 1:
             le = np.full(d, np.nan)
             ls = np.full(d, np.nan)
-        regret = kernel.regret_tokens(Pi, Bi, Pf.take(fj), Bf.take(fj), self._lam)
+        regret = kernel.regret_tokens(Pi, Bi, Pf.take(fj), Bf.take(fj), s.lam)
         with np.errstate(invalid="ignore"):
-            extreme = np.isfinite(le) & ((le < self._ext_lo) | (le > self._ext_hi))
+            extreme = np.isfinite(le) & ((le < s.extreme_lo) | (le > s.extreme_hi))
         out["product_choice"][:] = i
         out["linear_choice"][:] = j
         out["rival"][:] = r

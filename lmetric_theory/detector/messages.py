@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lmetric_theory.core.kernel import tied_product
+from lmetric_theory.core.kernel import product_scores_exact, tied_product
 from lmetric_theory.detector.findings import Finding, Severity
 
 if TYPE_CHECKING:
-    from lmetric_theory.detector.detector import Detector
+    from lmetric_theory.detector.settings import DetectorSettings
     from lmetric_theory.detector.snapshot import Snapshot
 
 __all__ = ["EMPTY", "SEVERITY", "build_findings"]
@@ -27,7 +27,7 @@ EMPTY: tuple[Finding, ...] = ()
 
 
 def build_findings(
-    det: Detector,
+    settings: DetectorSettings,
     snap: Snapshot,
     i: int,
     j: int,
@@ -40,8 +40,8 @@ def build_findings(
 
     Parameters
     ----------
-    det : Detector
-        Supplies the offsets, the reference, the extreme factor and the mitigations.
+    settings : DetectorSettings
+        The offsets, the reference and its band, the extreme factor and the mitigations.
     snap : Snapshot
         The decision.
     i, j, r : int
@@ -53,11 +53,11 @@ def build_findings(
     regret : float
         Regret of the product's choice, prefill-token equivalents.
     """
-    P, B = snap._p, snap._b  # Python numbers: cheaper to index and format
-    p0, b0 = det.prefill_offset, det.batch_offset
+    P, B = snap.prefill_list, snap.batch_list  # Python numbers: cheaper to index and format
+    p0, b0 = settings.prefill_offset, settings.batch_offset
     lab = snap.label
-    ref = det.reference
-    m = det.mitigations
+    lam, lam_lo, lam_hi = settings.lam, settings.lam_lo, settings.lam_hi
+    m = settings.mitigations
     out: list[Finding] = []
     disagree, fragile, zp, idle, tie, extreme = flags
     if disagree:
@@ -65,7 +65,7 @@ def build_findings(
             Finding(
                 "disagreement",
                 SEVERITY["disagreement"],
-                f"product picks {lab(i)} (P={P[i]}, B={B[i]}) but linear(lam={ref.lam:g}) "
+                f"product picks {lab(i)} (P={P[i]}, B={B[i]}) but linear(lam={lam:g}) "
                 f"picks {lab(j)} (P={P[j]}, B={B[j]}); regret {regret:g} prefill-token "
                 f"equivalents; the product used lam_eff={lam_eff:g}",
                 m["disagreement"],
@@ -77,14 +77,14 @@ def build_findings(
             Finding(
                 "fragile",
                 SEVERITY["fragile"],
-                f"product and linear(lam={ref.lam:g}) both pick {lab(i)}, but some rate in "
-                f"the band [{ref.lam_lo:g}, {ref.lam_hi:g}] picks another instance",
+                f"product and linear(lam={lam:g}) both pick {lab(i)}, but some rate in "
+                f"the band [{lam_lo:g}, {lam_hi:g}] picks another instance",
                 m["fragile"],
                 (i,),
             )
         )
     if zp:
-        hot = tuple(k for k, (p, b) in enumerate(snap._pb) if p + p0 == 0 and b > 0)
+        hot = tuple(k for k, (p, b) in enumerate(snap.pairs) if p + p0 == 0 and b > 0)
         out.append(
             Finding(
                 "zero_prefill",
@@ -108,9 +108,10 @@ def build_findings(
             )
         )
     if tie:
-        if snap._exact and det._int_offsets:
-            si = (P[i] + p0) * (B[i] + b0)
-            tied = tuple(k for k, (p, b) in enumerate(snap._pb) if (p + p0) * (b + b0) == si)
+        if snap.integral and settings.integer_offsets:
+            S = product_scores_exact(P, B, p0, b0)
+            si = S[i]
+            tied = tuple(k for k, s in enumerate(S) if s == si)
         else:
             tied = tied_product(snap.prefill_tokens, snap.batch_size, p0, b0, i)
         out.append(
@@ -124,14 +125,14 @@ def build_findings(
             )
         )
     if extreme:
-        low = lam_eff < ref.lam_lo
+        low = lam_eff < lam_lo
         out.append(
             Finding(
                 "extreme_operating_point",
                 SEVERITY["extreme_operating_point"],
                 f"lam_eff={lam_eff:g} of ({lab(i)}, {lab(r)}) is more than "
-                f"{det.extreme_factor:g}x {'below' if low else 'above'} the band "
-                f"[{ref.lam_lo:g}, {ref.lam_hi:g}]: the product "
+                f"{settings.extreme_factor:g}x {'below' if low else 'above'} the band "
+                f"[{lam_lo:g}, {lam_hi:g}]: the product "
                 f"{'under' if low else 'over'}-weights load here",
                 m["extreme_low"] if low else m["extreme_operating_point"],
                 (i, r),

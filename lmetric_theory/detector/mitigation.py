@@ -1,5 +1,5 @@
 """Mitigations applied: the detector's defaults per finding kind and the instance a decision
-would go to under a mitigation (one decision or many).
+would go to under a mitigation (one decision or many), given the detector's settings.
 
 Every argmin here is the kernel's (:mod:`lmetric_theory.core.kernel`), exact for integer
 inputs and exact offsets (ints or :class:`~fractions.Fraction`).
@@ -18,8 +18,7 @@ from lmetric_theory.detector.findings import FINDING_KINDS, Mitigation, Mitigati
 from lmetric_theory.detector.snapshot import Snapshot, as_exact_array
 
 if TYPE_CHECKING:
-    from lmetric_theory.detector.detector import Detector
-    from lmetric_theory.detector.verdict import Verdict
+    from lmetric_theory.detector.settings import DetectorSettings
 
 __all__ = ["default_mitigations", "mitigated_choice", "mitigated_choices"]
 
@@ -82,43 +81,36 @@ def _shift(offset: Any, v: float) -> int | float | Fraction:
 
 
 def mitigated_choice(
-    det: Detector,
+    settings: DetectorSettings,
     snapshot: Snapshot,
-    mitigation: Mitigation | None = None,
-    *,
-    verdict: Verdict | None = None,
+    mitigation: Mitigation,
 ) -> int:
     """Instance the product would pick under ``mitigation``.
 
     Parameters
     ----------
+    settings : DetectorSettings
+        The detector's offsets and reference.
     snapshot : Snapshot
         The decision.
-    mitigation : Mitigation, optional
-        Defaults to the verdict's mitigation (most severe finding); when nothing is
-        flagged the product's own choice is returned.
-    verdict : Verdict, optional
-        ``det.check(snapshot)`` if already computed.
+    mitigation : Mitigation
+        The mitigation applied (the verdict's default is resolved by
+        :meth:`Detector.mitigated_choice`).
 
     Returns
     -------
     int
         Index of the chosen instance.
     """
-    if mitigation is None:
-        verdict = verdict if verdict is not None else det.check(snapshot)
-        mitigation = verdict.mitigation
-        if mitigation is None:
-            return verdict.product_choice
     P, B = snapshot.prefill_tokens, snapshot.batch_size
-    p0, b0 = det.prefill_offset, det.batch_offset
+    p0, b0 = settings.prefill_offset, settings.batch_offset
     k, v = mitigation.kind, mitigation.value
     if k is MitigationKind.PREFILL_BLOCK:
         return kernel.argmin_product(P, B, _shift(p0, v), b0)  # type: ignore[operator]
     if k is MitigationKind.BATCH_OFFSET:
         return kernel.argmin_product(P, B, p0, _shift(b0, v))  # type: ignore[operator]
     if k is MitigationKind.FALLBACK_REFERENCE:
-        return kernel.argmin_linear(P, B, det.reference.lam)
+        return kernel.argmin_linear(P, B, settings.lam)
     i = kernel.argmin_product(P, B, p0, b0)
     if k in (MitigationKind.TIE_BREAK_LOAD, MitigationKind.TIE_BREAK_CACHE):
         tied = kernel.tied_product(P, B, p0, b0, i)
@@ -134,8 +126,9 @@ def mitigated_choice(
         return int(ok[kernel.argmin_product(P[ok], B[ok], p0, b0)])
     return i
 
+
 def mitigated_choices(
-    det: Detector,
+    settings: DetectorSettings,
     prefill_tokens: Any,
     batch_size: Any,
     mitigation: Mitigation,
@@ -148,6 +141,8 @@ def mitigated_choices(
 
     Parameters
     ----------
+    settings : DetectorSettings
+        The detector's offsets and reference.
     prefill_tokens, batch_size : array_like, shape (D, N)
         As in :meth:`check_many` (tokens, requests).
     mitigation : Mitigation
@@ -177,7 +172,7 @@ def mitigated_choices(
                 f"uncached_tokens: shape {U.shape} does not match prefill_tokens shape "
                 f"{P.shape}"
             )
-    p0, b0 = det.prefill_offset, det.batch_offset
+    p0, b0 = settings.prefill_offset, settings.batch_offset
     k, v = mitigation.kind, mitigation.value
     base = np.asarray(kernel.argmin_product(P, B, p0, b0, axis=1)).reshape(-1)
     if k is MitigationKind.PREFILL_BLOCK:
@@ -185,7 +180,7 @@ def mitigated_choices(
     elif k is MitigationKind.BATCH_OFFSET:
         out = np.asarray(kernel.argmin_product(P, B, p0, _shift(b0, v), axis=1)).reshape(-1)
     elif k is MitigationKind.FALLBACK_REFERENCE:
-        out = kernel.argmin_linear_rows(P, B, det._lam_nd, det._lam)
+        out = kernel.argmin_linear_rows(P, B, settings.lam_nd, settings.lam)
     elif k in (MitigationKind.TIE_BREAK_LOAD, MitigationKind.TIE_BREAK_CACHE):
         rows = np.arange(P.shape[0])
         Pi, Bi = P[rows, base][:, None], B[rows, base][:, None]
@@ -212,8 +207,8 @@ def mitigated_choices(
         if out is None:
             out = np.array(
                 [
-                    det.mitigated_choice(
-                        Snapshot.from_arrays(P[r], B[r], validate=False), mitigation
+                    mitigated_choice(
+                        settings, Snapshot.from_arrays(P[r], B[r], validate=False), mitigation
                     )
                     for r in range(P.shape[0])
                 ],

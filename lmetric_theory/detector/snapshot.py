@@ -179,6 +179,16 @@ class Snapshot:
     time_s : float, optional
         Decision time (seconds, any origin).
 
+    Attributes
+    ----------
+    prefill_list, batch_list : list of int or float
+        ``prefill_tokens`` and ``batch_size`` as Python numbers (tokens, requests), shape
+        (N,); ``int`` when the array is ``int64``.
+    pairs : list of (P_i, B_i)
+        The two lists zipped, one pair per instance.
+    integral : bool
+        Both arrays are ``int64`` (every score of the detector is then exact).
+
     Notes
     -----
     Construction validates every field and raises ``ValueError`` naming the field and
@@ -201,11 +211,12 @@ class Snapshot:
     waiting: np.ndarray | None = None
     kv_usage: np.ndarray | None = None
     time_s: float | None = None
-    # Python-level copies for the detector's hot path (lists of int or float).
-    _p: list = field(init=False, repr=False, compare=False)
-    _b: list = field(init=False, repr=False, compare=False)
-    _pb: list = field(init=False, repr=False, compare=False)
-    _exact: bool = field(init=False, repr=False, compare=False)
+    # Derived on construction (read-only, like every field): the values as Python numbers
+    # for the detector's one-decision path, which is cheaper on lists than on arrays.
+    prefill_list: list = field(init=False, repr=False, compare=False)
+    batch_list: list = field(init=False, repr=False, compare=False)
+    pairs: list = field(init=False, repr=False, compare=False)
+    integral: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _fill(self, validate=True)
@@ -320,7 +331,7 @@ class Snapshot:
     @property
     def n_instances(self) -> int:
         """Number of candidate instances ``N``."""
-        return len(self._p)
+        return len(self.prefill_list)
 
     def label(self, i: int) -> str:
         """Display name of instance ``i`` (its id, else ``#i``)."""
@@ -437,7 +448,7 @@ def _fill(self: Snapshot, *, validate: bool) -> None:
             t = float(t)
         s(self, "time_s", t)
     pl, bl = P.tolist(), B.tolist()
-    s(self, "_p", pl)
-    s(self, "_b", bl)
-    s(self, "_pb", list(zip(pl, bl, strict=True)))
-    s(self, "_exact", P.dtype.kind == "i" and B.dtype.kind == "i")
+    s(self, "prefill_list", pl)
+    s(self, "batch_list", bl)
+    s(self, "pairs", list(zip(pl, bl, strict=True)))
+    s(self, "integral", P.dtype.kind == "i" and B.dtype.kind == "i")

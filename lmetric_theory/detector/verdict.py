@@ -1,8 +1,11 @@
 """The detector's verdicts: :class:`Verdict` (one decision) and :class:`Verdicts` (many, columnar).
 
 Field meanings are defined in :mod:`lmetric_theory.detector.detector`. ``lam_eff`` and
-``lam_star`` were called ``lambda_eff`` and ``lambda_star``; those names remain as read-only
-aliases.
+``lam_star`` were called ``lambda_eff`` and ``lambda_star``; those names remain as deprecated
+read-only aliases.
+
+:func:`assemble` is the one place a decision's flags become its findings and its
+:class:`Verdict` (for :meth:`Detector.check`, its general path and :meth:`Verdicts.__getitem__`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from lmetric_theory.detector.messages import build_findings
 from lmetric_theory.detector.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from lmetric_theory.detector.detector import Detector
+    from lmetric_theory.detector.settings import DetectorSettings
 
-__all__ = ["Verdict", "Verdicts", "new_verdict"]
+__all__ = ["Verdict", "Verdicts", "assemble", "new_verdict"]
 
 
 # =============================================================================== Verdict
@@ -64,12 +67,12 @@ class Verdict:
 
     @property
     def lambda_eff(self) -> float:
-        """Former name of :attr:`lam_eff` (read-only alias)."""
+        """Former name of :attr:`lam_eff` (deprecated read-only alias)."""
         return self.lam_eff
 
     @property
     def lambda_star(self) -> float:
-        """Former name of :attr:`lam_star` (read-only alias)."""
+        """Former name of :attr:`lam_star` (deprecated read-only alias)."""
         return self.lam_star
 
     @property
@@ -117,6 +120,43 @@ def _fast_constructor() -> Any:
 new_verdict = _fast_constructor()
 
 
+def assemble(
+    settings: DetectorSettings,
+    snap: Snapshot,
+    i: int,
+    j: int,
+    r: int,
+    flags: tuple[bool, bool, bool, bool, bool, bool],
+    lam_eff: float,
+    lam_star: float,
+    regret: float,
+) -> Verdict:
+    """The verdict of one decision from its choices and flags: findings built (with their
+    messages) only when something is flagged.
+
+    Parameters
+    ----------
+    settings : DetectorSettings
+        The detector's settings.
+    snap : Snapshot
+        The decision.
+    i, j, r : int
+        Product choice, linear choice, rival (see :mod:`lmetric_theory.detector.detector`).
+    flags : tuple of bool
+        disagreement, fragile, zero_prefill, idle_tie, exact_tie, extreme_operating_point.
+    lam_eff, lam_star : float
+        Rates of the pair ``(i, r)``, tokens per batch slot.
+    regret : float
+        Regret of the product's choice, prefill-token equivalents.
+    """
+    findings = (
+        build_findings(settings, snap, i, j, r, flags, lam_eff, regret)
+        if True in flags
+        else _EMPTY
+    )
+    return new_verdict(i, j, i != j, lam_eff, lam_star, regret, findings, flags[1], r)
+
+
 # ================================================================================ Verdicts
 
 
@@ -125,8 +165,9 @@ class Verdicts:
     """Columnar verdicts on ``D`` decisions (from :meth:`Detector.check_many`).
 
     Every attribute is a numpy array of shape (D,) except ``prefill_tokens`` and
-    ``batch_size`` (the inputs, shape (D, N)). ``verdicts[k]`` builds the full
-    :class:`Verdict` (with findings and messages) of decision ``k`` on demand.
+    ``batch_size`` (the inputs, shape (D, N)) and ``settings`` (the detector's
+    :class:`~lmetric_theory.detector.settings.DetectorSettings`). ``verdicts[k]`` builds the
+    full :class:`Verdict` (with findings and messages) of decision ``k`` on demand.
     """
 
     product_choice: np.ndarray
@@ -143,19 +184,19 @@ class Verdicts:
     regret_tokens: np.ndarray
     prefill_tokens: np.ndarray
     batch_size: np.ndarray
-    detector: Detector
+    settings: DetectorSettings
 
     def __len__(self) -> int:
         return int(self.product_choice.shape[0])
 
     @property
     def lambda_eff(self) -> np.ndarray:
-        """Former name of :attr:`lam_eff` (read-only alias)."""
+        """Former name of :attr:`lam_eff` (deprecated read-only alias)."""
         return self.lam_eff
 
     @property
     def lambda_star(self) -> np.ndarray:
-        """Former name of :attr:`lam_star` (read-only alias)."""
+        """Former name of :attr:`lam_star` (deprecated read-only alias)."""
         return self.lam_star
 
     def mask(self, kind: str) -> np.ndarray:
@@ -192,13 +233,6 @@ class Verdicts:
             k += len(self)
         if not 0 <= k < len(self):
             raise IndexError(f"decision {k} out of range for {len(self)} verdicts")
-        det = self.detector
-        i = int(self.product_choice[k])
-        j = int(self.linear_choice[k])
-        r = int(self.rival[k])
-        regret = float(self.regret_tokens[k])
-        le = float(self.lam_eff[k])
-        ls = float(self.lam_star[k])
         flags = (
             bool(self.disagrees[k]),
             bool(self.fragile[k]),
@@ -207,10 +241,17 @@ class Verdicts:
             bool(self.exact_tie[k]),
             bool(self.extreme_operating_point[k]),
         )
-        findings = (
-            build_findings(det, self.snapshot(k), i, j, r, flags, le, regret) if any(flags) else _EMPTY
+        return assemble(
+            self.settings,
+            self.snapshot(k),
+            int(self.product_choice[k]),
+            int(self.linear_choice[k]),
+            int(self.rival[k]),
+            flags,
+            float(self.lam_eff[k]),
+            float(self.lam_star[k]),
+            float(self.regret_tokens[k]),
         )
-        return Verdict(i, j, i != j, le, ls, regret, findings, flags[1], r)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         for k in range(len(self)):

@@ -136,7 +136,7 @@ def test_curves_and_intersections():
     lam_a = (pa + p0) / (ba + b0)
     rm = compute_regions(pa, ba, lam=lam_a, p0=p0, b0=b0)
     assert len(rm.intersections) == 1
-    assert rm.lambda_eff_at_A == pytest.approx(lam_a)
+    assert rm.lam_eff_at_A == pytest.approx(lam_a)
 
 
 def test_disagreement_lies_between_the_curves():

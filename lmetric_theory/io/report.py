@@ -113,7 +113,7 @@ def lam_eff_figure(time_s: np.ndarray, lam_eff: np.ndarray, lam: float, lam_lo: 
     idx = np.flatnonzero(np.isfinite(le) & (le > 0) & np.isfinite(t))
     if idx.size > max_points:  # even thinning keeps the picture, bounds the file size
         idx = idx[np.linspace(0, idx.size - 1, max_points).astype(np.int64)]
-    fig = go.Figure(go.Scatter(x=t[idx], y=le[idx], mode="markers", name="lambda_eff",
+    fig = go.Figure(go.Scatter(x=t[idx], y=le[idx], mode="markers", name="λ_eff",
                                marker={"size": 3, "opacity": 0.5}))
     tt = t[np.isfinite(t)]
     x_ends = [float(tt.min()), float(tt.max())] if tt.size else [0.0, 1.0]
@@ -124,13 +124,13 @@ def lam_eff_figure(time_s: np.ndarray, lam_eff: np.ndarray, lam: float, lam_lo: 
                                  fillcolor="rgba(44,160,44,0.2)", name="reference band",
                                  line={"color": "#2ca02c", "width": 1}, hoverinfo="skip"))
     if lam > 0:
-        fig.add_trace(go.Scatter(x=x_ends, y=[lam, lam], mode="lines", name=f"lam = {lam:g}",
+        fig.add_trace(go.Scatter(x=x_ends, y=[lam, lam], mode="lines", name=f"λ = {lam:g}",
                                  line={"color": "#2ca02c", "width": 2, "dash": "dash"}))
     vals = [x for x in (*le[idx].tolist(), lam_lo, lam_hi, lam) if x > 0]
     rng = [math.log10(min(vals)) - 0.2, math.log10(max(vals)) + 0.2] if vals else None
     fig.update_xaxes(title="decision time (s)" if time_axis == "seconds" else "decision index")
-    fig.update_yaxes(title="lambda_eff (tokens per batch slot)", type="log", range=rng)
-    _layout(fig, "lambda_eff against the reference band")
+    fig.update_yaxes(title="λ_eff (tokens per batch slot)", type="log", range=rng)
+    _layout(fig, "λ_eff against the reference band")
     return fig
 
 
@@ -214,9 +214,9 @@ def render_html(result: AuditResult) -> str:
         ("extreme operating point", rep.extreme_operating_point),
         ("regret mean / p50 / p99 / max (tokens)",
          " / ".join(_fmt(rep.regret_tokens[k]) for k in ("mean", "p50", "p99", "max"))),
-        ("lambda_eff p1 / p50 / p99",
+        ("λ_eff p1 / p50 / p99",
          " / ".join(_fmt(rep.lam_eff[k]) for k in ("p1", "p50", "p99"))),
-        ("reference lam [band]", f"{_fmt(lr['lam'])} [{_fmt(lr['lam_lo'])}, {_fmt(lr['lam_hi'])}]"),
+        ("reference λ [band]", f"{_fmt(lr['lam'])} [{_fmt(lr['lam_lo'])}, {_fmt(lr['lam_hi'])}]"),
         ("reference source", f"{lr['source']}: {lr.get('provenance') or ''}"),
     ])
     mit = _grid(
@@ -237,7 +237,7 @@ def render_html(result: AuditResult) -> str:
                           h.phase1_decision, h.phase2_decision, h.condition_holds,
                           h.mitigation] for h in hot]))
     worst = _grid(
-        ["decision", "time", "product", "linear", "regret", "lambda_eff", "lambda*", "P", "B"],
+        ["decision", "time", "product", "linear", "regret", "λ_eff", "λ*", "P", "B"],
         [[w["decision"], w["time_s"], w["product_choice"], w["linear_choice"],
           w["regret_tokens"], w["lam_eff"], w["lam_star"], w["P"], w["B"]]
          for w in rep.worst],

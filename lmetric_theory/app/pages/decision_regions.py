@@ -56,7 +56,7 @@ except ValueError as exc:
 
 m1, m2, m3 = st.columns(3)
 m1.metric("Disagreement share of the plotted area", f"{rm.disagreement_share:.4%}")
-m2.metric("λ_eff at instance 1: (P_1 + p0)/(B_1 + b0)", f"{rm.lambda_eff_at_A:.4g}")
+m2.metric("λ_eff at instance 1: (P_1 + p0)/(B_1 + b0)", f"{rm.lam_eff_at_A:.4g}")
 m3.metric("Grid points with an exact tie", f"{rm.n_ties}")
 st.plotly_chart(region_figure(rm), key="regions_plot")
 st.caption(

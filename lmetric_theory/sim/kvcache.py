@@ -443,6 +443,28 @@ class BlockPool:
         b = first
         ext = 0
         priv = 0
+        lim = upto if upto < tfull else tfull
+        if b < lim and not b % ratio and b + ratio <= lim:
+            # Whole trace blocks from a trace-block boundary (the common case): position 0 of
+            # each chain, ``ratio`` blocks each; the same steps as the general loop below.
+            g_end = lim // ratio
+            for gi in range(b // ratio, g_end):
+                key = hashes[h0 + gi]  # a trace hash, >= 0
+                g = groups.get(key)
+                if g is None:
+                    if pending[key] == 1:
+                        held.append((key, 0, ratio))  # nobody else will look this chain up
+                        priv += ratio
+                        continue
+                    groups[key] = _Group(ratio, {rid: ratio})
+                    held.append(key)
+                    ext += ratio
+                elif not g.k and not g.refs.get(rid, 0):
+                    g.k = ratio
+                    g.refs[rid] = ratio
+                    held.append(key)
+                    ext += ratio
+            b = g_end * ratio
         while b < upto:
             if b < tfull:
                 gi = b // ratio

@@ -541,7 +541,8 @@ class PagedScheduler:
                         break
                 if victim == r:
                     break
-            pool.alloc(need)
+            if need > 0:
+                pool.alloc(need)
             if n < 0:
                 budget -= 1
             else:

@@ -433,3 +433,21 @@ def test_simulate_cli_table_on_synthetic_default(capsys) -> None:
     assert main(["simulate", "--count", "200", "--policy", "least-loaded"]) == 0
     out = capsys.readouterr().out
     assert "least-loaded" in out and "200" in out
+
+
+def test_simulate_cli_imports_no_heavy_optional_packages() -> None:
+    # Start-up is part of the simulate command's cost: a fresh interpreter running it with
+    # --json imports none of the packages only other commands or --out need.
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\n"
+            "from lmetric_theory.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    rc = main(['simulate', '--count', '30', '--instances', '2', '--policy', 'lmetric',"
+            " '--json'])\n"
+            "heavy = ('pandas', 'pyarrow', 'scipy', 'sympy', 'rich', 'dask', 'plotly', 'streamlit')\n"
+            "print(rc, sorted(m for m in heavy if m in sys.modules))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       check=True)
+    assert p.stdout.split("\n")[0] == "0 []", p.stdout + p.stderr

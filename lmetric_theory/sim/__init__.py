@@ -12,13 +12,16 @@ from lmetric_theory.sim.latency import (
     preset_from_dict,
     roofline_preset,
 )
+from lmetric_theory.sim.scheduler import RouterCounters, Scheduler
 from lmetric_theory.sim.snapshots import SIGNALS, SnapshotLog
 
 __all__ = [
     "FitReport",
     "LatencyModel",
     "Preset",
+    "RouterCounters",
     "SCHEDULERS",
+    "Scheduler",
     "SIGNALS",
     "SimConfig",
     "SimResult",

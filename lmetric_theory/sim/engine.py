@@ -4,10 +4,13 @@ The kernel: an event queue of ``(time, seq, event)`` entries (:mod:`.events`), h
 return the events they cause, :meth:`Simulator.peek` / :meth:`Simulator.step` /
 :meth:`Simulator.advance` to drive it and :meth:`Simulator.run` to get a
 :class:`~lmetric_theory.sim.config.SimResult`. The instances are
-:class:`~lmetric_theory.sim.instance.PagedInstance` (scheduler ``vllm-v1``: paged KV,
-preemption, vLLM v1's scheduling loop) or :class:`~lmetric_theory.sim.instance.Instance`
-(scheduler ``reserve``); their KV caches live in :mod:`.kvcache` and what the router sees is
-built by :class:`~lmetric_theory.sim.router.RouterView`. docs/simulator.md states the model.
+:class:`~lmetric_theory.sim.scheduler.Scheduler` objects chosen by ``SimConfig.scheduler``
+from :data:`SCHEDULER_TYPES`: :class:`~lmetric_theory.sim.paged.PagedScheduler` (``vllm-v1``:
+paged KV, preemption, vLLM v1's scheduling loop) or
+:class:`~lmetric_theory.sim.reserve.ReserveScheduler` (``reserve``); their KV caches live in
+:mod:`.kvcache`, the router's counters are one
+:class:`~lmetric_theory.sim.scheduler.RouterCounters` and what the router sees is built by
+:class:`~lmetric_theory.sim.router.RouterView`. docs/simulator.md states the model.
 
 Forking: ``run(until_decision=d)`` stops right before decision ``d``; ``fork()`` returns an
 independent deep copy (policy and generator state included); ``force(d, i)`` makes
@@ -35,13 +38,21 @@ from lmetric_theory.sim.events import (
     PlanKind,
     StepStart,
 )
-from lmetric_theory.sim.instance import Instance, PagedInstance, PagedRequests, Requests
-from lmetric_theory.sim.kvcache import BlockPool, KVCache
+from lmetric_theory.sim.paged import PagedScheduler
+from lmetric_theory.sim.requests import RequestData
+from lmetric_theory.sim.reserve import ReserveScheduler
 from lmetric_theory.sim.router import RouterView
+from lmetric_theory.sim.scheduler import RouterCounters, Scheduler
 from lmetric_theory.sim.snapshots import SnapshotLog
 from lmetric_theory.workload.base import Workload
 
-__all__ = ["SimConfig", "SimResult", "Simulator", "simulate", "VIEWS"]
+__all__ = ["SCHEDULER_TYPES", "SimConfig", "SimResult", "Simulator", "simulate", "VIEWS"]
+
+#: The scheduler class of each ``SimConfig.scheduler`` name.
+SCHEDULER_TYPES: dict[str, type[PagedScheduler] | type[ReserveScheduler]] = {
+    "vllm-v1": PagedScheduler,
+    "reserve": ReserveScheduler,
+}
 
 #: A queue entry: (time in seconds, unique sequence number, event).
 Entry = tuple[float, int, Event]
@@ -82,16 +93,8 @@ class Simulator:
             raise ValueError(f"workload block_size must be >= 1, got {bs}")
         cap = (config.kv_capacity_tokens if config.kv_capacity_blocks is None
                else config.kv_capacity_blocks * bs)
-        self._paged = paged = config.scheduler == "vllm-v1"
-        if paged:
-            ebs = int(config.block_size)
-            if bs % ebs:
-                raise ValueError(
-                    f"block_size {ebs} does not divide the workload's hash block size {bs}: "
-                    "choose an engine block size that does (vLLM's default is 16)")
-            n_blocks = cap // ebs - 1  # vLLM keeps one block aside (its null block)
-            if n_blocks < 1:
-                raise ValueError(f"KV capacity of {cap} tokens holds no {ebs}-token block")
+        kind = SCHEDULER_TYPES[config.scheduler]
+        room = kind.kv_room(config, bs, cap)
         self._bs = bs
         arr = np.asarray(workload.arrival_s, dtype=np.float64)
         if np.any(np.diff(arr) < 0):
@@ -99,11 +102,8 @@ class Simulator:
         inp_a = np.asarray(workload.input_tokens, dtype=np.int64)
         out_a = np.asarray(workload.output_tokens, dtype=np.int64)
         inp, out = inp_a.tolist(), out_a.tolist()
-        # A request must fit an empty instance: prompt + output (reserve), or every token
-        # but the last in whole blocks (vllm-v1: the last sampled token is never computed).
-        need = inp_a + out_a if not paged else -(-(inp_a + out_a - 1) // ebs) * ebs
-        room = cap if not paged else n_blocks * ebs
-        too_big = np.flatnonzero(need > room)
+        # A request must fit an empty instance (what that means is the scheduler's).
+        too_big = np.flatnonzero(kind.kv_need(inp_a, out_a, config) > room)
         if too_big.size:
             i = int(too_big[0])
             raise ValueError(
@@ -117,30 +117,11 @@ class Simulator:
         nfull = np.minimum(inp_a // bs, offs[1:] - offs[:-1])
         # Hit cap: at least one prompt token is recomputed.
         maxhit = np.minimum((inp_a - 1) // bs, nfull)
-        hash_ids = np.asarray(workload.hash_ids, dtype=np.int64)
-        lat = config.latency
-        coef = (lat.c0, lat.c_pf, lat.c_dec, lat.c_kv, lat.c_att)
-        args = (arr.tolist(), inp, out, hash_ids.tolist(), offs[:-1].tolist(), nfull.tolist(),
-                maxhit.tolist())
-        if paged:
-            if hash_ids.size and hash_ids.min() < 0:  # keep ~request free for own chains
-                hash_ids = hash_ids - hash_ids.min()
-                args = (args[0], inp, out, hash_ids.tolist(), *args[4:])
-            self._req = req = PagedRequests(*args, nhash=(offs[1:] - offs[:-1]).tolist(),
-                                            ratio=bs // ebs, block=ebs)
-            self._inst = [
-                PagedInstance(i, req, BlockPool(n_blocks), coef, int(config.token_budget),
-                              int(config.max_batch), bool(config.fast_forward))
-                for i in range(config.n_instances)
-            ]
-        else:
-            self._req = Requests(*args)
-            self._inst = [
-                Instance(i, self._req, KVCache(cap, bs), coef, int(config.token_budget),
-                         int(config.max_batch), bool(config.fast_forward))
-                for i in range(config.n_instances)
-            ]
-        view_bs = ebs if paged else bs
+        data = RequestData(arr.tolist(), inp, out, np.asarray(workload.hash_ids, dtype=np.int64),
+                           offs, nfull.tolist(), maxhit.tolist(), bs)
+        self._counters = counters = RouterCounters(config.n_instances)
+        self._req, inst, view_bs, ratio = kind.cluster(data, config, cap, counters)
+        self._inst: list[Scheduler] = list(inst)
         log = (
             SnapshotLog.empty(n, config.n_instances, meta={
                 "view": config.view, "signal_delay_s": config.signal_delay_s,
@@ -148,9 +129,10 @@ class Simulator:
             })
             if config.record_snapshots else None
         )
-        self._router = RouterView(self._req, self._inst, approximate=config.view == "approximate",
+        self._router = RouterView(self._req, self._inst, counters,
+                                  approximate=config.view == "approximate",
                                   delay=float(config.signal_delay_s), block=view_bs,
-                                  ratio=bs // view_bs, paged=paged, log=log)
+                                  ratio=ratio, log=log)
         # Event queue: sorted arrivals already form a heap.
         self._heap: list[Entry] = [(t, ARRIVAL_SEQ + i, Arrival(i)) for i, t in enumerate(self._req.arrival)]
         self._seq = 0
@@ -216,16 +198,19 @@ class Simulator:
         new = Simulator.__new__(Simulator)
         memo[id(self)] = new
         req = self._req.clone()
-        inst = [i.clone(req) for i in self._inst]
+        counters = self._counters.clone()
+        inst = [i.clone(req, counters) for i in self._inst]
         for k, v in self.__dict__.items():
             if k == "config":
                 pass
             elif k == "_req":
                 v = req
+            elif k == "_counters":
+                v = counters
             elif k == "_inst":
                 v = inst
             elif k == "_router":
-                v = v.clone(req, inst)
+                v = v.clone(req, inst, counters)
             elif k == "_heap":
                 v = v.copy()
             else:
@@ -319,10 +304,7 @@ class Simulator:
         """The router's own counters per instance: queued prefill tokens, in-flight requests,
         tokens of in-flight requests and predicted new tokens of in-flight requests
         (see :class:`~lmetric_theory.policies.base.DecisionView`)."""
-        return {"queued": [i.rt_queued for i in self._inst],
-                "inflight": [i.rt_inflight for i in self._inst],
-                "all_tokens": [i.rt_all for i in self._inst],
-                "inflight_new": [i.rt_new for i in self._inst]}
+        return self._counters.as_dict()
 
     def check_invariants(self) -> None:
         """Verify the KV/cache bookkeeping of every instance; ``AssertionError`` on a breach.
@@ -347,19 +329,20 @@ class Simulator:
             return self._on_step_start(t, self._inst[ev.instance])
         return self._on_plan_end(self._inst[ev.instance])
 
-    def _plan_event(self, ins: Any) -> Entry:
+    def _plan_event(self, ins: Scheduler) -> Entry:
         self._seq += 1
         ins.version += 1
         return (ins.plan_end, self._seq, IterationEnd(ins.idx, ins.version))
 
-    def _wake_event(self, ins: Any, t: float) -> Entry:
-        """A step start at ``t`` after every arrival of that instant (vllm-v1 only)."""
+    def _wake_event(self, ins: Scheduler, t: float) -> Entry:
+        """A step start at ``t`` after every arrival of that instant (for schedulers that
+        batch arrivals)."""
         self._wake += 1
         ins.version += 1
         ins.plan = PlanKind.WAKING
         return (t, self._wake, StepStart(ins.idx, ins.version))
 
-    def _on_step_start(self, t: float, ins: Any) -> list[Entry]:
+    def _on_step_start(self, t: float, ins: Scheduler) -> list[Entry]:
         out = [self._plan_event(ins)] if ins.plan_next(t) else []
         if self._delay > 0:
             self._router.record(ins, t)
@@ -382,7 +365,7 @@ class Simulator:
         ins.enqueue(rid, router.dispatched(ins, rid, view))
         out: list[Entry] = []
         if ins.plan is PlanKind.IDLE:
-            if self._paged:
+            if ins.batches_arrivals:
                 out.append(self._wake_event(ins, t))
             elif ins.plan_next(t):
                 out.append(self._plan_event(ins))
@@ -392,11 +375,11 @@ class Simulator:
             router.record(ins, t)
         return out
 
-    def _on_plan_end(self, ins: Any) -> list[Entry]:
+    def _on_plan_end(self, ins: Scheduler) -> list[Entry]:
         t = ins.plan_end
         ins.finish_plan()
         d = self._next_decision
-        if self._paged and d < len(self._req) and self._req.arrival[d] == t:
+        if ins.batches_arrivals and d < len(self._req) and self._req.arrival[d] == t:
             return [self._wake_event(ins, t)]  # arrivals of this instant join the next step
         out = [self._plan_event(ins)] if ins.plan_next(t) else []
         if self._delay > 0:
@@ -434,16 +417,13 @@ class Simulator:
             snapshots=log,
             iterations=sum(i.iterations for i in self._inst),
             events=self._events,
-            peak_kv_tokens=np.asarray(
-                [i.pool.peak_used * i.bs if self._paged else i.kv.peak for i in self._inst],
-                dtype=np.int64),
+            peak_kv_tokens=np.asarray([i.peak_kv_tokens() for i in self._inst], dtype=np.int64),
             prefill_tokens_computed=np.asarray([i.pf_total for i in self._inst], dtype=np.int64),
             output_tokens_produced=np.asarray([i.dec_total for i in self._inst], dtype=np.int64),
             end_time_s=self._now,
             policy=self.policy.spec,
             config=cfg,
-            preemptions=(np.asarray(req.pre, dtype=np.int64) if self._paged
-                         else np.zeros(len(req), dtype=np.int64)),
+            preemptions=req.preemption_counts(),
             preemptions_per_instance=np.asarray([i.preemptions for i in self._inst], dtype=np.int64),
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from itertools import islice
+from typing import Any
 
 __all__ = ["Admission", "BlockPool", "KVCache"]
 
@@ -57,6 +58,18 @@ class KVCache:
                 break
             k += 1
         return k
+
+    def hit(self, keys: list[int], ratio: int, limit: int) -> int:
+        """Leading blocks of ``keys`` that are computed and cached, at most ``limit`` (the
+        :class:`~lmetric_theory.sim.scheduler.PrefixCache` lookup; ``ratio`` is 1 here)."""
+        a = self.ready
+        k = 0
+        for h in keys:
+            if h not in a:
+                break
+            k += 1
+        k *= ratio
+        return k if k < limit else limit
 
     def in_use_tokens(self) -> int:
         """Tokens held by running requests (cached-but-free blocks excluded), tokens."""
@@ -384,6 +397,175 @@ class BlockPool:
             self.lru_n += e - f
         elif g.k == 0 and not g.refs:
             del self.groups[key]
+
+    # ------------------------------------------------------------------ per request
+
+    def cache_blocks(self, rid: int, held: list[Any], first: int, upto: int, tfull: int,
+                     ratio: int, hashes: list[int], h0: int, pending: dict[int, int]
+                     ) -> tuple[int, int]:
+        """Enter request ``rid``'s full blocks ``[first, upto)`` into the prefix cache.
+
+        Blocks inside the request's hashed trace blocks (``tfull`` of them, ``ratio`` per
+        trace block, trace hash ``hashes[h0 + k]``) join the chain of their trace hash;
+        blocks past them join the request's own chain (key ``~rid``). A block whose chain
+        someone else cached further (two requests computing one prefix at once) stays
+        hashless, as :meth:`extend` says. Blocks of a chain no other unfinished request
+        shares (``pending[key] == 1``, or the own chain) that continue what ``rid`` holds
+        are kept out of the index as private segments ``(key, pos, count)`` in ``held``:
+        nobody else will look them up, so they cost no chain bookkeeping until the request
+        is preempted (:meth:`register_blocks`) or finishes (:meth:`release_blocks`).
+
+        Parameters
+        ----------
+        rid : int
+            The request.
+        held : list
+            What ``rid`` holds, in block order (chain keys and private segments); appended to.
+        first, upto : int
+            Blocks already examined, and blocks to examine up to (exclusive).
+        tfull : int
+            Engine blocks of ``rid`` inside its hashed trace blocks.
+        ratio : int
+            Engine blocks per trace block.
+        hashes : list of int
+            The workload's hash list; ``rid``'s trace hashes start at ``h0``.
+        h0 : int
+            Offset of ``rid``'s hashes in ``hashes``.
+        pending : dict
+            Unfinished requests whose hash list holds each key (occurrences).
+
+        Returns
+        -------
+        (ext, private) : tuple of int
+            Blocks added as chain positions, and blocks added in private segments.
+        """
+        groups = self.groups
+        b = first
+        ext = 0
+        priv = 0
+        lim = upto if upto < tfull else tfull
+        if b < lim and not b % ratio and b + ratio <= lim:
+            # Whole trace blocks from a trace-block boundary (the common case): position 0 of
+            # each chain, ``ratio`` blocks each; the same steps as the general loop below.
+            g_end = lim // ratio
+            for gi in range(b // ratio, g_end):
+                key = hashes[h0 + gi]  # a trace hash, >= 0
+                g = groups.get(key)
+                if g is None:
+                    if pending[key] == 1:
+                        held.append((key, 0, ratio))  # nobody else will look this chain up
+                        priv += ratio
+                        continue
+                    groups[key] = _Group(ratio, {rid: ratio})
+                    held.append(key)
+                    ext += ratio
+                elif not g.k and not g.refs.get(rid, 0):
+                    g.k = ratio
+                    g.refs[rid] = ratio
+                    held.append(key)
+                    ext += ratio
+            b = g_end * ratio
+        while b < upto:
+            if b < tfull:
+                gi = b // ratio
+                pos = b - gi * ratio
+                end = (gi + 1) * ratio
+                cnt = (upto if upto < end else end) - b
+                key = hashes[h0 + gi]
+            else:
+                pos = b - tfull
+                cnt = upto - b
+                key = ~rid
+            b += cnt
+            # extend(), inlined: this loop runs once per trace block of every prompt
+            g = groups.get(key)
+            if g is None:
+                if (key < 0 or pending[key] == 1) and (not pos or (held and type(held[-1]) is tuple and held[-1][0] == key
+                                          and held[-1][1] + held[-1][2] == pos)):
+                    held.append((key, pos, cnt))  # nobody else will look this chain up
+                    priv += cnt
+                    continue
+                if pos:
+                    continue
+                groups[key] = _Group(cnt, {rid: cnt})
+                held.append(key)
+                ext += cnt
+            elif g.k == pos and g.refs.get(rid, 0) == pos:
+                g.k = pos + cnt
+                g.refs[rid] = pos + cnt
+                if not pos:
+                    held.append(key)
+                ext += cnt
+        return ext, priv
+
+    def release_blocks(self, rid: int, held: list[Any], hashless: int) -> None:
+        """Free every block request ``rid`` holds: tail first (its own chain, then its trace
+        blocks backwards), private segments as anonymous runs, and ``hashless`` blocks.
+
+        Parameters
+        ----------
+        rid : int
+            The request.
+        held : list
+            What ``rid`` holds (chain keys and private segments), in block order.
+        hashless : int
+            Blocks ``rid`` holds outside any chain or segment.
+        """
+        groups = self.groups
+        lru = self.lru
+        freed = 0
+        anon = 0
+        for key in reversed(held):  # drop(), inlined (once per held chain of every request)
+            if type(key) is tuple:  # private cached blocks: one anonymous run
+                anon += key[2]
+                continue
+            if anon:
+                lru.append([None, 0, anon, None])
+                freed += anon
+                anon = 0
+            g = groups[key]
+            refs = g.refs
+            e = refs.pop(rid)
+            f = max(refs.values()) if refs else 0
+            if e > f:
+                run = [key, f, e, g]
+                lru.append(run)
+                g.runs.append(run)
+                freed += e - f
+            elif not g.k and not refs:
+                del groups[key]
+        if anon:
+            lru.append([None, 0, anon, None])
+            freed += anon
+        self.lru_n += freed
+        self.hfree += hashless
+
+    def register_blocks(self, rid: int, held: list[Any]) -> tuple[list[Any], int]:
+        """Enter ``rid``'s private segments into the index (before a preemption, so that the
+        request finds them when it comes back).
+
+        Returns
+        -------
+        (held, ext) : tuple
+            The new holdings (chain keys only), and the blocks that became chain positions.
+        """
+        groups = self.groups
+        out: list[Any] = []
+        ext = 0
+        for item in held:
+            if type(item) is not tuple:
+                out.append(item)
+                continue
+            key, pos, cnt = item
+            g = groups.get(key)
+            if g is None:
+                groups[key] = _Group(cnt, {rid: cnt})
+                out.append(key)
+            else:  # continues the chain registered by the previous segment
+                g.k = pos + cnt
+                g.refs[rid] = pos + cnt
+            ext += cnt
+        return out, ext
 
     def free_hashless(self, n: int) -> None:
         """Return ``n`` hashless blocks."""

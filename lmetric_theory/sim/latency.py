@@ -17,6 +17,7 @@ the module docstring of :func:`roofline_preset` for how the numbers are derived)
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -92,6 +93,65 @@ class LatencyModel:
             except ValueError as exc:
                 raise ValueError(f"latency coefficient {exc}") from None
 
+    def step_end(self, start: float, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                 attention: float) -> float:
+        """End of one iteration that starts at ``start``, seconds: the one place the step
+        time is computed (both fast-engine schedulers, the vLLM engine and
+        :meth:`iteration_time` call it).
+
+        Parameters
+        ----------
+        start : float
+            Start of the iteration, seconds (0 for its duration).
+        prefill_tokens : int or array_like
+            Tokens computed for requests that are not decoding (prompt chunks,
+            recomputation), tokens.
+        decode_seqs : int or array_like
+            Sequences decoding one token, sequences.
+        kv_tokens : int or array_like
+            KV-cache tokens the attention reads: each chunk's context plus its tokens, plus
+            each decoding sequence's context, tokens.
+        attention : float or array_like
+            ``sum over chunks of chunk * (chunk_context + chunk / 2)``, tokens^2.
+
+        Returns
+        -------
+        float
+            ``start + c0 + c_pf prefill_tokens + c_dec decode_seqs + c_kv kv_tokens
+            + c_att attention``, summed left to right, seconds.
+        """
+        return (start + self.c0 + self.c_pf * prefill_tokens + self.c_dec * decode_seqs
+                + self.c_kv * kv_tokens + self.c_att * attention)
+
+    def decode_run(self, n: int, ctx: int, m: int) -> float:
+        """Time of ``m`` decode-only iterations of ``n`` sequences of total context ``ctx``, s.
+
+        Iteration ``j`` (0-based) reads ``ctx + j n`` tokens, so it takes
+        ``c0 + c_dec n + c_kv (ctx + j n)`` (:meth:`step_end` with no prefill); the sum is
+        ``m (c0 + c_dec n + c_kv ctx) + c_kv n m (m - 1) / 2``.
+        """
+        c_kv = self.c_kv
+        return m * (self.c0 + self.c_dec * n + c_kv * ctx) + c_kv * n * (m * (m - 1) // 2)
+
+    def decode_steps_started(self, elapsed: float, n: int, ctx: int, m: int) -> int:
+        """Iterations of a decode stretch (``m`` iterations, ``n`` sequences, total context
+        ``ctx`` tokens) that start at or before ``elapsed`` seconds after its start (>= 1)."""
+        c_kv = self.c_kv
+        a = c_kv * n / 2.0
+        b = self.c0 + self.c_dec * n + c_kv * ctx - a
+        # Largest j with T(j) <= elapsed, T(j) = a j^2 + b j = decode_run(n, ctx, j).
+        if a > 0:
+            j = int((-b + math.sqrt(b * b + 4 * a * max(elapsed, 0.0))) / (2 * a))
+        else:
+            j = int(elapsed / b) if b > 0 else m
+        j = max(0, min(j, m))
+        run = self.decode_run
+        while j + 1 <= m and run(n, ctx, j + 1) <= elapsed:
+            j += 1
+        while j > 0 and run(n, ctx, j) > elapsed:
+            j -= 1
+        return min(j + 1, m)
+
     def iteration_time(
         self,
         prefill_tokens: np.ndarray | float,
@@ -115,13 +175,8 @@ class LatencyModel:
         pt = np.asarray(prefill_tokens, dtype=np.float64)
         pc = np.asarray(prefill_context, dtype=np.float64)
         kv = np.where(pt > 0, pc + pt, 0.0) + np.asarray(decode_kv_tokens, dtype=np.float64)
-        return (
-            self.c0
-            + self.c_pf * pt
-            + self.c_dec * np.asarray(decode_seqs, dtype=np.float64)
-            + self.c_kv * kv
-            + self.c_att * pt * (pc + pt / 2.0)
-        )
+        return self.step_end(0.0, pt, np.asarray(decode_seqs, dtype=np.float64), kv,
+                             pt * (pc + pt / 2.0))
 
 
 @dataclass(frozen=True, slots=True)

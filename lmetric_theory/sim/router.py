@@ -11,27 +11,29 @@ are current: the router updates them at dispatch and engine events correct them.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import Any
 
 from lmetric_theory.policies.base import DecisionView
 from lmetric_theory.sim.events import PlanKind
-from lmetric_theory.sim.instance import Requests
+from lmetric_theory.sim.requests import Requests
+from lmetric_theory.sim.scheduler import RouterCounters, Scheduler, Signals
 from lmetric_theory.sim.snapshots import SIGNALS, SnapshotLog
 
 __all__ = ["RouterView"]
 
-Signals = tuple[int, int, int, float, Any]
-
 
 class RouterView:
-    """Builds :class:`DecisionView` rows from the instances and the router-side counters.
+    """Builds :class:`DecisionView` rows from the instances and the router's counters.
 
     Parameters
     ----------
     req : Requests
-        The simulator's request table.
-    instances : list
-        The instances (:class:`Instance` or :class:`PagedInstance`).
+        The simulator's request table (it names the keys a request is looked up by).
+    instances : sequence of Scheduler
+        The instances.
+    counters : RouterCounters
+        The router's own counters (updated here at dispatch, by the instances after).
     approximate : bool
         Use the router's own record of sent blocks as the cache view.
     delay : float
@@ -41,22 +43,21 @@ class RouterView:
         Block size of the hit, tokens (the engine block size).
     ratio : int
         Engine blocks per workload hash block (1 for the ``reserve`` scheduler).
-    paged : bool
-        Instances are :class:`PagedInstance` (brought up to date before each view).
     log : SnapshotLog or None
         Where to write every decision's row (``None``: one scratch row is reused).
     """
 
-    def __init__(self, req: Requests, instances: list[Any], *, approximate: bool, delay: float,
-                 block: int, ratio: int, paged: bool, log: SnapshotLog | None) -> None:
+    def __init__(self, req: Requests, instances: Sequence[Scheduler], counters: RouterCounters, *,
+                 approximate: bool, delay: float, block: int, ratio: int,
+                 log: SnapshotLog | None) -> None:
         n = len(instances)
         self.req = req
         self.inst = instances
+        self.counters = counters
         self.approximate = approximate
         self.delay = delay
         self.bs = block
         self.ratio = ratio
-        self.paged = paged
         self.log = log
         self.row = SnapshotLog.empty(1, n) if log is None else None
         self._bind()
@@ -64,11 +65,12 @@ class RouterView:
         self.hist_t: list[list[float]] = [[] for _ in range(n)]
         self.hist_v: list[list[Signals]] = [[] for _ in range(n)]
 
-    def clone(self, req: Requests, instances: list[Any]) -> RouterView:
-        """Independent copy bound to a fork's request table and instances."""
+    def clone(self, req: Requests, instances: Sequence[Scheduler],
+              counters: RouterCounters) -> RouterView:
+        """Independent copy bound to a fork's request table, instances and counters."""
         c = RouterView.__new__(RouterView)
         c.__dict__.update(self.__dict__)
-        c.req, c.inst = req, instances
+        c.req, c.inst, c.counters = req, instances, counters
         for k in ("log", "row"):
             v = getattr(self, k)
             if v is not None:
@@ -105,91 +107,58 @@ class RouterView:
 
     # ------------------------------------------------------------------ dispatch
 
-    def dispatched(self, ins: Any, rid: int, view: DecisionView) -> int:
-        """Record that ``rid`` went to ``ins``; its predicted new (uncached) tokens."""
+    def dispatched(self, ins: Scheduler, rid: int, view: DecisionView) -> int:
+        """Record that ``rid`` went to ``ins`` (counters, sent blocks); its predicted new
+        (uncached) tokens."""
         req = self.req
-        if self.paged:
-            if self.approximate:
-                h0 = req.hoff[rid]
-                self.approx[ins.idx].update(req.hashes[h0 : h0 + req.nhash[rid]])
-            return int(view.uncached[ins.idx])
-        if not self.approximate:
-            return int(view.uncached[ins.idx])
-        est = req.inp[rid] - ins.kv.hit_blocks(req.hit_candidates(rid)) * self.bs
-        self.approx[ins.idx].update(req.full_blocks(rid))
+        i = ins.idx
+        est = ins.dispatch_estimate(rid, int(view.uncached[i]))
+        if self.approximate:
+            self.approx[i].update(req.sent_keys(rid))
+        self.counters.dispatch(i, req.inp[rid], est)
         return est
 
-    def record(self, ins: Any, t: float) -> None:
+    def record(self, ins: Scheduler, t: float) -> None:
         """Append the instance's engine signals at ``t`` to its history (delayed views only)."""
         self.hist_t[ins.idx].append(t)
-        if self.paged:
-            self.hist_v[ins.idx].append(ins.signals())
-        else:
-            run = len(ins.prefilling) + ins.n_dec
-            self.hist_v[ins.idx].append((ins.queued, run, len(ins.waiting), ins.kv_used_fraction(), None))
+        self.hist_v[ins.idx].append(ins.signals())
 
     # ------------------------------------------------------------------ snapshot
 
     def _hits(self, rid: int) -> list[int]:
         """The request's prefix hit on each instance in the router's cache view, blocks."""
-        req = self.req
-        inst = self.inst
-        if self.paged:
-            inp = req.inp[rid]
-            limit = (inp - 1) // self.bs
-            h0 = req.hoff[rid]
-            keys = req.hashes[h0 : h0 + req.nhash[rid]]
-            ratio = self.ratio
-            if not self.approximate:
-                return [ins.pool.hit(keys, ratio, limit) for ins in inst]
-            out = []
-            for a in self.approx:
-                k = 0
-                for h in keys:
-                    if h not in a:
-                        break
-                    k += 1
-                k *= ratio
-                out.append(k if k < limit else limit)
-            return out
-        blocks = req.hit_candidates(rid)
+        keys, limit = self.req.lookup_keys(rid)
+        ratio = self.ratio
+        if not self.approximate:
+            return [ins.cache.hit(keys, ratio, limit) for ins in self.inst]
         out = []
-        for i, ins in enumerate(inst):
-            a = self.approx[i] if self.approximate else ins.kv.ready
+        for a in self.approx:
             k = 0
-            for h in blocks:
+            for h in keys:
                 if h not in a:
                     break
                 k += 1
-            out.append(k)
+            k *= ratio
+            out.append(k if k < limit else limit)
         return out
 
     def snapshot(self, t: float, rid: int, d: int) -> DecisionView:
         """The view of decision ``d`` (request ``rid`` at time ``t``), written to the log."""
         inst = self.inst
-        if self.paged:
-            for ins in inst:
-                if ins.plan is PlanKind.DECODE:
-                    ins.sync(t)
+        for ins in inst:
+            if ins.plan is PlanKind.DECODE:
+                ins.sync(t)
         inp = self.req.inp[rid]
         hb = self._hits(rid)
         bs = self.bs
         unc = [inp - k * bs for k in hb]
         if self.delay == 0:
-            q = [ins.queued for ins in inst]
-            if self.paged:
-                r = [len(ins.running) for ins in inst]
-            else:
-                r = [len(ins.prefilling) + ins.n_dec for ins in inst]
-            w = [len(ins.waiting) for ins in inst]
-            kv = [ins.kv_used_fraction() for ins in inst]
+            q, r, w, kv = zip(*[ins.load() for ins in inst], strict=True)
         else:
             q, r, w, kv = self._delayed(t)
-        rq = [ins.rt_queued for ins in inst]
-        ri = [ins.rt_inflight for ins in inst]
-        ra = [ins.rt_all for ins in inst]
-        rn = [ins.rt_new for ins in inst]
-        return self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, rq, ri, ra, rn)
+        c = self.counters
+        return self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, c.queued, c.inflight,
+                          c.all_tokens, c.inflight_new)
 
     def _delayed(self, t: float) -> tuple[list, list, list, list]:
         """Engine signals as of ``t - delay`` from each instance's signal history."""
@@ -208,7 +177,7 @@ class RouterView:
             kv.append(s[3] if s[4] is None else ins.kv_usage_at(s[4], then))
         return q, r, w, kv
 
-    def _rows(self, t: float, rid: int, d: int, inp: int, *cols: list) -> DecisionView:
+    def _rows(self, t: float, rid: int, d: int, inp: int, *cols: Sequence) -> DecisionView:
         log = self.log
         if log is None:
             d_row = 0

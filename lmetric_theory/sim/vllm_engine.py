@@ -24,7 +24,8 @@ Semantics
   independent and may run in parallel processes) or a :class:`~lmetric_theory.policies.base.
   Policy` given a :class:`~lmetric_theory.policies.base.DecisionView` built from the
   schedulers' state at the arrival (running, waiting, KV usage, each instance's prefix hit
-  from its KV cache manager) and the router's own counters (see :class:`_Router`).
+  from its KV cache manager) and the router's own counters (a
+  :class:`~lmetric_theory.sim.scheduler.RouterCounters`, updated as the fast engine updates it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.sim.latency import LatencyModel
+from lmetric_theory.sim.scheduler import RouterCounters
 from lmetric_theory.sim.vllm_adapter import (
     StepBatch,
     VllmInstance,
@@ -69,10 +72,9 @@ def token_ids(workload: Workload, rid: int) -> list[int]:
     return out
 
 
-def step_time(c: tuple[float, float, float, float, float], batch: StepBatch) -> float:
-    """Duration of one step from the latency coefficients ``(c0, c_pf, c_dec, c_kv, c_att)``,
-    seconds (the fast engine's formula for a mixed or decode iteration)."""
-    c0, c_pf, c_dec, c_kv, c_att = c
+def step_time(latency: LatencyModel, batch: StepBatch) -> float:
+    """Duration of one step of the batch vLLM scheduled, seconds
+    (:meth:`LatencyModel.step_end <lmetric_theory.sim.latency.LatencyModel.step_end>` from 0)."""
     pt = 0
     kv = batch.decode_kv_tokens
     att = 0.0
@@ -80,24 +82,7 @@ def step_time(c: tuple[float, float, float, float, float], batch: StepBatch) -> 
         pt += n
         kv += x + n
         att += n * (x + n / 2.0)
-    return c0 + c_pf * pt + c_dec * batch.decode_seqs + c_kv * kv + c_att * att
-
-
-@dataclasses.dataclass(slots=True)
-class _Router:
-    """The router's own counters per instance, updated at dispatch and by engine events.
-
-    ``inflight`` (+1 at dispatch, -1 at finish), ``queued`` (+ the request's predicted new
-    tokens at dispatch; corrected to the real hit at admission; - prefill tokens computed per
-    step; clamped at 0), ``all_tokens`` (+ prompt at dispatch, + each token produced,
-    - prompt + output at finish), ``inflight_new`` (+ the predicted new tokens at dispatch,
-    - the same at finish): the fast engine's router counters.
-    """
-
-    inflight: list[int]
-    queued: list[int]
-    all_tokens: list[int]
-    inflight_new: list[int]
+    return latency.step_end(0.0, pt, batch.decode_seqs, kv, att)
 
 
 class _Replay:
@@ -113,8 +98,7 @@ class _Replay:
         self.policy = policy
         self.ids = instances
         n = len(workload)
-        lat = config.latency
-        self.c = (lat.c0, lat.c_pf, lat.c_dec, lat.c_kv, lat.c_att)
+        self.lat = config.latency
         cap_tokens = (config.kv_capacity_tokens if getattr(config, "kv_capacity_blocks", None) is None
                       else int(config.kv_capacity_blocks) * int(workload.block_size))
         self.num_blocks = int(getattr(config, "vllm_num_blocks", 0) or cap_tokens // self.bs)
@@ -136,7 +120,7 @@ class _Replay:
         self.dec = dict.fromkeys(instances, 0)
         self.peak = dict.fromkeys(instances, 0)
         k = len(instances)
-        self.router = _Router([0] * k, [0] * k, [0] * k, [0] * k)
+        self.router = RouterCounters(k)
         self.pos = {i: j for j, i in enumerate(instances)}
         self.now = 0.0
         self.pending: dict[int, list[Any]] = {}
@@ -226,10 +210,7 @@ class _Replay:
         j = self.pos[target]
         est = len(toks) - hit
         self.est[rid] = est
-        self.router.inflight[j] += 1
-        self.router.queued[j] += est
-        self.router.all_tokens[j] += len(toks)
-        self.router.inflight_new[j] += est
+        self.router.dispatch(j, len(toks), est)
         self.where[rid] = target
         return target, req
 
@@ -292,7 +273,7 @@ class _Replay:
         used = int(round(ins.kv_usage * (self.num_blocks - 1))) * self.bs
         if used > self.peak[i]:
             self.peak[i] = used
-        busy[i] = (t + step_time(self.c, batch), so, batch)
+        busy[i] = (t + step_time(self.lat, batch), so, batch)
 
     def _finish(self, i: int, t: float, so: Any, batch: StepBatch) -> None:
         ins = self.inst[i]
@@ -300,22 +281,20 @@ class _Replay:
         r = self.router
         for rid, hit in batch.first_scheduled:
             self.cached[rid] = hit
-            r.queued[j] = max(r.queued[j] + (int(self.w.input_tokens[rid]) - hit)
-                              - int(self.est[rid]), 0)
+            r.admit(j, (int(self.w.input_tokens[rid]) - hit) - int(self.est[rid]))
         self.iterations += 1
         pt = sum(c for _, _, c in batch.chunks)
         self.pf[i] += pt
-        r.queued[j] = max(r.queued[j] - pt, 0)
+        r.prefill(j, pt)
         self.dec[i] += len(batch.emitted)
-        r.all_tokens[j] += len(batch.emitted)
+        r.emit(j, len(batch.emitted))
         for rid in batch.emitted:
             if math.isnan(self.first[rid]):
                 self.first[rid] = t
         for rid in ins.finish_step(so, batch):
             self.done[rid] = t
-            r.inflight[j] -= 1
-            r.all_tokens[j] -= int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid])
-            r.inflight_new[j] -= int(self.est[rid])
+            r.finish(j, int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid]),
+                     int(self.est[rid]))
 
     def preemptions(self) -> np.ndarray:
         p = np.zeros(len(self.w), dtype=np.int64)

@@ -1,364 +1,27 @@
-"""Per-request state and the iteration planning of one serving instance.
+"""The ``vllm-v1`` scheduler: one instance scheduled like vLLM v1's scheduler.
 
-An instance runs continuous batching with chunked prefill: each iteration decodes one
-token for every decoding request and spends the rest of the token budget on prefill
-chunks, admitted requests first, then waiting ones (first come, first served) while the
-batch-size limit and the KV capacity allow. Decode-only stretches are planned in closed
-form up to the next completion (see :meth:`Instance.run_time`).
+Synchronous scheduling, no speculative decoding; paged KV in a
+:class:`~lmetric_theory.sim.kvcache.BlockPool` with vLLM's prefix cache and eviction order,
+chunked prefill, preemption by recompute. docs/simulator.md states the model and how it
+was read against vLLM's sources; :mod:`lmetric_theory.sim.vllm_engine` runs vLLM's own
+scheduler to keep it honest.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 from collections import Counter, deque
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from lmetric_theory.sim.events import PlanKind
-from lmetric_theory.sim.kvcache import BlockPool, KVCache, _Group
+from lmetric_theory.sim.kvcache import BlockPool
+from lmetric_theory.sim.latency import LatencyModel
+from lmetric_theory.sim.requests import RequestData, Requests
+from lmetric_theory.sim.scheduler import RouterCounters, Signals
 
-__all__ = ["DECODE", "Instance", "PagedInstance", "PagedRequests", "PREFILL", "Requests", "WAITING"]
-
-
-class Requests:
-    """Workload-derived request data (shared, never mutated) and per-request state.
-
-    The per-request lists are replaced item by item, never mutated in place, so a fork
-    copies them shallowly (:meth:`clone`).
-    """
-
-    #: Per-request lists (copied by :meth:`clone`).
-    STATE = ("where", "cached", "rem", "ctx", "est", "refs", "new", "priv", "first", "done")
-
-    def __init__(self, arrival: list[float], inp: list[int], out: list[int], hashes: list[int],
-                 hoff: list[int], nfull: list[int], maxhit: list[int]) -> None:
-        n = len(arrival)
-        self.arrival, self.inp, self.out = arrival, inp, out
-        self.hashes, self.hoff, self.nfull, self.maxhit = hashes, hoff, nfull, maxhit
-        self.where = [-1] * n  # instance routed to
-        self.cached = [-1] * n  # prefix-hit tokens at admission (-1: not admitted)
-        self.rem = [0] * n  # prompt tokens still to prefill
-        self.ctx = [0] * n  # prompt tokens in KV (cached + prefilled)
-        self.est = [0] * n  # queued-token estimate at routing
-        self.refs: list[list[int] | None] = [None] * n  # pinned block hashes
-        self.new: list[list[int] | None] = [None] * n  # blocks this request computes
-        self.priv = [0] * n  # private KV reservation, tokens
-        self.first = [math.nan] * n  # first-token time, seconds
-        self.done = [math.nan] * n  # last-token time, seconds
-
-    def __len__(self) -> int:
-        return len(self.arrival)
-
-    def full_blocks(self, rid: int) -> list[int]:
-        """Hashes of request ``rid``'s full prompt blocks."""
-        h0 = self.hoff[rid]
-        return self.hashes[h0 : h0 + self.nfull[rid]]
-
-    def hit_candidates(self, rid: int) -> list[int]:
-        """Hashes of the blocks of ``rid`` that may be prefix hits."""
-        h0 = self.hoff[rid]
-        return self.hashes[h0 : h0 + self.maxhit[rid]]
-
-    def clone(self) -> Requests:
-        """Copy sharing the workload data and copying the per-request lists."""
-        c = type(self).__new__(type(self))
-        c.__dict__.update(self.__dict__)
-        for k in self.STATE:
-            setattr(c, k, getattr(self, k).copy())
-        return c
-
-
-class Instance:
-    """Mutable state and scheduling of one serving instance.
-
-    Parameters
-    ----------
-    idx : int
-        Instance index.
-    req : Requests
-        The simulator's request table (shared by all instances).
-    kv : KVCache
-        This instance's KV cache.
-    coef : tuple of float
-        Latency coefficients ``(c0, c_pf, c_dec, c_kv, c_att)``.
-    budget, max_batch : int
-        Token budget per iteration (tokens) and the running-request limit.
-    fast_forward : bool
-        Plan decode-only stretches up to the next completion (else one iteration each).
-    """
-
-    __slots__ = (
-        "idx", "req", "kv", "c", "budget", "max_batch", "ff", "waiting", "prefilling", "n_dec",
-        "ctx_sum", "fin", "steps", "queued", "plan", "plan_start", "plan_end", "plan_m",
-        "plan_chunks", "version", "pf_total", "dec_total", "iterations", "preemptions",
-        "rt_queued", "rt_inflight", "rt_all", "rt_new",
-    )
-
-    def __init__(self, idx: int, req: Requests, kv: KVCache, coef: tuple[float, ...], budget: int,
-                 max_batch: int, fast_forward: bool) -> None:
-        self.idx = idx
-        self.req = req
-        self.kv = kv
-        self.c = coef
-        self.budget = budget
-        self.max_batch = max_batch
-        self.ff = fast_forward
-        self.waiting: deque[int] = deque()
-        self.prefilling: list[int] = []
-        self.n_dec = 0
-        self.ctx_sum = 0  # sum of decoding contexts, tokens
-        self.fin: list[tuple[int, int]] = []  # heap of (finish step, rid)
-        self.steps = 0  # decode iterations executed
-        self.queued = 0  # prefill tokens not yet computed (admitted remaining + waiting estimates)
-        self.plan = PlanKind.IDLE
-        self.plan_start = 0.0
-        self.plan_end = 0.0
-        self.plan_m = 0
-        self.plan_chunks: list[tuple[int, int]] = []
-        self.version = 0
-        self.pf_total = 0  # prefill tokens computed, tokens
-        self.dec_total = 0  # tokens produced (first tokens + decode iterations), tokens
-        self.iterations = 0  # iterations executed
-        self.preemptions = 0  # never: KV is reserved at admission
-        # Router-side counters (kept by the router: dispatch adds, engine events correct).
-        self.rt_queued = 0
-        self.rt_inflight = 0
-        self.rt_all = 0
-        self.rt_new = 0  # predicted new tokens of in-flight requests (released at finish)
-
-    def clone(self, req: Requests) -> Instance:
-        """Independent copy bound to ``req`` (the fork's request table)."""
-        c = Instance.__new__(Instance)
-        for name in Instance.__slots__:
-            v = getattr(self, name)
-            if isinstance(v, list | deque):
-                v = v.copy()
-            setattr(c, name, v)
-        c.req = req
-        c.kv = self.kv.clone()
-        return c
-
-    # ------------------------------------------------------------------ signals
-
-    @property
-    def running(self) -> int:
-        """Admitted requests (prefilling or decoding)."""
-        return len(self.prefilling) + self.n_dec
-
-    def kv_used_fraction(self) -> float:
-        """Share of the KV capacity held by running requests (cached-but-free excluded)."""
-        return self.kv.in_use_tokens() / self.kv.cap
-
-    def sync(self, t: float) -> None:
-        """Nothing to bring up to date (signals change only at plan boundaries)."""
-
-    def holders(self) -> list[int]:
-        """Requests holding KV (prefilling or decoding)."""
-        return list(self.prefilling) + [r for _, r in self.fin]
-
-    def check(self) -> None:
-        """Assert the KV bookkeeping (see :meth:`KVCache.check`)."""
-        holders = self.holders()
-        req = self.req
-        self.kv.check([req.refs[r] for r in holders], sum(req.priv[r] for r in holders))
-        assert self.n_dec == len(self.fin), self.idx
-        assert self.rt_new >= 0, self.idx
-
-    # ------------------------------------------------------------------ arrivals
-
-    def enqueue(self, rid: int, est: int) -> None:
-        """A routed request joins the waiting queue with its queued-token estimate."""
-        self.req.est[rid] = est
-        self.queued += est
-        self.waiting.append(rid)
-        self.rt_queued += est
-        self.rt_inflight += 1
-        self.rt_all += self.req.inp[rid]
-        self.rt_new += est
-
-    def cut(self, t: float) -> bool:
-        """Shorten a decode stretch to the iterations started by ``t``; True if it changed."""
-        if self.plan is not PlanKind.DECODE or self.plan_m <= 1:
-            return False
-        k = self.iterations_started(t)
-        if k >= self.plan_m:
-            return False
-        self.plan_m = k
-        self.plan_end = self.plan_start + self.run_time(self.n_dec, self.ctx_sum, k)
-        return True
-
-    # ------------------------------------------------------------------ timing
-
-    def run_time(self, n: int, ctx: int, m: int) -> float:
-        """Time of ``m`` decode-only iterations of ``n`` sequences of total context ``ctx``, s.
-
-        Iteration ``j`` (0-based) takes ``c0 + c_dec n + c_kv (ctx + j n)``.
-        """
-        c0, _, c_dec, c_kv, _ = self.c
-        return m * (c0 + c_dec * n + c_kv * ctx) + c_kv * n * (m * (m - 1) // 2)
-
-    def iterations_started(self, t: float) -> int:
-        """Iterations of the current decode stretch that start at or before ``t`` (>= 1)."""
-        D = t - self.plan_start
-        c0, _, c_dec, c_kv, _ = self.c
-        n, K = self.n_dec, self.ctx_sum
-        a = c_kv * n / 2.0
-        b = c0 + c_dec * n + c_kv * K - a
-        # Largest j with T(j) <= D, T(j) = a j^2 + b j.
-        if a > 0:
-            j = int((-b + math.sqrt(b * b + 4 * a * max(D, 0.0))) / (2 * a))
-        else:
-            j = int(D / b) if b > 0 else self.plan_m
-        j = max(0, min(j, self.plan_m))
-        while j + 1 <= self.plan_m and self.run_time(n, K, j + 1) <= D:
-            j += 1
-        while j > 0 and self.run_time(n, K, j) > D:
-            j -= 1
-        return min(j + 1, self.plan_m)
-
-    # ------------------------------------------------------------------ planning
-
-    def _admit(self, rid: int) -> bool:
-        """Admit ``rid`` (waiting head) if its KV need fits."""
-        req = self.req
-        inp = req.inp[rid]
-        adm = self.kv.admit(req.full_blocks(rid), req.maxhit[rid], inp, req.out[rid])
-        if adm is None:
-            return False
-        hit, refs, new, priv = adm
-        bs = self.kv.bs
-        req.refs[rid] = refs
-        req.new[rid] = new
-        req.priv[rid] = priv
-        req.cached[rid] = hit * bs
-        req.ctx[rid] = hit * bs
-        rem = inp - hit * bs
-        req.rem[rid] = rem
-        self.queued += rem - req.est[rid]
-        q = self.rt_queued + rem - req.est[rid]
-        self.rt_queued = q if q > 0 else 0
-        return True
-
-    def plan_next(self, t: float) -> bool:
-        """Plan the iteration starting at ``t``; False when the instance has nothing to do."""
-        n_dec = self.n_dec
-        budget = self.budget - n_dec
-        chunks: list[tuple[int, int]] = []
-        rem = self.req.rem
-        for rid in self.prefilling:
-            if budget <= 0:
-                break
-            c = rem[rid] if rem[rid] < budget else budget
-            chunks.append((rid, c))
-            budget -= c
-        waiting = self.waiting
-        max_batch = self.max_batch
-        while budget > 0 and waiting and len(self.prefilling) + n_dec < max_batch:
-            rid = waiting[0]
-            if not self._admit(rid):
-                break
-            waiting.popleft()
-            self.prefilling.append(rid)
-            c = rem[rid] if rem[rid] < budget else budget
-            chunks.append((rid, c))
-            budget -= c
-        self.plan_start = t
-        if chunks:
-            c0, c_pf, c_dec, c_kv, c_att = self.c
-            pt = 0
-            kv = self.ctx_sum
-            att = 0.0
-            ctx = self.req.ctx
-            for rid, c in chunks:
-                pt += c
-                kv += ctx[rid] + c
-                att += c * (ctx[rid] + c / 2.0)
-            self.plan = PlanKind.MIXED
-            self.plan_chunks = chunks
-            self.plan_m = 1
-            self.plan_end = t + c0 + c_pf * pt + c_dec * n_dec + c_kv * kv + c_att * att
-            return True
-        if n_dec:
-            m = self.fin[0][0] - self.steps if self.ff else 1
-            self.plan = PlanKind.DECODE
-            self.plan_m = m
-            self.plan_end = t + self.run_time(n_dec, self.ctx_sum, m)
-            return True
-        self.plan = PlanKind.IDLE
-        return False
-
-    def finish_plan(self) -> None:
-        """Apply the plan that ends at ``plan_end`` (the instance is then idle)."""
-        if self.plan is PlanKind.MIXED:
-            self._apply_mixed(self.plan_end)
-        else:
-            self._apply_run(self.plan_end)
-        self.plan = PlanKind.IDLE
-
-    def _apply_mixed(self, t: float) -> None:
-        req = self.req
-        rem, ctx = req.rem, req.ctx
-        done_prefill = []
-        self.dec_total += self.n_dec
-        self.rt_all += self.n_dec
-        for rid, c in self.plan_chunks:
-            self.pf_total += c
-            rem[rid] -= c
-            ctx[rid] += c
-            self.queued -= c
-            q = self.rt_queued - c
-            self.rt_queued = q if q > 0 else 0
-            if rem[rid] == 0:
-                done_prefill.append(rid)
-        self.plan_chunks = []
-        self.iterations += 1
-        self.steps += 1
-        self.ctx_sum += self.n_dec
-        self._complete(t)
-        if done_prefill:
-            gone = set(done_prefill)
-            self.prefilling = [r for r in self.prefilling if r not in gone]
-            ready = self.kv.ready
-            for rid in done_prefill:
-                ready.update(req.new[rid])
-                req.first[rid] = t
-                self.dec_total += 1
-                self.rt_all += 1
-                out = req.out[rid]
-                if out == 1:
-                    self._release(rid, t)
-                else:
-                    self.n_dec += 1
-                    self.ctx_sum += req.inp[rid] + 1
-                    heapq.heappush(self.fin, (self.steps + out - 1, rid))
-
-    def _apply_run(self, t: float) -> None:
-        m = self.plan_m
-        self.iterations += m
-        self.dec_total += m * self.n_dec
-        self.rt_all += m * self.n_dec
-        self.steps += m
-        self.ctx_sum += m * self.n_dec
-        self._complete(t)
-
-    def _complete(self, t: float) -> None:
-        fin = self.fin
-        req = self.req
-        while fin and fin[0][0] <= self.steps:
-            _, rid = heapq.heappop(fin)
-            self.n_dec -= 1
-            self.ctx_sum -= req.inp[rid] + req.out[rid]
-            self._release(rid, t)
-
-    def _release(self, rid: int, t: float) -> None:
-        req = self.req
-        self.kv.release(req.refs[rid], req.priv[rid])
-        self.rt_inflight -= 1
-        self.rt_all -= req.inp[rid] + req.out[rid]
-        self.rt_new -= req.est[rid]
-        req.refs[rid] = None
-        req.new[rid] = None
-        req.done[rid] = t
+__all__ = ["DECODE", "DONE", "PREFILL", "PagedRequests", "PagedScheduler", "WAITING"]
 
 
 #: Request states in the paged (vLLM v1) engine.
@@ -402,13 +65,28 @@ class PagedRequests(Requests):
         self.pre = [0] * n  # preemptions
         self.qest = [0] * n  # engine's queued-token estimate while waiting
 
+    def lookup_keys(self, rid: int) -> tuple[list[int], int]:
+        """Keys the router looks ``rid`` up by: its trace hashes (the last one may name a
+        partial block), and the most engine blocks a hit may cover (one token short)."""
+        h0 = self.hoff[rid]
+        return self.hashes[h0 : h0 + self.nhash[rid]], (self.inp[rid] - 1) // self.block
+
+    def sent_keys(self, rid: int) -> list[int]:
+        """Keys the router records as sent with ``rid``: its trace hashes."""
+        h0 = self.hoff[rid]
+        return self.hashes[h0 : h0 + self.nhash[rid]]
+
+    def preemption_counts(self) -> np.ndarray:
+        """Preemptions of each request, shape (n,), int64."""
+        return np.asarray(self.pre, dtype=np.int64)
+
     def clone(self) -> PagedRequests:
         c = super().clone()
         c.held = [list(h) for h in self.held]
         return c  # type: ignore[return-value]
 
 
-class PagedInstance:
+class PagedScheduler:
     """One instance scheduled like vLLM v1 (synchronous scheduling, no speculative decoding).
 
     Each iteration: the running requests in admission order get their tokens (one for a
@@ -425,22 +103,29 @@ class PagedInstance:
     iteration in which they are scheduled), so decode-only stretches are planned in closed
     form: up to the next completion, and no further than the free blocks last (a block per
     request every ``block`` tokens, counted through a histogram of block phases).
+
+    Satisfies :class:`~lmetric_theory.sim.scheduler.Scheduler`. Parameters as
+    :class:`~lmetric_theory.sim.reserve.ReserveScheduler`, with ``pool`` (the instance's
+    :class:`~lmetric_theory.sim.kvcache.BlockPool`) for its KV cache.
     """
 
+    #: An idle instance starts after every arrival of the same instant (a burst is one batch).
+    batches_arrivals: ClassVar[bool] = True
+
     __slots__ = (
-        "idx", "req", "pool", "c", "budget", "max_batch", "ff", "bs", "ratio", "running", "waiting",
+        "idx", "req", "pool", "cache", "lat", "budget", "max_batch", "ff", "bs", "ratio", "running", "waiting",
         "S", "n_dec", "sum_base", "H", "fin", "queued", "plan", "plan_start", "plan_end", "plan_m",
         "plan_sched", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "sync_t", "version",
-        "pf_total", "dec_total", "iterations", "preemptions", "rt_queued", "rt_inflight", "rt_all",
-        "rt_new",
+        "pf_total", "dec_total", "iterations", "preemptions", "rt",
     )
 
-    def __init__(self, idx: int, req: PagedRequests, pool: BlockPool, coef: tuple[float, ...],
-                 budget: int, max_batch: int, fast_forward: bool) -> None:
+    def __init__(self, idx: int, req: PagedRequests, pool: BlockPool, latency: LatencyModel,
+                 budget: int, max_batch: int, fast_forward: bool, counters: RouterCounters) -> None:
         self.idx = idx
         self.req = req
         self.pool = pool
-        self.c = coef
+        self.cache = pool  # the router's precise view looks hits up in the pool
+        self.lat = latency
         self.budget = budget
         self.max_batch = max_batch
         self.ff = fast_forward
@@ -470,30 +155,66 @@ class PagedInstance:
         self.dec_total = 0
         self.iterations = 0
         self.preemptions = 0
-        # Router-side counters (kept by the router: dispatch adds, engine events correct).
-        self.rt_queued = 0
-        self.rt_inflight = 0
-        self.rt_all = 0
-        self.rt_new = 0  # predicted new tokens of in-flight requests (released at finish)
+        self.rt = counters
 
-    def clone(self, req: PagedRequests) -> PagedInstance:
-        """Independent copy bound to ``req``."""
-        c = PagedInstance.__new__(PagedInstance)
-        for name in PagedInstance.__slots__:
+    # ------------------------------------------------------------------ building
+
+    @staticmethod
+    def kv_room(config: Any, workload_block: int, capacity: int) -> int:
+        """KV room of an empty instance, tokens: whole engine blocks, one of them kept aside
+        (vLLM's null block). Raises ``ValueError`` for an engine block size that does not
+        divide the workload's hash block, or a capacity without one usable block."""
+        ebs = int(config.block_size)
+        if workload_block % ebs:
+            raise ValueError(
+                f"block_size {ebs} does not divide the workload's hash block size {workload_block}: "
+                "choose an engine block size that does (vLLM's default is 16)")
+        n_blocks = capacity // ebs - 1  # vLLM keeps one block aside (its null block)
+        if n_blocks < 1:
+            raise ValueError(f"KV capacity of {capacity} tokens holds no {ebs}-token block")
+        return n_blocks * ebs
+
+    @staticmethod
+    def kv_need(inp: np.ndarray, out: np.ndarray, config: Any) -> np.ndarray:
+        """KV a request needs on an empty instance: every token but the last (the last
+        sampled token is never computed) in whole engine blocks, tokens."""
+        ebs = int(config.block_size)
+        return -(-(inp + out - 1) // ebs) * ebs
+
+    @classmethod
+    def cluster(cls, data: RequestData, config: Any, capacity: int,
+                counters: RouterCounters) -> tuple[PagedRequests, list[PagedScheduler], int, int]:
+        """The request table and the instances of a cluster (see
+        :meth:`ReserveScheduler.cluster <lmetric_theory.sim.reserve.ReserveScheduler.cluster>`;
+        the view's block is the engine block, ``ratio`` engine blocks per workload block)."""
+        ebs = int(config.block_size)
+        bs = data.block
+        hash_ids = data.hash_ids
+        if hash_ids.size and hash_ids.min() < 0:  # keep ~request free for own chains
+            hash_ids = hash_ids - hash_ids.min()
+        offs = data.offsets
+        req = PagedRequests(*data.lists(hash_ids), nhash=(offs[1:] - offs[:-1]).tolist(),
+                            ratio=bs // ebs, block=ebs)
+        n_blocks = capacity // ebs - 1
+        inst = [cls(i, req, BlockPool(n_blocks), config.latency, int(config.token_budget),
+                    int(config.max_batch), bool(config.fast_forward), counters)
+                for i in range(config.n_instances)]
+        return req, inst, ebs, bs // ebs
+
+    def clone(self, req: PagedRequests, counters: RouterCounters) -> PagedScheduler:
+        """Independent copy bound to ``req`` and ``counters`` (a fork's)."""
+        c = PagedScheduler.__new__(PagedScheduler)
+        for name in PagedScheduler.__slots__:
             v = getattr(self, name)
             if isinstance(v, list | deque):
                 v = v.copy()
             setattr(c, name, v)
         c.req = req
-        c.pool = self.pool.clone()
+        c.rt = counters
+        c.pool = c.cache = self.pool.clone()
         return c
 
     # ------------------------------------------------------------------ signals
-
-    @property
-    def kv(self) -> BlockPool:
-        """The block pool (the router's precise cache view)."""
-        return self.pool
 
     def kv_used_fraction(self) -> float:
         """Share of the pool's blocks held by requests."""
@@ -549,8 +270,9 @@ class PagedInstance:
             assert req.state[r] == WAITING and not req.held[r], r
         assert n_dec == self.n_dec
         self.pool.check(held, hashless)
-        assert self.queued >= 0 and self.rt_queued >= 0 and self.rt_inflight >= 0 and self.rt_all >= 0
-        assert self.rt_new >= 0
+        rt, i = self.rt, self.idx
+        assert self.queued >= 0 and rt.queued[i] >= 0 and rt.inflight[i] >= 0 and rt.all_tokens[i] >= 0
+        assert rt.inflight_new[i] >= 0
 
     # ------------------------------------------------------------------ arrivals
 
@@ -561,10 +283,10 @@ class PagedInstance:
         req.qest[rid] = est
         self.queued += est
         self.waiting.append(rid)
-        self.rt_queued += est
-        self.rt_inflight += 1
-        self.rt_all += req.inp[rid]
-        self.rt_new += est
+
+    def dispatch_estimate(self, rid: int, seen_uncached: int) -> int:
+        """Predicted new tokens of ``rid``: the uncached tokens the router's view showed."""
+        return seen_uncached
 
     def cut(self, t: float) -> bool:
         """Shorten a decode stretch to the iterations started by ``t``; True if it changed."""
@@ -574,7 +296,7 @@ class PagedInstance:
         if k >= self.plan_m:
             return False
         self.plan_m = k
-        self.plan_end = self.plan_start + self.run_time(self.plan_n, self.plan_K0, k)
+        self.plan_end = self.plan_start + self.lat.decode_run(self.plan_n, self.plan_K0, k)
         return True
 
     def sync(self, t: float) -> None:
@@ -582,39 +304,22 @@ class PagedInstance:
         if self.plan is not PlanKind.DECODE or t < self.sync_t:
             return
         started = self.iterations_started(t)
-        self.sync_t = self.plan_start + self.run_time(self.plan_n, self.plan_K0, started)
+        self.sync_t = self.plan_start + self.lat.decode_run(self.plan_n, self.plan_K0, started)
         a_to = self.plan_S0 + started
         if a_to > self.alloc_upto:
             self.pool.alloc(self._need(self.alloc_upto, a_to - self.alloc_upto))
             self.alloc_upto = a_to
         c_to = a_to - 1
         if c_to > self.rep_upto:
-            self.rt_all += self.plan_n * (c_to - self.rep_upto)
+            self.rt.emit(self.idx, self.plan_n * (c_to - self.rep_upto))
             self.rep_upto = c_to
 
     # ------------------------------------------------------------------ timing
 
-    run_time = Instance.run_time
-
     def iterations_started(self, t: float) -> int:
         """Iterations of the current decode stretch that start at or before ``t`` (>= 1)."""
-        return self._started(t, self.plan_start, self.plan_n, self.plan_K0, self.plan_m)
-
-    def _started(self, t: float, start: float, n: int, K: int, m: int) -> int:
-        D = t - start
-        c0, _, c_dec, c_kv, _ = self.c
-        a = c_kv * n / 2.0
-        b = c0 + c_dec * n + c_kv * K - a
-        if a > 0:
-            j = int((-b + math.sqrt(b * b + 4 * a * max(D, 0.0))) / (2 * a))
-        else:
-            j = int(D / b) if b > 0 else m
-        j = max(0, min(j, m))
-        while j + 1 <= m and self.run_time(n, K, j + 1) <= D:
-            j += 1
-        while j > 0 and self.run_time(n, K, j) > D:
-            j -= 1
-        return min(j + 1, m)
+        return self.lat.decode_steps_started(t - self.plan_start, self.plan_n, self.plan_K0,
+                                             self.plan_m)
 
     def _need(self, s: int, m: int, H: list[int] | tuple[int, ...] | None = None) -> int:
         """Blocks the decoding requests allocate in the ``m`` iterations from clock ``s``
@@ -633,7 +338,17 @@ class PagedInstance:
             total += H[(s + j) % bs]
         return total
 
-    def signals(self) -> tuple[int, int, int, float, tuple | None]:
+    def load(self) -> tuple[int, int, int, float]:
+        """Queued prefill tokens, running and waiting requests, KV usage fraction."""
+        pool = self.pool
+        return (self.queued, len(self.running), len(self.waiting),
+                (pool.blocks - pool.hfree - pool.lru_n) / pool.blocks)
+
+    def peak_kv_tokens(self) -> int:
+        """Highest number of blocks held by requests, in tokens."""
+        return self.pool.peak_used * self.bs
+
+    def signals(self) -> Signals:
         """Engine signals (queued, running, waiting, KV usage) and, inside a decode stretch,
         what :meth:`kv_usage_at` needs to follow its KV usage to a later time."""
         stretch = None
@@ -645,7 +360,7 @@ class PagedInstance:
     def kv_usage_at(self, stretch: tuple, t: float) -> float:
         """KV usage at ``t`` of a decode stretch recorded by :meth:`signals`."""
         start, n, K, m, S0, upto, H, used = stretch
-        a_to = S0 + self._started(t, start, n, K, m)
+        a_to = S0 + self.lat.decode_steps_started(t - start, n, K, m)
         if a_to > upto:
             used += self._need(upto, a_to - upto, H)
         return used / self.pool.blocks
@@ -689,83 +404,16 @@ class PagedInstance:
         b = req.ncached[rid]
         if b >= F:
             return
-        groups = self.pool.groups
-        ratio = self.ratio
-        tfull = req.tfull[rid]
-        held = req.held[rid]
-        h0 = req.hoff[rid]
-        hashes = req.hashes
-        ext = 0
-        pending = req.pending
-        priv = 0
-        while b < F:
-            if b < tfull:
-                gi = b // ratio
-                pos = b - gi * ratio
-                end = (gi + 1) * ratio
-                cnt = (F if F < end else end) - b
-                key = hashes[h0 + gi]
-            else:
-                pos = b - tfull
-                cnt = F - b
-                key = ~rid
-            b += cnt
-            # BlockPool.extend, inlined (hot): cache the blocks if rid holds [0, pos) of the
-            # chain and nobody cached beyond; otherwise they duplicate cached ones (hashless).
-            g = groups.get(key)
-            if g is None:
-                if (key < 0 or pending[key] == 1) and (not pos or (held and type(held[-1]) is tuple and held[-1][0] == key
-                                          and held[-1][1] + held[-1][2] == pos)):
-                    held.append((key, pos, cnt))  # nobody else will look this chain up
-                    priv += cnt
-                    continue
-                if pos:
-                    continue
-                groups[key] = _Group(cnt, {rid: cnt})
-                held.append(key)
-                ext += cnt
-            elif g.k == pos and g.refs.get(rid, 0) == pos:
-                g.k = pos + cnt
-                g.refs[rid] = pos + cnt
-                if not pos:
-                    held.append(key)
-                ext += cnt
+        ext, priv = self.pool.cache_blocks(rid, req.held[rid], b, F, req.tfull[rid], self.ratio,
+                                           req.hashes, req.hoff[rid], req.pending)
         req.ext[rid] += ext
         req.privc[rid] += priv
         req.ncached[rid] = F
 
     def _release(self, rid: int, nblk: int) -> None:
-        """Free every block of ``rid`` (tail first: its own chain, then trace blocks backwards)."""
+        """Free every block of ``rid`` (``nblk`` blocks held, tail first)."""
         req = self.req
-        pool = self.pool
-        groups = pool.groups
-        lru = pool.lru
-        freed = 0
-        anon = 0
-        for key in reversed(req.held[rid]):  # BlockPool.drop, inlined (hot)
-            if type(key) is tuple:  # private cached blocks: one anonymous run
-                anon += key[2]
-                continue
-            if anon:
-                lru.append([None, 0, anon, None])
-                freed += anon
-                anon = 0
-            g = groups[key]
-            refs = g.refs
-            e = refs.pop(rid)
-            f = max(refs.values()) if refs else 0
-            if e > f:
-                run = [key, f, e, g]
-                lru.append(run)
-                g.runs.append(run)
-                freed += e - f
-            elif not g.k and not refs:
-                del groups[key]
-        if anon:
-            lru.append([None, 0, anon, None])
-            freed += anon
-        pool.lru_n += freed
-        pool.hfree += nblk - req.ext[rid] - req.privc[rid]
+        self.pool.release_blocks(rid, req.held[rid], nblk - req.ext[rid] - req.privc[rid])
         req.held[rid] = []
         req.ext[rid] = 0
         req.privc[rid] = 0
@@ -776,21 +424,8 @@ class PagedInstance:
         """Enter ``rid``'s private cached blocks into the pool's index (before a preemption,
         so that the request finds them when it comes back)."""
         req = self.req
-        groups = self.pool.groups
-        held = []
-        for item in req.held[rid]:
-            if type(item) is not tuple:
-                held.append(item)
-                continue
-            key, pos, cnt = item
-            g = groups.get(key)
-            if g is None:
-                groups[key] = _Group(cnt, {rid: cnt})
-                held.append(key)
-            else:  # continues the chain registered by the previous segment
-                g.k = pos + cnt
-                g.refs[rid] = pos + cnt
-            req.ext[rid] += cnt
+        held, ext = self.pool.register_blocks(rid, req.held[rid])
+        req.ext[rid] += ext
         req.privc[rid] = 0
         req.held[rid] = held
 
@@ -824,9 +459,7 @@ class PagedInstance:
         req.state[rid] = DONE
         req.done[rid] = t
         self.running.remove(rid)
-        self.rt_inflight -= 1
-        self.rt_all -= req.inp[rid] + req.out[rid]
-        self.rt_new -= req.est[rid]
+        self.rt.finish(self.idx, req.inp[rid] + req.out[rid], req.est[rid])
 
     # ------------------------------------------------------------------ planning
 
@@ -872,7 +505,7 @@ class PagedInstance:
                 self.alloc_upto = self.S
                 self.rep_upto = self.S
                 self.sync_t = t
-                self.plan_end = t + self.run_time(n_dec, self.plan_K0, m)
+                self.plan_end = t + self.lat.decode_run(n_dec, self.plan_K0, m)
                 return True
         return self._plan_step(t)
 
@@ -908,7 +541,8 @@ class PagedInstance:
                         break
                 if victim == r:
                     break
-            pool.alloc(need)
+            if need > 0:
+                pool.alloc(need)
             if n < 0:
                 budget -= 1
             else:
@@ -959,14 +593,12 @@ class PagedInstance:
                 self.queued += (ntok - hit) - req.qest[r]
                 if req.cached[r] < 0:  # first admission: the router learns the real hit
                     req.cached[r] = hit
-                    q = self.rt_queued + (ntok - hit) - req.est[r]
-                    self.rt_queued = q if q > 0 else 0
+                    self.rt.admit(self.idx, (ntok - hit) - req.est[r])
                 sched.append((r, n, hit))
                 budget -= n
         if not sched:
             self.plan = PlanKind.IDLE
             return False
-        c0, c_pf, c_dec, c_kv, c_att = self.c
         pt = 0
         nd = 0
         kv = 0
@@ -982,7 +614,7 @@ class PagedInstance:
         self.plan = PlanKind.MIXED
         self.plan_sched = sched
         self.plan_m = 1
-        self.plan_end = t + c0 + c_pf * pt + c_dec * nd + c_kv * kv + c_att * att
+        self.plan_end = self.lat.step_end(t, pt, nd, kv, att)
         return True
 
     def finish_plan(self) -> None:
@@ -996,7 +628,7 @@ class PagedInstance:
             if a_to > self.alloc_upto:
                 self.pool.alloc(self._need(self.alloc_upto, a_to - self.alloc_upto))
             self.alloc_upto = a_to
-            self.rt_all += self.plan_n * (a_to - self.rep_upto)
+            self.rt.emit(self.idx, self.plan_n * (a_to - self.rep_upto))
             self.rep_upto = a_to
             self.dec_total += m * self.n_dec
             self.iterations += m
@@ -1026,28 +658,30 @@ class PagedInstance:
         self.rep_upto = S1
         self.iterations += 1
         self.dec_total += n_sched_dec
-        self.rt_all += n_sched_dec
+        rt, i = self.rt, self.idx
+        rt.emit(i, n_sched_dec)
         inp, out, ntok_l, comp_l = req.inp, req.out, req.ntok, req.comp
+        pt = 0
         for r, n, comp in sched:
             if n < 0:
                 continue
             c = comp + n
             comp_l[r] = c
-            self.pf_total += n
-            self.queued -= n
-            q = self.rt_queued - n
-            self.rt_queued = q if q > 0 else 0
+            pt += n
             if c == ntok_l[r]:  # caught up: a token is sampled
                 ntok_l[r] = c + 1
                 g = c + 1 - inp[r]
                 if g == 1 and req.first[r] != req.first[r]:
                     req.first[r] = t
                 self.dec_total += 1
-                self.rt_all += 1
+                rt.emit(i, 1)
                 if g >= out[r]:
                     self._finish(r, t, c)
                 else:
                     self._to_decode(r)
+        self.pf_total += pt
+        self.queued -= pt
+        rt.prefill(i, pt)
         self._complete(t)
 
     def _complete(self, t: float) -> None:

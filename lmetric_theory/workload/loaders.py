@@ -10,6 +10,11 @@ Formats
     ``input_length``   int >= 1, prompt tokens
     ``output_length``  int >= 1, generated tokens
     ``hash_ids``       list of int, one id per **512-token** block of the prompt
+    Session traces add ``session_id`` (int or string) and, on a session's later rows,
+    ``delay`` / ``delay_ms`` (ms after the previous turn completed) instead of
+    ``timestamp``; ``trace_format`` picks the cumulative (``mooncake``) or delta
+    (``mooncake-delta``) convention, see :mod:`lmetric_theory.workload.sessions` and
+    ``docs/workloads.md``.
 ``bailian`` (Alibaba Qwen-Bailian JSON Lines; detected by a ``chat_id`` field)
     ``timestamp``      int/float, **seconds**, >= 0
     ``input_length``, ``output_length``  as above

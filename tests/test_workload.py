@@ -448,9 +448,16 @@ def test_prefix_identity_brute_force(kind, seed, block_size):
     hash_of: dict[int, int] = {}
     for i in range(len(w)):
         toks = _tokens(trails[i])
-        assert len(toks) == w.input_tokens[i]
         blocks = w.blocks(i).tolist()
-        assert len(blocks) == math.ceil(len(toks) / block_size)
+        if kind == "agent":
+            # the trail is the session's whole context (append-only): one id per block
+            # position, the prompt's blocks followed by the output's
+            assert len(toks) >= w.input_tokens[i]
+            assert len(blocks) == math.ceil(w.input_tokens[i] / block_size)
+            blocks += w.output_blocks(i).tolist()
+        else:
+            assert len(toks) == w.input_tokens[i]
+            assert len(blocks) == math.ceil(len(toks) / block_size)
         prev = -1
         for k, h in enumerate(blocks):
             key = (prev, tuple(toks[k * block_size : (k + 1) * block_size]))
@@ -502,6 +509,40 @@ def test_agent_contexts_are_long_and_growing():
     for s in np.unique(w.session_ids)[:20]:
         lengths = w.input_tokens[w.session_ids == s]
         assert np.all(np.diff(lengths) > 0)
+
+
+def test_agent_is_closed_loop_sessions_in_the_delta_convention():
+    p = AgentParams()
+    w = synthetic("agent", n_requests=400, rate_rps=5.0, seed=3)
+    ses = w.sessions
+    assert ses is not None and ses.closed_loop and len(w) == 400
+    ses.validate(len(w))
+    np.testing.assert_array_equal(ses.session, w.session_ids)
+    np.testing.assert_allclose(ses.nominal_arrivals(), w.arrival_s)
+    later = np.flatnonzero(ses.prev >= 0)
+    assert later.size > 300
+    assert np.all(ses.delay_s[later] >= p.think_min_s)
+    bs = w.block_size
+    for i in later.tolist():
+        j = int(ses.prev[i])
+        # next prompt = previous prompt + previous output + tool result
+        assert w.input_tokens[i] - w.input_tokens[j] - w.output_tokens[j] >= p.tool_tokens.lo
+        head = np.concatenate([w.blocks(j), w.output_blocks(j)])
+        np.testing.assert_array_equal(w.blocks(i)[: head.size], head)
+        assert head.size == math.ceil((w.input_tokens[j] + w.output_tokens[j]) / bs)
+    # first turns share the system prompt's full blocks; nothing else is shared
+    firsts = w.hash_ids[w.hash_offsets[ses.first]]
+    assert len(np.unique(firsts)) <= len(p.system_tokens)
+    v = synthetic("agent", n_requests=400, rate_rps=5.0, seed=3)
+    for name in ("arrival_s", "input_tokens", "output_tokens", "hash_ids", "output_hash_ids"):
+        np.testing.assert_array_equal(getattr(v, name), getattr(w, name))
+    np.testing.assert_array_equal(v.sessions.prev, ses.prev)
+    u = synthetic("agent", n_requests=400, rate_rps=5.0, seed=4)
+    assert not np.array_equal(u.input_tokens, w.input_tokens)
+    # count means turns, and a smaller count is the head of the same workload
+    h = synthetic("agent", n_requests=150, rate_rps=5.0, seed=3)
+    np.testing.assert_array_equal(h.input_tokens, w.input_tokens[:150])
+    np.testing.assert_array_equal(h.sessions.prev, ses.prev[:150])
 
 
 def test_mixed_rate_and_composition():

@@ -1,10 +1,11 @@
 """Workloads: trace loaders, the synthetic generator, replay and selection."""
 
-from lmetric_theory.workload.base import Workload
+from lmetric_theory.workload.base import Sessions, Workload
 from lmetric_theory.workload.errors import TraceError, TraceOrderWarning
 from lmetric_theory.workload.loaders import (
     DEFAULT_BLOCK_SIZE,
     FORMATS,
+    TRACE_FORMATS,
     detect_format,
     load_trace,
     make_workload,
@@ -30,7 +31,9 @@ __all__ = [
     "ApiParams",
     "ChatParams",
     "LengthDist",
+    "Sessions",
     "SyntheticParams",
+    "TRACE_FORMATS",
     "TraceError",
     "TraceOrderWarning",
     "Workload",

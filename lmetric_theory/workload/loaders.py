@@ -10,6 +10,11 @@ Formats
     ``input_length``   int >= 1, prompt tokens
     ``output_length``  int >= 1, generated tokens
     ``hash_ids``       list of int, one id per **512-token** block of the prompt
+    Session traces add ``session_id`` (int or string) and, on a session's later rows,
+    ``delay`` / ``delay_ms`` (ms after the previous turn completed) instead of
+    ``timestamp``; ``trace_format`` picks the cumulative (``mooncake``) or delta
+    (``mooncake-delta``) convention, see :mod:`lmetric_theory.workload.sessions` and
+    ``docs/workloads.md``.
 ``bailian`` (Alibaba Qwen-Bailian JSON Lines; detected by a ``chat_id`` field)
     ``timestamp``      int/float, **seconds**, >= 0
     ``input_length``, ``output_length``  as above
@@ -73,13 +78,29 @@ import numpy as np
 
 from lmetric_theory.core.fileio import TextFileError, read_text
 from lmetric_theory.core.limits import ID_MAX, ID_MIN, TIME_MAX_S, TOKENS_MAX
-from lmetric_theory.workload.base import Workload
+from lmetric_theory.workload.base import Sessions, Workload
 from lmetric_theory.workload.errors import TraceError, TraceOrderWarning
+from lmetric_theory.workload.sessions import (
+    chain_links,
+    materialise_delta,
+    segment_cumsum,
+    take_csr,
+)
 
-__all__ = ["FORMATS", "DEFAULT_BLOCK_SIZE", "load_trace", "parse_trace", "detect_format"]
+__all__ = [
+    "FORMATS",
+    "TRACE_FORMATS",
+    "DEFAULT_BLOCK_SIZE",
+    "load_trace",
+    "parse_trace",
+    "detect_format",
+]
 
 #: Trace formats understood by :func:`load_trace` (plus ``"auto"``).
 FORMATS: tuple[str, ...] = ("mooncake", "bailian", "jsonl", "csv")
+
+#: Conventions of Mooncake session traces (``trace_format``; plus ``"auto"``).
+TRACE_FORMATS: tuple[str, ...] = ("mooncake", "mooncake-delta")
 
 #: Tokens per hash block assumed by each format unless overridden.
 DEFAULT_BLOCK_SIZE: dict[str, int] = {"mooncake": 512, "bailian": 16, "jsonl": 16, "csv": 16}
@@ -139,6 +160,8 @@ def load_trace(
     format: str = "auto",
     block_size: int | None = None,
     skip_bad_lines: bool = False,
+    trace_format: str = "auto",
+    closed_loop: bool = False,
 ) -> Workload:
     """Read a trace file into a :class:`Workload`.
 
@@ -152,7 +175,16 @@ def load_trace(
     block_size : int, optional
         Tokens per hash block; defaults to the format's own (512 for Mooncake, 16 otherwise).
     skip_bad_lines : bool
-        Skip (and count) invalid lines instead of raising.
+        Skip (and count) invalid lines instead of raising. In a Mooncake session trace a
+        bad line drops its whole session (its later turns depend on it).
+    trace_format : {"auto", "mooncake", "mooncake-delta"}
+        Convention of a Mooncake session trace: ``"mooncake"``, every row holds its full
+        prompt; ``"mooncake-delta"``, a later row holds only the segment it adds (see
+        :mod:`lmetric_theory.workload.sessions`). ``"auto"`` decides from the hash ids
+        when that is unambiguous and records why in ``meta["trace_format_reason"]``.
+    closed_loop : bool
+        Bailian only: replay child chats closed loop, each waiting for its parent chat
+        (delay = child timestamp - parent timestamp). Default False: open loop, unchanged.
 
     Returns
     -------
@@ -181,6 +213,8 @@ def load_trace(
         block_size=block_size,
         skip_bad_lines=skip_bad_lines,
         suffix=p.suffix,
+        trace_format=trace_format,
+        closed_loop=closed_loop,
     )
 
 
@@ -257,12 +291,16 @@ def _detect(first_line: str, *, source: str, line: int, suffix: str) -> tuple[st
         return "jsonl", f"{reason}; the first object has an 'arrival_s' field"
     if "timestamp" in obj:
         return "mooncake", f"{reason}; the first object has a 'timestamp' field"
+    if "session_id" in obj and "input_length" in obj:
+        return "mooncake", (f"{reason}; the first object has 'session_id' and "
+                            "'input_length' fields")
     raise TraceError(
         source,
         line,
         None,
         "cannot detect the trace format: expected a 'chat_id' (bailian), 'arrival_s' "
-        f"(jsonl) or 'timestamp' (mooncake) field; found {_clip_list(sorted(obj))}",
+        "(jsonl), 'timestamp' or 'session_id' (mooncake) field; found "
+        f"{_clip_list(sorted(obj))}",
     )
 
 
@@ -291,6 +329,8 @@ def parse_trace(
     block_size: int | None = None,
     skip_bad_lines: bool = False,
     suffix: str = "",
+    trace_format: str = "auto",
+    closed_loop: bool = False,
 ) -> Workload:
     """Parse trace lines (already read into memory) into a :class:`Workload`.
 
@@ -303,14 +343,26 @@ def parse_trace(
     parse the rows (:func:`_parse_rows`), read and check the columns
     (:func:`_read_columns`), drop or report the bad rows (:func:`_drop_bad_rows`), derive
     sessions and missing hashes, sort by arrival (:func:`_sort_by_arrival`) and build the
-    workload.
+    workload. A Mooncake session trace (rows with ``session_id`` or ``delay``) goes
+    through :func:`_session_workload` instead of the last steps.
     """
     if format != "auto" and format not in _SPECS:
         raise ValueError(f"unknown trace format {format!r}; valid: auto, {', '.join(FORMATS)}")
+    trace_format = _check_trace_format(trace_format)
+    if not isinstance(closed_loop, bool):
+        raise ValueError(f"closed_loop must be True or False, got {closed_loop!r}")
     body, lineno = _request_lines(lines, source)
     format, format_reason, block_size = _resolve_format(
         format, block_size, body[0], source=source, line=lineno(0), suffix=suffix
     )
+    if trace_format != "auto" and format != "mooncake":
+        raise TraceError(source, None, None,
+                         f"trace_format {trace_format!r} applies to Mooncake traces; this one "
+                         f"is {format} ({format_reason})")
+    if closed_loop and format != "bailian":
+        raise TraceError(source, None, None,
+                         "closed_loop applies to Bailian traces (a Mooncake session trace is "
+                         f"closed loop by its delays); this one is {format} ({format_reason})")
     errors: dict[int, tuple[str | None, str]] = {}
     rows, lineno = _parse_rows(format, body, source, lineno, errors, format_reason)
     spec = _SPECS[format]
@@ -320,6 +372,29 @@ def parse_trace(
     skipped_reasons: list[str] = []
     if errors:
         skipped_reasons = _drop_bad_rows(fields, errors, skip_bad_lines, source, lineno)
+    meta: dict[str, Any] = {
+        "source": source,
+        "format": format,
+        "format_reason": format_reason,
+        "block_size": block_size,
+        "n_lines": n_rows,
+        "skipped_lines": len(errors),
+        "skipped_reasons": skipped_reasons,
+        "reordered_lines": 0,
+        "time_origin_s": 0.0,
+        "rate_scale": 1.0,
+        "transforms": [],
+    }
+    if fields.sess is not None:
+        return _session_workload(fields, spec, block_size, trace_format, meta, source, lineno)
+    if format == "mooncake":
+        if trace_format == "mooncake-delta":
+            raise TraceError(source, lineno(0), "session_id",
+                             "missing: the mooncake-delta convention needs a session trace, and "
+                             "no row has a 'session_id'")
+        meta["trace_format"] = "mooncake"
+        meta["trace_format_reason"] = ("no row has a 'session_id': every row is an "
+                                       "independent request holding its full prompt")
 
     session_ids: np.ndarray | None = None
     if fields.chat is not None and fields.parent is not None:
@@ -330,28 +405,28 @@ def parse_trace(
         fields.flat, fields.lens, fields.has_hash, fields.inp, block_size, source
     )
     t, inp, out = fields.t * spec.time_to_s, fields.inp, fields.out
-    t, inp, out, session_ids, flat, lens, reordered = _sort_by_arrival(
+    file_rows = np.arange(t.shape[0], dtype=np.int64)  # kept row -> position among kept rows
+    t, inp, out, session_ids, flat, lens, reordered, order = _sort_by_arrival(
         t, inp, out, session_ids, flat, lens, source
     )
+    if order is not None:
+        file_rows = file_rows[order]
     origin = float(t[0])
     offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
-
-    meta: dict[str, Any] = {
-        "source": source,
-        "format": format,
-        "format_reason": format_reason,
-        "block_size": block_size,
-        "n_lines": n_rows,
-        "skipped_lines": len(errors),
-        "skipped_reasons": skipped_reasons,
-        "reordered_lines": reordered,
-        "time_origin_s": origin,
-        "rate_scale": 1.0,
-        "transforms": [],
-    }
+    meta["reordered_lines"] = reordered
+    meta["time_origin_s"] = origin
     if format == "bailian":
         meta["request_types"] = cols.type_counts("type", errors)
+    sessions = None
+    if closed_loop:
+        assert fields.chat is not None and fields.parent is not None
+        sessions = _bailian_sessions(
+            fields.chat[file_rows], fields.parent[file_rows], t - origin, file_rows,
+            fields.kept_rows, source, lineno,
+        )
+        meta["closed_loop"] = True
+        meta["n_sessions"] = sessions.n_sessions
     return make_workload(
         arrival_s=t - origin,
         input_tokens=inp,
@@ -361,7 +436,18 @@ def parse_trace(
         block_size=block_size,
         session_ids=session_ids,
         meta=meta,
+        sessions=sessions,
     )
+
+
+def _check_trace_format(trace_format: str) -> str:
+    """The canonical ``trace_format`` name (``mooncake_delta`` is accepted as an alias)."""
+    if trace_format == "mooncake_delta":
+        return "mooncake-delta"
+    if trace_format != "auto" and trace_format not in TRACE_FORMATS:
+        raise ValueError(f"unknown trace_format {trace_format!r}; valid: auto, "
+                         f"{', '.join(TRACE_FORMATS)}")
+    return trace_format
 
 
 # ------------------------------------------------------------------- parse_trace's steps
@@ -425,6 +511,18 @@ def _parse_rows(
 
 
 @dataclass(slots=True)
+class _SessionCols:
+    """Session columns of a Mooncake session trace, shape (n,)."""
+
+    codes: np.ndarray  # dense session code by first appearance (a row without id: its own)
+    labels: list[Any]  # the session id as given (None for a row without one)
+    t_ms: np.ndarray  # timestamp, ms; NaN where absent
+    delay_ms: np.ndarray  # explicit or inferred delay after the previous turn, ms (0: first)
+    explicit: np.ndarray  # bool: the row gave 'delay' / 'delay_ms'
+    restart: np.ndarray  # bool: 'is_restart' is true
+
+
+@dataclass(slots=True)
 class _Fields:
     """The checked columns of every row, shape (n,) unless noted; the hashes in CSR form."""
 
@@ -437,11 +535,23 @@ class _Fields:
     chat: np.ndarray | None  # bailian chat ids
     parent: np.ndarray | None  # bailian parent chat ids
     sess_vals: list[Any] | None  # generic formats' session ids, as given
+    sess: _SessionCols | None = None  # Mooncake session columns
+    kept_rows: np.ndarray | None = None  # row index (before dropping) of each kept row
+
+
+_SESSION_KEYS = ("session_id", "delay", "delay_ms")
 
 
 def _read_columns(cols: _Columns, spec: _Spec, block_size: int) -> _Fields:
     """Read and check every column the format defines (errors go to ``cols.errors``)."""
-    t = cols.number(spec.time_field, TIME_MAX_S / spec.time_to_s, spec.time_unit)
+    hi = TIME_MAX_S / spec.time_to_s
+    session_trace = spec.time_field == "timestamp" and spec.session == "none" and any(
+        k in r for r in cols.rows for k in _SESSION_KEYS
+    )
+    if session_trace:
+        t, has_t = cols.optional_number(spec.time_field, hi, spec.time_unit)
+    else:
+        t = cols.number(spec.time_field, hi, spec.time_unit)
     inp = cols.integer(spec.input_field, 1, TOKENS_MAX)
     out = cols.integer(spec.output_field, 1, TOKENS_MAX)
     flat, lens, has_hash = cols.hashes("hash_ids", spec.hash_required, inp, block_size)
@@ -451,7 +561,91 @@ def _read_columns(cols: _Columns, spec: _Spec, block_size: int) -> _Fields:
         parent = cols.integer("parent_chat_id", _INT64_MIN)
     elif spec.session == "field":
         sess_vals = cols.session("session_id")
-    return _Fields(t, inp, out, flat, lens, has_hash, chat, parent, sess_vals)
+    f = _Fields(t, inp, out, flat, lens, has_hash, chat, parent, sess_vals)
+    f.kept_rows = np.arange(cols.n, dtype=np.int64)
+    if session_trace:
+        f.sess = _session_columns(cols, t, has_t, hi)
+    return f
+
+
+def _session_columns(cols: _Columns, t: np.ndarray, has_t: np.ndarray, hi: float) -> _SessionCols:
+    """Check the session fields of a Mooncake session trace (errors to ``cols.errors``).
+
+    A row without ``session_id`` is an independent request (its own session) and needs a
+    ``timestamp``. A session's first row needs a ``timestamp`` (a ``delay`` of 0 is
+    tolerated there); a later row gives ``delay`` or ``delay_ms`` (ms after the previous
+    turn completed), not both, and not together with a ``timestamp``; a later row with
+    only a ``timestamp`` gets the delay ``timestamp - the session's previous timestamp``;
+    one with neither, delay 0.
+    """
+    labels = cols.session("session_id")
+    d1, has1 = cols.optional_number("delay", hi, "ms")
+    d2, has2 = cols.optional_number("delay_ms", hi, "ms")
+    codes = np.empty(cols.n, dtype=np.int64)
+    seen: dict[Any, int] = {}
+    last_t: dict[int, float] = {}
+    delay = np.zeros(cols.n, dtype=np.float64)
+    explicit = has1 | has2
+    has1_l, has2_l, has_t_l, t_l = has1.tolist(), has2.tolist(), has_t.tolist(), t.tolist()
+    d_l = np.where(has1, d1, d2).tolist()
+    for i, lab in enumerate(labels):
+        if lab is None:
+            code = seen.setdefault(("<row>", i), len(seen))
+        else:
+            code = seen.get(("id", str(lab)) if type(lab) is str else ("id", lab))
+            if code is None:
+                code = seen.setdefault(("id", str(lab)) if type(lab) is str else ("id", lab),
+                                       len(seen))
+                first = True
+            else:
+                first = False
+        codes[i] = code
+        has_d = has1_l[i] or has2_l[i]
+        if has1_l[i] and has2_l[i]:
+            cols._err(i, "delay_ms", "give 'delay' or 'delay_ms' (the same field), not both")
+        if lab is None:
+            if has_d:
+                cols._err(i, "delay" if has1_l[i] else "delay_ms",
+                          "a delay needs a session, and this row has no 'session_id' (a row "
+                          "without one is an independent request at its 'timestamp')")
+            elif not has_t_l[i]:
+                cols._err(i, "timestamp", "missing (a row without a 'session_id' is an "
+                          "independent request and needs one)")
+            continue
+        name = _clip(str(lab))
+        if first:
+            if not has_t_l[i]:
+                cols._err(i, "timestamp",
+                          f"missing: the first row of session {name!r} needs a timestamp (ms)")
+            elif has_d and d_l[i] != 0:
+                cols._err(i, "delay" if has1_l[i] else "delay_ms",
+                          f"set on the first row of session {name!r}; its first turn arrives "
+                          "at its 'timestamp'")
+            else:
+                last_t[code] = t_l[i]
+            continue
+        if has_d:
+            if has_t_l[i]:
+                cols._err(i, "delay" if has1_l[i] else "delay_ms",
+                          f"a later row of session {name!r} has both 'timestamp' and a delay; "
+                          "give only the delay (ms after the previous turn completes)")
+            delay[i] = d_l[i]
+        elif has_t_l[i]:
+            before = last_t.get(code)
+            if before is None:
+                cols._err(i, "timestamp", f"cannot infer the delay of session {name!r}: no "
+                          "earlier row of it has a timestamp")
+            elif t_l[i] < before:
+                cols._err(i, "timestamp", f"{_num(t_l[i])} ms is earlier than the previous "
+                          f"timestamp of session {name!r} ({_num(before)} ms): the inferred "
+                          "delay would be negative")
+            else:
+                delay[i] = t_l[i] - before
+        if has_t_l[i]:
+            last_t[code] = t_l[i]
+    restart = np.fromiter((r.get("is_restart", False) is True for r in cols.rows),
+                          dtype=bool, count=cols.n)
+    return _SessionCols(codes, labels, t, delay, explicit, restart)
 
 
 def _drop_bad_rows(
@@ -462,7 +656,9 @@ def _drop_bad_rows(
     lineno: Callable[[int], int],
 ) -> list[str]:
     """Raise the first bad row's ``TraceError``, or (``skip_bad_lines``) remove the bad
-    rows from ``f`` in place and return the first :data:`MAX_REASONS` reasons."""
+    rows from ``f`` in place and return the first :data:`MAX_REASONS` reasons. In a
+    Mooncake session trace the whole session of a bad row goes (its later turns wait for
+    it); ``f.kept_rows`` keeps the original index of every kept row."""
     bad = sorted(errors)
     if not skip_bad_lines:
         i = bad[0]
@@ -474,6 +670,8 @@ def _drop_bad_rows(
         skipped_reasons.append(str(TraceError(source, lineno(i), field, reason)))
     good = np.ones(f.t.shape[0], dtype=bool)
     good[bad] = False
+    if f.sess is not None:
+        good &= ~np.isin(f.sess.codes, f.sess.codes[bad])
     if not good.any():
         raise TraceError(source, None, None, f"no valid requests ({len(bad)} bad lines skipped)")
     # hashes: drop the blocks of bad rows
@@ -484,6 +682,15 @@ def _drop_bad_rows(
         f.chat, f.parent = f.chat[good], f.parent[good]
     if f.sess_vals is not None:
         f.sess_vals = [v for v, g in zip(f.sess_vals, good.tolist(), strict=True) if g]
+    if f.sess is not None:
+        sc = f.sess
+        _, dense = np.unique(sc.codes[good], return_inverse=True)
+        f.sess = _SessionCols(dense.reshape(-1).astype(np.int64),
+                              [v for v, g in zip(sc.labels, good.tolist(), strict=True) if g],
+                              sc.t_ms[good], sc.delay_ms[good], sc.explicit[good],
+                              sc.restart[good])
+    assert f.kept_rows is not None
+    f.kept_rows = f.kept_rows[good]
     return skipped_reasons
 
 
@@ -495,12 +702,13 @@ def _sort_by_arrival(
     flat: np.ndarray,
     lens: np.ndarray,
     source: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, int,
+           np.ndarray | None]:
     """Stable-sort the requests by arrival ``t`` (seconds) when it goes backwards, with a
-    :class:`TraceOrderWarning`; the last value is how many lines arrived earlier than
-    some line above them (0: nothing moved)."""
+    :class:`TraceOrderWarning`; then how many lines arrived earlier than some line above
+    them (0: nothing moved) and the permutation applied (None: nothing moved)."""
     if not (t.shape[0] > 1 and bool(np.any(t[1:] < t[:-1]))):
-        return t, inp, out, session_ids, flat, lens, 0
+        return t, inp, out, session_ids, flat, lens, 0, None
     reordered = int(np.count_nonzero(t[1:] < np.maximum.accumulate(t)[:-1]))
     order = np.argsort(t, kind="stable")
     t, inp, out = t[order], inp[order], out[order]
@@ -514,7 +722,195 @@ def _sort_by_arrival(
         ),
         stacklevel=4,  # the caller of parse_trace's caller, as when this ran inline
     )
-    return t, inp, out, session_ids, flat, lens, reordered
+    return t, inp, out, session_ids, flat, lens, reordered, order
+
+
+def _detect_trace_format(
+    codes: np.ndarray, inp: np.ndarray, flat: np.ndarray, lens: np.ndarray, block_size: int,
+    source: str,
+) -> tuple[str, str]:
+    """``(convention, reason)`` of a Mooncake session trace, from its hash ids.
+
+    A later row is *cumulative-like* when its ids start with the full blocks of the
+    previous row of its session (``input // block_size`` ids), *delta-like* when they do
+    not; rows after a previous row of less than one full block say nothing. All
+    cumulative-like: ``mooncake``; all delta-like: ``mooncake-delta``; mixed or no
+    evidence: an error asking for ``trace_format``.
+    """
+    prev, _, _ = chain_links(codes)
+    later = np.flatnonzero(prev >= 0)
+    if later.size == 0:
+        return "mooncake", "no session has a later turn, so every row holds its full prompt"
+    p = prev[later]
+    m = inp[p] // block_size
+    ok = m > 0
+    later, p, m = later[ok], p[ok], m[ok]
+    if later.size == 0:
+        raise TraceError(source, None, "hash_ids",
+                         "cannot tell the session convention: no later turn follows a turn of "
+                         "a full block; pass trace_format (--trace-format mooncake or "
+                         "mooncake-delta)")
+    off = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=off[1:])
+    fits = lens[later] >= m
+    mm = np.where(fits, m, 0)
+    from lmetric_theory.workload.sessions import ranges
+
+    a = flat[ranges(off[later], mm)]
+    b = flat[ranges(off[p], mm)]
+    row = np.repeat(np.arange(later.size), mm)
+    mismatch = np.bincount(row[a != b], minlength=later.size) > 0
+    cumulative = fits & ~mismatch
+    k, n = int(cumulative.sum()), int(later.size)
+    if k == n:
+        return "mooncake", (f"all {n} later turns' hash_ids start with their previous turn's "
+                            "full blocks: every row holds its full prompt")
+    if k == 0:
+        return "mooncake-delta", (f"none of the {n} later turns' hash_ids start with their "
+                                  "previous turn's: every row holds only its new segment")
+    raise TraceError(source, None, "hash_ids",
+                     f"cannot tell the session convention: {k} of {n} later turns' hash_ids "
+                     "start with their previous turn's and the others do not; pass "
+                     "trace_format (--trace-format mooncake or mooncake-delta)")
+
+
+def _session_workload(
+    f: _Fields,
+    spec: _Spec,
+    block_size: int,
+    trace_format: str,
+    meta: dict[str, Any],
+    source: str,
+    lineno: Callable[[int], int],
+) -> Workload:
+    """Build the workload of a Mooncake session trace (rows in file order in ``f``).
+
+    Rows are ordered by (nominal arrival, line): a first turn at its timestamp, a later
+    one at its previous turn's nominal arrival plus its delay.
+    """
+    sc = f.sess
+    assert sc is not None and f.kept_rows is not None
+    codes, inp, out = sc.codes, f.inp, f.out
+    if trace_format == "auto":
+        trace_format, why = _detect_trace_format(codes, inp, f.flat, f.lens, block_size, source)
+    else:
+        why = "given"
+    meta["trace_format"] = trace_format
+    meta["trace_format_reason"] = why
+    prev, turn, group = chain_links(codes)
+    n = codes.shape[0]
+    if trace_format == "mooncake-delta":
+        first_fresh = int(f.flat.max()) + 1 if f.flat.size else 0
+        d = materialise_delta(codes, inp, out, f.flat, f.lens, block_size, first_fresh)
+        too_long = np.flatnonzero(d.input_tokens > TOKENS_MAX)
+        if too_long.size:
+            i = int(too_long[0])
+            raise TraceError(source, lineno(int(f.kept_rows[i])), spec.input_field,
+                             f"the full prompt of this turn is {int(d.input_tokens[i])} tokens, "
+                             f"above the limit of {TOKENS_MAX}")
+        inp, p_flat, p_off = d.input_tokens, d.hash_ids, d.hash_offsets
+        o_flat, o_off = d.output_hash_ids, d.output_hash_offsets
+        meta["fresh_ids"] = d.fresh_ids
+        meta["first_fresh_id"] = first_fresh
+        meta["shared_turn0_tails"] = d.shared_tails
+        closed = bool(np.any(prev >= 0))
+    else:
+        p_off = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(f.lens, out=p_off[1:])
+        p_flat, o_flat, o_off = f.flat, None, None
+        closed = bool(np.any(sc.explicit & (prev >= 0)))
+    first_rows = group[turn[group] == 0]
+    start = sc.t_ms[first_rows] * spec.time_to_s
+    delay = np.where(prev >= 0, sc.delay_ms * spec.time_to_s, 0.0)
+    nominal = np.empty(n, dtype=np.float64)
+    starts_g = turn[group] == 0
+    nominal[group] = start[codes[group]] + segment_cumsum(delay[group], starts_g)
+    order = np.argsort(nominal, kind="stable").astype(np.int64)
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.arange(n, dtype=np.int64)
+    origin = float(nominal[order[0]])
+    arrival = nominal[order] - origin
+    new_prev = np.where(prev[order] >= 0, inv[np.maximum(prev[order], 0)], -1)
+    sessions = Sessions(
+        session=codes[order],
+        turn=turn[order],
+        prev=new_prev,
+        delay_s=delay[order],
+        first=inv[first_rows],
+        start_s=start - origin,
+        closed_loop=closed,
+    )
+    p_flat, p_off = take_csr(p_flat, p_off, order)
+    if o_flat is not None and o_off is not None:
+        o_flat, o_off = take_csr(o_flat, o_off, order)
+    meta["time_origin_s"] = origin
+    meta["n_sessions"] = sessions.n_sessions
+    meta["restart_sessions"] = int(np.count_nonzero(sc.restart & (prev < 0)))
+    meta["closed_loop"] = closed
+    return make_workload(
+        arrival_s=arrival,
+        input_tokens=inp[order],
+        output_tokens=out[order],
+        hash_ids=p_flat,
+        hash_offsets=p_off,
+        block_size=block_size,
+        session_ids=codes[order],
+        meta=meta,
+        sessions=sessions,
+        output_hash_ids=o_flat,
+        output_hash_offsets=o_off,
+    )
+
+
+def _bailian_sessions(
+    chat: np.ndarray,
+    parent: np.ndarray,
+    arrival_s: np.ndarray,
+    file_rows: np.ndarray,
+    kept_rows: np.ndarray | None,
+    source: str,
+    lineno: Callable[[int], int],
+) -> Sessions:
+    """Closed-loop structure of a Bailian trace (rows sorted by arrival): a child chat
+    waits for its parent chat (the first row with that ``chat_id``), delay = child
+    timestamp - parent timestamp. A child whose parent is not in the file starts a
+    session. Sessions are numbered by the file position of their first request."""
+    n = chat.shape[0]
+    uniq, first_at = np.unique(chat, return_index=True)
+    pos = np.searchsorted(uniq, parent)
+    pos_c = np.minimum(pos, max(uniq.shape[0] - 1, 0))
+    found = (parent >= 0) & (uniq[pos_c] == parent) if n else np.zeros(0, dtype=bool)
+    prev = np.where(found, first_at[pos_c], -1).astype(np.int64)
+    bad = np.flatnonzero(prev >= np.arange(n))
+    if bad.size:
+        i = int(bad[0])
+        line = lineno(int((kept_rows if kept_rows is not None else file_rows)[file_rows[i]]))
+        raise TraceError(source, line, "parent_chat_id",
+                         f"parent chat {int(parent[i])} does not arrive before this request, "
+                         "so it cannot wait for it (closed loop)")
+    depth = np.zeros(n, dtype=np.int64)
+    cur = prev.copy()
+    while np.any(cur >= 0):
+        has = cur >= 0
+        depth[has] += 1
+        cur = np.where(has, prev[np.maximum(cur, 0)], -1)
+    from lmetric_theory.workload.sessions import _roots
+
+    root = _roots(prev)
+    roots = np.flatnonzero(prev < 0)
+    first = roots[np.argsort(file_rows[roots], kind="stable")].astype(np.int64)
+    code = np.empty(n, dtype=np.int64)
+    code[first] = np.arange(first.shape[0], dtype=np.int64)
+    delay = np.where(prev >= 0, arrival_s - arrival_s[np.maximum(prev, 0)], 0.0)
+    return Sessions(
+        session=code[root],
+        turn=depth,
+        prev=prev,
+        delay_s=delay,
+        first=first,
+        start_s=arrival_s[first].astype(np.float64),
+        closed_loop=True,
+    )
 
 
 def make_workload(
@@ -527,11 +923,16 @@ def make_workload(
     block_size: int,
     session_ids: np.ndarray | None,
     meta: dict[str, Any],
+    sessions: Sessions | None = None,
+    output_hash_ids: np.ndarray | None = None,
+    output_hash_offsets: np.ndarray | None = None,
 ) -> Workload:
     """Build a :class:`Workload` with canonical dtypes and read-only arrays.
 
     The arrays are made read-only so workloads derived by :func:`scale_rate` or
-    :func:`select` can share them safely.
+    :func:`select` can share them safely. ``sessions`` is checked
+    (:meth:`Sessions.validate`) and the output CSR must be given together and have
+    ``n + 1`` offsets.
     """
     arrays = [
         np.ascontiguousarray(arrival_s, dtype=np.float64),
@@ -542,6 +943,29 @@ def make_workload(
     ]
     if session_ids is not None:
         arrays.append(np.ascontiguousarray(session_ids, dtype=np.int64))
+    n = arrays[0].shape[0]
+    ses = None
+    if sessions is not None:
+        ses = Sessions(
+            session=np.ascontiguousarray(sessions.session, dtype=np.int64),
+            turn=np.ascontiguousarray(sessions.turn, dtype=np.int64),
+            prev=np.ascontiguousarray(sessions.prev, dtype=np.int64),
+            delay_s=np.ascontiguousarray(sessions.delay_s, dtype=np.float64),
+            first=np.ascontiguousarray(sessions.first, dtype=np.int64),
+            start_s=np.ascontiguousarray(sessions.start_s, dtype=np.float64),
+            closed_loop=bool(sessions.closed_loop),
+        )
+        ses.validate(n)
+        arrays.extend([ses.session, ses.turn, ses.prev, ses.delay_s, ses.first, ses.start_s])
+    if (output_hash_ids is None) != (output_hash_offsets is None):
+        raise ValueError("output_hash_ids and output_hash_offsets go together")
+    out_ids = out_off = None
+    if output_hash_ids is not None and output_hash_offsets is not None:
+        out_ids = np.ascontiguousarray(output_hash_ids, dtype=np.int64)
+        out_off = np.ascontiguousarray(output_hash_offsets, dtype=np.int64)
+        if out_off.shape != (n + 1,) or out_off[0] != 0 or out_off[-1] != out_ids.shape[0]:
+            raise ValueError(f"output_hash_offsets must be CSR offsets of shape ({n + 1},)")
+        arrays.extend([out_ids, out_off])
     for a in arrays:
         a.flags.writeable = False
     return Workload(
@@ -553,6 +977,9 @@ def make_workload(
         int(block_size),
         arrays[5] if session_ids is not None else None,
         meta,
+        ses,
+        out_ids,
+        out_off,
     )
 
 
@@ -732,6 +1159,28 @@ class _Columns:
                 else:
                     arr[i] = x
         return arr
+
+    def optional_number(self, name: str, hi: float, unit: str) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`number`, but absence is allowed: ``(values, present)``, float64
+        (NaN where absent) and bool, shape (n,)."""
+        values = self._values(name)
+        present = np.fromiter((v is not _MISSING for v in values), dtype=bool, count=self.n)
+        arr = np.full(self.n, np.nan, dtype=np.float64)
+        want = f"must be a finite number in [0, {hi:g}] {unit}"
+        for i in np.flatnonzero(present).tolist():
+            v = values[i]
+            if type(v) not in (int, float):
+                self._err(i, name, f"{want}, got {_what(v)}")
+                continue
+            try:
+                x = float(v)
+            except OverflowError:
+                x = math.inf
+            if not (math.isfinite(x) and 0 <= x <= hi):
+                self._err(i, name, f"{want}, got {_num(v)}")
+            else:
+                arr[i] = x
+        return arr, present
 
     def integer(self, name: str, lo: int, hi: int = _INT64_MAX) -> np.ndarray:
         """Integer in ``[lo, hi]`` (JSON integers only; booleans and 12.0 rejected);

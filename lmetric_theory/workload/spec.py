@@ -5,7 +5,8 @@ Kinds and keys
 ``chat``, ``api``, ``agent``, ``mixed`` (see :mod:`lmetric_theory.workload.synthetic`)
     ``count`` (requests, >= 1; default 2000), ``rate`` (requests/s, > 0; default 8),
     ``seed`` (>= 0; default the command's ``--seed``), ``block`` (tokens per block, >= 1;
-    default 128).
+    default 128). For ``agent`` (closed-loop sessions) ``count`` counts turns and ``rate``
+    is the nominal turn rate (sessions start at ``rate / E[turns]``).
 ``hotspot`` (see :mod:`lmetric_theory.workload.hotspot`)
     ``share``, ``prefix``, ``rate``, ``classes``, ``count``, ``seed``, ``suffix``,
     ``output``, ``warm``, ``other``, ``block``.

@@ -25,23 +25,33 @@ sigma, bounds; see :class:`LengthDist`)
     Independent calls, Poisson arrivals. Each uses one of 6 long templates (median 3,000
     tokens, 1,000-8,000; Zipf popularity, exponent 1.1) followed by a short unique suffix
     (median 150 tokens); outputs median 80 tokens. Session id -1.
-``agent``
-    Coding-agent sessions: one of 2 tool/system prompts (5,000 or 8,000 tokens), a task
-    context unique to the session (median 4,000 tokens: instructions, files), then a
-    geometric number of steps (mean 12, at most 60). Each step sends the whole context and
-    appends its output (median 180 tokens) and the tool result that follows (median 900
-    tokens) for the next step, so contexts grow to tens of thousands of tokens. Steps are
-    ``1 s + Exp(6 s)`` apart; a session stops when its context would exceed 96,000 tokens.
+``agent`` (closed loop)
+    Coding-agent sessions, replayed closed loop like the AIPerf agentic-code profile at a
+    small scale. Sessions start as a Poisson process at ``rate_rps / E[turns]``
+    (sessions/s). Turn 0 sends one of 2 shared tool/system prompts (5,000 or 8,000 tokens,
+    popularity 0.6/0.4) followed by a task context unique to the session (median 4,000
+    tokens: instructions, files). The session runs a geometric number of turns (mean 12,
+    at most 60); turn ``k`` sends the whole context: turn ``k-1``'s prompt, its output
+    (median 180 tokens) and the tool result that follows (median 900 tokens). Turn ``k``
+    arrives a think time ``0.2 s + Exp(2.5 s)`` (median about 1.9 s, AIPerf's trace: 2.0 s)
+    after turn ``k-1`` *completes*. A session stops before a turn whose prompt would exceed
+    96,000 tokens. Block ids follow the delta convention
+    (:mod:`lmetric_theory.workload.sessions`): one id per block position of a session, so
+    ``output_hash_ids`` holds each turn's output blocks and the next turn hits them where
+    this one ran. ``arrival_s`` is the nominal arrival (session start plus the think
+    times, as if answers were instant); sessions start at time 0 (no warm-up).
 ``mixed``
-    All three, by request rate: 50% chat, 30% api, 20% agent.
+    All three, by request rate: 50% chat, 30% api, 20% agent. Its agent share keeps the
+    open-loop agent model (steps ``gap_min_s + Exp(gap_mean_s)`` = ``1 s + Exp(6 s)``
+    apart, arrival to arrival, 300 s warm-up), so the default workload is unchanged.
 
 Arrivals
 --------
 ``rate_rps`` is the long-run mean request rate (requests/s). Session processes start
 sessions at ``rate_rps / E[requests per session]`` (the expectation of the capped
 geometric; the context caps make the realised rate slightly lower). The processes start
-``warmup_s`` (300 s) before time 0 and only requests at ``t >= 0`` are kept, so the
-workload starts in steady state (sessions already in progress, with their earlier turns'
+``warmup_s`` (300 s) before time 0 (not ``agent``) and only requests at ``t >= 0`` are
+kept, so the workload starts in steady state (sessions already in progress, with their earlier turns'
 context in the prompt); the first ``n_requests`` requests are returned, times in seconds
 from 0.
 
@@ -58,8 +68,9 @@ from typing import Any
 
 import numpy as np
 
-from lmetric_theory.workload.base import Workload
+from lmetric_theory.workload.base import Sessions, Workload
 from lmetric_theory.workload.loaders import make_workload
+from lmetric_theory.workload.sessions import chain_links, materialise_delta, segment_cumsum
 
 __all__ = [
     "KINDS",
@@ -145,7 +156,12 @@ class ApiParams:
 
 @dataclass(frozen=True, slots=True)
 class AgentParams:
-    """Coding-agent sessions (tokens, seconds)."""
+    """Coding-agent sessions (tokens, seconds).
+
+    ``think_min_s + Exp(think_mean_s)`` is the closed-loop think time of ``agent`` (after
+    the previous turn completes); ``gap_min_s + Exp(gap_mean_s)`` the open-loop step gap
+    (arrival to arrival) of the agent share of ``mixed``.
+    """
 
     system_tokens: tuple[int, ...] = (5000, 8000)
     system_weights: tuple[float, ...] = (0.6, 0.4)
@@ -157,6 +173,8 @@ class AgentParams:
     gap_min_s: float = 1.0
     gap_mean_s: float = 6.0
     max_context: int = 96000
+    think_min_s: float = 0.2
+    think_mean_s: float = 2.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +383,124 @@ def _agent(rng, p: AgentParams, rate, t0, t1, bs, segs, track) -> list[_Req]:
 _GENERATORS = {"chat": _chat, "api": _api, "agent": _agent}
 
 
+def _agent_closed(
+    rng: np.random.Generator, p: AgentParams, rate: float, n_requests: int, bs: int,
+    track: bool,
+) -> tuple[Workload, list[tuple[tuple[int, int], ...]]]:
+    """The closed-loop ``agent`` workload: whole sessions, first ``n_requests`` turns by
+    nominal arrival (a head selection, so every kept turn's previous turn is kept)."""
+    session_rate = rate / _expected_capped_geometric(p.mean_steps, p.max_steps)
+    segs = _Segments(2)
+    systems = _shared_prompts(p.system_tokens, bs, segs)
+    w = np.asarray(p.system_weights, dtype=float)
+    w = w / w.sum()
+    code: list[int] = []
+    seg_len: list[int] = []
+    out_len: list[int] = []
+    delay: list[float] = []
+    start: list[float] = []
+    hashes: list[list[int]] = []  # turn 0: its block hashes; later turns: placeholders
+    trails: list[list[tuple[int, int]]] = []  # per session: its whole context, when tracking
+    t = 0.0
+    placeholder = -1
+    horizon = 1.25 * n_requests / rate + 60.0
+    nominal_ok = 0
+    while True:
+        t += float(rng.exponential(1.0 / session_rate))
+        if t >= horizon and nominal_ok >= n_requests:
+            break
+        sid = len(start)
+        start.append(t)
+        k_sys = int(rng.choice(len(systems), p=w))
+        prompt = systems[k_sys][0].copy()
+        trail = [(systems[k_sys][1], p.system_tokens[k_sys])]
+        task = p.task_tokens.draw(rng)
+        _grow(prompt, task, segs, trail, True)
+        steps = min(int(rng.geometric(1.0 / p.mean_steps)), p.max_steps)
+        total = prompt.length
+        ta = t
+        out_prev = 0
+        for k in range(steps):
+            if k:
+                think = p.think_min_s + float(rng.exponential(p.think_mean_s))
+                tool = p.tool_tokens.draw(rng)
+                if total + out_prev + tool > p.max_context:
+                    break
+                trail.append((segs.new(), tool))
+                total += out_prev + tool
+                ta += think
+                seg = tool
+                ids = list(range(placeholder, placeholder - -(-tool // bs), -1))
+                placeholder -= len(ids)
+            else:
+                think, seg, ids = 0.0, prompt.length, prompt.hashes()
+            o = p.output_tokens.draw(rng)
+            code.append(sid)
+            seg_len.append(seg)
+            out_len.append(o)
+            delay.append(think)
+            hashes.append(ids)
+            if ta < horizon:
+                nominal_ok += 1
+            trail.append((segs.new(), o))
+            out_prev = o
+        if track:
+            trails.append(trail[:-1])  # the last output is never part of a prompt
+        if t >= horizon and nominal_ok >= n_requests:
+            break
+        if t >= horizon:
+            horizon *= 1.5
+
+    codes = np.asarray(code, dtype=np.int64)
+    lens = np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes))
+    raw = np.fromiter(chain.from_iterable(hashes), dtype=np.int64, count=int(lens.sum()))
+    # turn-0 hashes to small ids first (fresh ids go above them), placeholders stay unique
+    pos = raw >= 0
+    uniq, inverse = np.unique(raw[pos], return_inverse=True)
+    small = raw.copy()
+    small[pos] = inverse.reshape(-1)
+    small[~pos] = uniq.shape[0] + (-raw[~pos] - 1)
+    first_fresh = int(small.max()) + 1
+    d = materialise_delta(codes, np.asarray(seg_len, dtype=np.int64),
+                          np.asarray(out_len, dtype=np.int64), small, lens, bs, first_fresh)
+    prev, turn, group = chain_links(codes)
+    starts = np.asarray(start, dtype=np.float64)
+    dl = np.asarray(delay, dtype=np.float64)
+    nominal = np.empty(codes.shape[0], dtype=np.float64)
+    nominal[group] = starts[codes[group]] + segment_cumsum(dl[group], turn[group] == 0)
+    order = np.argsort(nominal, kind="stable")[:n_requests].astype(np.int64)
+    # a head of the nominal order keeps every kept turn's previous turn (prev[i] < i)
+    from lmetric_theory.workload.sessions import subset_sessions, take_csr
+
+    full = Sessions(codes, turn, prev, np.where(prev >= 0, dl, 0.0),
+                    group[turn[group] == 0].astype(np.int64), starts, True)
+    ses = subset_sessions(full, order, nominal[order])
+    p_flat, p_off = take_csr(d.hash_ids, d.hash_offsets, order)
+    o_flat, o_off = take_csr(d.output_hash_ids, d.output_hash_offsets, order)
+    # dense ids in order of first appearance (prompts, then outputs, request by request)
+    both = np.concatenate([p_flat, o_flat])
+    u, first_at, inv = np.unique(both, return_index=True, return_inverse=True)
+    rank = np.empty(u.shape[0], dtype=np.int64)
+    rank[np.argsort(first_at, kind="stable")] = np.arange(u.shape[0], dtype=np.int64)
+    dense = rank[inv.reshape(-1)]
+    kept_sessions = codes[order][ses.first]
+    w_out = make_workload(
+        arrival_s=nominal[order],
+        input_tokens=d.input_tokens[order],
+        output_tokens=np.asarray(out_len, dtype=np.int64)[order],
+        hash_ids=dense[: p_flat.shape[0]],
+        hash_offsets=p_off,
+        block_size=bs,
+        session_ids=ses.session,
+        meta={},
+        sessions=ses,
+        output_hash_ids=dense[p_flat.shape[0]:],
+        output_hash_offsets=o_off,
+    )
+    per_request = [tuple(trails[int(s)]) for s in kept_sessions[ses.session]] if track else []
+    return w_out, per_request
+
+
 def _generate(
     kind: str,
     *,
@@ -395,6 +531,16 @@ def _generate(
     )
     total_share = sum(shares.values())
     sub = {"chat": params.chat, "api": params.api, "agent": params.agent}
+    if kind == "agent":
+        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+        w, trails = _agent_closed(rng, params.agent, float(rate_rps), n_requests, block_size,
+                                  track_segments)
+        meta = _meta(kind, seed, n_requests, rate_rps, block_size, params)
+        meta.update(closed_loop=True, n_sessions=w.sessions.n_sessions if w.sessions else 0,
+                    trace_format="mooncake-delta")
+        return Workload(w.arrival_s, w.input_tokens, w.output_tokens, w.hash_ids,
+                        w.hash_offsets, w.block_size, w.session_ids, meta, w.sessions,
+                        w.output_hash_ids, w.output_hash_offsets), trails
     horizon = 1.25 * n_requests / rate_rps + 60.0
     while True:
         children = np.random.SeedSequence(seed).spawn(3)
@@ -446,7 +592,23 @@ def _generate(
     sessions = np.array(
         [-1 if s < 0 else codes.setdefault(s, len(codes)) for s in sess_raw], dtype=np.int64
     )
-    meta: dict[str, Any] = {
+    meta = _meta(kind, seed, n_requests, rate_rps, block_size, params)
+    w = make_workload(
+        arrival_s=arrival,
+        input_tokens=inp,
+        output_tokens=out,
+        hash_ids=hash_ids,
+        hash_offsets=offsets,
+        block_size=block_size,
+        session_ids=sessions,
+        meta=meta,
+    )
+    return w, [r[5] for r in reqs]
+
+
+def _meta(kind: str, seed: int, n_requests: int, rate_rps: float, block_size: int,
+          params: SyntheticParams) -> dict[str, Any]:
+    return {
         "source": "synthetic",
         "format": "synthetic",
         "kind": kind,
@@ -460,17 +622,6 @@ def _generate(
         "rate_scale": 1.0,
         "transforms": [],
     }
-    w = make_workload(
-        arrival_s=arrival,
-        input_tokens=inp,
-        output_tokens=out,
-        hash_ids=hash_ids,
-        hash_offsets=offsets,
-        block_size=block_size,
-        session_ids=sessions,
-        meta=meta,
-    )
-    return w, [r[5] for r in reqs]
 
 
 def synthetic(
@@ -503,6 +654,8 @@ def synthetic(
     Workload
         ``session_ids`` numbers chat and agent sessions 0, 1, ... by first appearance
         (-1 for API calls); ``meta`` records kind, seed, rate and all parameters.
+        ``agent`` also has ``sessions`` (closed loop) and ``output_hash_ids``;
+        ``n_requests`` counts turns.
     """
     w, _ = _generate(
         kind,

@@ -3,6 +3,11 @@
 Both functions return a new :class:`Workload` sharing the (read-only) arrays where they can,
 with ``meta`` copied and extended: ``meta["transforms"]`` lists every operation applied, in
 order, and ``meta["rate_scale"]`` is the cumulative arrival-rate factor.
+
+Session workloads keep their :class:`~lmetric_theory.workload.base.Sessions` and output
+block CSR consistent: rows are re-indexed (``prev``, ``first``), and a request whose
+``prev`` is not selected becomes the first request of a session of its own (see
+:func:`select`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from lmetric_theory.core.limits import TIME_MAX_S
 from lmetric_theory.workload.base import Workload
 from lmetric_theory.workload.loaders import make_workload
+from lmetric_theory.workload.sessions import subset_sessions, take_csr
 
 __all__ = ["scale_rate", "select"]
 
@@ -28,6 +34,12 @@ def _meta_with(w: Workload, step: dict[str, Any], **updates: Any) -> dict[str, A
 
 def scale_rate(workload: Workload, k: float) -> Workload:
     """Replay ``k`` times as fast: ``arrival_s / k`` (same requests, same order).
+
+    A closed-loop session workload scales only its session start times
+    (``sessions.start_s / k``); think times stay, nominal arrivals are recomputed and the
+    rows re-sorted by them (stable). An engine replaying at a concurrency cap ignores the
+    start times, so there the factor has no effect. A session structure that is not closed
+    loop (its ``arrival_s`` is the schedule) is scaled whole, delays included.
 
     Parameters
     ----------
@@ -57,6 +69,20 @@ def scale_rate(workload: Workload, k: float) -> Workload:
     meta = _meta_with(
         w, {"op": "scale_rate", "k": k}, rate_scale=float(w.meta.get("rate_scale", 1.0)) * k
     )
+    ses = w.sessions
+    if ses is not None and ses.closed_loop:
+        from lmetric_theory.workload.base import Sessions
+
+        moved = Sessions(ses.session, ses.turn, ses.prev, ses.delay_s, ses.first,
+                         ses.start_s / k, True)
+        nominal = moved.nominal_arrivals()
+        order = np.argsort(nominal, kind="stable").astype(np.int64)
+        return _take(w, order, nominal[order], moved, meta)
+    if ses is not None:
+        from lmetric_theory.workload.base import Sessions
+
+        ses = Sessions(ses.session, ses.turn, ses.prev, ses.delay_s / k, ses.first,
+                       ses.start_s / k, False)
     return make_workload(
         arrival_s=w.arrival_s / k,
         input_tokens=w.input_tokens,
@@ -66,6 +92,31 @@ def scale_rate(workload: Workload, k: float) -> Workload:
         block_size=w.block_size,
         session_ids=w.session_ids,
         meta=meta,
+        sessions=ses,
+        output_hash_ids=w.output_hash_ids,
+        output_hash_offsets=w.output_hash_offsets,
+    )
+
+
+def _take(w: Workload, idx: np.ndarray, arrival_s: np.ndarray, sessions, meta) -> Workload:
+    """Rows ``idx`` of ``w`` in that order, at ``arrival_s``, sessions re-indexed."""
+    flat, off = take_csr(w.hash_ids, w.hash_offsets, idx)
+    o_flat = o_off = None
+    if w.output_hash_ids is not None and w.output_hash_offsets is not None:
+        o_flat, o_off = take_csr(w.output_hash_ids, w.output_hash_offsets, idx)
+    ses = None if sessions is None else subset_sessions(sessions, idx, arrival_s)
+    return make_workload(
+        arrival_s=arrival_s,
+        input_tokens=w.input_tokens[idx],
+        output_tokens=w.output_tokens[idx],
+        hash_ids=flat,
+        hash_offsets=off,
+        block_size=w.block_size,
+        session_ids=None if w.session_ids is None else w.session_ids[idx],
+        meta=meta,
+        sessions=ses,
+        output_hash_ids=o_flat,
+        output_hash_offsets=o_off,
     )
 
 
@@ -91,6 +142,13 @@ def select(
         If True (default), shift times so that the window start (``start_s``, or 0 when
         omitted) becomes 0 s; idle time between the window start and its first request is
         kept. If False, the original times are kept.
+
+    Sessions: a selection keeps rows, not whole sessions. Selecting from the start
+    (``count`` alone) keeps every kept request's ``prev`` (``prev[i] < i``), so sessions
+    are only cut short. A window starting later can cut a session's earlier turns off: a
+    kept request whose ``prev`` is not kept becomes the first request of a session of its
+    own, starting at its (nominal) arrival, with its prompt as it was (its context is
+    not shortened). Sessions are renumbered densely in their original order.
 
     Returns
     -------
@@ -136,6 +194,9 @@ def select(
         "first": lo,
         "n": hi - lo,
     }
+    if w.sessions is not None or w.output_hash_ids is not None:
+        idx = np.arange(lo, hi, dtype=np.int64)
+        return _take(w, idx, t[lo:hi] - shift, w.sessions, _meta_with(w, step))
     return make_workload(
         arrival_s=t[lo:hi] - shift,
         input_tokens=w.input_tokens[lo:hi],

@@ -89,20 +89,13 @@ class ScoreDefinition:
 
     def __post_init__(self) -> None:
         # Accept the plain strings too ("uncached", "in-flight", ...); reject anything else.
-        try:
-            object.__setattr__(self, "p_definition", PDefinition(self.p_definition))
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in PDefinition)
-            raise ValueError(
-                f"p_definition: unknown value {self.p_definition!r}; valid: {valid}"
-            ) from None
-        try:
-            object.__setattr__(self, "b_definition", BDefinition(self.b_definition))
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in BDefinition)
-            raise ValueError(
-                f"b_definition: unknown value {self.b_definition!r}; valid: {valid}"
-            ) from None
+        for name, enum in (("p_definition", PDefinition), ("b_definition", BDefinition)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                valid = ", ".join(repr(m.value) for m in enum)
+                raise ValueError(f"{name}: unknown value {value!r}; valid: {valid}") from None
         for name in ("p0", "b0"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | Fraction):

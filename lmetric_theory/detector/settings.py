@@ -122,32 +122,23 @@ class DetectorSettings:
             isinstance(self.prefill_offset, int) and isinstance(self.batch_offset, int),
         )
 
-    def __hash__(self) -> int:
-        return hash(
-            (
-                self.reference,
-                self.prefill_offset,
-                self.batch_offset,
-                self.extreme_factor,
-                self.tie_break,
-                self.block_tokens,
-                self.load_cap,
-                tuple(self.mitigations.items()),
-            )
+    def _arguments(self) -> tuple[Any, ...]:
+        """The constructor's arguments, in order (the mitigations as a plain dict)."""
+        return (
+            self.reference,
+            self.prefill_offset,
+            self.batch_offset,
+            self.extreme_factor,
+            self.tie_break,
+            self.block_tokens,
+            self.load_cap,
+            dict(self.mitigations),
         )
+
+    def __hash__(self) -> int:
+        *args, mitigations = self._arguments()
+        return hash((*args, tuple(mitigations.items())))
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # the read-only mapping does not pickle: rebuild from the constructor's arguments
-        return (
-            DetectorSettings,
-            (
-                self.reference,
-                self.prefill_offset,
-                self.batch_offset,
-                self.extreme_factor,
-                self.tie_break,
-                self.block_tokens,
-                self.load_cap,
-                dict(self.mitigations),
-            ),
-        )
+        return (DetectorSettings, self._arguments())

@@ -19,7 +19,7 @@ in order, detect only: the replay was routed by the policy, not by the monitor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -59,61 +59,33 @@ def class_ids(workload: Any, requests: np.ndarray, lead_blocks: int = 1) -> np.n
 
 
 @dataclass(frozen=True, slots=True)
-class HotspotEntry:
+class HotspotEntry(HotspotFinding):
     """One prefix class that raised phase 1, with the score definition it was found under.
+
+    The fields before ``p_definition`` are the monitor's finding
+    (:class:`~lmetric_theory.detector.hotspot.HotspotFinding`); ``class_id`` is the hash of
+    the class's leading ``lead_blocks`` blocks.
 
     Attributes
     ----------
-    class_id : int
-        The class: the hash of its leading ``lead_blocks`` blocks.
-    share : float
-        Its share ``x`` of the monitor's window at phase 1 (0..1).
-    cached_instances : tuple of int
-        ``M`` at phase 1: instances whose cache held the class.
-    phase1_decision : int
-        Decision index of the first alarm.
-    phase2_decision : int or None
-        Decision index of the first confirmation; None if never confirmed.
-    condition_holds : bool
-        Result (l)'s sufficient condition at phase 1 (see
-        :class:`~lmetric_theory.detector.hotspot.HotspotFinding`).
-    mitigation : str or None
-        The mitigation named on confirmation; None if never confirmed.
     p_definition, b_definition : str
         The ``P`` and ``B`` definitions (their values) the monitor's scores were computed with.
     """
 
-    class_id: int
-    share: float
-    cached_instances: tuple[int, ...]
-    phase1_decision: int
-    phase2_decision: int | None
-    condition_holds: bool
-    mitigation: str | None
     p_definition: str
     b_definition: str
 
     @classmethod
     def from_finding(cls, f: HotspotFinding, definition: ScoreDefinition) -> HotspotEntry:
         """The monitor's finding, labelled with the definition it was computed under."""
-        return cls(f.class_id, f.share, f.cached_instances, f.phase1_decision,
-                   f.phase2_decision, f.condition_holds, f.mitigation,
+        return cls(*(getattr(f, fl.name) for fl in fields(HotspotFinding)),
                    definition.p_definition.value, definition.b_definition.value)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict with the audit report's keys (``class``, ``share``, ...,
         ``p_definition``, ``b_definition``)."""
-        return {
-            "class": self.class_id,
-            "share": self.share,
-            "cached_instances": list(self.cached_instances),
-            "phase1_decision": self.phase1_decision,
-            "phase2_decision": self.phase2_decision,
-            "condition_holds": self.condition_holds,
-            "mitigation": self.mitigation,
-            "p_definition": self.p_definition,
-            "b_definition": self.b_definition,
-        }
+        return {**self.to_dict(), "p_definition": self.p_definition,
+                "b_definition": self.b_definition}
 
 
 @dataclass(frozen=True, slots=True, eq=False)

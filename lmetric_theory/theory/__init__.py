@@ -16,7 +16,7 @@ Parse the expression strings this package emits with
 same names.
 """
 
-from lmetric_theory.theory.derivation import (
+from lmetric_theory.theory.base import (
     SYMBOLS,
     Degenerate,
     Derivation,
@@ -24,8 +24,8 @@ from lmetric_theory.theory.derivation import (
     Identity,
     Region,
     Result,
-    derive,
 )
+from lmetric_theory.theory.derivation import derive
 from lmetric_theory.theory.geometry import (
     REGION_NAMES,
     hyperbola_B2,

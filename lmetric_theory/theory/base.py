@@ -47,6 +47,16 @@ def linear_score(P: sp.Expr, B: sp.Expr, rate: sp.Expr = lam) -> sp.Expr:
     return P + rate * B
 
 
+def solve_one(equation: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
+    """The unique solution of ``equation == 0`` for ``symbol``, factored (solved over an
+    assumption-free real dummy so sympy does not drop solutions of unknown sign)."""
+    x = sp.Dummy(symbol.name, real=True)
+    sols = sp.solve(equation.subs(symbol, x), x, simplify=False)
+    if len(sols) != 1:  # pragma: no cover - a derivation bug, not an input error
+        raise RuntimeError(f"expected one solution for {symbol}, got {sols}")
+    return sp.factor(sols[0])
+
+
 # ------------------------------------------------------------------------ result types
 
 

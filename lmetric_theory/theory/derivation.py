@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
@@ -38,31 +39,13 @@ from lmetric_theory.theory.base import (  # noqa: F401  (re-exported: the public
     linear_score,
     p_0,
     product_score,
+    solve_one,
 )
 from lmetric_theory.theory.hotspot import derive_hotspot
 
-__all__ = [
-    "SYMBOLS",
-    "Degenerate",
-    "Derivation",
-    "Formula",
-    "Identity",
-    "Region",
-    "Result",
-    "derive",
-]
+__all__ = ["derive"]
 
 # -------------------------------------------------------------------------- helpers
-
-
-def _solve_one(equation: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
-    """The unique solution of ``equation == 0`` for ``symbol`` (solved over an
-    assumption-free real dummy so sympy does not drop solutions of unknown sign)."""
-    x = sp.Dummy(symbol.name, real=True)
-    sols = sp.solve(equation.subs(symbol, x), x, simplify=False)
-    if len(sols) != 1:  # pragma: no cover - a derivation bug, not an input error
-        raise RuntimeError(f"expected one solution for {symbol}, got {sols}")
-    return sp.factor(sols[0])
 
 
 def _split_terms(expr: sp.Expr, var: sp.Symbol) -> sp.Expr:
@@ -78,117 +61,26 @@ def _split_terms(expr: sp.Expr, var: sp.Symbol) -> sp.Expr:
 
 
 @dataclass(frozen=True, slots=True)
-class _Scores:
-    """(a) The four scores of the pair and its differences."""
+class _Step:
+    """What one step derived: its expressions (and statements) by the name of the
+    :class:`Derivation` field they fill, read back as attributes (``pw.lam_eff``); the
+    identities that tie them together; its rendered :class:`Result`."""
 
-    S_1: sp.Expr
-    S_2: sp.Expr
-    C_1: sp.Expr
-    C_2: sp.Expr
-    dP: sp.Expr
-    dB: sp.Expr
+    values: dict[str, Any]
     result: Result
+    identities: tuple[Identity, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "values":  # pragma: no cover - only before the slot is set
+            raise AttributeError(name)
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
-@dataclass(frozen=True, slots=True)
-class _Pairwise:
-    """(c) The pairwise identity and the product's effective rate."""
-
-    prefill_weight: sp.Expr
-    batch_weight: sp.Expr
-    pairwise_rhs: sp.Expr
-    lam_eff: sp.Expr
-    identities: tuple[Identity, ...]
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _BreakEven:
-    """(d) The break-even rate and the exact disagreement condition."""
-
-    linear_diff_at: sp.Lambda
-    lam_star: sp.Expr
-    conflict_condition: sp.Basic
-    disagreement_lhs: sp.Expr
-    disagreement_rhs: sp.Expr
-    disagreement_between: sp.Basic
-    identities: tuple[Identity, ...]
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _Geometry:
-    """(e) The iso-curves through instance 1 in the plane of instance 2's state."""
-
-    hyperbola_B2: sp.Expr
-    line_B2: sp.Expr
-    intersections: tuple[tuple[sp.Expr, sp.Expr], ...]
-    second_P2: sp.Expr
-    second_B2: sp.Expr
-    gap: sp.Expr
-    tangent_lam: sp.Expr
-    regions: tuple[Region, ...]
-    identities: tuple[Identity, ...]
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _Regret:
-    """(h) The regret of following the product."""
-
-    regret: sp.Expr
-    via_star: sp.Expr
-    decomposition: sp.Expr
-    bound: sp.Expr
-    identities: tuple[Identity, ...]
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _ScaleInvariance:
-    """(b) What rescaling ``P`` or ``B`` does to either score."""
-
-    prefill_rescale_remainder: sp.Expr
-    batch_rescale_remainder: sp.Expr
-    prefill_offset_for_invariance: sp.Expr
-    batch_offset_for_invariance: sp.Expr
-    prefill_rescale_equivalent_p0: sp.Expr
-    batch_rescale_equivalent_b0: sp.Expr
-    linear_lam_after_prefill_rescale: sp.Expr
-    lam_eff_ratio_after_prefill_rescale: sp.Expr
-    identities: tuple[Identity, ...]
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _Degenerates:
-    """(g) The degenerate cases and the offsets that remove them."""
-
-    cases: tuple[Degenerate, ...]
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _Band:
-    """(i) The robust band of exchange rates."""
-
-    hull_lo: sp.Expr
-    hull_hi: sp.Expr
-    disagrees_condition: sp.Basic
-    hull_condition: sp.Basic
-    agrees_strictly_condition: sp.Basic
-    boundary_rule: str
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class _NInstances:
-    """(f) Among N instances one pair decides."""
-
-    pair_condition: sp.Basic
-    statement: str
-    ties_statement: str
-    result: Result
+#: The pair's differences.
+_dP, _dB = P_1 - P_2, B_1 - B_2
 
 
 # ------------------------------------------------------------------------- derivation
@@ -222,61 +114,14 @@ def derive() -> Derivation:
         sc.result, si.result, pw.result, be.result, geo.result, n.result, dg.result,
         rg.result, band.result, *hot.results,
     )
-    identities = (
-        *pw.identities, *be.identities, *geo.identities, *rg.identities, *si.identities,
-        *hot.identities,
-    )
+    steps = (sc, pw, be, geo, rg, si, dg, band, n)  # in the order they are derived
     return Derivation(
-        S_1=sc.S_1,
-        S_2=sc.S_2,
-        C_1=sc.C_1,
-        C_2=sc.C_2,
         p_definitions=tuple(m.value for m in PDefinition),
         b_definitions=tuple(m.value for m in BDefinition),
         default_p0=DEFAULT_P0,
         default_b0=DEFAULT_B0,
-        prefill_rescale_remainder=si.prefill_rescale_remainder,
-        batch_rescale_remainder=si.batch_rescale_remainder,
-        prefill_offset_for_invariance=si.prefill_offset_for_invariance,
-        batch_offset_for_invariance=si.batch_offset_for_invariance,
-        prefill_rescale_equivalent_p0=si.prefill_rescale_equivalent_p0,
-        batch_rescale_equivalent_b0=si.batch_rescale_equivalent_b0,
-        linear_lam_after_prefill_rescale=si.linear_lam_after_prefill_rescale,
-        lam_eff_ratio_after_prefill_rescale=si.lam_eff_ratio_after_prefill_rescale,
-        pairwise_lhs=sc.S_1 - sc.S_2,
-        pairwise_rhs=pw.pairwise_rhs,
-        prefill_weight=pw.prefill_weight,
-        batch_weight=pw.batch_weight,
-        lam_eff=pw.lam_eff,
-        lam_star=be.lam_star,
-        conflict_condition=be.conflict_condition,
-        disagreement_lhs=be.disagreement_lhs,
-        disagreement_rhs=be.disagreement_rhs,
-        disagreement_condition=sp.StrictLessThan(be.disagreement_lhs, 0),
-        disagreement_between=be.disagreement_between,
-        hyperbola_B2=geo.hyperbola_B2,
-        line_B2=geo.line_B2,
-        intersections=geo.intersections,
-        second_P2=geo.second_P2,
-        second_B2=geo.second_B2,
-        gap=geo.gap,
-        tangent_lam=geo.tangent_lam,
-        regions=geo.regions,
-        n_pair_condition=n.pair_condition,
-        n_statement=n.statement,
-        n_ties_statement=n.ties_statement,
-        degenerate=dg.cases,
-        regret=rg.regret,
-        regret_via_star=rg.via_star,
-        regret_decomposition=rg.decomposition,
-        regret_bound=rg.bound,
-        band_hull_lo=band.hull_lo,
-        band_hull_hi=band.hull_hi,
-        band_disagrees_condition=band.disagrees_condition,
-        band_hull_condition=band.hull_condition,
-        band_agrees_strictly_condition=band.agrees_strictly_condition,
-        band_boundary_rule=band.boundary_rule,
-        identities=identities,
+        **{name: value for step in steps for name, value in step.values.items()},
+        identities=(*(i for step in steps for i in step.identities), *hot.identities),
         results=results,
     )
 
@@ -284,7 +129,7 @@ def derive() -> Derivation:
 # ------------------------------------------------------------------ (a) definitions
 
 
-def _definitions() -> _Scores:
+def _definitions() -> _Step:
     """(a) The product and linear scores of instances 1 and 2."""
     S_1, S_2 = product_score(P_1, B_1), product_score(P_2, B_2)
     C_1, C_2 = linear_score(P_1, B_1), linear_score(P_2, B_2)
@@ -301,15 +146,15 @@ def _definitions() -> _Scores:
             Formula("C_i", "C_i", "C_i", linear_score(sp.Symbol("P_i"), sp.Symbol("B_i"))),
         ),
     )
-    return _Scores(S_1, S_2, C_1, C_2, P_1 - P_2, B_1 - B_2, result)
+    return _Step(dict(S_1=S_1, S_2=S_2, C_1=C_1, C_2=C_2), result)
 
 
 # ------------------------------------------------------------------- (c) pairwise
 
 
-def _pairwise_identity(sc: _Scores) -> _Pairwise:
+def _pairwise_identity(sc: _Step) -> _Step:
     """(c) Write each pair as mean +- half difference and collect the difference terms."""
-    S_1, S_2, dP, dB = sc.S_1, sc.S_2, sc.dP, sc.dB
+    S_1, S_2, dP, dB = sc.S_1, sc.S_2, _dP, _dB
     mP, mB, hP, hB = sp.symbols("m_P m_B d_P d_B", real=True)
     centred = {P_1: mP + hP / 2, P_2: mP - hP / 2, B_1: mB + hB / 2, B_2: mB - hB / 2}
     poly = sp.Poly(sp.expand((S_1 - S_2).subs(centred)), hP, hB)
@@ -346,23 +191,27 @@ def _pairwise_identity(sc: _Scores) -> _Pairwise:
             Formula("lam_eff", "λ_eff", r"\lambda_{\mathrm{eff}}", lam_eff),
         ),
     )
-    return _Pairwise(prefill_weight, batch_weight, pairwise_rhs, lam_eff, identities, result)
+    return _Step(
+        dict(pairwise_lhs=S_1 - S_2, pairwise_rhs=pairwise_rhs, prefill_weight=prefill_weight,
+             batch_weight=batch_weight, lam_eff=lam_eff),
+        result, identities,
+    )
 
 
 # ------------------------------------------------------------------ (d) break-even
 
 
-def _break_even(sc: _Scores, pw: _Pairwise) -> _BreakEven:
+def _break_even(sc: _Step, pw: _Step) -> _Step:
     """(d) The rate at which linear(λ) flips, and when the two scores disagree."""
-    S_1, S_2, C_1, C_2, dB = sc.S_1, sc.S_2, sc.C_1, sc.C_2, sc.dB
+    S_1, S_2, C_1, C_2, dB = sc.S_1, sc.S_2, sc.C_1, sc.C_2, _dB
     lam_eff = pw.lam_eff
     rate = sp.Dummy("rate", real=True)
-    linear_diff_at = sp.Lambda(rate, linear_score(P_1, B_1, rate) - linear_score(P_2, B_2, rate))
-    lam_star = _solve_one(linear_diff_at(rate), rate)
+    lam_star = solve_one(_linear_diff(rate), rate)
     conflict_rhs = sp.factor(sp.expand(lam_star * dB**2))
     conflict_condition = sp.StrictLessThan(sp.factor(-conflict_rhs), 0)
     disagreement_lhs = (S_1 - S_2) * (C_1 - C_2)
     disagreement_rhs = pw.prefill_weight * dB**2 * (lam - lam_star) * (lam_eff - lam_star)
+    between = sp.StrictLessThan((lam - lam_star) * (lam_eff - lam_star), 0)
     identities = (
         Identity(
             "linear_difference_factors", C_1 - C_2, dB * (lam - lam_star),
@@ -396,29 +245,36 @@ def _break_even(sc: _Scores, pw: _Pairwise) -> _BreakEven:
                     disagreement_lhs),
             Formula("disagreement_rhs", "(S_1 - S_2)(C_1 - C_2)", r"(S_1 - S_2)(C_1 - C_2)",
                     disagreement_rhs),
-            Formula("disagreement", "strict disagreement", r"\text{disagree}",
-                    sp.StrictLessThan((lam - lam_star) * (lam_eff - lam_star), 0)),
+            Formula("disagreement", "strict disagreement", r"\text{disagree}", between),
         ),
     )
-    return _BreakEven(
-        linear_diff_at, lam_star, conflict_condition, disagreement_lhs, disagreement_rhs,
-        sp.StrictLessThan((lam - lam_star) * (lam_eff - lam_star), 0), identities, result,
+    return _Step(
+        dict(lam_star=lam_star, conflict_condition=conflict_condition,
+             disagreement_lhs=disagreement_lhs, disagreement_rhs=disagreement_rhs,
+             disagreement_condition=sp.StrictLessThan(disagreement_lhs, 0),
+             disagreement_between=between),
+        result, identities,
     )
+
+
+def _linear_diff(rate: sp.Expr) -> sp.Expr:
+    """``C_1 - C_2`` at the exchange rate ``rate``."""
+    return linear_score(P_1, B_1, rate) - linear_score(P_2, B_2, rate)
 
 
 # -------------------------------------------------------------------- (e) geometry
 
 
-def _geometry(sc: _Scores) -> _Geometry:
+def _geometry(sc: _Step) -> _Step:
     """(e) Fix instance 1: the product's hyperbola and linear(λ)'s line through it in the
     ``(P_2, B_2)`` plane, where they meet, and the regions where the scores disagree."""
     S_1, S_2, C_1, C_2 = sc.S_1, sc.S_2, sc.C_1, sc.C_2
-    hyperbola_B2 = _split_terms(_solve_one(S_2 - S_1, B_2), P_2)
-    line_B2 = _split_terms(_solve_one(C_2 - C_1, B_2), lam)
+    hyperbola_B2 = _split_terms(solve_one(S_2 - S_1, B_2), P_2)
+    line_B2 = _split_terms(solve_one(C_2 - C_1, B_2), lam)
     intersections = _intersections(S_2 - S_1, C_2 - C_1)
     second_P2, second_B2 = sp.expand(intersections[1][0]), intersections[1][1]
     gap = sp.factor(sp.together(hyperbola_B2 - line_B2))
-    tangent_lam = _solve_one(second_P2 - P_1, lam)
+    tangent_lam = solve_one(second_P2 - P_1, lam)
     # Which side of each curve favours which instance: S_2 - S_1 and C_2 - C_1
     # factor through B_2 minus the curve.
     s_side = sp.factor(sp.cancel((S_2 - S_1) / (B_2 - hyperbola_B2)))  # P_2 + p_0 > 0
@@ -481,9 +337,11 @@ def _geometry(sc: _Scores) -> _Geometry:
                     tangent_lam),
         ),
     )
-    return _Geometry(
-        hyperbola_B2, line_B2, intersections, second_P2, second_B2, gap, tangent_lam,
-        regions, identities, result,
+    return _Step(
+        dict(hyperbola_B2=hyperbola_B2, line_B2=line_B2, intersections=intersections,
+             second_P2=second_P2, second_B2=second_B2, gap=gap, tangent_lam=tangent_lam,
+             regions=regions),
+        result, identities,
     )
 
 
@@ -544,9 +402,9 @@ def _regions(
 # ---------------------------------------------------------------------- (h) regret
 
 
-def _regret(sc: _Scores, pw: _Pairwise, be: _BreakEven) -> _Regret:
+def _regret(sc: _Step, pw: _Step, be: _Step) -> _Step:
     """(h) What following the product costs when linear(λ) is the reference."""
-    dB = sc.dB
+    dB = _dB
     regret = sp.expand(sc.C_1 - sc.C_2)
     via_star = sp.factor(dB) * (lam - be.lam_star)
     decomposition = (lam - pw.lam_eff) * dB + (sc.S_1 - sc.S_2) / pw.prefill_weight
@@ -577,7 +435,11 @@ def _regret(sc: _Scores, pw: _Pairwise, be: _BreakEven) -> _Regret:
                     bound),
         ),
     )
-    return _Regret(regret, via_star, decomposition, bound, identities, result)
+    return _Step(
+        dict(regret=regret, regret_via_star=via_star, regret_decomposition=decomposition,
+             regret_bound=bound),
+        result, identities,
+    )
 
 
 # ------------------------------------------------------------- (b) scale invariance
@@ -590,7 +452,7 @@ def _pair_diff(P_scale: sp.Expr, B_scale: sp.Expr) -> sp.Expr:
     )
 
 
-def _scale_invariance(pw: _Pairwise) -> _ScaleInvariance:
+def _scale_invariance(pw: _Step) -> _Step:
     """(b) Which offsets make the product's choices independent of the units of ``P`` and
     ``B``, and what a rescaling does to either score otherwise."""
     prefill_rescale_remainder = sp.factor(
@@ -604,13 +466,13 @@ def _scale_invariance(pw: _Pairwise) -> _ScaleInvariance:
     prefill_offset_for_invariance = sol_p[p_0]
     batch_offset_for_invariance = sol_b[b_0]
     q = sp.Dummy("q", real=True)
-    prefill_rescale_equivalent_p0 = _solve_one(
+    prefill_rescale_equivalent_p0 = solve_one(
         sp.expand(product_score(k_P * P_1, B_1) - k_P * product_score(P_1, B_1, q)), q
     )
-    batch_rescale_equivalent_b0 = _solve_one(
+    batch_rescale_equivalent_b0 = solve_one(
         sp.expand(product_score(P_1, k_B * B_1) - k_B * product_score(P_1, B_1, p_0, q)), q
     )
-    linear_lam_after_prefill_rescale = _solve_one(
+    linear_lam_after_prefill_rescale = solve_one(
         sp.expand(linear_score(k_P * P_1, B_1) - k_P * linear_score(P_1, B_1, q)), q
     )
     lam_eff = pw.lam_eff
@@ -676,11 +538,16 @@ def _scale_invariance(pw: _Pairwise) -> _ScaleInvariance:
                     lam_eff_ratio_after_prefill_rescale),
         ),
     )
-    return _ScaleInvariance(
-        prefill_rescale_remainder, batch_rescale_remainder, prefill_offset_for_invariance,
-        batch_offset_for_invariance, prefill_rescale_equivalent_p0,
-        batch_rescale_equivalent_b0, linear_lam_after_prefill_rescale,
-        lam_eff_ratio_after_prefill_rescale, identities, result,
+    return _Step(
+        dict(prefill_rescale_remainder=prefill_rescale_remainder,
+             batch_rescale_remainder=batch_rescale_remainder,
+             prefill_offset_for_invariance=prefill_offset_for_invariance,
+             batch_offset_for_invariance=batch_offset_for_invariance,
+             prefill_rescale_equivalent_p0=prefill_rescale_equivalent_p0,
+             batch_rescale_equivalent_b0=batch_rescale_equivalent_b0,
+             linear_lam_after_prefill_rescale=linear_lam_after_prefill_rescale,
+             lam_eff_ratio_after_prefill_rescale=lam_eff_ratio_after_prefill_rescale),
+        result, identities,
     )
 
 
@@ -688,14 +555,14 @@ def _scale_invariance(pw: _Pairwise) -> _ScaleInvariance:
 
 
 def _degenerate_cases(
-    sc: _Scores, pw: _Pairwise, be: _BreakEven, geo: _Geometry
-) -> _Degenerates:
+    sc: _Step, pw: _Step, be: _Step, geo: _Step
+) -> _Step:
     """(g) Zero scores, ties and an undefined λ_eff, each with the offsets that reach or
     remove it."""
     S_1, S_2, C_1, C_2 = sc.S_1, sc.S_2, sc.C_1, sc.C_2
     x = sp.Dummy("x", real=True)
-    p_zero = _solve_one(product_score(x, B_1), x)  # P_1 = -p0
-    b_zero = _solve_one(product_score(P_1, x), x)  # B_1 = -b0
+    p_zero = solve_one(product_score(x, B_1), x)  # P_1 = -p0
+    b_zero = solve_one(product_score(P_1, x), x)  # B_1 = -b0
     p_reach = sp.solve(p_zero >= 0, p_0)  # a nonnegative P reaches it iff p0 <= 0
     b_reach = sp.solve(b_zero >= 0, b_0)
     tie_B2 = geo.hyperbola_B2
@@ -758,7 +625,7 @@ def _degenerate_cases(
             "lam_eff_undefined",
             sp.Eq(sp.denom(pw.lam_eff), 0),
             S_1 - S_2,
-            sp.factor((S_1 - S_2).subs(B_2, _solve_one(sp.denom(pw.lam_eff), B_2))),
+            sp.factor((S_1 - S_2).subs(B_2, solve_one(sp.denom(pw.lam_eff), B_2))),
             b_reach,
             sp.StrictGreaterThan(b_0, 0),
             "mean(B) + b0 = 0 (only with b0 <= 0; with b0 = 0 both instances idle): the "
@@ -775,7 +642,7 @@ def _degenerate_cases(
             for d in cases
         ),
     )
-    return _Degenerates(cases, result)
+    return _Step(dict(degenerate=cases), result)
 
 
 # ----------------------------------------------------------------- (i) robust band
@@ -794,12 +661,12 @@ _BAND_BOUNDARY_RULE = (
 )
 
 
-def _robust_band(sc: _Scores, pw: _Pairwise, be: _BreakEven) -> _Band:
+def _robust_band(sc: _Step, pw: _Step, be: _Step) -> _Step:
     """(i) When the product agrees with linear(λ) for every λ of a band
     ``[lam_lo, lam_hi]``."""
     lam_eff, lam_star = pw.lam_eff, be.lam_star
     rate = sp.Dummy("rate", real=True)
-    d_at = sp.Lambda(rate, (sc.S_1 - sc.S_2) * be.linear_diff_at(rate))
+    d_at = sp.Lambda(rate, (sc.S_1 - sc.S_2) * _linear_diff(rate))
     disagrees = sp.Or(sp.StrictLessThan(d_at(lam_lo), 0), sp.StrictLessThan(d_at(lam_hi), 0))
     agrees_strictly = sp.And(
         sp.StrictGreaterThan(d_at(lam_lo), 0), sp.StrictGreaterThan(d_at(lam_hi), 0)
@@ -826,8 +693,12 @@ def _robust_band(sc: _Scores, pw: _Pairwise, be: _BreakEven) -> _Band:
                     r"\forall\lambda", agrees_strictly),
         ),
     )
-    return _Band(hull_lo, hull_hi, disagrees, hull_rule, agrees_strictly,
-                 _BAND_BOUNDARY_RULE, result)
+    return _Step(
+        dict(band_hull_lo=hull_lo, band_hull_hi=hull_hi, band_disagrees_condition=disagrees,
+             band_hull_condition=hull_rule, band_agrees_strictly_condition=agrees_strictly,
+             band_boundary_rule=_BAND_BOUNDARY_RULE),
+        result,
+    )
 
 
 # --------------------------------------------------------------- (f) N instances
@@ -850,7 +721,7 @@ _N_TIES_STATEMENT = (
 )
 
 
-def _n_instances(be: _BreakEven) -> _NInstances:
+def _n_instances(be: _Step) -> _Step:
     """(f) Among N instances the pair (product's choice, linear's choice) decides."""
     pair_condition = sp.StrictLessThan(be.disagreement_lhs, 0)
     result = Result(
@@ -859,4 +730,8 @@ def _n_instances(be: _BreakEven) -> _NInstances:
         (Formula("pair", "pair (i*, j*) disagrees", r"\text{disagree}(i^*, j^*)",
                  pair_condition),),
     )
-    return _NInstances(pair_condition, _N_STATEMENT, _N_TIES_STATEMENT, result)
+    return _Step(
+        dict(n_pair_condition=pair_condition, n_statement=_N_STATEMENT,
+             n_ties_statement=_N_TIES_STATEMENT),
+        result,
+    )

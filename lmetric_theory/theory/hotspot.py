@@ -35,7 +35,7 @@ from fractions import Fraction
 
 import sympy as sp
 
-from lmetric_theory.theory.base import SYMBOLS, Formula, Identity, Result
+from lmetric_theory.theory.base import SYMBOLS, Formula, Identity, Result, solve_one
 
 __all__ = [
     "HOTSPOT_SYMBOLS",
@@ -136,15 +136,6 @@ class HotspotTheory:
     results: tuple[Result, ...]
 
 
-def _solve_one(equation: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
-    """The unique solution of ``equation == 0`` for ``symbol`` (over a real dummy)."""
-    d = sp.Dummy(symbol.name, real=True)
-    sols = sp.solve(equation.subs(symbol, d), d, simplify=False)
-    if len(sols) != 1:  # pragma: no cover - a derivation bug
-        raise RuntimeError(f"expected one solution for {symbol}, got {sols}")
-    return sp.factor(sols[0])
-
-
 @functools.cache
 def derive_hotspot() -> HotspotTheory:
     """Derive the hot-spot results (cached; about a second the first time).
@@ -160,11 +151,11 @@ def derive_hotspot() -> HotspotTheory:
     ids: list[Identity] = []
 
     # ------------------------------------------------------------- (j) pair spill
-    spill_B_h = _solve_one(S_h - S_o, B_h)
+    spill_B_h = solve_one(S_h - S_o, B_h)
     tolerance = sp.factor(sp.cancel((spill_B_h + b_0) / (B_o + b_0)))
     spill_gap = sp.factor(sp.cancel(spill_B_h - B_o))
-    linear_gap = sp.factor(_solve_one(C_h - C_o, B_h) - B_o)
-    lam_match = _solve_one(sp.numer(sp.together(linear_gap - spill_gap)), lam)
+    linear_gap = sp.factor(solve_one(C_h - C_o, B_h) - B_o)
+    lam_match = solve_one(sp.numer(sp.together(linear_gap - spill_gap)), lam)
     # at the product's tie, lam_eff of the pair equals its lam* (the pair ties)
     lam_eff_pair = ((P_hit + P_miss) / 2 + p_0) / ((B_h + B_o) / 2 + b_0)
     lam_star_pair = (P_miss - P_hit) / (B_h - B_o)
@@ -219,14 +210,14 @@ def derive_hotspot() -> HotspotTheory:
 
     # ------------------------------------------------- (l) sufficiency and timing
     tie_at = sp.numer(sp.together((S_h - S_o).subs({B_h: hot, B_o: cold})))
-    spill_time = _solve_one(tie_at, t)
-    lin_time = _solve_one(sp.numer(sp.together((C_h - C_o).subs({B_h: hot, B_o: cold}))), t)
+    spill_time = solve_one(tie_at, t)
+    lin_time = solve_one(sp.numer(sp.together((C_h - C_o).subs({B_h: hot, B_o: cold}))), t)
     sufficient = sp.StrictGreaterThan(
         x * Mbar * (P_hit + p_0), xbar * M * (P_miss + p_0)
     )
     steady_hot = x * QPS / (M * mu)
     steady_cold = xbar * QPS / (Mbar * mu)
-    spill_qps = _solve_one(
+    spill_qps = solve_one(
         sp.numer(sp.together((S_h - S_o).subs({B_h: steady_hot, B_o: steady_cold}))), QPS
     )
     ids += [

@@ -1147,17 +1147,8 @@ class _Columns:
         for i, v in enumerate(values):
             if v is _MISSING:
                 self._err(i, name, "missing")
-            elif type(v) not in (int, float):
-                self._err(i, name, f"{want}, got {_what(v)}")
             else:
-                try:
-                    x = float(v)
-                except OverflowError:
-                    x = math.inf
-                if not (math.isfinite(x) and 0 <= x <= hi):
-                    self._err(i, name, f"{want}, got {_num(v)}")
-                else:
-                    arr[i] = x
+                self._one_number(arr, i, v, name, hi, want)
         return arr
 
     def optional_number(self, name: str, hi: float, unit: str) -> tuple[np.ndarray, np.ndarray]:
@@ -1168,19 +1159,25 @@ class _Columns:
         arr = np.full(self.n, np.nan, dtype=np.float64)
         want = f"must be a finite number in [0, {hi:g}] {unit}"
         for i in np.flatnonzero(present).tolist():
-            v = values[i]
-            if type(v) not in (int, float):
-                self._err(i, name, f"{want}, got {_what(v)}")
-                continue
-            try:
-                x = float(v)
-            except OverflowError:
-                x = math.inf
-            if not (math.isfinite(x) and 0 <= x <= hi):
-                self._err(i, name, f"{want}, got {_num(v)}")
-            else:
-                arr[i] = x
+            self._one_number(arr, i, values[i], name, hi, want)
         return arr, present
+
+    def _one_number(
+        self, arr: np.ndarray, i: int, v: Any, name: str, hi: float, want: str
+    ) -> None:
+        """Row ``i``'s present value ``v`` into ``arr[i]`` when it is a JSON number in
+        ``[0, hi]``; otherwise the row's error (``want``, then what it got)."""
+        if type(v) not in (int, float):
+            self._err(i, name, f"{want}, got {_what(v)}")
+            return
+        try:
+            x = float(v)
+        except OverflowError:
+            x = math.inf
+        if not (math.isfinite(x) and 0 <= x <= hi):
+            self._err(i, name, f"{want}, got {_num(v)}")
+        else:
+            arr[i] = x
 
     def integer(self, name: str, lo: int, hi: int = _INT64_MAX) -> np.ndarray:
         """Integer in ``[lo, hi]`` (JSON integers only; booleans and 12.0 rejected);

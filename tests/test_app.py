@@ -344,3 +344,39 @@ def test_report_json_of_the_page_is_strict():
 
     assert json.loads(report_json({"a": float("inf"), "b": [float("nan"), 1.5]})) == {
         "a": None, "b": [None, 1.5]}
+
+
+SIM_PAGE = "pages/simulate.py"
+
+
+def test_simulate_page_shows_the_library_metrics():
+    """The simulate page's table equals compute_metrics of the same runs (the CLI's defaults);
+    a bad SLO is a message, not a traceback."""
+    from lmetric_theory.app.support import metrics_rows
+    from lmetric_theory.sim import SimConfig, Simulator, load_preset
+    from lmetric_theory.sim.metrics import Slo, compute_metrics
+    from lmetric_theory.workload import default_workload, select
+
+    at = _app(SIM_PAGE)
+    at.number_input(key="count").set_value(300).run()
+    at.number_input(key="instances").set_value(4).run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Simulate"
+    w = select(default_workload(0), count=300)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b-calibrated"), 4, record_snapshots=False)
+    slo = Slo(ttft_s=2.0, itl_s=0.05)
+    want = metrics_rows({p: compute_metrics(Simulator(w, cfg, p).run(), slo, w)
+                         for p in ("lmetric", "round-robin")})
+    table = at.dataframe[0].value
+    assert list(table.columns) == list(want[0])
+    assert table.to_dict("records") == want
+    assert "SLO attainment" in table.columns and "goodput (req/s)" in table.columns
+    inst = at.dataframe[1].value
+    assert inst["requests"].sum() == 2 * 300
+    m = _metrics(at)
+    assert m["Requests"] == "300"
+    at.text_input(key="slo").set_value("ttft=2,tpot=1").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "unknown key 'tpot'" in at.error[0].value
+    at.text_input(key="slo").set_value("").run()
+    assert not at.exception and "SLO attainment" not in at.dataframe[0].value.columns

@@ -1,7 +1,7 @@
 """Real-browser test of ``app.py``: ``streamlit run`` headless on a free localhost port,
 driven by the system's Chromium through Playwright at 1400x1000; screenshots of every page.
 
-Screenshots of the four pages go to ``docs/img/`` (the README shows them), or to
+Screenshots of the five pages go to ``docs/img/`` (the README shows them), or to
 ``$LMETRIC_ARTIFACTS`` when set; the extra interaction shots go to the same folder's
 ``more/`` part only when ``$LMETRIC_ARTIFACTS`` is set. Every page's short URL must resolve,
 and no metric, plot title or formula may be clipped. The test skips, with the reason, only
@@ -192,7 +192,7 @@ def test_overview_page(server, page, artifacts):
     page.goto(f"{server}/")  # the landing page
     _settle(page)
     page.get_by_role("heading", name="lmetric-theory").wait_for()
-    for title in ("Decision regions", "Snapshot checker", "Trace audit"):
+    for title in ("Decision regions", "Snapshot checker", "Trace audit", "Simulate"):
         assert page.get_by_role("link", name=title).count() >= 1
     _no_exception(page)
     _not_clipped(page)
@@ -201,7 +201,8 @@ def test_overview_page(server, page, artifacts):
 
 @pytest.mark.parametrize(("url", "title"), [("regions", "Decision regions"),
                                             ("snapshot", "Snapshot checker"),
-                                            ("audit", "Trace audit")])
+                                            ("audit", "Trace audit"),
+                                            ("simulate", "Simulate")])
 def test_every_short_url_resolves(server, page, url, title):
     page.goto(f"{server}/{url}")
     _settle(page)
@@ -309,3 +310,28 @@ def test_trace_audit_page(server, page, artifacts, more, tmp_path):
     assert page.get_by_text("Cannot read this trace").count() == 0
     _no_exception(page)
     page.screenshot(path=str(more / "trace_audit_upload.png"))
+
+
+def test_simulate_page(server, page, artifacts, more):
+    page.goto(f"{server}/simulate")
+    _settle(page)
+    page.get_by_role("heading", name="Simulate").first.wait_for()
+    page.get_by_text("Deployers' metrics").wait_for()
+    page.get_by_text("Per instance").wait_for()
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    _no_exception(page)
+    assert page.locator('[data-testid="stDataFrame"]').count() == 2
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
+        ".some(e => e.innerText.trim() === '1,000')"
+    )
+    _not_clipped(page)
+    page.screenshot(path=str(artifacts / "simulate.png"))
+
+    # A bad SLO is a one-line message, never a traceback.
+    box = page.get_by_label("SLO (seconds; any of ttft, itl, e2e; empty: none)")
+    box.fill("ttft=2,tpot=1")
+    box.press("Enter")
+    page.get_by_text("unknown key 'tpot'").wait_for()
+    _no_exception(page)
+    page.screenshot(path=str(more / "simulate_bad_slo.png"))

@@ -159,7 +159,9 @@ def test_saturation_markdown_and_render(capsys, tmp_path):
     f.write_text(json.dumps(doc))
     assert main(["results", "--render", str(f), "--markdown"]) == 0
     out = capsys.readouterr().out
-    assert out.count("| lmetric |") == 2 and "saturation search under round-robin" in out
+    # per load: a row in the comparison table and one in the deployers' metrics table
+    assert out.count("| lmetric |") == 4 and "saturation search under round-robin" in out
+    assert out.count("deployers' metrics (mean of seeds)") == 2
     assert "| TTFT vs vLLM-v1 |" in out
     assert main(["results", "--render", str(f), "--markdown", "--compact"]) == 0
     out = capsys.readouterr().out

@@ -381,7 +381,7 @@ def test_simulate_cli_json_and_out(tmp_path: Path, capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["policies"]) == {"lmetric", "round-robin"}
     keys = {"completed", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s",
-            "tpot_p99_s", "prefix_hit_rate", "preemptions", "requests_per_instance"}
+            "tpot_p99_s", "prefix_hit_rate", "preemptions", "requests_per_instance", "metrics"}
     for s in doc["policies"].values():
         assert set(s) == keys and s["completed"] == 20
         assert sum(s["requests_per_instance"]) == 20 and len(s["requests_per_instance"]) == 2

@@ -1,4 +1,5 @@
-"""The Streamlit app's entry script: overview, decision regions, snapshot checker, trace audit.
+"""The Streamlit app's entry script: overview, decision regions, snapshot checker, trace audit,
+simulate.
 
 Started by ``lmetric-theory app`` (from an installed package) or ``streamlit run app.py``
 (from a source checkout; ``app.py`` calls :func:`run`). Each page is a thin script under
@@ -21,6 +22,7 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("decision_regions.py", "Decision regions", "regions"),
     ("snapshot_checker.py", "Snapshot checker", "snapshot"),
     ("trace_audit.py", "Trace audit", "audit"),
+    ("simulate.py", "Simulate", "simulate"),
 )
 
 

@@ -572,3 +572,98 @@ def audit_for_app(
                          batch_offset=b0, top=top, progress=progress, source=source)
     return AuditView(source, np.asarray(res.time_s, dtype=np.float64), res.verdicts,
                      res.report, ref.lam, ref.lam_lo, ref.lam_hi, p0, b0)
+
+
+#: Preset of the simulate page (the CLI's default).
+SIM_PRESET = "h100-llama3-8b-calibrated"
+
+
+def simulate_for_app(workload: Workload, *, instances: int, policies: Sequence[str],
+                     slo: Any = None, preset: str = SIM_PRESET, seed: int = 0) -> dict[str, Any]:
+    """Replay ``workload`` under each policy (the simulate page's one library call).
+
+    Runs the fast engine with the CLI's defaults (``lmetric-theory simulate``: the preset,
+    the ``vllm-v1`` scheduler, precise view) and reduces each run with
+    :func:`lmetric_theory.sim.metrics.compute_metrics`.
+
+    Parameters
+    ----------
+    workload : Workload
+        Requests to replay.
+    instances : int
+        Number of serving instances, 1..64.
+    policies : sequence of str
+        Policy specs ``NAME[:key=value,...]``, read once here.
+    slo : Slo or None
+        Objective of the SLO attainment and goodput.
+    preset : str
+        Hardware preset name.
+    seed : int
+        Policy seed.
+
+    Returns
+    -------
+    dict
+        Policy spec -> :class:`~lmetric_theory.sim.metrics.Metrics`, in the order given.
+
+    Raises
+    ------
+    ValueError
+        Bad settings, an unknown policy or no policy.
+    """
+    from lmetric_theory.experiments.tuning import resolve_policy
+    from lmetric_theory.policies import parse_spec
+    from lmetric_theory.sim import SimConfig, Simulator, load_preset
+    from lmetric_theory.sim.metrics import compute_metrics
+
+    if not 1 <= int(instances) <= 64:
+        raise ValueError(f"instances: must lie in [1, 64], got {instances}")
+    if not policies:
+        raise ValueError("choose at least one policy")
+    cfg = SimConfig.from_preset(load_preset(preset), int(instances), record_snapshots=False)
+    out: dict[str, Any] = {}
+    for spec in policies:
+        typed = resolve_policy(parse_spec(spec), workload, cfg, seed=seed)
+        res = Simulator(workload, cfg, typed, seed=seed).run()
+        out[spec] = compute_metrics(res, slo, workload)
+    return out
+
+
+def metrics_rows(by_policy: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per policy of the deployers' metrics, readable headers, units in them
+    (4 significant figures; ``None`` where undefined; SLO columns only with an SLO)."""
+    rows = []
+    for spec, m in by_policy.items():
+        def s(x: float, scale: float = 1.0) -> Any:
+            return _sig(x * scale) if math.isfinite(x) else None
+
+        row = {"policy": spec, "done": m.completed, "TTFT p50 (s)": s(m.ttft_p50_s),
+               "TTFT p90 (s)": s(m.ttft_p90_s), "TTFT p95 (s)": s(m.ttft_p95_s),
+               "TTFT p99 (s)": s(m.ttft_p99_s), "ITL p50 (ms)": s(m.itl_p50_s, 1e3),
+               "ITL p99 (ms)": s(m.itl_p99_s, 1e3), "TPOT mean (ms)": s(m.tpot_mean_s, 1e3),
+               "TPOT p99 (ms)": s(m.tpot_p99_s, 1e3), "E2E p50 (s)": s(m.e2e_p50_s),
+               "E2E p99 (s)": s(m.e2e_p99_s), "req/s": s(m.request_throughput_rps),
+               "output tok/s": s(m.output_throughput_tok_s),
+               "prefix hit": s(m.prefix_hit_rate), "Jain (requests)": s(m.requests_jain),
+               "Jain (prefill)": s(m.prefill_jain),
+               "max/mean (prefill)": s(m.prefill_max_over_mean)}
+        if m.slo is not None:
+            row["SLO attainment"] = s(m.slo_attainment)
+            row["goodput (req/s)"] = s(m.goodput_rps)
+        if m.sessions:
+            row["sessions"] = m.sessions
+            row["session p50 (s)"] = s(m.session_duration_p50_s)
+            row["session wait p50 (s)"] = s(m.session_wait_p50_s)
+        rows.append(row)
+    return rows
+
+
+def instance_rows(by_policy: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per policy and instance: requests routed and prefill tokens computed."""
+    rows = []
+    for spec, m in by_policy.items():
+        for i, (r, p) in enumerate(zip(m.instance_requests, m.instance_prefill_tokens,
+                                       strict=True)):
+            rows.append({"policy": spec, "instance": i, "requests": r,
+                         "prefill tokens computed": p})
+    return rows

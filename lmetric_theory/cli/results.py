@@ -14,7 +14,9 @@ arrival span (see
 :func:`lmetric_theory.experiments.study.find_saturation`). ``tuned-linear`` is tuned (grid of
 ``--points`` values of ``lam``, mean TTFT) on each workload, load and seed it runs on.
 
-Output: one table per workload and load (mean over seeds, with the min-max range of mean TTFT),
+Output: one table per workload and load (mean over seeds, with the min-max range of mean TTFT)
+and its table of the deployers' metrics (TTFT p50/p99, ITL p99, E2E p99, throughput; SLO
+attainment and goodput with ``--slo ttft=S,itl=S,e2e=S``, seconds; docs/metrics.md),
 the saturation sweep, and the paper's claims as percentage changes computed from the rows
 (paired by seed). ``--markdown`` prints Markdown, ``--json`` the rows, aggregates and claims.
 
@@ -78,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     p.add_argument("--executor", choices=("local", "dask"), default="local",
                    help="sweep executor (dask: needs the 'dask' extra and a scheduler via DASK_SCHEDULER_ADDRESS)")
+    p.add_argument("--slo", metavar="ttft=S,itl=S,e2e=S", default=None,
+                   help="service-level objective, seconds (any subset): adds SLO attainment "
+                   "and goodput to every row")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     p.add_argument("--json", action="store_true", help="print JSON (rows, aggregates, claims)")
     p.add_argument("--compact", action="store_true",
@@ -149,9 +154,14 @@ def run(args: argparse.Namespace) -> int:
     from lmetric_theory.experiments.tasks import get_executor
     from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig, load_preset
+    from lmetric_theory.sim.metrics import Slo
     from lmetric_theory.workload import default_workload, load_trace, select
     from lmetric_theory.workload.spec import is_synthetic_spec, synthetic_from_spec
 
+    try:
+        slo = None if args.slo is None else Slo.parse(args.slo)
+    except ValueError as exc:
+        return _err(f"--slo: {exc}")
     try:
         scales = _floats(args.rate_scales, "--rate-scales")
         loads = _floats(args.loads, "--loads")
@@ -233,10 +243,11 @@ def run(args: argparse.Namespace) -> int:
         with Progress(transient=True) as bar:
             task = bar.add_task("simulating", total=total)
             rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs,
-                            progress=lambda n: bar.advance(task, n), engine=args.engine)
+                            progress=lambda n: bar.advance(task, n), engine=args.engine,
+                            slo=slo)
     else:
         rows = run_grid(grids, cfg, policies, seeds, executor=ex, run_specs=run_specs,
-                        engine=args.engine)
+                        engine=args.engine, slo=slo)
     elapsed = time.perf_counter() - t0
     doc: dict[str, Any] = {
         "workloads": [{"source": g.name, "requests": len(g.make(0)), "scales": g.scales, "loads": g.labels}
@@ -244,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {"engine": args.engine, "vllm_version": vllm_version,
                    "instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
                    "points": args.points, "saturation": args.saturation, "reference": args.reference,
-                   "count": args.count},
+                   "count": args.count, "slo": None if slo is None else slo.to_json()},
         "saturation": sat,
         "rows": rows,
         "summary": aggregate(rows),
@@ -311,11 +322,36 @@ def _print(doc: dict[str, Any], *, markdown: bool) -> None:
             title = (f"{wl['source']} ({wl['requests']} requests), {load} = x{k:.3g} rate, "
                      f"{cfg['instances']} instances, {cfg['preset']}, mean of {nseeds} seeds")
             _table(title, cols, body, markdown)
+            _print_headline(doc, wl, load, markdown=markdown)
     body = [(c["workload"], c["load"], c["claim"], _pct(c["paper_pct"]), _pct(c["pct"]),
              f"{_pct(c['pct_min'])} .. {_pct(c['pct_max'])}") for c in doc["claims"]]
     _table("The paper's claims: change of lmetric (paper score) vs the baseline, paired by seed",
            ("workload", "load", "claim", "paper", "here (mean)", "range over seeds"), body, markdown)
     print(f"\n(lmetric-theory results: {doc['elapsed_s']:.1f} s wall)")
+
+
+def _print_headline(doc: dict[str, Any], wl: dict[str, Any], load: str, *, markdown: bool) -> None:
+    """The deployers' metrics of one workload and load (skipped for documents without them)."""
+    rows = [r for r in doc["summary"] if r["workload"] == wl["source"] and r["load"] == load]
+    if not rows or "e2e_p99_s" not in rows[0]:
+        return
+    slo = doc["config"].get("slo")
+    cols = ("policy", "TTFT p50 (s)", "p99", "ITL p99 (ms)", "E2E p99 (s)", "req/s", "out tok/s")
+    if slo is not None:
+        cols += ("SLO attain.", "goodput (req/s)")
+    body = []
+    for r in rows:
+        row = (r["name"], _fmt(r["ttft_p50_s"]), _fmt(r["ttft_p99_s"]),
+               _fmt(r["itl_p99_s"], 1e3, "{:.1f}"), _fmt(r["e2e_p99_s"]),
+               _fmt(r["request_throughput_rps"], 1, "{:.2f}"),
+               _fmt(r["output_throughput_tok_s"], 1, "{:.0f}"))
+        if slo is not None:
+            row += (_fmt(r["slo_attainment"], 100, "{:.1f}%"), _fmt(r["goodput_rps"], 1, "{:.2f}"))
+        body.append(row)
+    slo_txt = "" if slo is None else ", SLO " + ",".join(
+        f"{k[:-2]}={v:g}" for k, v in slo.items() if v is not None)
+    _table(f"{wl['source']}, {load}: deployers' metrics (mean of seeds){slo_txt}", cols, body,
+           markdown)
 
 
 def _short(source: str) -> str:

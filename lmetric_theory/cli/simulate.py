@@ -1,10 +1,14 @@
 """``lmetric-theory simulate [TRACE]``: replay a trace through routing policies on a simulated cluster.
 
 Prints one row per policy (completed requests, mean/p50/p90/p99 TTFT, mean/p99 TPOT, prefix-hit
-rate); ``--json`` prints ``{"policies": {SPEC: {...}}, "trace": {...}, "config": {...}}``.
-Without TRACE the embedded synthetic default workload is used. ``--out DIR`` writes, per
-policy, the per-request results (Parquet), the snapshot log (.npz) and ``summary.json``,
-each atomically.
+rate), then a second table of the deployers' metrics (TTFT p95, ITL p99, E2E p50/p99,
+throughputs, load spread; SLO attainment and goodput with ``--slo ttft=S,itl=S,e2e=S``,
+seconds); ``--json`` prints ``{"policies": {SPEC: {..., "metrics": {...}}}, "trace": {...},
+"config": {...}}`` (the ``metrics`` object is :meth:`lmetric_theory.sim.metrics.Metrics.to_json`,
+documented in docs/metrics.md). Without TRACE the embedded synthetic default workload is used.
+``--out DIR`` writes, per policy, the per-request results (Parquet, with ``session``,
+``turn``, ``arrival_s``, ``first_token_s`` and ``finish_s``), the snapshot log (.npz) and
+``summary.json``, each atomically.
 
 Examples
 --------
@@ -58,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests")
     p.add_argument("--out", metavar="DIR", help="write per-request results and snapshot logs here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--slo", metavar="ttft=S,itl=S,e2e=S", default=None,
+                   help="service-level objective, seconds (any subset): adds SLO attainment "
+                   "and goodput (requests meeting every bound, per second)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
     p.add_argument("--seed", type=int, default=0, help="seed for random policies and the synthetic workload")
     p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
@@ -145,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
         return _err(f"--rate-scale must be finite and > 0, got {args.rate_scale}")
     if args.count is not None and args.count < 1:
         return _err(f"--count must be >= 1, got {args.count}")
+    from lmetric_theory.sim.metrics import Slo, compute_metrics
+
+    try:
+        slo = None if args.slo is None else Slo.parse(args.slo)
+    except ValueError as exc:
+        return _err(f"--slo: {exc}")
     try:
         # each --policy text is read once, here; results stay keyed by the text given
         typed = {s: parse_spec(s) for s in specs}
@@ -235,16 +248,19 @@ def run(args: argparse.Namespace) -> int:
         "signal_delay_s": cfg.signal_delay_s,
         "seed": args.seed,
         "policy_specs": {s: r.policy for s, r in results.items()},
+        "slo": None if slo is None else slo.to_json(),
     }
     doc = {
-        "policies": {s: r.summary() | r.counts() for s, r in results.items()},
+        "policies": {s: r.summary() | r.counts()
+                     | {"metrics": compute_metrics(r, slo, workload).to_json()}
+                     for s, r in results.items()},
         "trace": trace_info,
         "config": config_info,
     }
     doc = json_safe(doc)
     if args.out:
         try:
-            _write_out(Path(args.out), results, doc)
+            _write_out(Path(args.out), results, doc, workload)
         except OSError as exc:
             return _err(f"cannot write {args.out}: {exc}")
     if args.json:
@@ -254,7 +270,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
+def request_columns(r: Any, workload: Any = None) -> dict[str, Any]:
+    """Session, turn and absolute times of each request of a result, as Parquet columns.
+
+    ``session`` and ``turn`` come from the result, else from the workload's sessions, else
+    -1 and 0; ``first_token_s`` and ``finish_s`` (absolute simulated times, seconds, NaN if
+    not reached) from the result, else ``arrival_s + ttft_s`` and ``arrival_s + e2e_s``.
+    """
+    import numpy as np
+
+    n = r.arrival_s.shape[0]
+    ses = workload.sessions if workload is not None else None
+    session = (r.session if r.session is not None else
+               ses.session if ses is not None and len(ses) == n else np.full(n, -1, np.int64))
+    turn = (r.turn if r.turn is not None else
+            ses.turn if ses is not None and len(ses) == n else np.zeros(n, np.int64))
+    return {
+        "session": np.asarray(session, dtype=np.int64),
+        "turn": np.asarray(turn, dtype=np.int64),
+        "arrival_s": np.asarray(r.arrival_s, dtype=np.float64),
+        "first_token_s": np.asarray(r.first_token_s if r.first_token_s is not None
+                                    else r.arrival_s + r.ttft_s, dtype=np.float64),
+        "finish_s": np.asarray(r.finish_s if r.finish_s is not None
+                               else r.arrival_s + r.e2e_s, dtype=np.float64),
+    }
+
+
+def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any], workload: Any = None) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -264,9 +306,14 @@ def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for spec, r in results.items():
         slug = _slug(spec)
+        cols = request_columns(r, workload)
         table = pa.table({
             "request": np.arange(r.arrival_s.shape[0], dtype=np.int64),
+            "session": cols["session"],
+            "turn": cols["turn"],
             "arrival_s": r.arrival_s,
+            "first_token_s": cols["first_token_s"],
+            "finish_s": cols["finish_s"],
             "instance": r.instance,
             "input_tokens": r.input_tokens,
             "output_tokens": r.output_tokens,
@@ -293,7 +340,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     title = (f"{tr['source']} - {tr['requests']} requests{skipped}, "
              f"x{tr['rate_scale']:g} rate, {cfg['instances']} instances, {cfg['preset']}, {cfg['view']} view")
     t = Table(title=title, caption="TTFT in seconds, TPOT in milliseconds")
-    t.add_column("policy", overflow="fold", min_width=14)
+    t.add_column("policy", overflow="fold", min_width=11)
     for col in ("done", "TTFT mean", "p50", "p90", "p99", "TPOT mean", "p99", "prefix hit"):
         t.add_column(col, justify="right", no_wrap=True)
 
@@ -305,4 +352,40 @@ def _print_table(doc: dict[str, Any]) -> None:
                   f(s["ttft_p99_s"]), f(s["tpot_mean_s"], 1e3, "{:.1f}"), f(s["tpot_p99_s"], 1e3, "{:.1f}"),
                   f(s["prefix_hit_rate"], 100, "{:.1f}%"))
     # Piped output gets a fixed, wide layout instead of the 80-column default.
-    Console(width=None if sys.stdout.isatty() else 132).print(t)
+    console = Console(width=None if sys.stdout.isatty() else 132)
+    console.print(t)
+    # The second table stays within 100 columns (long policy names fold).
+    Console(width=min(console.width, 100)).print(metrics_table(doc))
+
+
+def metrics_table(doc: dict[str, Any]) -> Any:
+    """The second table: the deployers' metrics of each policy (fits 100 columns)."""
+    from rich.table import Table
+
+    slo = doc["config"].get("slo")
+    slo_txt = ("" if slo is None else ", SLO " + ",".join(
+        f"{k[:-2]}={v:g}" for k, v in slo.items() if v is not None))
+    t = Table(title=f"deployers' metrics{slo_txt}",
+              caption="TTFT, E2E in s; ITL in ms; tok/s: output tokens; Jain: of computed "
+              "prefill tokens per instance")
+    t.add_column("policy", overflow="fold", min_width=11)
+    cols = ["TTFT\np95", "ITL\np99", "E2E\np50", "E2E\np99", "req/s", "tok/s", "Jain\nprefill"]
+    if slo is not None:
+        cols += ["SLO\nattain.", "goodput\nreq/s"]
+    for col in cols:
+        t.add_column(col, justify="right", no_wrap=True)
+
+    def f(x: Any, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
+        return "-" if x is None else fmt.format(x * scale)
+
+    for spec, s in doc["policies"].items():
+        m = s["metrics"]
+        row = [spec, f(m["ttft_s"]["p95"]), f(m["itl_s"]["p99"], 1e3, "{:.1f}"),
+               f(m["e2e_s"]["p50"]), f(m["e2e_s"]["p99"]),
+               f(m["request_throughput_rps"], 1, "{:.2f}"),
+               f(m["output_throughput_tok_s"], 1, "{:.0f}"),
+               f(m["load_spread"]["prefill_tokens"]["jain"], 1, "{:.3f}")]
+        if slo is not None:
+            row += [f(m["slo_attainment"], 100, "{:.1f}%"), f(m["goodput_rps"], 1, "{:.2f}")]
+        t.add_row(*row)
+    return t

@@ -32,6 +32,7 @@ Three steps, each a library function (the ``results`` CLI only prints):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,10 +44,12 @@ from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.tasks import Executor, SimTask, get_executor, run_engine
 from lmetric_theory.policies import PolicySpec, parse_spec
 from lmetric_theory.sim import SimConfig
+from lmetric_theory.sim.metrics import Slo, compute_metrics
 from lmetric_theory.workload import Workload, scale_rate
 
 __all__ = [
     "CLAIMS",
+    "HEADLINE",
     "METRICS",
     "PAPER_POLICIES",
     "Claim",
@@ -70,9 +73,16 @@ PAPER_POLICIES: tuple[str, ...] = (
     "vllm-v1", "dynamo", "bailian", "preble", "most-hit-load", "round-robin", "tuned-linear",
 )
 
+#: The deployers' headline metrics of a row (docs/metrics.md): seconds, per second,
+#: fractions; ``slo_attainment`` and ``goodput_rps`` are ``None`` without an SLO.
+HEADLINE: tuple[str, ...] = ("ttft_p95_s", "itl_p50_s", "itl_p99_s", "e2e_p50_s", "e2e_p99_s",
+                             "request_throughput_rps", "output_throughput_tok_s",
+                             "slo_attainment", "goodput_rps")
+
 #: Row metrics aggregated over seeds (seconds, fractions, counts).
 METRICS: tuple[str, ...] = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s",
-                            "tpot_p99_s", "prefix_hit_rate", "preemptions", "completed")
+                            "tpot_p99_s", "prefix_hit_rate", "preemptions", "completed",
+                            *HEADLINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,15 +217,22 @@ def _lag(p: LoadPoint, base_drain_s: float) -> float:
     return max(0.0, d) / p.span_s if p.span_s > 0 else (math.inf if d > 0 else 0.0)
 
 
-def study_task(task: SimTask) -> dict[str, Any]:
+def study_task(task: SimTask, slo: Slo | None = None) -> dict[str, Any]:
     """Run one task (tuning ``tuned-linear`` on the task's workload first); its row.
+
+    Parameters
+    ----------
+    task : SimTask
+    slo : Slo or None
+        Objective of ``slo_attainment`` and ``goodput_rps`` (``None`` in the row without).
 
     Returns
     -------
     dict
         ``tags`` merged with ``policy``, ``policy_resolved``, ``seed``, ``requests``,
         the keys of :meth:`SimResult.summary` (seconds / fractions), ``preemptions`` (count),
-        ``end_s``, ``drain_s`` and ``span_s`` (seconds).
+        ``end_s``, ``drain_s`` and ``span_s`` (seconds), and the :data:`HEADLINE` metrics
+        of :func:`lmetric_theory.sim.metrics.compute_metrics`.
     """
     from lmetric_theory.experiments.tuning import resolve_policy
 
@@ -232,7 +249,19 @@ def study_task(task: SimTask) -> dict[str, Any]:
     row["end_s"] = end
     row["drain_s"] = end - float(arr.max()) if arr.size else 0.0
     row["span_s"] = float(arr.max() - arr.min()) if arr.size else 0.0
+    row.update(headline(compute_metrics(res, slo, task.workload).to_json()))
     return row
+
+
+def headline(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`HEADLINE` keys of a :meth:`Metrics.to_json` document (flat, one row's)."""
+    return {"ttft_p95_s": m["ttft_s"]["p95"], "itl_p50_s": m["itl_s"]["p50"],
+            "itl_p99_s": m["itl_s"]["p99"], "e2e_p50_s": m["e2e_s"]["p50"],
+            "e2e_p99_s": m["e2e_s"]["p99"],
+            "request_throughput_rps": m["request_throughput_rps"],
+            "output_throughput_tok_s": m["output_throughput_tok_s"],
+            "slo_attainment": m["slo_attainment"] if m["slo"] is not None else None,
+            "goodput_rps": m["goodput_rps"] if m["slo"] is not None else None}
 
 
 def saturation_job(job: tuple[Workload, SimConfig, PolicySpec, int, dict[str, Any]]) -> SaturationResult:
@@ -257,11 +286,12 @@ def simulator_evaluator(workload: Workload, config: SimConfig,
 
 
 def _run(tasks: Sequence[SimTask], executor: Executor, progress: Callable[[int], None] | None,
-         chunk: int) -> list[dict[str, Any]]:
+         chunk: int, slo: Slo | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    fn = study_task if slo is None else functools.partial(study_task, slo=slo)
     for i in range(0, len(tasks), chunk):
         part = list(tasks[i:i + chunk])
-        rows += list(executor.map(study_task, part))
+        rows += list(executor.map(fn, part))
         if progress is not None:
             progress(len(part))
     return rows
@@ -293,14 +323,14 @@ def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[st
              seeds: Sequence[int], *, executor: Executor | str | None = None,
              workers: int | None = None, progress: Callable[[int], None] | None = None,
              chunk: int | None = None, run_specs: Mapping[str, PolicySpec] | None = None,
-             engine: str = "fast") -> list[dict[str, Any]]:
+             engine: str = "fast", slo: Slo | None = None) -> list[dict[str, Any]]:
     """Every policy x load x seed on every workload; one row per run (see :func:`study_task`).
 
     Rows carry ``workload``, ``load`` (label), ``rate_scale``, ``name`` (the spec asked for) and
     ``seed``. ``run_specs`` maps a name to the typed spec actually run (e.g. ``tuned-linear``
     -> ``tuned-linear:points=6``); a name without one is read as spec text, once.
     ``progress(n)`` is called after each chunk of ``n`` finished runs. ``engine`` runs every task on ``fast`` or ``vllm`` (tuning ``tuned-linear`` always uses
-    the fast engine).
+    the fast engine). ``slo`` fills the rows' ``slo_attainment`` and ``goodput_rps``.
     """
     given = dict(run_specs or {})
     specs = {name: parse_spec(given.get(name, name)) for name in policies}
@@ -317,7 +347,7 @@ def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[st
                                   engine)
                           for name in policies]
     n = chunk or max(1, 4 * int(getattr(ex, "workers", 1) or 1))
-    return _run(tasks, ex, progress, n)
+    return _run(tasks, ex, progress, n, slo)
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:

@@ -161,6 +161,22 @@ class SimResult:
         Canonical policy spec.
     config : dict
         The :class:`SimConfig` as a dictionary, plus the seed.
+    first_token_s, finish_s : np.ndarray or None, shape (n,), float64
+        Absolute simulated times of each request's first and last token, seconds (NaN if
+        not reached).
+    session, turn : np.ndarray or None, shape (n,), int64
+        Session index and 0-based turn of each request (-1 and 0 when the workload has no
+        sessions).
+    itl_gap_s : np.ndarray or None, shape (k,), float64
+        Every inter-token gap of every request, pooled, as distinct values with
+        multiplicities ``itl_count``, seconds.
+    itl_count : np.ndarray or None, shape (k,), int64
+        Multiplicity of each gap of ``itl_gap_s``; ``sum(itl_count) == sum(out - 1)`` over
+        finished requests.
+    batch_integral : np.ndarray or None, shape (N,), float64
+        Integral of the running-batch size over time per instance, request-seconds.
+    busy_s : np.ndarray or None, shape (N,), float64
+        Time each instance spent in iterations, seconds.
     """
 
     arrival_s: np.ndarray
@@ -182,6 +198,14 @@ class SimResult:
     config: dict[str, Any] = field(default_factory=dict)
     preemptions: np.ndarray | None = None
     preemptions_per_instance: np.ndarray | None = None
+    first_token_s: np.ndarray | None = None
+    finish_s: np.ndarray | None = None
+    session: np.ndarray | None = None
+    turn: np.ndarray | None = None
+    itl_gap_s: np.ndarray | None = None
+    itl_count: np.ndarray | None = None
+    batch_integral: np.ndarray | None = None
+    busy_s: np.ndarray | None = None
 
     @property
     def completed(self) -> np.ndarray:

@@ -425,6 +425,8 @@ class Simulator:
             config=cfg,
             preemptions=req.preemption_counts(),
             preemptions_per_instance=np.asarray([i.preemptions for i in self._inst], dtype=np.int64),
+            first_token_s=first.astype(np.float64),
+            finish_s=done.astype(np.float64),
         )
 
 

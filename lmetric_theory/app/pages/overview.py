@@ -23,6 +23,8 @@ ABOUT = {
     "decision (a table or pasted JSON)",
     "trace_audit.py": "every decision of a replayed trace checked against the linear "
     "reference: disagreement rate, regret, worst decisions",
+    "simulate.py": "a synthetic workload replayed under routing policies: TTFT, ITL, E2E, "
+    "throughput, SLO attainment and goodput, load per instance",
 }
 for script, title, url in PAGES[1:]:
     st.page_link(str(PAGES_DIR / script), label=f"{title} (/{url})")

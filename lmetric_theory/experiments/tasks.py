@@ -20,14 +20,17 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lmetric_theory.policies import PolicySpec, parse_spec
 from lmetric_theory.sim import SimConfig, Simulator
 from lmetric_theory.workload import Workload
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = [
     "DaskExecutor",
@@ -208,6 +211,8 @@ class DaskExecutor:
 def _process_pool(n: int) -> ProcessPoolExecutor:
     """``n`` worker processes; each freezes the heap it inherits out of the garbage collector
     (collections then walk only the worker's own objects)."""
+    from concurrent.futures import ProcessPoolExecutor  # multiprocessing: only when used
+
     return ProcessPoolExecutor(max_workers=n, initializer=gc.freeze)
 
 

@@ -70,7 +70,34 @@ def policy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Built-in policies that live outside the baseline catalog: name -> (module, class). A
+#: run of one of them imports only its module (``guarded-lmetric`` brings the detector,
+#: the catalog its own module); listing the names imports them all.
+_BUILTIN_HOMES: dict[str, tuple[str, str]] = {
+    "lmetric": ("lmetric_theory.policies.builtin", "LMetric"),
+    "linear": ("lmetric_theory.policies.builtin", "Linear"),
+    "round-robin": ("lmetric_theory.policies.builtin", "RoundRobin"),
+    "random": ("lmetric_theory.policies.builtin", "Random"),
+    "least-loaded": ("lmetric_theory.policies.builtin", "LeastLoaded"),
+    "cache-affinity": ("lmetric_theory.policies.builtin", "CacheAffinity"),
+    "power-of-two": ("lmetric_theory.policies.builtin", "PowerOfTwo"),
+    "tuned-linear": ("lmetric_theory.policies.tuned", "TunedLinear"),
+    "guarded-lmetric": ("lmetric_theory.policies.guarded", "GuardedLMetric"),
+}
+
+
 def _policy_class(name: str) -> type[Policy]:
+    cls = _REGISTRY.get(name)
+    if cls is not None:
+        return cls
+    if not _registered and name in _BUILTIN_HOMES:
+        # the same class register_all would register (a name registered by the caller
+        # beforehand is kept, as there)
+        import importlib
+
+        module, attr = _BUILTIN_HOMES[name]
+        cls = getattr(importlib.import_module(module), attr)
+        return _REGISTRY.setdefault(name, cls)
     _ensure_registered()
     cls = _REGISTRY.get(name)
     if cls is None:

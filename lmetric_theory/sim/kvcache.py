@@ -448,22 +448,25 @@ class BlockPool:
             # Whole trace blocks from a trace-block boundary (the common case): position 0 of
             # each chain, ``ratio`` blocks each; the same steps as the general loop below.
             g_end = lim // ratio
-            for gi in range(b // ratio, g_end):
-                key = hashes[h0 + gi]  # a trace hash, >= 0
-                g = groups.get(key)
+            get = groups.get
+            append = held.append
+            n_priv = 0
+            for key in hashes[h0 + b // ratio : h0 + g_end]:  # trace hashes, >= 0
+                g = get(key)
                 if g is None:
                     if pending[key] == 1:
-                        held.append((key, 0, ratio))  # nobody else will look this chain up
-                        priv += ratio
+                        append((key, 0, ratio))  # nobody else will look this chain up
+                        n_priv += 1
                         continue
                     groups[key] = _Group(ratio, {rid: ratio})
-                    held.append(key)
+                    append(key)
                     ext += ratio
                 elif not g.k and not g.refs.get(rid, 0):
                     g.k = ratio
                     g.refs[rid] = ratio
-                    held.append(key)
+                    append(key)
                     ext += ratio
+            priv += n_priv * ratio
             b = g_end * ratio
         while b < upto:
             if b < tfull:
@@ -513,14 +516,16 @@ class BlockPool:
         """
         groups = self.groups
         lru = self.lru
+        append = lru.append
         freed = 0
         anon = 0
+        tup = tuple
         for key in reversed(held):  # drop(), inlined (once per held chain of every request)
-            if type(key) is tuple:  # private cached blocks: one anonymous run
+            if type(key) is tup:  # private cached blocks: one anonymous run
                 anon += key[2]
                 continue
             if anon:
-                lru.append([None, 0, anon, None])
+                append([None, 0, anon, None])
                 freed += anon
                 anon = 0
             g = groups[key]
@@ -529,7 +534,7 @@ class BlockPool:
             f = max(refs.values()) if refs else 0
             if e > f:
                 run = [key, f, e, g]
-                lru.append(run)
+                append(run)
                 g.runs.append(run)
                 freed += e - f
             elif not g.k and not refs:

@@ -11,8 +11,11 @@ are current: the router updates them at dispatch and engine events correct them.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from lmetric_theory.policies.base import DecisionView
 from lmetric_theory.sim.events import PlanKind
@@ -89,6 +92,8 @@ class RouterView:
         state = dict(self.__dict__)
         state.pop("_wr", None)
         state.pop("_ro", None)
+        state.pop("_mv", None)
+        state.pop("_pack", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -96,7 +101,8 @@ class RouterView:
         self._bind()
 
     def _bind(self) -> None:
-        """Writable signal columns of the log, and read-only views of them for policies."""
+        """Writable signal columns of the log, byte views of them for :meth:`_rows`, and
+        read-only views of them for policies."""
         log = self.log if self.log is not None else self.row
         self._wr = [getattr(log, name) for name, _ in SIGNALS]
         self._ro = []
@@ -104,6 +110,12 @@ class RouterView:
             v = a.view()
             v.flags.writeable = False
             self._ro.append(v)
+        # A row is written with one struct.pack_into per column (the same C conversion as
+        # numpy's, int -> int32 and float -> float32, without building an array per column).
+        self._mv = [memoryview(a).cast("B") for a in self._wr]
+        n = self._wr[0].shape[1]
+        self._pack = [struct.Struct(f"={n}{'f' if dt is np.float32 else 'i'}").pack_into
+                      for _, dt in SIGNALS]
 
     # ------------------------------------------------------------------ dispatch
 
@@ -145,8 +157,9 @@ class RouterView:
     def snapshot(self, t: float, rid: int, d: int) -> DecisionView:
         """The view of decision ``d`` (request ``rid`` at time ``t``), written to the log."""
         inst = self.inst
+        decode = PlanKind.DECODE
         for ins in inst:
-            if ins.plan is PlanKind.DECODE:
+            if ins.plan is decode:
                 ins.sync(t)
         inp = self.req.inp[rid]
         hb = self._hits(rid)
@@ -186,8 +199,9 @@ class RouterView:
             log.request[d] = rid
             log.time_s[d] = t
             log.input_tokens[d] = inp
-        for a, col in zip(self._wr, cols, strict=True):
-            a[d_row] = col
+        off = d_row * self._wr[0].strides[0]
+        for pack, mv, col in zip(self._pack, self._mv, cols, strict=True):
+            pack(mv, off, *col)
         ro = self._ro  # policies get read-only views of the log rows
         req = self.req  # prefix class: the first full block's hash (-1 without one)
         pc = int(req.hashes[req.hoff[rid]]) if req.nfull[rid] else -1

@@ -75,7 +75,8 @@ class Simulator:
     Parameters
     ----------
     workload : Workload
-        Requests sorted by arrival.
+        Requests sorted by (nominal) arrival. Closed-loop sessions are replayed closed loop
+        (see the module docstring and docs/simulator.md, "Closed loop").
     config : SimConfig
         Cluster settings.
     policy : Policy, PolicySpec or str
@@ -389,7 +390,8 @@ class Simulator:
         instance : np.ndarray of int64
             Instance each request was routed to (-1: not routed yet).
         ttft_s : np.ndarray of float64
-            Time to first token, seconds (NaN: no first token yet).
+            Time to first token from the request's actual arrival, seconds (NaN: no first
+            token yet; in closed loop, a request that has not arrived yet).
         tpot_s : np.ndarray of float64
             Time per output token after the first, seconds per token (NaN: not finished,
             or a one-token output), as in :class:`~lmetric_theory.sim.config.SimResult`.

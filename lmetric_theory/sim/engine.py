@@ -588,20 +588,15 @@ def _itl_arrays(instances: list[Scheduler]) -> tuple[np.ndarray, np.ndarray]:
         counts.append(np.asarray(ins.itl_c, dtype=np.int64))
         if ins.itl_runs:
             runs = np.asarray(ins.itl_runs, dtype=np.float64)
-            start = runs[:, 0]
             n = runs[:, 1].astype(np.int64)
-            ctx = runs[:, 2].astype(np.int64)
-            m = runs[:, 3].astype(np.int64)
             j0 = runs[:, 4].astype(np.int64)
-            k = m - j0 + 1
-            rep = np.repeat(np.arange(k.size), k)
-            j = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k) + j0[rep]
-            lat = ins.lat
-            s, nn, cc = start[rep], n[rep], ctx[rep]
-            end = s + lat.decode_run(nn, cc, j)
-            before = s + lat.decode_run(nn, cc, j - 1)
-            gaps.append(end - before)
-            counts.append(nn)
+            k = runs[:, 3].astype(np.int64) - j0 + 2  # iteration ends j0 - 1 .. m of each run
+            ends_at = np.cumsum(k)
+            j = np.arange(int(ends_at[-1]), dtype=np.int64) - np.repeat(ends_at - k - j0 + 1, k)
+            ends = np.repeat(runs[:, 0], k) + ins.lat.decode_run(
+                np.repeat(n, k), np.repeat(runs[:, 2].astype(np.int64), k), j)
+            gaps.append(np.delete(np.diff(ends), ends_at[:-1] - 1))  # no gap across runs
+            counts.append(np.repeat(n, k - 1))
     return np.concatenate(gaps), np.concatenate(counts)
 
 

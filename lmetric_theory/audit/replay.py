@@ -62,6 +62,7 @@ def audit_workload(
     seed: int = 0,
     source: str | None = None,
     variant: str = "paper",
+    concurrency: int | None = None,
 ) -> AuditResult:
     """Replay ``workload`` under ``lmetric`` in the simulator and check every decision.
 
@@ -95,6 +96,8 @@ def audit_workload(
     variant : str
         ``lmetric`` variant under audit (``paper`` = the authors' router, ``llm-d``,
         ``dynamo``, ``sglang-fork``, ``legacy``); it sets ``P``, ``B`` and the tie rule.
+    concurrency : int, optional
+        Session cap of the replay (:attr:`SimConfig.concurrency`; None: no cap).
 
     Returns
     -------
@@ -124,7 +127,7 @@ def audit_workload(
     pre = _load_preset(preset)
     spec = policy_spec("lmetric", variant=variant, P=pdef.value, B=bdef.value,
                        p0=det.prefill_offset, b0=det.batch_offset)
-    cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True)
+    cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True, concurrency=concurrency)
     sim = Simulator(workload, cfg, spec, seed=seed)
     n = len(workload)
     for step in range(1, _PROGRESS_STEPS):

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from lmetric_theory.cli.common import (
     add_lam_arguments,
+    add_loop_arguments,
+    check_loop_arguments,
     parse_lam_band,
     preset_from_arg,
     workload_from_args,
@@ -67,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip (and count) malformed trace / snapshot lines")
     p.add_argument("--out", metavar="DIR", help="write audit.json and audit.html here")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
-    p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
-                   help="replay X times as fast (default 1)")
+    p.add_argument("--rate-scale", type=float, default=None, metavar="X",
+                   help="replay X times as fast (default 1; not with --concurrency)")
+    add_loop_arguments(p)
     p.add_argument("--preset", default="h100-llama3-8b-calibrated",
                    help="hardware preset name, or a preset JSON file (default "
                    "h100-llama3-8b-calibrated, as simulate)")
@@ -101,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from lmetric_theory import audit as A
     from lmetric_theory.detector import LinearReference
 
+    loop_error = check_loop_arguments(args)
+    if loop_error:
+        return _err(loop_error)
     if args.instances < 1:
         return _err(f"--instances must be >= 1, got {args.instances}")
     if args.engine != "fast":
@@ -132,8 +138,14 @@ def run(args: argparse.Namespace) -> int:
         elif band is not None:
             reference = LinearReference.band(band[0], band[1], lam=band[2])
         elif args.tune:
+            tune_cfg = None
+            if args.concurrency is not None:
+                from lmetric_theory.sim import SimConfig
+
+                tune_cfg = SimConfig.from_preset(preset, args.instances,
+                                                 concurrency=args.concurrency)
             reference = A.tuned_reference(workload, instances=args.instances, preset=preset,
-                                          seed=args.seed,
+                                          seed=args.seed, config=tune_cfg,
                                           p_definition=args.p_definition
                                           or LMETRIC_VARIANTS[args.variant].p_definition,
                                           b_definition=args.b_definition
@@ -175,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
                                    progress=progress, preset=preset,
                                    p_definition=args.p_definition,
                                    b_definition=args.b_definition, seed=args.seed,
-                                   source=source, variant=args.variant)
+                                   source=source, variant=args.variant,
+                                   concurrency=args.concurrency)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
     finally:

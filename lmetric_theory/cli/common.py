@@ -30,12 +30,67 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     elif is_synthetic_spec(args.trace):  # synthetic:KIND[:key=value,...]
         w = synthetic_from_spec(args.trace, seed=args.seed)
     else:
-        w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines)
+        w = load_trace(args.trace, skip_bad_lines=args.skip_bad_lines,
+                       **loader_options(args))
     if args.count is not None:
         w = select(w, count=args.count)
-    if args.rate_scale != 1.0:
-        w = scale_rate(w, args.rate_scale)
+    rate_scale = getattr(args, "rate_scale", 1.0)
+    if rate_scale is not None and rate_scale != 1.0:
+        w = scale_rate(w, rate_scale)
     return w
+
+
+def loader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of the trace loader from ``--trace-format`` and ``--closed-loop``
+    (only those given, so a loader call without them reads as before)."""
+    kw: dict[str, Any] = {}
+    fmt = getattr(args, "trace_format", None)
+    if fmt is not None and fmt != "auto":
+        kw["trace_format"] = fmt
+    if getattr(args, "closed_loop", False):
+        kw["closed_loop"] = True
+    return kw
+
+
+#: Conventions of ``--trace-format`` (see docs/workloads.md).
+TRACE_FORMATS = ("auto", "mooncake", "mooncake-delta")
+
+
+def add_loop_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--trace-format``, ``--closed-loop`` and ``--concurrency`` (session traces)."""
+    p.add_argument("--trace-format", choices=TRACE_FORMATS, default="auto",
+                   help="Mooncake session convention: mooncake (full prompt per row), "
+                   "mooncake-delta (each row adds a segment after the previous turn's output), "
+                   "auto (detect when unambiguous; default); ignored for synthetic: specs")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="replay a Qwen-Bailian trace closed loop: a child request is sent when "
+                   "its parent completes")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="at most N sessions active; a new one starts when one ends (first-turn "
+                   "timestamps are ignored; not with --rate-scale)")
+
+
+def check_loop_arguments(args: argparse.Namespace, rate_flag: str = "--rate-scale") -> str | None:
+    """The one-line usage error of the closed-loop flags, or ``None``.
+
+    ``--concurrency`` must be >= 1, and it cannot be combined with an explicit rate flag
+    (``rate_flag``, whose parser default is ``None``): under a cap sessions start when a
+    slot frees, so their start timestamps are not used. Leaves ``args.rate_scale`` at 1
+    when it was not given.
+    """
+    n = getattr(args, "concurrency", None)
+    dest = rate_flag.lstrip("-").replace("-", "_")
+    given = getattr(args, dest, None) is not None
+    if dest == "rate_scale" and not given:
+        args.rate_scale = 1.0
+    if n is None:
+        return None
+    if n < 1:
+        return f"--concurrency must be >= 1, got {n}"
+    if given:
+        return (f"{rate_flag} cannot be combined with --concurrency: under a cap sessions start "
+                "when a slot frees, so start timestamps are not used")
+    return None
 
 
 def preset_from_arg(arg: str) -> Any:

@@ -36,6 +36,7 @@ REFERENCES = ("lam", "band", "tuned")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``counterfactual`` sub-command."""
+    from lmetric_theory.cli.common import add_loop_arguments
     from lmetric_theory.experiments.counterfactual import DEFAULTS, FLAG_DEFINITIONS
 
     p = subparsers.add_parser(
@@ -80,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="h100-llama3-8b-calibrated",
                    help="hardware preset name, or a preset JSON file (default h100-llama3-8b-calibrated, as simulate, audit and results)")
     p.add_argument("--count", type=int, default=None, help="use only the first COUNT requests")
-    p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
+    add_loop_arguments(p)
+    p.add_argument("--rate-scale", type=float, default=None, metavar="X",
                    help="replay X times as fast (default 1)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed trace lines")
     p.add_argument("--json", action="store_true", help="print the JSON instead of tables")
@@ -120,10 +122,13 @@ def replicate_factory(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: run the study, print tables or JSON, optionally write files."""
-    from lmetric_theory.cli.common import preset_from_arg, workload_from_args
+    from lmetric_theory.cli.common import check_loop_arguments, preset_from_arg, workload_from_args
     from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig
 
+    loop_error = check_loop_arguments(args)
+    if loop_error:
+        return _err(loop_error)
     if args.instances < 2:
         return _err(f"--instances must be >= 2 (a decision needs an alternative), got {args.instances}")
     if args.samples < 1:
@@ -148,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         preset = preset_from_arg(args.preset)
         workload = workload_from_args(args)
         replicate = replicate_factory(args)
-        cfg = SimConfig.from_preset(preset, args.instances, scheduler=args.scheduler)
+        cfg = SimConfig.from_preset(preset, args.instances, scheduler=args.scheduler,
+                                    concurrency=args.concurrency)
         reference = _reference(args, policy, preset, workload, cfg)
     except (OSError, ValueError) as exc:
         return _err(str(exc))

@@ -37,6 +37,7 @@ import sys
 import time
 from typing import Any
 
+from lmetric_theory.cli.common import add_loop_arguments, check_loop_arguments, loader_options
 from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.study import PAPER_POLICIES
 
@@ -58,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default=None, metavar="SPEC,...",
                    help="policy specs, ';'- or ','-separated names (default: the paper's comparison set)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (default 3)")
-    p.add_argument("--rate-scales", default="1,2", metavar="K1,K2,...",
-                   help="arrival-rate factors (default 1,2; ignored with --saturation)")
+    p.add_argument("--rate-scales", default=None, metavar="K1,K2,...",
+                   help="arrival-rate factors (default 1,2; ignored with --saturation; not with "
+                   "--concurrency)")
     p.add_argument("--saturation", action="store_true",
                    help="find each workload's saturation point and run at --loads fractions of it")
     p.add_argument("--loads", default="0.5,0.9", metavar="F1,F2,...",
@@ -91,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--render", metavar="JSON", default=None,
                    help="print the tables of a saved --json document instead of running")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
+    add_loop_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -136,6 +139,14 @@ def run(args: argparse.Namespace) -> int:
             return _err(f"{args.render}: not a saved 'results --json' document ({exc})")
         (_print_compact if args.compact else _print)(saved, markdown=args.markdown)
         return 0
+    loop_error = check_loop_arguments(args, rate_flag="--rate-scales")
+    if loop_error:
+        return _err(loop_error)
+    if args.concurrency is not None and args.saturation:
+        return _err("--saturation cannot be combined with --concurrency: the search scales the "
+                    "arrival rate, which a session cap does not use")
+    if args.rate_scales is None:
+        args.rate_scales = "1" if args.concurrency is not None else "1,2"
     vllm_version = None
     if args.engine == "vllm":
         from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
@@ -192,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     sources = list(args.trace) or [None]
     t0 = time.perf_counter()
     try:
-        cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False)
+        cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False,
+                                    concurrency=args.concurrency)
         makers = []
         for src in sources:
             if src is None:
@@ -206,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                     return synthetic_from_spec(_s, seed=seed)
                 name = src
             else:
-                w0 = load_trace(src, skip_bad_lines=args.skip_bad_lines)
+                w0 = load_trace(src, skip_bad_lines=args.skip_bad_lines, **loader_options(args))
 
                 def make(seed: int, _w: Any = w0) -> Any:
                     return _w
@@ -255,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         "config": {"engine": args.engine, "vllm_version": vllm_version,
                    "instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
                    "points": args.points, "saturation": args.saturation, "reference": args.reference,
-                   "count": args.count, "slo": None if slo is None else slo.to_json()},
+                   "count": args.count, "concurrency": args.concurrency,
+                   "slo": None if slo is None else slo.to_json()},
         "saturation": sat,
         "rows": rows,
         "summary": aggregate(rows),

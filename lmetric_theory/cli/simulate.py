@@ -29,7 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmetric_theory.cli.common import preset_from_arg, workload_from_args
+from lmetric_theory.cli.common import (
+    add_loop_arguments,
+    check_loop_arguments,
+    preset_from_arg,
+    workload_from_args,
+)
 from lmetric_theory.core.fileio import json_safe
 
 DEFAULT_POLICIES = ("lmetric", "round-robin")
@@ -48,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", "-n", type=int, default=8, help="number of instances (default 8)")
     p.add_argument("--policy", action="append", metavar="NAME[:key=value,...]",
                    help=f"routing policy, repeatable (default: {' and '.join(DEFAULT_POLICIES)})")
-    p.add_argument("--rate-scale", type=float, default=1.0, metavar="X",
-                   help="replay X times as fast (default 1)")
+    p.add_argument("--rate-scale", type=float, default=None, metavar="X",
+                   help="replay X times as fast (default 1; not with --concurrency)")
+    add_loop_arguments(p)
     p.add_argument("--preset", default="h100-llama3-8b-calibrated",
                    help="hardware preset name, or a preset JSON file (default "
                    "h100-llama3-8b-calibrated)")
@@ -143,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig, Simulator
 
+    loop_error = check_loop_arguments(args)
+    if loop_error:
+        return _err(loop_error)
     specs = list(args.policy or DEFAULT_POLICIES)
     if len(set(specs)) != len(specs):
         return _err("the same --policy was given twice")
@@ -165,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
             make_policy(t, seed=args.seed)  # a check inside the policy fails before any run
         preset = preset_from_arg(args.preset)
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
-                                    signal_delay_s=args.signal_delay, scheduler=args.scheduler)
+                                    signal_delay_s=args.signal_delay, scheduler=args.scheduler,
+                                    concurrency=args.concurrency)
         workload = workload_from_args(args)
     except (OSError, ValueError) as exc:
         return _err(str(exc))

@@ -61,6 +61,12 @@ class SimConfig:
     latency_fit_error : dict or None
         ``{"mean": ..., "max": ...}`` relative error of the preset on its calibration rows;
         ``None`` for an uncalibrated preset (reporting only).
+    concurrency : int or None
+        At most this many sessions active (``None``: no cap). Sessions are admitted in
+        ``Sessions.session`` order, the first ``concurrency`` at t = 0 and each later one
+        when an active session's last request completes; first-turn timestamps are then
+        ignored. A workload without closed-loop sessions counts each request as a one-turn
+        session, in arrival order. See docs/simulator.md, "Closed loop".
     """
 
     n_instances: int
@@ -77,6 +83,7 @@ class SimConfig:
     block_size: int = 16
     preset: str | None = None
     latency_fit_error: dict[str, float] | None = None
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         from lmetric_theory.core.limits import INSTANCES_MAX
@@ -99,6 +106,10 @@ class SimConfig:
             raise ValueError(f"scheduler: {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be an integer >= 1, got {self.block_size!r}")
+        if self.concurrency is not None and (isinstance(self.concurrency, bool)
+                                             or not isinstance(self.concurrency, int | np.integer)
+                                             or self.concurrency < 1):
+            raise ValueError("concurrency must be >= 1")
 
     @classmethod
     def from_preset(cls, preset: Preset, n_instances: int, **overrides: Any) -> SimConfig:
@@ -161,21 +172,21 @@ class SimResult:
         Canonical policy spec.
     config : dict
         The :class:`SimConfig` as a dictionary, plus the seed.
-    first_token_s, finish_s : np.ndarray or None, shape (n,), float64
-        Absolute simulated times of each request's first and last token, seconds (NaN if
-        not reached).
-    session, turn : np.ndarray or None, shape (n,), int64
-        Session index and 0-based turn of each request (-1 and 0 when the workload has no
-        sessions).
-    itl_gap_s : np.ndarray or None, shape (k,), float64
-        Every inter-token gap of every request, pooled, as distinct values with
-        multiplicities ``itl_count``, seconds.
-    itl_count : np.ndarray or None, shape (k,), int64
-        Multiplicity of each gap of ``itl_gap_s``; ``sum(itl_count) == sum(out - 1)`` over
-        finished requests.
-    batch_integral : np.ndarray or None, shape (N,), float64
-        Integral of the running-batch size over time per instance, request-seconds.
-    busy_s : np.ndarray or None, shape (N,), float64
+    first_token_s, finish_s : np.ndarray, shape (n,), float64
+        Absolute simulated times of each request's first and last token, seconds (NaN: not
+        reached). ``arrival_s`` is the actual arrival: under closed loop the previous turn's
+        finish plus the think time, or the admission time of the session under a cap.
+    session, turn : np.ndarray, shape (n,), int64
+        Session index and turn of each request (-1 and 0 without sessions).
+    itl_gap_s : np.ndarray, shape (k,), float64
+        Inter-token gaps, seconds, pooled over every request, with multiplicities
+        ``itl_count`` (shape (k,), int64): ``itl_count[j]`` tokens followed their previous
+        token of the same request by ``itl_gap_s[j]``. ``sum(itl_count)`` is ``sum(out - 1)``
+        over finished requests (plus tokens of unfinished ones so far). Exact, not binned.
+    batch_integral : np.ndarray, shape (N,), float64
+        Integral of the running-batch size (requests scheduled in the iteration) over time
+        per instance, request-seconds.
+    busy_s : np.ndarray, shape (N,), float64
         Time each instance spent in iterations, seconds.
     """
 

@@ -12,6 +12,14 @@ paged KV, preemption, vLLM v1's scheduling loop) or
 :class:`~lmetric_theory.sim.scheduler.RouterCounters` and what the router sees is built by
 :class:`~lmetric_theory.sim.router.RouterView`. docs/simulator.md states the model.
 
+Closed loop (a workload with closed-loop ``sessions``, or ``SimConfig.concurrency`` set):
+only the first requests of admitted sessions are queued at the start; when a request
+completes, each request waiting for it (``Sessions.children``) is queued to arrive at that
+completion plus its think time ``delay_s``; under a concurrency cap a session is admitted
+when a slot frees. Routing decisions are numbered in arrival order (decision ``d`` routes
+the ``d``-th arrival, not request ``d``). Closed-form decode stretches end at the first
+completion of the instance, so every completion is an event.
+
 Forking: ``run(until_decision=d)`` stops right before decision ``d``; ``fork()`` returns an
 independent deep copy (policy and generator state included); ``force(d, i)`` makes
 decision ``d`` go to instance ``i`` whatever the policy says. ``run()`` can then be called
@@ -54,6 +62,9 @@ SCHEDULER_TYPES: dict[str, type[PagedScheduler] | type[ReserveScheduler]] = {
     "reserve": ReserveScheduler,
 }
 
+#: Simulator attributes derived from the workload and never mutated (a fork shares them).
+_SHARED = frozenset({"_koff", "_kidx", "_think", "_sess_of", "_roots", "_roff", "_session", "_turn"})
+
 #: A queue entry: (time in seconds, unique sequence number, event).
 Entry = tuple[float, int, Event]
 
@@ -64,7 +75,8 @@ class Simulator:
     Parameters
     ----------
     workload : Workload
-        Requests sorted by arrival.
+        Requests sorted by (nominal) arrival. Closed-loop sessions are replayed closed loop
+        (see the module docstring and docs/simulator.md, "Closed loop").
     config : SimConfig
         Cluster settings.
     policy : Policy, PolicySpec or str
@@ -117,8 +129,18 @@ class Simulator:
         nfull = np.minimum(inp_a // bs, offs[1:] - offs[:-1])
         # Hit cap: at least one prompt token is recomputed.
         maxhit = np.minimum((inp_a - 1) // bs, nfull)
-        data = RequestData(arr.tolist(), inp, out, np.asarray(workload.hash_ids, dtype=np.int64),
-                           offs, nfull.tolist(), maxhit.tolist(), bs)
+        hash_ids = np.asarray(workload.hash_ids, dtype=np.int64)
+        ctx = None
+        if workload.output_hash_ids is not None and workload.output_hash_offsets is not None:
+            # A request's context hash list: its prompt's, then its output's.
+            hash_ids, offs = _concat_csr(hash_ids, offs,
+                                         np.asarray(workload.output_hash_ids, dtype=np.int64),
+                                         np.asarray(workload.output_hash_offsets, dtype=np.int64))
+            ctx_a = inp_a + out_a
+            nfull = np.minimum(ctx_a // bs, offs[1:] - offs[:-1])
+            ctx = ctx_a.tolist()
+        data = RequestData(arr.tolist(), inp, out, hash_ids, offs, nfull.tolist(), maxhit.tolist(),
+                           bs, ctx)
         self._counters = counters = RouterCounters(config.n_instances)
         self._req, inst, view_bs, ratio = kind.cluster(data, config, cap, counters)
         self._inst: list[Scheduler] = list(inst)
@@ -133,8 +155,6 @@ class Simulator:
                                   approximate=config.view == "approximate",
                                   delay=float(config.signal_delay_s), block=view_bs,
                                   ratio=ratio, log=log)
-        # Event queue: sorted arrivals already form a heap.
-        self._heap: list[Entry] = [(t, ARRIVAL_SEQ + i, Arrival(i)) for i, t in enumerate(self._req.arrival)]
         self._seq = 0
         self._wake = WAKE_SEQ
         self._next_decision = 0
@@ -143,6 +163,91 @@ class Simulator:
         self._now = 0.0
         self._delay = float(config.signal_delay_s)
         self._n = int(config.n_instances)
+        self._setup_arrivals(workload, arr)
+
+    def _setup_arrivals(self, workload: Workload, arr: np.ndarray) -> None:
+        """The first arrivals and, in closed loop, what schedules the later ones."""
+        n = len(workload)
+        sess = workload.sessions
+        cap = self.config.concurrency
+        closed = workload.closed_loop
+        self._closed = closed or cap is not None
+        if sess is not None:
+            self._session = np.asarray(sess.session, dtype=np.int64)
+            self._turn = np.asarray(sess.turn, dtype=np.int64)
+        else:
+            self._session = np.full(n, -1, dtype=np.int64)
+            self._turn = np.zeros(n, dtype=np.int64)
+        if not self._closed:
+            # Open loop: sorted arrivals already form a heap.
+            self._heap: list[Entry] = [(t, ARRIVAL_SEQ + i, Arrival(i))
+                                       for i, t in enumerate(self._req.arrival)]
+            return
+        if closed:
+            assert sess is not None
+            prev = np.asarray(sess.prev, dtype=np.int64)
+            koff, kidx = sess.children()
+            s_of = self._session
+            n_s = sess.n_sessions
+            think = np.asarray(sess.delay_s, dtype=np.float64)
+        else:  # independent requests under a cap: one-turn sessions in arrival order
+            prev = np.full(n, -1, dtype=np.int64)
+            koff, kidx = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            s_of = np.arange(n, dtype=np.int64)
+            n_s = n
+            think = np.zeros(n, dtype=np.float64)
+        roots = np.flatnonzero(prev < 0)
+        order = np.argsort(s_of[roots], kind="stable")
+        rs = roots[order]
+        roff = np.zeros(n_s + 1, dtype=np.int64)
+        np.cumsum(np.bincount(s_of[roots], minlength=n_s), out=roff[1:])
+        # Closed-loop state (lists, copied by a fork): actual arrivals, children, sessions.
+        self._req.arrival = [math.nan] * n
+        self._req.STATE = (*type(self._req).STATE, "arrival")
+        self._koff = koff.tolist()
+        self._kidx = kidx.tolist()
+        self._think = think.tolist()
+        self._sess_of = s_of.tolist()
+        self._roots = rs.tolist()
+        self._roff = roff.tolist()
+        self._left = np.bincount(s_of, minlength=n_s).tolist()  # unfinished requests per session
+        self._arr_at: dict[float, int] = {}  # pending arrivals per instant
+        self._heap = []
+        for ins in self._inst:
+            ins.fin_log = []
+        if cap is None:
+            for r in rs.tolist():
+                self._schedule(float(arr[r]), r)
+            self._next_session = n_s
+        else:
+            k = min(int(cap), n_s)
+            for s in range(k):
+                self._admit(0.0, s)
+            self._next_session = k
+        self._n_sessions = n_s
+
+    def _schedule(self, t: float, rid: int) -> None:
+        """Queue request ``rid`` to arrive at ``t`` (closed loop)."""
+        heapq.heappush(self._heap, (t, ARRIVAL_SEQ + rid, Arrival(rid)))
+        self._arr_at[t] = self._arr_at.get(t, 0) + 1
+
+    def _admit(self, t: float, s: int) -> None:
+        """Admit session ``s`` at ``t``: its first request(s) arrive then."""
+        for r in self._roots[self._roff[s]:self._roff[s + 1]]:
+            self._schedule(t, r)
+
+    def _completed(self, rids: list[int], t: float) -> None:
+        """Requests ``rids`` completed at ``t``: queue their children, free session slots."""
+        koff, kidx, think, left, sess_of = self._koff, self._kidx, self._think, self._left, self._sess_of
+        for r in rids:
+            for c in kidx[koff[r]:koff[r + 1]]:
+                self._schedule(t + think[c], c)
+            s = sess_of[r]
+            left[s] -= 1
+            if left[s] == 0 and self._next_session < self._n_sessions:
+                self._admit(t, self._next_session)
+                self._next_session += 1
+        rids.clear()
 
     # ------------------------------------------------------------------ public API
 
@@ -213,6 +318,8 @@ class Simulator:
                 v = v.clone(req, inst, counters)
             elif k == "_heap":
                 v = v.copy()
+            elif k in _SHARED:
+                pass  # workload-derived, never mutated
             else:
                 v = copy.deepcopy(v, memo)
             new.__dict__[k] = v
@@ -283,7 +390,8 @@ class Simulator:
         instance : np.ndarray of int64
             Instance each request was routed to (-1: not routed yet).
         ttft_s : np.ndarray of float64
-            Time to first token, seconds (NaN: no first token yet).
+            Time to first token from the request's actual arrival, seconds (NaN: no first
+            token yet; in closed loop, a request that has not arrived yet).
         tpot_s : np.ndarray of float64
             Time per output token after the first, seconds per token (NaN: not finished,
             or a one-token output), as in :class:`~lmetric_theory.sim.config.SimResult`.
@@ -349,6 +457,13 @@ class Simulator:
         return out
 
     def _on_arrival(self, t: float, rid: int) -> list[Entry]:
+        if self._closed:
+            self._req.arrival[rid] = t
+            left = self._arr_at[t] - 1
+            if left:
+                self._arr_at[t] = left
+            else:
+                del self._arr_at[t]
         d = self._next_decision
         self._next_decision = d + 1
         router = self._router
@@ -378,9 +493,15 @@ class Simulator:
     def _on_plan_end(self, ins: Scheduler) -> list[Entry]:
         t = ins.plan_end
         ins.finish_plan()
-        d = self._next_decision
-        if ins.batches_arrivals and d < len(self._req) and self._req.arrival[d] == t:
-            return [self._wake_event(ins, t)]  # arrivals of this instant join the next step
+        if self._closed:
+            if ins.fin_log:
+                self._completed(ins.fin_log, t)
+            if ins.batches_arrivals and t in self._arr_at:
+                return [self._wake_event(ins, t)]  # arrivals of this instant join the next step
+        else:
+            d = self._next_decision
+            if ins.batches_arrivals and d < len(self._req) and self._req.arrival[d] == t:
+                return [self._wake_event(ins, t)]  # arrivals of this instant join the next step
         out = [self._plan_event(ins)] if ins.plan_next(t) else []
         if self._delay > 0:
             self._router.record(ins, t)
@@ -405,6 +526,7 @@ class Simulator:
                                   meta=dict(log.meta))
         cfg = self.config.to_dict()
         cfg["seed"] = self.seed
+        gaps, counts = _itl_arrays(self._inst)
         return SimResult(
             arrival_s=arrival,
             instance=np.asarray(req.where, dtype=np.int32),
@@ -425,9 +547,57 @@ class Simulator:
             config=cfg,
             preemptions=req.preemption_counts(),
             preemptions_per_instance=np.asarray([i.preemptions for i in self._inst], dtype=np.int64),
-            first_token_s=first.astype(np.float64),
-            finish_s=done.astype(np.float64),
+            first_token_s=first.copy(),
+            finish_s=done.copy(),
+            session=self._session.copy(),
+            turn=self._turn.copy(),
+            itl_gap_s=gaps,
+            itl_count=counts,
+            batch_integral=np.asarray([i.bint for i in self._inst], dtype=np.float64),
+            busy_s=np.asarray([i.busy for i in self._inst], dtype=np.float64),
         )
+
+
+def _concat_csr(a: np.ndarray, aoff: np.ndarray, b: np.ndarray, boff: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``i`` of the result is row ``i`` of ``a`` then row ``i`` of ``b`` (CSR arrays)."""
+    la = aoff[1:] - aoff[:-1]
+    lb = boff[1:] - boff[:-1]
+    off = np.zeros(la.size + 1, dtype=np.int64)
+    np.cumsum(la + lb, out=off[1:])
+    out = np.empty(int(off[-1]), dtype=np.int64)
+    pos_a = np.repeat(off[:-1] - aoff[:-1], la) + np.arange(int(aoff[-1] - aoff[0])) + aoff[0]
+    pos_b = np.repeat(off[:-1] + la - boff[:-1], lb) + np.arange(int(boff[-1] - boff[0])) + boff[0]
+    out[pos_a] = a[aoff[0]:aoff[-1]]
+    out[pos_b] = b[boff[0]:boff[-1]]
+    return out, off
+
+
+def _itl_arrays(instances: list[Scheduler]) -> tuple[np.ndarray, np.ndarray]:
+    """Every instance's inter-token gaps and their multiplicities, seconds and tokens.
+
+    Decode stretches are kept as ``(start, n, ctx, m, j0)`` records: iteration ``j`` of the
+    stretch ends at ``start + decode_run(n, ctx, j)`` and its ``n`` tokens follow the
+    previous iteration's by the difference (iterations ``j0 .. m``; the end of iteration 0
+    is ``start``).
+    """
+    gaps: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    for ins in instances:
+        gaps.append(np.asarray(ins.itl_g, dtype=np.float64))
+        counts.append(np.asarray(ins.itl_c, dtype=np.int64))
+        if ins.itl_runs:
+            runs = np.asarray(ins.itl_runs, dtype=np.float64)
+            n = runs[:, 1].astype(np.int64)
+            j0 = runs[:, 4].astype(np.int64)
+            k = runs[:, 3].astype(np.int64) - j0 + 2  # iteration ends j0 - 1 .. m of each run
+            ends_at = np.cumsum(k)
+            j = np.arange(int(ends_at[-1]), dtype=np.int64) - np.repeat(ends_at - k - j0 + 1, k)
+            ends = np.repeat(runs[:, 0], k) + ins.lat.decode_run(
+                np.repeat(n, k), np.repeat(runs[:, 2].astype(np.int64), k), j)
+            gaps.append(np.delete(np.diff(ends), ends_at[:-1] - 1))  # no gap across runs
+            counts.append(np.repeat(n, k - 1))
+    return np.concatenate(gaps), np.concatenate(counts)
 
 
 def _tpot(first: np.ndarray, done: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -36,16 +36,20 @@ class PagedRequests(Requests):
     """
 
     STATE = Requests.STATE + ("ntok", "comp", "dbase", "fkey", "state", "nblk", "ext", "ncached",
-                              "held", "pre", "qest", "privc", "pending")
+                              "held", "pre", "qest", "privc", "pending", "tok")
 
-    def __init__(self, *args: Any, nhash: list[int], ratio: int, block: int) -> None:
+    def __init__(self, *args: Any, nhash: list[int], ratio: int, block: int,
+                 ctx: list[int] | None = None) -> None:
         super().__init__(*args)
         n = len(self.arrival)
         self.ratio = ratio  # engine blocks per trace block
         self.block = block  # engine block size, tokens
         self.nhash = nhash  # trace hashes per request (the last one may name a partial block)
         # Engine blocks inside hashed trace blocks (keyed by the trace hash, position within).
-        self.tfull = [min(i // block, k * ratio) for i, k in zip(self.inp, nhash, strict=True)]
+        # With output hashes (``ctx``: prompt + output tokens), the blocks of generated tokens
+        # join the chains of the context's trace hashes too.
+        self.tfull = [min(i // block, k * ratio)
+                      for i, k in zip(self.inp if ctx is None else ctx, nhash, strict=True)]
         self.ntok = list(self.inp)
         self.comp = [0] * n
         self.dbase = [0] * n  # decoding: comp - S
@@ -64,6 +68,7 @@ class PagedRequests(Requests):
         self.pending: dict[int, int] = dict(Counter(self.hashes))
         self.pre = [0] * n  # preemptions
         self.qest = [0] * n  # engine's queued-token estimate while waiting
+        self.tok = [float("nan")] * n  # time of the last output token, seconds
 
     def lookup_keys(self, rid: int) -> tuple[list[int], int]:
         """Keys the router looks ``rid`` up by: its trace hashes (the last one may name a
@@ -116,7 +121,8 @@ class PagedScheduler:
         "idx", "req", "pool", "cache", "lat", "budget", "max_batch", "ff", "bs", "ratio", "running", "waiting",
         "S", "n_dec", "sum_base", "H", "fin", "queued", "plan", "plan_start", "plan_end", "plan_m",
         "plan_sched", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "sync_t", "version",
-        "pf_total", "dec_total", "iterations", "preemptions", "rt",
+        "pf_total", "dec_total", "iterations", "preemptions", "rt", "fin_log", "itl_g", "itl_c",
+        "itl_runs", "bint", "busy",
     )
 
     def __init__(self, idx: int, req: PagedRequests, pool: BlockPool, latency: LatencyModel,
@@ -156,6 +162,12 @@ class PagedScheduler:
         self.iterations = 0
         self.preemptions = 0
         self.rt = counters
+        self.fin_log: list[int] | None = None  # finished requests (the engine drains it)
+        self.itl_g: list[float] = []  # inter-token gaps, seconds ...
+        self.itl_c: list[int] = []  # ... and how many tokens had each
+        self.itl_runs: list[tuple[float, int, int, int, int]] = []  # decode stretches (ITL)
+        self.bint = 0.0  # integral of the iteration batch size, request-seconds
+        self.busy = 0.0  # time in iterations, seconds
 
     # ------------------------------------------------------------------ building
 
@@ -194,7 +206,7 @@ class PagedScheduler:
             hash_ids = hash_ids - hash_ids.min()
         offs = data.offsets
         req = PagedRequests(*data.lists(hash_ids), nhash=(offs[1:] - offs[:-1]).tolist(),
-                            ratio=bs // ebs, block=ebs)
+                            ratio=bs // ebs, block=ebs, ctx=data.ctx)
         n_blocks = capacity // ebs - 1
         inst = [cls(i, req, BlockPool(n_blocks), config.latency, int(config.token_budget),
                     int(config.max_batch), bool(config.fast_forward), counters)
@@ -458,6 +470,8 @@ class PagedScheduler:
             pending[key] -= 1
         req.state[rid] = DONE
         req.done[rid] = t
+        if self.fin_log is not None:
+            self.fin_log.append(rid)
         self.running.remove(rid)
         self.rt.finish(self.idx, req.inp[rid] + req.out[rid], req.est[rid])
 
@@ -624,6 +638,28 @@ class PagedScheduler:
             self._apply_step(t)
         else:
             m = self.plan_m
+            ps = self.plan_start
+            n = self.plan_n
+            # Inter-token gaps: the first iteration's from each request's last token, the
+            # others (one per iteration, shared by all n) expanded from the record.
+            e1 = ps + self.lat.decode_run(n, self.plan_K0, 1)
+            tok = self.req.tok
+            c = 0
+            for r in self.running:
+                lt = tok[r]
+                if lt == ps:
+                    c += 1
+                else:
+                    self.itl_g.append(e1 - lt)
+                    self.itl_c.append(1)
+                tok[r] = t
+            if c:
+                self.itl_g.append(e1 - ps)
+                self.itl_c.append(c)
+            if m > 1:
+                self.itl_runs.append((ps, n, self.plan_K0, m, 2))
+            self.busy += t - ps
+            self.bint += n * (t - ps)
             a_to = self.plan_S0 + m
             if a_to > self.alloc_upto:
                 self.pool.alloc(self._need(self.alloc_upto, a_to - self.alloc_upto))
@@ -661,9 +697,22 @@ class PagedScheduler:
         rt, i = self.rt, self.idx
         rt.emit(i, n_sched_dec)
         inp, out, ntok_l, comp_l = req.inp, req.out, req.ntok, req.comp
+        ps = self.plan_start
+        self.busy += t - ps
+        self.bint += len(sched) * (t - ps)
+        tok = req.tok
+        itl_g, itl_c = self.itl_g, self.itl_c
+        shared = 0  # decoding requests whose last token ended the previous iteration
         pt = 0
         for r, n, comp in sched:
             if n < 0:
+                lt = tok[r]
+                if lt == ps:
+                    shared += 1
+                else:
+                    itl_g.append(t - lt)
+                    itl_c.append(1)
+                tok[r] = t
                 continue
             c = comp + n
             comp_l[r] = c
@@ -673,12 +722,19 @@ class PagedScheduler:
                 g = c + 1 - inp[r]
                 if g == 1 and req.first[r] != req.first[r]:
                     req.first[r] = t
+                elif g > 1:  # a preempted request's next token, after recomputation
+                    itl_g.append(t - tok[r])
+                    itl_c.append(1)
+                tok[r] = t
                 self.dec_total += 1
                 rt.emit(i, 1)
                 if g >= out[r]:
                     self._finish(r, t, c)
                 else:
                     self._to_decode(r)
+        if shared:
+            itl_g.append(t - ps)
+            itl_c.append(shared)
         self.pf_total += pt
         self.queued -= pt
         rt.prefill(i, pt)

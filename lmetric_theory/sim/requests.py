@@ -36,6 +36,10 @@ class RequestData:
         Most blocks a prefix hit may cover (one prompt token is always recomputed).
     block : int
         The workload's hash block size, tokens.
+    ctx : list of int or None
+        Context tokens (prompt + output) of each request when the workload has output block
+        hashes (the hash list of a request is then its prompt's, then its output's); None
+        otherwise.
     """
 
     arrival: list[float]
@@ -46,6 +50,7 @@ class RequestData:
     nfull: list[int]
     maxhit: list[int]
     block: int
+    ctx: list[int] | None = None
 
     def lists(self, hash_ids: np.ndarray | None = None) -> tuple[list, ...]:
         """The positional arguments of :class:`Requests` (with other ``hash_ids`` if given)."""

@@ -56,6 +56,7 @@ class ReserveScheduler:
         "idx", "req", "cache", "lat", "budget", "max_batch", "ff", "waiting", "prefilling", "n_dec",
         "ctx_sum", "fin", "steps", "queued", "plan", "plan_start", "plan_end", "plan_m",
         "plan_chunks", "version", "pf_total", "dec_total", "iterations", "preemptions", "rt",
+        "fin_log", "itl_g", "itl_c", "itl_runs", "bint", "busy",
     )
 
     def __init__(self, idx: int, req: Requests, kv: KVCache, latency: LatencyModel, budget: int,
@@ -85,6 +86,14 @@ class ReserveScheduler:
         self.iterations = 0  # iterations executed
         self.preemptions = 0  # never: KV is reserved at admission
         self.rt = counters
+        self.fin_log: list[int] | None = None  # finished requests (the engine drains it)
+        # Inter-token gaps, seconds, and how many tokens had each; every decoding request
+        # decodes in every iteration, so one gap per iteration, shared by all of them.
+        self.itl_g: list[float] = []
+        self.itl_c: list[int] = []
+        self.itl_runs: list[tuple[float, int, int, int, int]] = []  # decode stretches (ITL)
+        self.bint = 0.0  # integral of the iteration batch size, request-seconds
+        self.busy = 0.0  # time in iterations, seconds
 
     # ------------------------------------------------------------------ building
 
@@ -289,6 +298,12 @@ class ReserveScheduler:
         rem, ctx = req.rem, req.ctx
         done_prefill = []
         rt, i = self.rt, self.idx
+        dur = t - self.plan_start
+        self.busy += dur
+        self.bint += (len(self.plan_chunks) + self.n_dec) * dur
+        if self.n_dec:
+            self.itl_g.append(dur)
+            self.itl_c.append(self.n_dec)
         self.dec_total += self.n_dec
         rt.emit(i, self.n_dec)
         pt = 0
@@ -325,6 +340,9 @@ class ReserveScheduler:
 
     def _apply_run(self, t: float) -> None:
         m = self.plan_m
+        self.itl_runs.append((self.plan_start, self.n_dec, self.ctx_sum, m, 1))
+        self.busy += t - self.plan_start
+        self.bint += self.n_dec * (t - self.plan_start)
         self.iterations += m
         self.dec_total += m * self.n_dec
         self.rt.emit(self.idx, m * self.n_dec)
@@ -348,3 +366,5 @@ class ReserveScheduler:
         req.refs[rid] = None
         req.new[rid] = None
         req.done[rid] = t
+        if self.fin_log is not None:
+            self.fin_log.append(rid)

@@ -11,7 +11,13 @@ For a decision ``d`` taken at time ``t_d`` (the arrival of request ``r_d``):
    re-seeded, so it differs from branch ``chosen`` only where the policy draws random
    numbers (e.g. ``tie=random``); with a deterministic policy it is the same run.
 2. **Affected requests.** ``A(d)`` = the requests with decision index ``>= d`` that arrive
-   at or before ``t_d + horizon_s``, in arrival order.
+   at or before ``t_d + horizon_s``, in arrival order. In closed loop (sessions whose later
+   turns wait for earlier ones, or a concurrency cap) the set and its order are those of
+   the original run (its actual arrivals and decision order), and each branch measures
+   them at the arrivals *it* gives them: a later turn arrives when its previous turn
+   completes in that branch plus its think time, and a session is admitted when a slot
+   frees in that branch (the pending turns are part of the forked simulator's state). A
+   TTFT is always counted from the branch's own arrival.
 3. **Re-convergence.** Among the requests of ``A(d)`` after ``r_d``, find the first run of
    ``converge_k`` consecutive requests that every one of the ``N`` branches routed to the
    same instance with the same TTFT (bit-equal). If there is one, ``A(d)`` is cut right
@@ -162,6 +168,7 @@ def fork_decision(
     horizon_s: float,
     converge_k: int = 0,
     aa_seed: int = 1,
+    decision_requests: np.ndarray | None = None,
 ) -> DecisionForks:
     """Replay every instance choice of ``decision`` (see the module docstring for the rule).
 
@@ -183,6 +190,10 @@ def fork_decision(
         Consecutive agreeing requests that end ``A(d)`` early (0: never).
     aa_seed : int
         Seed of the A-A branch's re-seeded policy generator.
+    decision_requests : np.ndarray of int, optional
+        Closed loop: the request of every decision of the original run, in decision order,
+        with ``arrival_s`` that run's actual arrivals (not sorted by request index). ``A(d)``
+        is then the requests of decisions ``>= d`` arriving by ``t_d + horizon_s``.
 
     Returns
     -------
@@ -194,8 +205,14 @@ def fork_decision(
     if not 0 <= chosen < n_inst:
         raise ValueError(f"chosen instance {chosen} out of range 0..{n_inst - 1}")
     t_d = float(arrival_s[request])
-    hi = int(np.searchsorted(arrival_s, t_d + horizon_s, side="right"))
-    idx = np.arange(request, max(hi, request + 1))
+    if decision_requests is None:
+        hi = int(np.searchsorted(arrival_s, t_d + horizon_s, side="right"))
+        idx = np.arange(request, max(hi, request + 1))
+    else:
+        later = np.asarray(decision_requests[decision:], dtype=np.int64)
+        keep = arrival_s[later] <= t_d + horizon_s
+        keep[0] = True
+        idx = later[keep]
     with _gc_paused():
         branches = []
         for c in range(n_inst):
@@ -261,6 +278,8 @@ class ForkTask:
         See :func:`fork_decision`.
     aa_seed : int
         See :func:`fork_decision`.
+    decision_requests : np.ndarray or None
+        See :func:`fork_decision` (closed loop only).
     """
 
     sim: Simulator
@@ -271,6 +290,7 @@ class ForkTask:
     horizon_s: float
     converge_k: int
     aa_seed: int
+    decision_requests: np.ndarray | None = None
 
 
 def run_fork_task(task: ForkTask) -> list[DecisionForks]:
@@ -283,5 +303,6 @@ def run_fork_task(task: ForkTask) -> list[DecisionForks]:
         sim.advance(until_decision=d)
         out.append(fork_decision(sim, d, request=r, chosen=c, arrival_s=task.arrival_s,
                                  horizon_s=task.horizon_s, converge_k=task.converge_k,
-                                 aa_seed=task.aa_seed + d))
+                                 aa_seed=task.aa_seed + d,
+                                 decision_requests=task.decision_requests))
     return out

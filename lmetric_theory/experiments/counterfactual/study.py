@@ -315,6 +315,9 @@ def _end_to_end(workload: Workload, config: SimConfig, base_spec: PolicySpec,
     if replicate is not None:
         reps = [(f"seed {seed + k}", replicate(seed + k), seed + k) for k in range(seeds)]
         how = "workload regenerated per seed"
+    elif _closed(workload, config):
+        return {"replicates": 0,
+                "why": "closed-loop replay: time slices would cut its sessions (no replicates)"}
     else:
         n = len(workload)
         size = n // seeds
@@ -542,6 +545,7 @@ class _Base:
     chosen: np.ndarray
     p0: int | float
     b0: int | float
+    arrival: np.ndarray | None = None  # closed loop: the replay's actual arrivals, seconds
 
 
 def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
@@ -556,7 +560,8 @@ def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
     block = int(getattr(workload, "block_size", 16) or 16)
     det = Detector(reference, d.p0, d.b0, block_tokens=block)
     cfg = dataclasses.replace(config, record_snapshots=True)
-    log = Simulator(workload, cfg, spec, seed=seed).run().snapshots
+    res = Simulator(workload, cfg, spec, seed=seed).run()
+    log = res.snapshots
     if log is None or len(log) == 0:
         raise ValueError("the replay recorded no routing decisions")
     Pm, Bm, Um = _signals(log, d)
@@ -566,7 +571,13 @@ def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
     rng = np.random.default_rng([seed, 0xCF])
     smp = matched_sample(flagged, decision_load(log), samples, rng)
     return _Base(spec, d, tie, block, det, log, Pm, Bm, Um, v, phase, flagged, smp,
-                 np.asarray(log.chosen, dtype=np.int64), p0, b0)
+                 np.asarray(log.chosen, dtype=np.int64), p0, b0,
+                 res.arrival_s if _closed(workload, config) else None)
+
+
+def _closed(workload: Workload, config: SimConfig) -> bool:
+    """Whether the replay schedules arrivals from completions (closed loop or a cap)."""
+    return bool(workload.closed_loop) or config.concurrency is not None
 
 
 def _run_forks(workload: Workload, config: SimConfig, base: _Base, horizon_s: float,
@@ -580,6 +591,10 @@ def _run_forks(workload: Workload, config: SimConfig, base: _Base, horizon_s: fl
     chunks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
     requests = np.asarray(base.log.request, dtype=np.int64)
     arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+    order = None
+    if base.arrival is not None:  # closed loop: arrivals follow completions
+        arrival = np.asarray(base.arrival, dtype=np.float64)
+        order = requests
     chosen = base.chosen
     # The walker runs the same policy without recording snapshots (recording never changes a
     # decision) and is forked once per task, positioned at the task's first decision.
@@ -593,7 +608,8 @@ def _run_forks(workload: Workload, config: SimConfig, base: _Base, horizon_s: fl
                 sim=walker.fork(), decisions=tuple(ch),
                 requests=tuple(int(requests[d]) for d in ch),
                 chosen=tuple(int(chosen[d]) for d in ch), arrival_s=arrival,
-                horizon_s=float(horizon_s), converge_k=int(converge_k), aa_seed=int(seed) + 1)
+                horizon_s=float(horizon_s), converge_k=int(converge_k), aa_seed=int(seed) + 1,
+                decision_requests=order)
 
     forks: dict[int, DecisionForks] = {}
     if progress is not None:

@@ -228,6 +228,21 @@ def test_concurrency_two_and_cap_errors(tmp_path):
     assert r.arrival_s[b0] == 0.0
     assert r.arrival_s[c0] == r.finish_s[b0]
     assert _active_max(r, w) == 2
+    # Closed-loop instances are coupled: processes=2 runs in one process, same result.
+    r2 = simulate_vllm(w, with_concurrency(_cfg(2), 2), assignment=np.array([0, 1, 0, 1]),
+                       processes=2)
+    for f in ("arrival_s", "ttft_s", "e2e_s", "cached_tokens"):
+        np.testing.assert_array_equal(getattr(r, f), getattr(r2, f))
+    # A routing policy sees the same arrivals rule: every later turn after its previous one.
+    for spec in ("lmetric", "round-robin"):
+        p = simulate_vllm(w, with_concurrency(_cfg(2), 2), spec)
+        s = w.sessions
+        later = np.flatnonzero(s.prev >= 0)
+        assert p.completed.all()
+        np.testing.assert_array_equal(p.arrival_s[later],
+                                      p.finish_s[s.prev[later]] + s.delay_s[later])
+        assert p.arrival_s[c0] == min(p.finish_s[b0], p.finish_s[_index(w, 0, 1)])
+        assert _active_max(p, w) == 2
     for bad in (0, -1):
         with pytest.raises(ValueError, match="concurrency must be >= 1"):
             simulate_vllm(w, with_concurrency(_cfg(), bad), assignment=np.zeros(4, dtype=int))

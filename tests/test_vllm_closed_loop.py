@@ -328,13 +328,17 @@ def test_aiperf_vllm_engine_closed_loop_invariants(aiperf_vllm):
                     reason="the fast engine has no closed loop yet (SimConfig has no "
                            "concurrency field)")
 def test_aiperf_fast_vs_vllm_closed_loop_per_request(aiperf_vllm):
-    """The issue's acceptance check: median relative TTFT error <= 1e-6."""
-    from lmetric_theory.experiments.differential import compare_results
+    """The issue's acceptance check: median relative TTFT error <= 1e-6.
 
+    ``compare_results`` insists on equal arrivals (one workload); closed-loop arrivals come
+    from each engine's own finishes, so the per-request error is computed here with its
+    definition (``|fast - vllm| / vllm`` over requests both completed).
+    """
     w, cfg, ref, _ = aiperf_vllm
     fast = simulate(w, cfg, "round-robin")
-    d = compare_results(fast, ref)
-    assert d.same_assignment
-    assert d.completed_a == d.completed_b == len(w)
-    np.testing.assert_array_equal(fast.arrival_s > -1, ref.arrival_s > -1)
-    assert d.ttft_rel_err_median <= 1e-6
+    assert fast.completed.all() and ref.completed.all()
+    np.testing.assert_array_equal(fast.instance, ref.instance)
+    rel = np.abs(fast.ttft_s - ref.ttft_s) / ref.ttft_s
+    assert float(np.median(rel)) <= 1e-6
+    arr = np.abs(fast.arrival_s - ref.arrival_s) / np.maximum(ref.arrival_s, 1e-9)
+    assert float(np.median(arr)) <= 1e-6

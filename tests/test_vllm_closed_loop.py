@@ -307,7 +307,11 @@ def aiperf_vllm():
 @pytest.mark.slow
 def test_aiperf_vllm_engine_closed_loop_invariants(aiperf_vllm):
     w, _, r, wall = aiperf_vllm
-    print(f"vLLM engine, 2,000 AIPerf turns, concurrency 16: {wall:.1f} s")
+    summ = r.summary()
+    print(f"vLLM engine, 2,000 AIPerf turns, concurrency 16: {wall:.1f} s; mean TTFT "
+          f"{summ['ttft_mean_s']:.4f} s, prefix hit rate {summ['prefix_hit_rate']:.4f}, "
+          f"end {r.end_time_s:.1f} s, {r.iterations} steps, most sessions active "
+          f"{_active_max(r, w)}")
     s = w.sessions
     assert len(w) == 2000 and r.completed.all()
     later = np.flatnonzero(s.prev >= 0)

@@ -137,7 +137,8 @@ class SimResult:
     Attributes
     ----------
     arrival_s : np.ndarray, shape (n,), float64
-        Arrival times, seconds.
+        Actual arrival times, seconds (closed loop: the previous turn's finish plus the
+        delay, or the admission time under a concurrency cap).
     instance : np.ndarray, shape (n,), int32
         Instance each request was routed to (-1: not routed yet).
     input_tokens, output_tokens : np.ndarray, shape (n,), int64
@@ -166,6 +167,21 @@ class SimResult:
         Times each request was preempted (recompute); zeros under ``reserve``.
     preemptions_per_instance : np.ndarray, shape (N,), int64
         Preemptions per instance.
+    first_token_s, finish_s : np.ndarray, shape (n,), float64, or None
+        Absolute simulated times of each request's first and last token, seconds (NaN if
+        not reached).
+    session, turn : np.ndarray, shape (n,), int64, or None
+        Session index and turn of each request (-1 and 0 when the workload has no sessions).
+    itl_gap_s : np.ndarray, shape (k,), float64, or None
+        Every inter-token gap of every request, pooled, seconds, as ``(gap, multiplicity)``
+        pairs with :attr:`itl_count` (exact, not binned).
+    itl_count : np.ndarray, shape (k,), int64, or None
+        Multiplicity of each gap; ``sum(itl_count) == sum(output_tokens - 1)`` over finished
+        requests.
+    batch_integral : np.ndarray, shape (N,), float64, or None
+        Integral of the running-batch size over time per instance, request-seconds.
+    busy_s : np.ndarray, shape (N,), float64, or None
+        Time each instance spent in iterations, seconds.
     end_time_s : float
         Simulated time reached, seconds.
     policy : str

@@ -18,8 +18,17 @@ Prompt token ``j`` of a request lies in workload block ``k = j // workload_block
 its id is that block's hash (``>= 0``). vLLM hashes each full block of its own (smaller)
 block size chained over the whole prefix, so two prompts share a vLLM block exactly when
 they share every workload block hash up to it; within a partial last workload block the
-shared part is the common length. Tokens past the workload's hash list, and every sampled
-token, are the request-unique id ``-(request + 1)``: they never match another request.
+shared part is the common length. Tokens past the workload's hash list are the
+request-unique id ``-(request + 1)``: they never match another request.
+
+A request's context is its prompt followed by its output. When the workload carries output
+block hashes (closed-loop session traces), the caller gives each request the ids of its
+output tokens (:meth:`VllmInstance.add`'s ``output_ids``): an output token carries
+the id of the workload block holding its context position (the prompt's last, partial block,
+then the request's output blocks), so vLLM hashes and caches those blocks as decoding fills
+them and the next turn of the session, whose prompt carries the same ids at the same
+positions, hits them on the instance where this turn ran. Without ``output_ids`` every
+sampled token is the request-unique id.
 """
 
 from __future__ import annotations
@@ -227,18 +236,38 @@ class VllmInstance:
         self._Output = v["ModelRunnerOutput"]
         self._requests: dict[str, Any] = {}
         self._seen: set[str] = set()
+        self._out_ids: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ requests
 
     def make_request(self, rid: int, token_ids: list[int], max_tokens: int, arrival_s: float) -> Any:
-        """A vLLM ``Request`` (block hashes computed) for request ``rid``; not yet added."""
+        """A vLLM ``Request`` (block hashes computed) for request ``rid``; not yet added.
+
+        A request built by one instance may be added to another (block hashing is the same
+        on every instance).
+        """
         sp = self._SamplingParams(max_tokens=int(max_tokens), ignore_eos=True)
         return self._Request(str(rid), token_ids, sp, None, arrival_time=float(arrival_s),
                              block_hasher=self._hasher)
 
-    def add(self, request: Any) -> None:
-        """Queue a request built by :meth:`make_request` (it waits for the next step)."""
-        self._requests[request.request_id] = request
+    def add(self, request: Any, output_ids: list[int] | None = None) -> None:
+        """Queue a request built by :meth:`make_request` (it waits for the next step).
+
+        Parameters
+        ----------
+        request : vllm Request
+        output_ids : list of int, optional
+            Ids of its ``max_tokens`` sampled tokens, in order (default: every one the
+            request-unique ``-(request + 1)``).
+        """
+        rid = request.request_id
+        if output_ids is not None:
+            want = int(request.max_tokens)
+            if len(output_ids) != want:
+                raise ValueError(f"request {rid}: {len(output_ids)} output ids for "
+                                 f"{want} output tokens")
+            self._out_ids[rid] = output_ids
+        self._requests[rid] = request
         self.scheduler.add_request(request)
 
     def cached_prefix_tokens(self, request: Any) -> int:
@@ -311,7 +340,18 @@ class VllmInstance:
         """Hand the scheduler the fabricated output of ``so``; return the requests finished."""
         ids = list(so.num_scheduled_tokens)
         emit = set(batch.emitted)
-        toks = [[-(int(rid) + 1)] if int(rid) in emit else [] for rid in ids]
+        reqs = self._requests
+        out_ids = self._out_ids
+        toks: list[list[int]] = []
+        for rid in ids:
+            if int(rid) not in emit:
+                toks.append([])
+                continue
+            own = out_ids.get(rid)
+            # The next sampled token is output token number num_output_tokens (kept across
+            # preemptions by recompute).
+            toks.append([-(int(rid) + 1)] if own is None else
+                        [own[reqs[rid].num_output_tokens]])
         out = self._Output(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
                            sampled_token_ids=toks)
         self.scheduler.update_from_output(so, out)
@@ -319,4 +359,5 @@ class VllmInstance:
         for rid in batch.emitted:
             if self._requests[str(rid)].is_finished():
                 finished.append(rid)
+                self._out_ids.pop(str(rid), None)
         return finished

@@ -20,6 +20,18 @@ Semantics
 - A request gets its first token (TTFT) at the end of the step that computes its last
   prompt token, and finishes at the end of the step that produces its last output token.
 - ``cached_tokens`` is the prefix-cache hit at the request's first admission.
+- Closed loop (a workload whose ``closed_loop`` is True, or any workload under
+  ``config.concurrency``): a session's first request arrives at its ``start_s`` (under a
+  cap: at the admission of its session), a later one ``delay_s`` after the request it
+  waits for has finished. Under a cap of ``N`` sessions, sessions are admitted in index
+  order, the first ``N`` at 0 s and each later one when an active session's last request
+  finishes (a workload without sessions: one-turn sessions in arrival order). A request
+  released at the end of a step (delay 0, or an admission) is routed before any instance
+  starts its next step, so it can join that step. Arrivals of one instant are routed in
+  request order. Closed-loop instances are coupled, so the replay runs in one process.
+- Output blocks: a request's sampled tokens carry the ids of its context's blocks
+  (:func:`output_token_ids`), so vLLM caches the blocks its output fills and the next turn
+  of the session hits them where this one ran.
 - Routing: either a fixed assignment (one instance per request; instances are then
   independent and may run in parallel processes) or a :class:`~lmetric_theory.policies.base.
   Policy` given a :class:`~lmetric_theory.policies.base.DecisionView` built from the
@@ -31,6 +43,7 @@ Semantics
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import multiprocessing
 from typing import Any
@@ -46,7 +59,7 @@ from lmetric_theory.sim.vllm_adapter import (
 )
 from lmetric_theory.workload.base import Workload
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "simulate_vllm", "step_time", "token_ids"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "output_token_ids", "simulate_vllm", "step_time", "token_ids"]
 
 #: vLLM's default KV block size, tokens.
 DEFAULT_BLOCK_SIZE = 16
@@ -70,6 +83,111 @@ def token_ids(workload: Workload, rid: int) -> list[int]:
     if len(out) < L:
         out.extend([-(rid + 1)] * (L - len(out)))
     return out
+
+
+def output_token_ids(workload: Workload, rid: int) -> list[int] | None:
+    """Fabricated ids of request ``rid``'s sampled tokens, or None (request-unique ids).
+
+    A request's context is its prompt (``L`` tokens) followed by its output (``m`` tokens).
+    Output token ``q`` sits at context position ``L + q``: in the prompt's last, partial
+    workload block it carries that block's hash (the request-unique id when the hash list
+    does not reach it); in a later block it carries the hash of that block from
+    :meth:`Workload.output_blocks`, past that list the request-unique ``-(rid + 1)``. The
+    next turn of a session, whose prompt holds the same ids at the same positions, then
+    shares vLLM's chained block hashes with the blocks this request's decode filled.
+
+    Returns
+    -------
+    list of int, length ``m``, or None
+        None when the workload has no output block hashes (every sampled token then gets
+        the request-unique id, as for open-loop traces).
+    """
+    if workload.output_hash_ids is None:
+        return None
+    L = int(workload.input_tokens[rid])
+    m = int(workload.output_tokens[rid])
+    bs = int(workload.block_size)
+    hs = workload.blocks(rid)
+    ob = workload.output_blocks(rid).tolist()
+    uniq = -(rid + 1)
+    end = L + m
+    out: list[int] = []
+    p = L
+    if L % bs:
+        k = L // bs
+        stop = min((k + 1) * bs, end)
+        out.extend([int(hs[k]) if k < hs.shape[0] else uniq] * (stop - p))
+        p = stop
+    j = 0
+    while p < end:
+        stop = min(p + bs, end)
+        out.extend([ob[j] if j < len(ob) else uniq] * (stop - p))
+        p = stop
+        j += 1
+    return out
+
+
+class _Arrivals:
+    """When each request arrives: the workload's schedule (open loop) or from completions.
+
+    ``heap`` holds ``(time, request)`` of requests that will arrive; ``arrival`` the actual
+    arrival of every request scheduled so far (NaN until then). :meth:`release` schedules
+    what a finished request lets in.
+    """
+
+    def __init__(self, workload: Workload, rids: list[int], cap: int | None) -> None:
+        n = len(workload)
+        self.arrival = np.full(n, np.nan)
+        self.cap = cap
+        self.closed = cap is not None or workload.closed_loop
+        if not self.closed:
+            a = np.asarray(workload.arrival_s, dtype=np.float64)
+            self.arrival[rids] = a[rids]
+            # Sorted by (time, request): already a heap.
+            self.heap: list[tuple[float, int]] = [(float(a[r]), int(r)) for r in rids]
+            return
+        s = workload.sessions
+        if s is None:  # one-turn sessions in arrival order
+            self.session = np.arange(n, dtype=np.int64)
+            self.first = np.arange(n, dtype=np.int64)
+            start = np.asarray(workload.arrival_s, dtype=np.float64)
+            self.offsets = np.zeros(n + 1, dtype=np.int64)
+            self.children = np.zeros(0, dtype=np.int64)
+            self.delay = np.zeros(n)
+        else:
+            self.session, self.first = s.session, s.first
+            start = s.start_s
+            self.offsets, self.children = s.children()
+            self.delay = s.delay_s
+        n_sessions = int(self.first.shape[0])
+        self.left = np.bincount(self.session, minlength=n_sessions).astype(np.int64)
+        self.heap = []
+        if cap is None:
+            for k in range(n_sessions):
+                self._push(float(start[k]), int(self.first[k]))
+            self.next_session = n_sessions
+        else:
+            m = min(int(cap), n_sessions)
+            for k in range(m):
+                self._push(0.0, int(self.first[k]))
+            self.next_session = m
+
+    def _push(self, t: float, rid: int) -> None:
+        self.arrival[rid] = t
+        heapq.heappush(self.heap, (t, rid))
+
+    def release(self, rid: int, t: float) -> None:
+        """Request ``rid`` finished at ``t`` (seconds): schedule its children
+        (``t + delay_s``) and, under a cap, the next session when its session ended."""
+        o = self.offsets
+        for j in self.children[o[rid]:o[rid + 1]].tolist():
+            self._push(t + float(self.delay[j]), j)
+        if self.cap is not None:
+            k = int(self.session[rid])
+            self.left[k] -= 1
+            if self.left[k] == 0 and self.next_session < self.first.shape[0]:
+                self._push(t, int(self.first[self.next_session]))
+                self.next_session += 1
 
 
 def step_time(latency: LatencyModel, batch: StepBatch) -> float:
@@ -110,8 +228,13 @@ class _Replay:
                             max_model_len=longest + 1)
             for i in instances
         }
+        self.arrivals = _Arrivals(workload, rids, getattr(config, "concurrency", None))
         self.first = np.full(n, np.nan)
         self.done = np.full(n, np.nan)
+        self.last = np.full(n, np.nan)
+        self.itl: dict[float, int] = {}
+        self.busy_s = dict.fromkeys(instances, 0.0)
+        self.batch_integral = dict.fromkeys(instances, 0.0)
         self.cached = np.full(n, -1, dtype=np.int64)
         self.where = np.full(n, -1, dtype=np.int32)
         self.est = np.zeros(n, dtype=np.int64)
@@ -194,7 +317,7 @@ class _Replay:
     def _route(self, d: int, rid: int, t: float) -> tuple[int, Any]:
         toks = token_ids(self.w, rid)
         out = int(self.w.output_tokens[rid])
-        arr = float(self.w.arrival_s[rid])
+        arr = float(self.arrivals.arrival[rid])
         if self.policy is None:
             target = int(self.assignment[rid])
             req = self.inst[target].make_request(rid, toks, out, arr)
@@ -217,47 +340,61 @@ class _Replay:
     # -------------------------------------------------------------- loop
 
     def run(self) -> None:
-        rids = self.rids
-        arr = self.w.arrival_s
+        heap = self.arrivals.heap
         pending: dict[int, list[Any]] = {i: [] for i in self.ids}
         busy: dict[int, tuple[float, Any, StepBatch]] = {}
         self.pending, self.busy = pending, busy
-        nxt = 0
         d = 0
-        n = len(rids)
         while True:
-            ta = float(arr[rids[nxt]]) if nxt < n else math.inf
-            te, ie = math.inf, -1
-            for i, (tend, _, _) in busy.items():
+            ta = heap[0][0] if heap else math.inf
+            te = math.inf
+            for tend, _, _ in busy.values():
                 if tend < te:
-                    te, ie = tend, i
+                    te = tend
             if ta == math.inf and te == math.inf:
                 break
             if ta <= te:
                 t = ta
-                while nxt < n and float(arr[rids[nxt]]) == ta:
-                    target, req = self._route(d, rids[nxt], t)
-                    pending[target].append(req)
-                    nxt += 1
-                    d += 1
+                d = self._route_instant(d, t)
                 for i in self.ids:
                     if i not in busy:
                         self._start(i, t, pending, busy)
             else:
                 t = te
-                _, so, batch = busy.pop(ie)
-                self._finish(ie, t, so, batch)
-                self._start(ie, t, pending, busy)
+                ended = [i for i, (tend, _, _) in busy.items() if tend == te]
+                for i in ended:
+                    _, so, batch = busy.pop(i)
+                    self._finish(i, t, so, batch)
+                if heap and heap[0][0] == t:
+                    # Released by these completions (delay 0 or an admission): routed
+                    # before any instance starts its next step.
+                    d = self._route_instant(d, t)
+                    for i in self.ids:
+                        if i not in busy:
+                            self._start(i, t, pending, busy)
+                else:
+                    for i in ended:
+                        self._start(i, t, pending, busy)
             self.now = t
         for i, ins in self.inst.items():
             if ins.unfinished:
                 raise ValueError(f"instance {i}: {ins.unfinished} requests never finished")
 
+    def _route_instant(self, d: int, t: float) -> int:
+        """Route every request arriving at ``t``, in request order; return the next decision."""
+        heap = self.arrivals.heap
+        while heap and heap[0][0] == t:
+            _, rid = heapq.heappop(heap)
+            target, req = self._route(d, rid, t)
+            self.pending[target].append(req)
+            d += 1
+        return d
+
     def _start(self, i: int, t: float, pending: dict[int, list[Any]],
                busy: dict[int, tuple[float, Any, StepBatch]]) -> None:
         ins = self.inst[i]
         for req in pending[i]:
-            ins.add(req)
+            ins.add(req, output_token_ids(self.w, int(req.request_id)))
         pending[i].clear()
         if not ins.unfinished:
             return
@@ -273,7 +410,10 @@ class _Replay:
         used = int(round(ins.kv_usage * (self.num_blocks - 1))) * self.bs
         if used > self.peak[i]:
             self.peak[i] = used
-        busy[i] = (t + step_time(self.lat, batch), so, batch)
+        dt = step_time(self.lat, batch)
+        self.busy_s[i] += dt
+        self.batch_integral[i] += (len(batch.chunks) + batch.decode_seqs) * dt
+        busy[i] = (t + dt, so, batch)
 
     def _finish(self, i: int, t: float, so: Any, batch: StepBatch) -> None:
         ins = self.inst[i]
@@ -288,13 +428,22 @@ class _Replay:
         r.prefill(j, pt)
         self.dec[i] += len(batch.emitted)
         r.emit(j, len(batch.emitted))
+        last = self.last
+        itl = self.itl
         for rid in batch.emitted:
             if math.isnan(self.first[rid]):
                 self.first[rid] = t
+            else:
+                g = t - float(last[rid])
+                itl[g] = itl.get(g, 0) + 1
+            last[rid] = t
+        arrivals = self.arrivals
         for rid in ins.finish_step(so, batch):
             self.done[rid] = t
             r.finish(j, int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid]),
                      int(self.est[rid]))
+            if arrivals.closed:
+                arrivals.release(rid, t)
 
     def preemptions(self) -> np.ndarray:
         p = np.zeros(len(self.w), dtype=np.int64)
@@ -319,7 +468,8 @@ def _worker(instances: list[int]) -> dict[str, Any]:
 def _collect(rep: _Replay) -> dict[str, Any]:
     return dict(first=rep.first, done=rep.done, cached=rep.cached, where=rep.where,
                 pre=rep.preemptions(), iterations=rep.iterations, now=rep.now, pf=rep.pf,
-                dec=rep.dec, peak=rep.peak)
+                dec=rep.dec, peak=rep.peak, arrival=rep.arrivals.arrival, itl=rep.itl,
+                busy=rep.busy_s, bint=rep.batch_integral)
 
 
 def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
@@ -345,13 +495,26 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         else 16). The pool has ``capacity // block_size`` blocks, one of which vLLM keeps as
         its null block.
     processes : int
-        With a fixed assignment, split the instances over this many processes.
+        With a fixed assignment of an open-loop replay, split the instances over this many
+        processes (a closed-loop replay couples the instances and runs in one).
 
     Returns
     -------
     SimResult
         The fast engine's result type; ``config`` holds ``engine = "vllm"`` and
-        ``vllm_version``; ``snapshots`` is None.
+        ``vllm_version``; ``snapshots`` is None. ``arrival_s`` is the actual arrival
+        (closed loop: from completions and admissions).
+
+    Raises
+    ------
+    ValueError
+        ``config.concurrency`` below 1 ("concurrency must be >= 1"), a bad assignment, an
+        empty workload, or a request no instance can hold.
+
+    Notes
+    -----
+    ``config.concurrency`` (at most that many sessions active; see the module docstring)
+    is read with ``getattr`` and may be absent (no cap).
     """
     from lmetric_theory.sim.engine import SimResult
 
@@ -364,12 +527,17 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     if n == 0:
         raise ValueError("workload is empty")
     N = int(config.n_instances)
+    cap = getattr(config, "concurrency", None)
+    if cap is not None and (isinstance(cap, bool) or int(cap) != cap or cap < 1):
+        raise ValueError("concurrency must be >= 1")
+    closed = cap is not None or workload.closed_loop
     spec = "fixed"
     if assignment is not None:
         assignment = np.asarray(assignment, dtype=np.int64)
         if assignment.shape != (n,) or assignment.min() < 0 or assignment.max() >= N:
             raise ValueError(f"assignment must have shape ({n},) with values in [0, {N})")
-        groups = [g for g in np.array_split(np.arange(N), max(1, min(processes, N))) if g.size]
+        procs = 1 if closed else max(1, min(processes, N))
+        groups = [g for g in np.array_split(np.arange(N), procs) if g.size]
         if len(groups) > 1:
             _vllm_preload()
             _JOB.update(w=workload, cfg=config, bs=block_size, assignment=assignment)
@@ -398,17 +566,30 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     pf = np.zeros(N, dtype=np.int64)
     dec = np.zeros(N, dtype=np.int64)
     peak = np.zeros(N, dtype=np.int64)
+    arrival = np.full(n, np.nan)
+    busy_s = np.zeros(N)
+    bint = np.zeros(N)
+    itl: dict[float, int] = {}
     iterations = 0
     end = 0.0
     for p in parts:
         m = p["where"] >= 0
-        first[m], done[m], cached[m], where[m], pre[m] = (
-            p["first"][m], p["done"][m], p["cached"][m], p["where"][m], p["pre"][m])
+        first[m], done[m], cached[m], where[m], pre[m], arrival[m] = (
+            p["first"][m], p["done"][m], p["cached"][m], p["where"][m], p["pre"][m],
+            p["arrival"][m])
         for i in p["pf"]:
             pf[i], dec[i], peak[i] = p["pf"][i], p["dec"][i], p["peak"][i]
+            busy_s[i], bint[i] = p["busy"][i], p["bint"][i]
+        for g, c in p["itl"].items():
+            itl[g] = itl.get(g, 0) + c
         iterations += p["iterations"]
         end = max(end, p["now"])
-    arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+    gaps = np.asarray(sorted(itl), dtype=np.float64)
+    counts = np.asarray([itl[g] for g in gaps.tolist()], dtype=np.int64)
+    s = workload.sessions
+    session = (np.full(n, -1, dtype=np.int64) if s is None
+               else np.asarray(s.session, dtype=np.int64).copy())
+    turn = np.zeros(n, dtype=np.int64) if s is None else np.asarray(s.turn, dtype=np.int64).copy()
     out = np.asarray(workload.output_tokens, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)
@@ -423,6 +604,8 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         config=cfg, preemptions=pre,
         preemptions_per_instance=np.bincount(where[where >= 0], weights=pre[where >= 0],
                                              minlength=N).astype(np.int64),
+        first_token_s=first, finish_s=done, session=session, turn=turn, itl_gap_s=gaps,
+        itl_count=counts, batch_integral=bint, busy_s=busy_s,
     )
     names = {f.name for f in dataclasses.fields(SimResult)}
     missing = names - set(vals) - {f.name for f in dataclasses.fields(SimResult)

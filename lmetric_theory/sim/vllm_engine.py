@@ -228,7 +228,7 @@ class _Replay:
                             max_model_len=longest + 1)
             for i in instances
         }
-        self.arrivals = _Arrivals(workload, rids, getattr(config, "concurrency", None))
+        self.arrivals = _Arrivals(workload, rids, config.concurrency)
         self.first = np.full(n, np.nan)
         self.done = np.full(n, np.nan)
         self.last = np.full(n, np.nan)
@@ -527,7 +527,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     if n == 0:
         raise ValueError("workload is empty")
     N = int(config.n_instances)
-    cap = getattr(config, "concurrency", None)
+    cap = config.concurrency
     if cap is not None and (isinstance(cap, bool) or int(cap) != cap or cap < 1):
         raise ValueError("concurrency must be >= 1")
     closed = cap is not None or workload.closed_loop

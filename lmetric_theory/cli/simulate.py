@@ -56,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate-scale", type=float, default=None, metavar="X",
                    help="replay X times as fast (default 1; not with --concurrency)")
     add_loop_arguments(p)
+    p.add_argument("--replay-arrivals", metavar="PARQUET", default=None,
+                   help="replay the workload open loop, each request at the arrival_s of "
+                   "this per-request file (written by simulate --out from the same workload, "
+                   "e.g. a closed-loop run): the same offered load without its feedback")
     p.add_argument("--preset", default="h100-llama3-8b-calibrated",
                    help="hardware preset name, or a preset JSON file (default "
                    "h100-llama3-8b-calibrated)")
@@ -177,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
                                     signal_delay_s=args.signal_delay, scheduler=args.scheduler,
                                     concurrency=args.concurrency)
         workload = workload_from_args(args)
+        if args.replay_arrivals is not None:
+            from lmetric_theory.workload import open_loop_at
+
+            workload = open_loop_at(workload, read_arrivals(args.replay_arrivals, len(workload)))
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
@@ -278,6 +286,38 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_table(doc)
     return 0
+
+
+def read_arrivals(path: str, n: int) -> Any:
+    """``arrival_s`` of a per-request Parquet file (``simulate --out``) in request order,
+    shape (n,), float64 seconds; ``ValueError`` naming the file, row and field otherwise."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except OSError:
+        raise
+    except Exception as exc:  # pyarrow raises its own types for a file that is not Parquet
+        raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: "
+                         f"{str(exc)[:80]})") from None
+    for field in ("request", "arrival_s"):
+        if field not in table.column_names:
+            raise ValueError(f"{path}: field '{field}': missing (expected the per-request file "
+                             "written by simulate --out)")
+    req = np.asarray(table.column("request").to_numpy(zero_copy_only=False), dtype=np.int64)
+    t = np.asarray(table.column("arrival_s").to_numpy(zero_copy_only=False), dtype=np.float64)
+    if req.size != n or not np.array_equal(np.sort(req), np.arange(n)):
+        raise ValueError(f"{path}: field 'request': expected requests 0..{n - 1} of this "
+                         f"workload, got {req.size} rows")
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{path}: row {i + 1}: field 'arrival_s': expected a finite time >= 0 "
+                         f"s, got {t[i]!r}")
+    out = np.empty(n, dtype=np.float64)
+    out[req] = t
+    return out
 
 
 def request_columns(r: Any, workload: Any = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from lmetric_theory.workload.synthetic import (
     default_workload,
     synthetic,
 )
-from lmetric_theory.workload.transform import scale_rate, select
+from lmetric_theory.workload.transform import open_loop_at, scale_rate, select
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -42,6 +42,7 @@ __all__ = [
     "load_trace",
     "make_workload",
     "parse_trace",
+    "open_loop_at",
     "scale_rate",
     "select",
     "synthetic",

@@ -22,7 +22,7 @@ from lmetric_theory.workload.base import Workload
 from lmetric_theory.workload.loaders import make_workload
 from lmetric_theory.workload.sessions import subset_sessions, take_csr
 
-__all__ = ["scale_rate", "select"]
+__all__ = ["open_loop_at", "scale_rate", "select"]
 
 
 def _meta_with(w: Workload, step: dict[str, Any], **updates: Any) -> dict[str, Any]:
@@ -96,6 +96,53 @@ def scale_rate(workload: Workload, k: float) -> Workload:
         output_hash_ids=w.output_hash_ids,
         output_hash_offsets=w.output_hash_offsets,
     )
+
+
+def open_loop_at(workload: Workload, arrival_s: np.ndarray) -> Workload:
+    """The same requests replayed open loop, each at a given arrival time.
+
+    Every request arrives at ``arrival_s[i]`` whatever the cluster does: a turn no longer
+    waits for its previous turn. Prompts, outputs and output blocks stay as they are, so a
+    later turn still finds its session's context where an earlier turn left it. Replaying a
+    closed-loop run's own arrivals (``SimResult.arrival_s``) this way gives the same offered
+    load without its feedback: a turn that is served late no longer delays the turns after
+    it.
+
+    Parameters
+    ----------
+    workload : Workload
+    arrival_s : np.ndarray, shape (n,), float64
+        Arrival time of each request (workload row order), seconds, finite and >= 0.
+
+    Returns
+    -------
+    Workload
+        Rows re-sorted by ``arrival_s`` (stable); sessions kept, re-indexed, with
+        ``closed_loop`` False; ``{"op": "open_loop_at"}`` appended to ``meta["transforms"]``.
+    """
+    t = np.asarray(arrival_s, dtype=np.float64)
+    if t.shape != (len(workload),):
+        raise ValueError(f"arrival_s: expected {len(workload)} arrival times (one per "
+                         f"request), got {t.size}")
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0) | (t > TIME_MAX_S))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"arrival_s: request {i}: expected a finite time in [0, "
+                         f"{TIME_MAX_S:g}] s, got {t[i]!r}")
+    order = np.argsort(t, kind="stable").astype(np.int64)
+    ses = workload.sessions
+    if ses is not None:
+        from lmetric_theory.workload.base import Sessions
+
+        ses = Sessions(ses.session, ses.turn, ses.prev, ses.delay_s, ses.first, ses.start_s,
+                       False)
+        prev = ses.prev[order]
+        pos = np.empty_like(order)
+        pos[order] = np.arange(order.size)
+        if np.any((prev >= 0) & (pos[np.maximum(prev, 0)] >= np.arange(order.size))):
+            raise ValueError("arrival_s: a turn arrives before the turn it follows")
+    meta = _meta_with(workload, {"op": "open_loop_at"})
+    return _take(workload, order, t[order], ses, meta)
 
 
 def _take(w: Workload, idx: np.ndarray, arrival_s: np.ndarray, sessions, meta) -> Workload:

@@ -27,7 +27,7 @@ Examples
 ::
 
     python calibration/measure_iterations.py --model qwen2.5-7b --out iterations.csv
-    python calibration/measure_iterations.py --model tiny --device cpu --out /tmp/t.csv
+    python calibration/measure_iterations.py --model tiny --device cpu --out toy.csv
 
 Needs PyTorch (a CUDA build for real measurements); it is not a dependency of the package.
 """

@@ -78,3 +78,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def vllm_availability() -> tuple[bool, str]:
+    """Whether vLLM's own scheduler can run here, and why not (``""`` when it can).
+
+    Called at module level by the vLLM engine's test modules only: it imports vLLM (tens of
+    seconds), which no other test module should pay for.
+    """
+    from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
+
+    try:
+        require_vllm()
+        import vllm  # noqa: F401
+    except (VllmUnavailable, ImportError) as exc:  # pragma: no cover - depends on the install
+        return False, f"vLLM engine unavailable: {exc}"
+    return True, ""

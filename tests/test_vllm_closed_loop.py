@@ -15,21 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import vllm_availability
 
 from lmetric_theory.sim import LatencyModel, SimConfig, load_preset, simulate
-from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
 from lmetric_theory.workload import load_trace
 from lmetric_theory.workload.loaders import make_workload
 
-try:
-    require_vllm()
-    import vllm  # noqa: F401
-
-    HAVE_VLLM = True
-    WHY = ""
-except (VllmUnavailable, ImportError) as exc:  # pragma: no cover - depends on the install
-    HAVE_VLLM = False
-    WHY = f"vLLM engine unavailable: {exc}"
+HAVE_VLLM, WHY = vllm_availability()
 
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=WHY or "vLLM not importable")
 

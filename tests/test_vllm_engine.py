@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import vllm_availability
 
 from lmetric_theory.experiments.differential import compare_results
 from lmetric_theory.sim import LatencyModel, SimConfig, load_preset, simulate
@@ -24,15 +25,7 @@ from lmetric_theory.sim.vllm_adapter import (
 )
 from lmetric_theory.workload.loaders import make_workload
 
-try:
-    require_vllm()
-    import vllm  # noqa: F401
-
-    HAVE_VLLM = True
-    WHY = ""
-except (VllmUnavailable, ImportError) as exc:  # pragma: no cover - depends on the install
-    HAVE_VLLM = False
-    WHY = f"vLLM engine unavailable: {exc}"
+HAVE_VLLM, WHY = vllm_availability()
 
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=WHY or "vLLM not importable")
 

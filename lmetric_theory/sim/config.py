@@ -11,7 +11,7 @@ import numpy as np
 from lmetric_theory.sim.latency import LatencyModel, Preset
 from lmetric_theory.sim.snapshots import SnapshotLog
 
-__all__ = ["SCHEDULERS", "SimConfig", "SimResult", "VIEWS"]
+__all__ = ["SCHEDULERS", "SimConfig", "SimResult", "VIEWS", "tpot_s"]
 
 #: Router cache views.
 VIEWS: tuple[str, ...] = ("precise", "approximate")
@@ -269,3 +269,10 @@ class SimResult:
             "tpot_p99_s": stat(tpot, lambda a: np.percentile(a, 99)),
             "prefix_hit_rate": float(self.cached_tokens[admitted].sum() / inp) if inp else float("nan"),
         }
+
+
+def tpot_s(first: np.ndarray, done: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Time per output token after the first, seconds per token (NaN for one-token outputs
+    and unfinished requests)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lmetric_theory.policies import Policy, PolicySpec, make_policy
-from lmetric_theory.sim.config import VIEWS, SimConfig, SimResult
+from lmetric_theory.sim.config import VIEWS, SimConfig, SimResult, tpot_s
 from lmetric_theory.sim.events import (
     ARRIVAL_SEQ,
     WAKE_SEQ,
@@ -406,7 +406,7 @@ class Simulator:
         f = np.fromiter((first[i] for i in ids), dtype=np.float64, count=len(ids))
         d = np.fromiter((done[i] for i in ids), dtype=np.float64, count=len(ids))
         out = np.fromiter((req.out[i] for i in ids), dtype=np.int64, count=len(ids))
-        return inst, f - a, _tpot(f, d, out), d - a
+        return inst, f - a, tpot_s(f, d, out), d - a
 
     def router_counters(self) -> dict[str, list[int]]:
         """The router's own counters per instance: queued prefill tokens, in-flight requests,
@@ -517,7 +517,7 @@ class Simulator:
         out = np.asarray(req.out, dtype=np.int64)
         ttft = first - arrival
         e2e = done - arrival
-        tpot = _tpot(first, done, out)
+        tpot = tpot_s(first, done, out)
         log = None
         if self._router.log is not None:
             log = self._router.log.head(self._next_decision)
@@ -598,13 +598,6 @@ def _itl_arrays(instances: list[Scheduler]) -> tuple[np.ndarray, np.ndarray]:
             gaps.append(np.delete(np.diff(ends), ends_at[:-1] - 1))  # no gap across runs
             counts.append(np.repeat(n, k - 1))
     return np.concatenate(gaps), np.concatenate(counts)
-
-
-def _tpot(first: np.ndarray, done: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Time per output token after the first, seconds per token (NaN for one-token outputs
-    and unfinished requests)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)
 
 
 def simulate(workload: Workload, config: SimConfig, policy: Policy | str, *, seed: int = 0) -> SimResult:

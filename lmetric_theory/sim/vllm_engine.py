@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from lmetric_theory.sim.config import tpot_s
 from lmetric_theory.sim.latency import LatencyModel
 from lmetric_theory.sim.scheduler import RouterCounters
 from lmetric_theory.sim.vllm_adapter import (
@@ -591,8 +592,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
                else np.asarray(s.session, dtype=np.int64).copy())
     turn = np.zeros(n, dtype=np.int64) if s is None else np.asarray(s.turn, dtype=np.int64).copy()
     out = np.asarray(workload.output_tokens, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(out > 1, (done - first) / np.maximum(out - 1, 1), np.nan)
+    tpot = tpot_s(first, done, out)
     cfg = config.to_dict()
     cfg.update(seed=int(seed), engine="vllm", vllm_version=version, block_size=int(block_size))
     vals = dict(

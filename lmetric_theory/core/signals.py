@@ -35,6 +35,7 @@ __all__ = [
     "B_SIGNALS",
     "P_SIGNALS",
     "batch_signal",
+    "full_prompt_blocks",
     "hit_blocks",
     "new_blocks",
     "new_tokens",
@@ -93,6 +94,11 @@ def router_queued(v: Any) -> np.ndarray:
 def router_inflight(v: Any) -> np.ndarray:
     """Router-counted requests in flight (the paper's ``bs``), requests."""
     return np.maximum(_i64(v.router_inflight), 0)
+
+
+def full_prompt_blocks(v: Any) -> np.ndarray:
+    """``floor(T / block_size)``: the prompt's full blocks (llm-d's ``TotalBlocks``), blocks."""
+    return _i64(v.input_tokens) // _block(v)
 
 
 def _full_blocks_uncached(v: Any) -> np.ndarray:

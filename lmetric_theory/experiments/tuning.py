@@ -44,7 +44,7 @@ DYNAMO_W_GRID: tuple[Fraction, ...] = tuple(
     Fraction(w) for w in ("0", "1/4", "1/2", "1", "2", "4", "8", "16"))
 
 #: Policies whose ``w`` can be tuned.
-_DYNAMO_NAMES = ("dynamo", "dynamo-po")
+_DYNAMO_NAMES = ("dynamo", "dynamo-deterministic", "dynamo-po")
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,11 @@ class Policy:
         """Instance index for the request described by ``view``."""
         raise NotImplementedError
 
+    def bind_cluster(self, latency: Any, token_budget: int) -> None:
+        """Called by the engines before routing with the cluster's latency model (an object
+        with ``step_end``) and token budget per iteration, tokens; policies that predict
+        latency (``predictor``) keep them, the others ignore them."""
+
     def _pick_exact(self, scores: list) -> int:
         """Argmin of a list of exact scores (ints / Fractions) under the tie rule."""
         return pick_exact(scores, self.params.tie, self.rng)

@@ -52,6 +52,7 @@ __all__ = [
     "BoundedMostHit",
     "CatalogPolicy",
     "Dynamo",
+    "DynamoDeterministic",
     "DynamoPO",
     "LeastActive",
     "LeastBatch",
@@ -423,6 +424,18 @@ class Dynamo(CatalogPolicy):
         return self._pick(self.scores(view), maximize=False)
 
 
+class DynamoDeterministic(Dynamo):
+    """The paper's plotted "Dynamo" curve: ``dynamo`` with deterministic selection (Dynamo's
+    temperature-0 choice, the first minimum; no softmax sampling)."""
+
+    name = "dynamo-deterministic"
+    formula = ("argmin trunc(scale * (w * prefill_tokens / block_size "
+               "+ floor(prefill_tokens / block_size))), first minimum (= dynamo:tie=rust)")
+    source = (f"{_BLITZ}: router/src/policies/dynamo.rs (dynamo-q), router/Cargo.toml "
+              "(default feature determinent-schedule); blitz-serving/MetricsTestRunner plotting: "
+              "'dynamo-deterministic' -> 'Dynamo', sweep_test_robust.sh runs dynamo-q")
+
+
 class DynamoPO(Dynamo):
     """Dynamo's KV-router logit as a decode instance sees it: the request's own new tokens
     (no queue) and real decode blocks (the request's new blocks + active blocks)."""
@@ -725,6 +738,7 @@ class MostHitLoadActive(MostHitLoad):
 BASELINE_POLICIES: tuple[type[CatalogPolicy], ...] = (
     VllmV1,
     Dynamo,
+    DynamoDeterministic,
     DynamoPO,
     Bailian,
     Aibrix,

@@ -39,6 +39,7 @@ def register_all(register: Callable[[type[Policy]], Any] = register_policy) -> N
         RoundRobin,
     )
     from lmetric_theory.policies.guarded import GuardedLMetric
+    from lmetric_theory.policies.shipped import SHIPPED_POLICIES
     from lmetric_theory.policies.tuned import TunedLinear
 
     for cls in (
@@ -52,6 +53,7 @@ def register_all(register: Callable[[type[Policy]], Any] = register_policy) -> N
         CacheAffinity,
         PowerOfTwo,
         *BASELINE_POLICIES,  # the paper's baseline catalog (vllm-v1, dynamo, bailian, ...)
+        *SHIPPED_POLICIES,  # as the routers ship them (llm-d, predictor)
     ):
         register(cls)
 

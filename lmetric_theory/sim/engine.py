@@ -97,6 +97,9 @@ class Simulator:
         self.config = config
         self.seed = int(seed)
         self.policy = make_policy(policy, seed=seed) if isinstance(policy, PolicySpec | str) else policy
+        bind = getattr(self.policy, "bind_cluster", None)
+        if bind is not None:  # a latency-predicting policy (predictor) gets the cluster's model
+            bind(config.latency, config.token_budget)
         n = len(workload)
         if n == 0:
             raise ValueError("workload is empty")

@@ -555,6 +555,9 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         from lmetric_theory.policies import PolicySpec, make_policy
         if isinstance(policy, PolicySpec | str):
             policy = make_policy(policy, seed=seed)
+        bind = getattr(policy, "bind_cluster", None)
+        if bind is not None:  # a latency-predicting policy (predictor) gets the cluster's model
+            bind(config.latency, config.token_budget)
         spec = policy.spec
         rep = _Replay(workload, config, block_size, list(range(n)), None, policy, list(range(N)))
         rep.run()

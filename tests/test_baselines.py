@@ -310,7 +310,7 @@ def best_set(name: str, v) -> tuple[list[int], bool]:
     if name == "bounded-most-hit":
         ok = [i for i in allc if q[i] < 2048]
         return hi_max(hit, ok) if ok else lo_min(pre)
-    if name == "dynamo":
+    if name in ("dynamo", "dynamo-deterministic"):
         return lo_min([floor(1000 * (Fraction(p, s) + floor(Fraction(p, s)))) for p in pre])
     if name == "dynamo-po":
         nb = [max(ceil(Fraction(T, s)) - h, 0) for h in hit]

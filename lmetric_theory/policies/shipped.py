@@ -418,7 +418,7 @@ def load_epp_config(path: str) -> EppConfig:
     from lmetric_theory.core.fileio import TextFileError, read_text
 
     try:
-        text = read_text(path)
+        text = read_text(path, "EndpointPickerConfig")
     except (OSError, TextFileError) as exc:
         raise EppConfigError(f"{path}: cannot read the config: {exc}") from None
     return parse_epp_config(text, path)

@@ -57,7 +57,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
     "theory": frozenset({"numpy", "sympy"}),
     "detector": frozenset({"numpy", "prometheus_client"}),
     "workload": frozenset({"numpy"}),
-    "policies": frozenset({"numpy"}),
+    "policies": frozenset({"numpy", "yaml"}),  # yaml lazily: llm-d's config=FILE
     "sim": frozenset({"numpy", "scipy", "pyarrow", "vllm", "torch"}),  # vllm extra: adapter
     "experiments": frozenset({"numpy", "scipy", "dask"}),
     "audit": frozenset({"numpy"}),

@@ -316,3 +316,17 @@ def test_every_registered_policy_runs_on_the_vllm_engine() -> None:
     from lmetric_theory.sim.vllm_engine import simulate_vllm
 
     _every_policy(simulate_vllm)
+
+
+def test_shipped_policies_are_registered_and_documented() -> None:
+    from pathlib import Path
+
+    from lmetric_theory.policies.baselines import BASELINE_POLICIES
+    from lmetric_theory.policies.registry import policy_names
+    from lmetric_theory.policies.shipped import SHIPPED_POLICIES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policies.md").read_text()
+    for cls in (*BASELINE_POLICIES, *SHIPPED_POLICIES):
+        assert cls.name in policy_names()
+        assert cls.formula and cls.source and cls.signals, cls.name
+        assert f"### `{cls.name}`" in doc or f"| `{cls.name}` |" in doc, cls.name

@@ -164,6 +164,28 @@ def test_gie_default_matches_exact_formula(v, kv) -> None:
     assert make_policy("llm-d:profile=gie-default,tie=lowest").choose(v) == total.index(best)
 
 
+@settings(max_examples=150, deadline=None)
+@given(v=views())
+def test_optimized_baseline_matches_exact_formula(v) -> None:
+    T, s = int(v.input_tokens), int(v.block_size)
+    full = T // s
+    hit = [int(h) for h in v.hit_blocks]
+    q = [max(int(x), 0) for x in v.router_queued]
+    ratio = [Fraction(min(h, full), full) if full else Fraction(0) for h in hit]
+    cand = list(range(len(hit)))
+    sticky = [i for i in cand if ratio[i] >= Fraction(4, 5)]
+    rest = [i for i in cand if ratio[i] < Fraction(4, 5)]
+    if len(cand) > 1 and sticky:
+        gate = rest and Fraction(1000 * (min(q[i] for i in sticky) - min(q[i] for i in rest)),
+                                 15928) > 18000
+        cand = cand if gate else sticky
+    load = [q[i] + max(T - hit[i] * s, 0) for i in range(len(hit))]
+    score = {i: 1 - Fraction(min(load[i], 4194304), 4194304) for i in cand}
+    best = max(score.values())
+    want = min(i for i in cand if score[i] == best)
+    assert make_policy("llm-d:tie=lowest").choose(v) == want
+
+
 def test_most_hit_load_as_specified_ignores_a_full_queue() -> None:
     # The authors' scorer: 10 * (hit - min) / (max - min) + load_aware(waiting), load <= 1/2.
     # hit [1, 0], waiting [128, 0]: instance 0 scores 10 + 0, instance 1 0 + 1/2 -> 0, even

@@ -271,6 +271,33 @@ def test_bad_config_names_file_line_and_key(tmp_path, text, match) -> None:
         parse_spec(f"llm-d:config={cfg}")
 
 
+def test_missing_config_file_and_unknown_profile_are_refused(tmp_path) -> None:
+    missing = str(tmp_path / "none.yaml")
+    with pytest.raises(ValueError, match=f"{missing}: cannot read the config"):
+        parse_spec(f"llm-d:config={missing}")
+    with pytest.raises(ValueError, match="is not one of optimized-baseline, gie-default, no-hit-lru"):
+        parse_spec("llm-d:profile=precise")
+
+
+def test_exploration_probability_one_skips_the_filter(tmp_path) -> None:
+    # the sticky set would be {0} (ratio 1 against 0); with explorationProbability 1 every
+    # instance stays, and the token load [5000 + 0, 0 + 64] sends the request to 1
+    cfg = write(tmp_path, """\
+plugins:
+- type: prefix-cache-affinity-filter
+  parameters: {explorationProbability: 1}
+- type: token-load-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-affinity-filter
+  - pluginRef: token-load-scorer
+""")
+    v = kv_view([4, 0], rq=[5000, 0])
+    assert make_policy("llm-d").choose(v) == 0
+    assert make_policy(f"llm-d:config={cfg}").choose(v) == 1
+
+
 def test_cli_bad_config_one_line_exit_2_nothing_written(tmp_path) -> None:
     cfg = write(tmp_path, "plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: d\n"
                           "  plugins:\n  - pluginRef: queue-scorer\n    weight: -2\n")

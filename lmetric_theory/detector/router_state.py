@@ -185,12 +185,15 @@ class RouterStateMonitor:
         P = np.asarray(prefill_tokens)
         B = np.asarray(batch_size)
         raised: list[str] = []
+        S = None  # the view's product scores, computed at most once
         # ------------------------------------------------------------ replica_skew
         if true_batch is not None:
             TB = np.asarray(true_batch)
             TP = P if true_prefill is None else np.asarray(true_prefill)
-            mine = int(kernel.argmin_product(P, B, self.p0, self.b0))
-            true = int(kernel.argmin_product(TP, TB, self.p0, self.b0))
+            S = kernel.product_scores(P, B, self.p0, self.b0)
+            # lowest index among equal scores, as the kernel's argmin breaks ties
+            mine = int(np.argmin(S))
+            true = int(np.argmin(kernel.product_scores(TP, TB, self.p0, self.b0)))
             differs = mine != true
             self._skew.push(differs)
             self._skew_checked += 1
@@ -229,10 +232,12 @@ class RouterStateMonitor:
                 self._over += err > 0
                 self._err_blocks += blocks
                 if self.n > 1:
-                    S = np.asarray(kernel.product_scores(P, B, self.p0, self.b0), dtype=float)
-                    s_i = S[chosen]
-                    S[chosen] = np.inf
-                    star = (S.min() - s_i) / (float(B[chosen]) + float(self.b0))
+                    if S is None:
+                        S = kernel.product_scores(P, B, self.p0, self.b0)
+                    Sf = np.array(S, dtype=float)
+                    s_i = Sf[chosen]
+                    Sf[chosen] = np.inf
+                    star = (Sf.min() - s_i) / (float(B[chosen]) + float(self.b0))
                     # the error reached the flip threshold of result (o) (either sign:
                     # a positive margin flips under an under-prediction's push, a negative
                     # one is the stale hit that pulled the request here)
@@ -354,7 +359,7 @@ def router_state_findings(
         given).
     predicted_cached, actual_cached : array_like, shape (D,), optional
         Predicted and actual cached tokens on the chosen instance (``stale_index`` only
-        when both are given).
+        when both are given; NaN where unknown, e.g. a request never admitted).
     settings, p0, b0
         As in :class:`RouterStateMonitor`.
 
@@ -382,13 +387,14 @@ def router_state_findings(
     hits = predicted_cached is not None and actual_cached is not None
     pc = np.asarray(predicted_cached, dtype=float) if hits else None
     ac = np.asarray(actual_cached, dtype=float) if hits else None
+    known = (np.isfinite(pc) & np.isfinite(ac)) if pc is not None and ac is not None else None
     mon = RouterStateMonitor(P.shape[1], settings, p0=p0, b0=b0)
     for d in range(D):
         mon.observe(
             float(t[d]), int(c[d]), P[d], B[d], replica=int(rep[d]),
             true_prefill=None if TP is None else TP[d],
             true_batch=None if TB is None else TB[d],
-            predicted_cached=None if pc is None else pc[d],
-            actual_cached=None if ac is None else ac[d],
+            predicted_cached=None if pc is None or not known[d] else pc[d],
+            actual_cached=None if ac is None or not known[d] else ac[d],
         )
     return mon.findings, mon

@@ -236,3 +236,14 @@ def test_kinds_and_mitigation_values():
     assert "b0/4" in Mitigation.scale_batch_offset(4).message
     with pytest.raises(ValueError, match="time_s has"):
         router_state_findings([0.0, 1.0], [0], [[1, 2]], [[0, 0]])
+
+
+def test_detector_methods_pass_the_generator():
+    det = Detector(100)
+    m = Mitigation.random_near_ties(0.01)
+    P = np.array([[100, 100, 900]] * 300)
+    B = np.array([[1, 1, 1]] * 300)
+    got = det.mitigated_choices(P, B, m, rng=np.random.default_rng(2))
+    assert set(got.tolist()) == {0, 1}  # the two tied instances, never the third
+    one = det.mitigated_choice(Snapshot(P[0], B[0]), m, rng=np.random.default_rng(2))
+    assert one in (0, 1)

@@ -172,3 +172,66 @@ def test_html_router_state_table_in_chromium(tmp_path):
                 assert needle in text
         finally:
             browser.close()
+
+
+def _jsonl(tmp_path, a, n_lines=None, override=None):
+    override = override or {}
+    lines = []
+    for d in range(a["t"].size if n_lines is None else n_lines):
+        obj = {"prefill_tokens": a["P"][d].tolist(), "batch_size": a["B"][d].tolist(),
+               "time_s": float(a["t"][d]), "uncached_tokens": a["U"][d].tolist(),
+               "replica": int(a["replica"][d]), "chosen": int(a["chosen"][d]),
+               "true_prefill_tokens": a["TP"][d].tolist(),
+               "true_batch_size": a["TB"][d].tolist(),
+               "predicted_cached_tokens": float(a["pred"][d]),
+               "cached_tokens": float(a["actual"][d])}
+        obj.update(override.get(d, {}))
+        lines.append(json.dumps(obj))
+    p = tmp_path / "snaps.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_snapshot_file_with_router_state_fields(tmp_path, capsys):
+    from lmetric_theory.audit import audit_snapshot_file
+    from lmetric_theory.audit.snapshots import load_snapshots
+    from lmetric_theory.cli import main
+
+    a = _replicated(4, 60, 6)
+    p = _jsonl(tmp_path, a)
+    b = load_snapshots(p)
+    assert set(b.router_state) == {"replica", "chosen", "true_prefill_tokens",
+                                   "true_batch_size", "predicted_cached_tokens",
+                                   "cached_tokens"}
+    np.testing.assert_array_equal(b.router_state["true_batch_size"], a["TB"])
+    from_file = audit_snapshot_file(p, REF).report.router_state
+    assert from_file == _audit(a).report.router_state
+    assert [e.kind for e in from_file] == ["replica_skew", "herding", "stale_index"]
+    assert main(["audit", "--snapshots", str(p), "--lambda", "100", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [e["kind"] for e in doc["router_state"]] == ["replica_skew", "herding",
+                                                       "stale_index"]
+    # a file without the fields: no router_state key (as before)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"prefill_tokens": [1, 2], "batch_size": [0, 1]}) + "\n")
+    assert load_snapshots(plain).router_state == {}
+    assert main(["audit", "--snapshots", str(plain), "--lambda", "100", "--json"]) == 0
+    assert "router_state" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"replica": -1}, "replica"), ({"chosen": 4}, "chosen"),
+    ({"true_batch_size": [1, 2]}, "true_batch_size"),
+    ({"true_prefill_tokens": [1, 2, -3, 4]}, "true_prefill_tokens"),
+    ({"predicted_cached_tokens": "many"}, "predicted_cached_tokens"),
+])
+def test_bad_router_state_field_names_file_line_field(tmp_path, capsys, override, field):
+    from lmetric_theory.cli import main
+
+    p = _jsonl(tmp_path, _replicated(2, 3, 7), override={2: override})
+    out = tmp_path / "o"
+    assert main(["audit", "--snapshots", str(p), "--lambda", "10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(p) in err and "line 3" in err and f"{field}:" in err
+    assert not out.exists()  # nothing half written

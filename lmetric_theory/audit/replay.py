@@ -313,13 +313,26 @@ def audit_snapshot_file(
         b.prefill_tokens, b.batch_size, b.time_s, b.instance_ids, reference,
         prefill_offset=prefill_offset, batch_offset=batch_offset, top=top,
         uncached_tokens=b.uncached_tokens, source=b.source, skipped_lines=b.skipped_lines,
-        progress=progress,
+        progress=progress, **_router_state_kwargs(b.router_state),
     )
     rep = res.report
     trace = ({**rep.trace, "skipped_reasons": list(b.skipped_reasons)} if b.skipped_reasons
              else rep.trace)
     worst = tuple({**w, "line": b.lines[w["decision"]]} for w in rep.worst)
     return dataclasses.replace(res, report=dataclasses.replace(rep, trace=trace, worst=worst))
+
+
+def _router_state_kwargs(rs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """:func:`audit_snapshots` keywords from a snapshot file's router-state fields (the
+    findings need ``replica``; without it, none)."""
+    if "replica" not in rs:
+        return {}
+    return {
+        "replica": rs["replica"], "chosen": rs.get("chosen"),
+        "true_prefill": rs.get("true_prefill_tokens"), "true_batch": rs.get("true_batch_size"),
+        "predicted_cached": rs.get("predicted_cached_tokens"),
+        "actual_cached": rs.get("cached_tokens"),
+    }
 
 
 def _definition(enum: Any, name: str, value: Any) -> Any:

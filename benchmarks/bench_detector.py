@@ -9,7 +9,11 @@ Measures in one run (medians over ``--reps`` interleaved repetitions):
 - ``Snapshot.from_arrays(..., validate=False)`` and validated ``Snapshot(...)`` costs;
 - ``Detector.check_many`` on (D, 16) int64 arrays: instance-rows per second (goal >= 20M);
 - the hot-class monitor (``HotspotMonitor.observe``) on top of the bare product argmin, on a
-  stream with no hot class and on one with a confirmed hot class (goal <= 2x the bare argmin).
+  stream with no hot class and on one with a confirmed hot class (goal <= 2x the bare argmin);
+- the router-state monitor (``RouterStateMonitor.observe``: ``herding`` alone, with the
+  engines' counters for ``replica_skew``, with predicted and actual hits for ``stale_index``)
+  beside the bare argmin and ``Detector.check``, after 1,000 and after 100,000 decisions of
+  history (O(1) state: the cost must not grow with the history).
 
 Run from the project root::
 
@@ -114,6 +118,7 @@ def main() -> int:
         )
     print("goal >= 20 M instance-rows/s")
     bench_hotspot(P, B, p0, b0, args.reps, args.number)
+    bench_router_state(P, B, p0, b0, args.reps, args.number)
     print(f"\ncommand: python benchmarks/bench_detector.py --reps {args.reps} --rows {D}")
     return 0
 
@@ -181,6 +186,70 @@ def bench_hotspot(P: np.ndarray, B: np.ndarray, p0: int, b0: int, reps: int, num
     worst = max(statistics.median(ts) for ts in times.values()) / base
     print(f"goal monitor on <= 2x bare argmin: worst {worst:.2f}x -> "
           f"{'met' if worst <= 2 else 'MISSED'}")
+
+
+def bench_router_state(P: np.ndarray, B: np.ndarray, p0: int, b0: int, reps: int,
+                       number: int) -> None:
+    """Per-decision cost of the router-state monitor (N=16, 4 replicas, lag 50 ms, decisions
+    1 ms apart so the lag window holds about 50), beside the bare argmin and ``check``."""
+    from lmetric_theory.detector import RouterStateMonitor, RouterStateSettings
+
+    st = RouterStateSettings(replicas=4, lag_s=0.05)
+    TB = B * 4
+    TP = P + 100
+    det = Detector(37.5, p0, b0)
+    snap = Snapshot(P, B)
+
+    def bare() -> int:
+        return int(np.argmin((P + p0) * (B + b0)))
+
+    def make(kind: str, history: int):
+        mon = RouterStateMonitor(N, st, p0=p0, b0=b0)
+        clock = [0]
+        extra: dict = {}
+        if kind in ("skew", "all"):
+            extra.update(true_prefill=TP, true_batch=TB)
+        if kind in ("stale", "all"):
+            extra.update(predicted_cached=640.0, actual_cached=320.0)
+
+        def call() -> int:
+            d = clock[0]
+            clock[0] = d + 1
+            c = bare()
+            mon.observe(d * 1e-3, c, P, B, replica=d % 4, **extra)
+            return c
+
+        for _ in range(history):
+            call()
+        return call
+
+    labels = {"herding only": "herd", "+ replica_skew (engine counters)": "skew",
+              "+ stale_index (hits)": "stale", "all three": "all"}
+    times: dict[str, list[float]] = {"bare product argmin": [], "Detector.check": []}
+    calls = {}
+    for name, kind in labels.items():
+        for hist in (1_000, 100_000):
+            key = f"{name}, {hist:,} before"
+            calls[key] = make(kind, hist)
+            times[key] = []
+    for _ in range(reps):
+        times["bare product argmin"].append(per_call_us(bare, number))
+        times["Detector.check"].append(per_call_us(lambda: det.check(snap), number))
+        for key, fn in calls.items():
+            times[key].append(per_call_us(fn, number))
+    base = statistics.median(times["bare product argmin"])
+    chk = statistics.median(times["Detector.check"])
+    print(f"\nrouter-state monitor (argmin + observe), N={N}, R=4, lag 50 ms, median of "
+          f"{reps} x {number} calls")
+    print(f"{'':52s} {'us/call':>9s} {'x bare':>8s} {'x check':>8s}")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        print(f"{name:52s} {m:9.2f} {m / base:8.2f} {m / chk:8.2f}")
+    growth = max(
+        statistics.median(times[f"{n}, 100,000 before"])
+        / statistics.median(times[f"{n}, 1,000 before"]) for n in labels
+    )
+    print(f"cost after 100,000 decisions / after 1,000 (worst of the four): {growth:.2f}x")
 
 
 if __name__ == "__main__":

@@ -380,3 +380,20 @@ def test_simulate_page_shows_the_library_metrics():
     assert len(at.error) == 1 and "unknown key 'tpot'" in at.error[0].value
     at.text_input(key="slo").set_value("").run()
     assert not at.exception and "SLO attainment" not in at.dataframe[0].value.columns
+
+
+def test_router_state_rows_read_the_audit_entries():
+    from lmetric_theory.app.support import router_state_rows
+    from lmetric_theory.audit.router_state import RouterStateEntry
+
+    rows = router_state_rows([
+        RouterStateEntry("replica_skew", "warning", "12 of 80 decisions", "counter_sync", 4.0,
+                         31),
+        RouterStateEntry("stale_index", "warning", "9 of 40 hits", "none", None, 7),
+    ])
+    assert rows == [
+        {"finding": "replica skew", "first decision": 31, "mitigation": "counter sync (4)",
+         "what was found": "12 of 80 decisions"},
+        {"finding": "stale index", "first decision": 7, "mitigation": "none",
+         "what was found": "9 of 40 hits"},
+    ]

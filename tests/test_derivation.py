@@ -302,8 +302,9 @@ def test_json_round_trip(d):
     assert set(data["pairwise_identity"]) >= {"lhs", "rhs"}
     assert set(data["second_intersection"]) == {"P_2", "B_2"}
     from lmetric_theory.theory.hotspot import HOTSPOT_SYMBOLS
+    from lmetric_theory.theory.replicas import REPLICA_SYMBOLS
 
-    allowed = set(SYMBOLS) | set(HOTSPOT_SYMBOLS)
+    allowed = set(SYMBOLS) | set(HOTSPOT_SYMBOLS) | set(REPLICA_SYMBOLS)
     n = 0
     for path, text in _expression_strings(data):
         plain = sp.parse_expr(text)  # readable without any local names

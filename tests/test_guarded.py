@@ -104,3 +104,49 @@ def test_detector_scores_the_exact_offsets_p0_one_third():
 def test_mitigation_names_are_the_detectors_kinds(alias, kind):
     g = make_policy(f"guarded-lmetric:mitigation={alias}")
     assert g.mitigation is not None and g.mitigation.kind.value == kind
+
+
+def test_router_state_mitigations_every_decision():
+    """counter_sync, scale_batch_offset and random_near_ties apply at every decision:
+    with replicas=1 the first two route like lmetric; with R they score the replica's view
+    as result (m) says (counters times R; offsets divided by R)."""
+    rng = np.random.default_rng(8)
+    lm = make_policy("lmetric")
+    sync1 = make_policy("guarded-lmetric:mitigation=counter_sync,replicas=1")
+    off1 = make_policy("guarded-lmetric:mitigation=scale_batch_offset,replicas=1")
+    sync4 = make_policy("guarded-lmetric:mitigation=counter_sync,replicas=4")
+    off4 = make_policy("guarded-lmetric:mitigation=scale_batch_offset,replicas=4")
+    n_moved = 0
+    for _ in range(300):
+        v = view(rng.integers(0, 3000, 4).tolist(), rng.integers(0, 8, 4).tolist(),
+                 queued=rng.integers(0, 3000, 4).tolist())
+        assert sync1.choose(v) == off1.choose(v) == lm.choose(v)
+        snap = sync4.snapshot(v)
+        P, B, U = (np.asarray(x, dtype=np.int64) for x in
+                   (snap.prefill_tokens, snap.batch_size, snap.uncached_tokens))
+        synced = ((P - U) * 4 + U) * (B * 4 + 1)
+        assert sync4.choose(v) == int(np.argmin(synced))
+        scaled = [Fraction(int(p)) * (int(b) + Fraction(1, 4)) for p, b in zip(P, B, strict=True)]
+        assert off4.choose(v) == min(range(4), key=lambda k: (scaled[k], k))
+        n_moved += sync4.choose(v) != lm.choose(v)
+    assert n_moved > 0  # scaling the counters does change some decisions
+    assert sync4.flagged == 0
+
+
+def test_random_near_ties_spreads_ties_and_keeps_clear_winners():
+    g = make_policy("guarded-lmetric:mitigation=random_near_ties,near_tie=0.01")
+    tied = view([500, 500, 500], [2, 2, 2])
+    picks = {g.choose(tied) for _ in range(200)}
+    assert picks == {0, 1, 2}
+    assert make_policy("lmetric").choose(tied) == 0  # the product herds on instance 0
+    clear = view([100, 500, 500], [1, 2, 2])
+    assert {g.choose(clear) for _ in range(50)} == {0}
+
+
+def test_shorter_ttl_is_not_a_routing_mitigation():
+    with pytest.raises(ValueError, match="mitigation"):
+        make_policy("guarded-lmetric:mitigation=shorter_ttl")
+    with pytest.raises(ValueError, match="replicas"):
+        make_policy("guarded-lmetric:mitigation=counter_sync,replicas=0")
+    with pytest.raises(ValueError, match="near_tie"):
+        make_policy("guarded-lmetric:mitigation=random_near_ties,near_tie=0")

@@ -35,6 +35,7 @@ __all__ = [
     "TableCheck",
     "check_table",
     "records_from_json",
+    "router_state_rows",
     "worst_rows",
     "pair_view_ranges",
     "region_figure",
@@ -295,6 +296,21 @@ def worst_rows(worst: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "λ* (tokens/slot)": _sig(w["lam_star"]),
         }
         for w in worst
+    ]
+
+
+def router_state_rows(entries: Sequence[Any]) -> list[dict[str, Any]]:
+    """The report's router-state findings (``RouterStateEntry``) as table rows with
+    readable headers."""
+    return [
+        {
+            "finding": e.kind.replace("_", " "),
+            "first decision": e.first_decision,
+            "mitigation": e.mitigation.replace("_", " ")
+            + ("" if e.mitigation_value is None else f" ({e.mitigation_value:g})"),
+            "what was found": e.message,
+        }
+        for e in entries
     ]
 
 

@@ -168,8 +168,13 @@ def audit_workload(
     from lmetric_theory.experiments.hotspots import run_hotspots
 
     hot = run_hotspots(workload, log, score).entries
+    # router replicas, lag, index: only when the log carries the router-state fields
+    from lmetric_theory.audit.router_state import router_state_from_log
+
+    rstate = router_state_from_log(log, res, score)
     report = _build_report(det, v, time_s, U, None, top=top, trace=trace, config=config,
-                           skipped=skipped, time_axis="seconds", hotspots=hot)
+                           skipped=skipped, time_axis="seconds", hotspots=hot,
+                           router_state=rstate)
     if progress is not None:
         progress(1.0)
     return AuditResult(time_s, v, report, reference)
@@ -191,6 +196,12 @@ def audit_snapshots(
     p_definition: str | None = None,
     b_definition: str | None = None,
     progress: Callable[[float], None] | None = None,
+    chosen: Any = None,
+    replica: Any = None,
+    true_prefill: Any = None,
+    true_batch: Any = None,
+    predicted_cached: Any = None,
+    actual_cached: Any = None,
 ) -> AuditResult:
     """Check decisions captured from a live router.
 
@@ -220,6 +231,15 @@ def audit_snapshots(
         The router's definitions, recorded in the report only.
     progress : callable, optional
         Called with the fraction done (last call 1.0).
+    chosen, replica : array_like of int, shape (D,), optional
+        The instance each decision went to and the router replica that made it. With
+        ``replica`` the report gets ``router_state`` (``herding``; ``chosen`` defaults to
+        the product's choice).
+    true_prefill, true_batch : array_like, shape (D, N), optional
+        The engines' ``P`` and ``B`` beside the router's (``replica_skew``).
+    predicted_cached, actual_cached : array_like, shape (D,), optional
+        Cached tokens the router's index predicted on the chosen instance and the engine's
+        hit (``stale_index``).
 
     Raises
     ------
@@ -260,8 +280,18 @@ def audit_snapshots(
         "instances": N,
         "preset": None,
     }
+    rstate = None
+    if replica is not None:
+        from lmetric_theory.audit.router_state import router_state_entries
+
+        rstate = router_state_entries(
+            t, v.product_choice if chosen is None else chosen, v.prefill_tokens,
+            v.batch_size, replica=replica, true_prefill=true_prefill, true_batch=true_batch,
+            predicted_cached=predicted_cached, actual_cached=actual_cached,
+            p0=det.prefill_offset, b0=det.batch_offset,
+        )
     report = _build_report(det, v, t, U, per_ids, top=top, trace=trace, config=config,
-                           skipped=int(skipped_lines), time_axis=axis)
+                           skipped=int(skipped_lines), time_axis=axis, router_state=rstate)
     if progress is not None:
         progress(1.0)
     return AuditResult(t, v, report, reference)
@@ -283,13 +313,26 @@ def audit_snapshot_file(
         b.prefill_tokens, b.batch_size, b.time_s, b.instance_ids, reference,
         prefill_offset=prefill_offset, batch_offset=batch_offset, top=top,
         uncached_tokens=b.uncached_tokens, source=b.source, skipped_lines=b.skipped_lines,
-        progress=progress,
+        progress=progress, **_router_state_kwargs(b.router_state),
     )
     rep = res.report
     trace = ({**rep.trace, "skipped_reasons": list(b.skipped_reasons)} if b.skipped_reasons
              else rep.trace)
     worst = tuple({**w, "line": b.lines[w["decision"]]} for w in rep.worst)
     return dataclasses.replace(res, report=dataclasses.replace(rep, trace=trace, worst=worst))
+
+
+def _router_state_kwargs(rs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """:func:`audit_snapshots` keywords from a snapshot file's router-state fields (the
+    findings need ``replica``; without it, none)."""
+    if "replica" not in rs:
+        return {}
+    return {
+        "replica": rs["replica"], "chosen": rs.get("chosen"),
+        "true_prefill": rs.get("true_prefill_tokens"), "true_batch": rs.get("true_batch_size"),
+        "predicted_cached": rs.get("predicted_cached_tokens"),
+        "actual_cached": rs.get("cached_tokens"),
+    }
 
 
 def _definition(enum: Any, name: str, value: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmetric_theory.audit.evidence import _pct, mitigation_evidence, worst_decisions
+from lmetric_theory.audit.router_state import RouterStateEntry
 from lmetric_theory.core.fileio import json_safe  # re-exported: the audit's strict JSON
 from lmetric_theory.detector import (
     DEGENERATE_KINDS,
@@ -90,6 +91,11 @@ class AuditReport:
     hotspots : tuple of HotspotEntry or None
         Hot prefix classes of a replay; None for snapshot audits (no block hashes), and
         then no ``hotspots`` key in the JSON.
+    router_state : tuple of RouterStateEntry or None
+        Router-state findings (``replica_skew``, ``herding``, ``stale_index``) when the input
+        carries the router-state fields (replica, the engines' counters, predicted hits);
+        None otherwise, and then no ``router_state`` key in the JSON. Empty with one
+        replica, no lag and a precise index.
     """
 
     decisions: int
@@ -111,6 +117,7 @@ class AuditReport:
     config: dict[str, Any] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
     hotspots: tuple[HotspotEntry, ...] | None = None
+    router_state: tuple[RouterStateEntry, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready report (a fresh dict; strict JSON, the documented keys and the
@@ -118,9 +125,9 @@ class AuditReport:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             val = getattr(self, f.name)
-            if f.name == "hotspots":
+            if f.name in ("hotspots", "router_state"):
                 if val is not None:
-                    out["hotspots"] = [h.to_json() for h in val]
+                    out[f.name] = [h.to_json() for h in val]
             elif f.name == "worst":
                 out["worst"] = [_with_aliases(w, WORST_ALIASES) for w in val]
             else:
@@ -163,6 +170,7 @@ def _build_report(
     skipped: int,
     time_axis: str,
     hotspots: tuple[HotspotEntry, ...] | None = None,
+    router_state: tuple[RouterStateEntry, ...] | None = None,
 ) -> AuditReport:
     D = len(v)
     counts = v.counts()
@@ -199,6 +207,7 @@ def _build_report(
         config=json_safe(config),
         trace=json_safe(trace),
         hotspots=hotspots,
+        router_state=router_state,
     )
 
 

@@ -8,7 +8,7 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,16 @@ from lmetric_theory.detector import (
     Snapshot,
 )
 
-__all__ = ["SnapshotBatch", "load_snapshots"]
+__all__ = ["ROUTER_STATE_FIELDS", "SnapshotBatch", "load_snapshots"]
+
+#: Optional router-state fields of a snapshot line (docs/audit.md): the router replica that
+#: decided, the instance it chose, the engines' P and B beside the router's, and the cached
+#: tokens its index predicted on the chosen instance against the engine's hit.
+ROUTER_STATE_FIELDS: tuple[str, ...] = (
+    "replica", "chosen", "true_prefill_tokens", "true_batch_size", "predicted_cached_tokens",
+    "cached_tokens",
+)
+_ROUTER_ARRAYS = ("true_prefill_tokens", "true_batch_size")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -46,6 +55,10 @@ class SnapshotBatch:
         Bad lines skipped (only with ``skip_bad_lines=True``).
     skipped_reasons : list of str
         The first few skip messages (file, line, field, reason).
+    router_state : dict of str to np.ndarray
+        The router-state fields (:data:`ROUTER_STATE_FIELDS`) that every kept line has:
+        shape (D,) for ``replica``, ``chosen`` and the cached tokens, (D, N) for the
+        engines' ``P`` and ``B``; empty when no field is on every line.
     """
 
     prefill_tokens: np.ndarray
@@ -57,6 +70,7 @@ class SnapshotBatch:
     lines: list[int]
     skipped_lines: int = 0
     skipped_reasons: tuple[str, ...] = ()
+    router_state: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.prefill_tokens.shape[0])
@@ -99,6 +113,7 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
     n_inst: int | None = None
     n_line = 0
     all_unc = True
+    rs_rows: list[dict[str, Any]] = []
     with contextlib.nullcontext(_decoded_lines(p, name)) as f:
         for k, raw in enumerate(f, start=1):
             n_line = k
@@ -111,8 +126,13 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
                     raise ValueError(f"line: not valid JSON ({exc.msg})") from None
                 except RecursionError:
                     raise ValueError("line: not valid JSON (nested too deeply)") from None
+                rs: dict[str, Any] = {}
+                if type(obj) is dict and not _ROUTER_KEYS.isdisjoint(obj):
+                    obj = dict(obj)
+                    rs = {k: obj.pop(k) for k in ROUTER_STATE_FIELDS if k in obj}
                 fast = _fast_row(obj, n_inst)
                 if fast is not None:
+                    rs_rows.append(_router_state(rs, n_inst))  # type: ignore[arg-type]
                     P_rows.append(fast[0])
                     B_rows.append(fast[1])
                     all_unc = False
@@ -128,6 +148,7 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
                         f"prefill_tokens: {snap.n_instances} instances, but earlier decisions "
                         f"have {n_inst} (every decision of a file must have the same N)"
                     )
+                rs = _router_state(rs, snap.n_instances)
             except ValueError as exc:
                 msg = f"{name}, line {k}: {exc}"
                 if not skip_bad_lines:
@@ -136,6 +157,7 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
                 if len(reasons) < 10:
                     reasons.append(msg)
                 continue
+            rs_rows.append(rs)
             P_rows.append(snap.prefill_tokens)
             B_rows.append(snap.batch_size)
             if snap.uncached_tokens is None:
@@ -158,7 +180,48 @@ def load_snapshots(path: str | os.PathLike[str], *, skip_bad_lines: bool = False
         lines=lines,
         skipped_lines=skipped,
         skipped_reasons=tuple(reasons),
+        router_state=_stack_router_state(rs_rows),
     )
+
+
+_ROUTER_KEYS = frozenset(ROUTER_STATE_FIELDS)
+
+
+def _router_state(rs: dict[str, Any], n: int) -> dict[str, Any]:
+    """The line's router-state fields, validated (``ValueError`` naming the field)."""
+    out: dict[str, Any] = {}
+    for k, v in rs.items():
+        if k in ("replica", "chosen"):
+            if type(v) is not int or v < 0 or (k == "chosen" and v >= n):
+                want = "an integer >= 0" if k == "replica" else f"an instance index 0..{n - 1}"
+                raise ValueError(f"{k}: expected {want}, got {v!r}")
+            out[k] = v
+        elif k in _ROUTER_ARRAYS:
+            if (type(v) is not list or len(v) != n
+                    or not all(type(x) in (int, float) and math.isfinite(x) and x >= 0
+                               for x in v)):
+                raise ValueError(f"{k}: expected an array of {n} finite numbers >= 0, got "
+                                 f"{json.dumps(v)[:60]}")
+            out[k] = v
+        else:
+            if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{k}: expected a finite number of tokens >= 0, got {v!r}")
+            out[k] = float(v)
+    return out
+
+
+def _stack_router_state(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Each router-state field that every kept line has, stacked."""
+    if not rows:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for k in ROUTER_STATE_FIELDS:
+        if all(k in r for r in rows):
+            vals = [r[k] for r in rows]
+            out[k] = (_stack(vals) if k in _ROUTER_ARRAYS
+                      else np.asarray(vals, dtype=np.int64 if k in ("replica", "chosen")
+                                      else np.float64))
+    return out
 
 
 def _decoded_lines(p: Path, name: str) -> list[str]:

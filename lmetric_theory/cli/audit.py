@@ -316,3 +316,17 @@ def _print(rep: AuditReport) -> None:
                       "-" if x.phase2_decision is None else str(x.phase2_decision),
                       "yes" if x.condition_holds else "no", x.mitigation or "-")
         con.print(h)
+
+    if rep.router_state is not None:
+        if not rep.router_state:
+            con.print("Router state: no replica skew, herding or stale index found.",
+                      highlight=False)
+        else:
+            r = Table(title="Router state (results (m)-(o) of derive)")
+            for col in ("finding", "first decision", "mitigation", "what was found"):
+                r.add_column(col, justify="right" if col == "first decision" else "left",
+                             overflow="fold")
+            for e in rep.router_state:
+                val = "" if e.mitigation_value is None else f" {e.mitigation_value:g}"
+                r.add_row(e.kind, str(e.first_decision), e.mitigation + val, e.message)
+            con.print(r)

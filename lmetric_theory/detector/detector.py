@@ -297,6 +297,7 @@ class Detector:
         mitigation: Mitigation | None = None,
         *,
         verdict: Verdict | None = None,
+        rng: np.random.Generator | None = None,
     ) -> int:
         """Instance the product would pick under ``mitigation``.
 
@@ -309,6 +310,8 @@ class Detector:
             flagged the product's own choice is returned.
         verdict : Verdict, optional
             ``self.check(snapshot)`` if already computed.
+        rng : numpy.random.Generator, optional
+            The draw of ``random_near_ties`` (required for it).
 
         Returns
         -------
@@ -320,7 +323,7 @@ class Detector:
             mitigation = verdict.mitigation
             if mitigation is None:
                 return verdict.product_choice
-        return _mit.mitigated_choice(self._settings, snapshot, mitigation)
+        return _mit.mitigated_choice(self._settings, snapshot, mitigation, rng=rng)
 
     def mitigated_choices(
         self,
@@ -331,6 +334,7 @@ class Detector:
         uncached_tokens: Any = None,
         only: Any = None,
         validate: bool = True,
+        rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """Vectorised :meth:`mitigated_choice` with one mitigation over ``D`` decisions
         (see :func:`lmetric_theory.detector.mitigation.mitigated_choices`).
@@ -342,7 +346,7 @@ class Detector:
         """
         return _mit.mitigated_choices(
             self._settings, prefill_tokens, batch_size, mitigation,
-            uncached_tokens=uncached_tokens, only=only, validate=validate,
+            uncached_tokens=uncached_tokens, only=only, validate=validate, rng=rng,
         )
 
     # ---------------------------------------------------------------- many decisions

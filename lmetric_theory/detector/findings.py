@@ -7,6 +7,7 @@ from enum import IntEnum, StrEnum
 
 __all__ = [
     "FINDING_KINDS",
+    "ROUTER_STATE_KINDS",
     "DEGENERATE_KINDS",
     "Finding",
     "Mitigation",
@@ -23,6 +24,10 @@ FINDING_KINDS: tuple[str, ...] = (
     "exact_tie",
     "extreme_operating_point",
 )
+#: Findings about the router's state (replicas, lag, index), from
+#: :mod:`lmetric_theory.detector.router_state`: computed over a stream of decisions, not
+#: from one snapshot (results (m)-(o) of ``lmetric-theory derive``).
+ROUTER_STATE_KINDS: tuple[str, ...] = ("replica_skew", "herding", "stale_index")
 #: Kinds where the product score degenerates (counted under "degenerate" in audits).
 DEGENERATE_KINDS: tuple[str, ...] = ("zero_prefill", "idle_tie", "exact_tie")
 
@@ -56,6 +61,19 @@ class MitigationKind(StrEnum):
     FALLBACK_REFERENCE = "fallback_reference"
     #: Exclude instances whose batch is at or above a cap, then take the product argmin.
     LOAD_CAP = "load_cap"
+    #: Score the replica's counters scaled by the replica count ``R`` (value), as synced
+    #: counters would read: the global ordering again (result (m)).
+    COUNTER_SYNC = "counter_sync"
+    #: Divide both offsets by the replica count ``R`` (value): ``p0/R``, ``b0/R`` restore
+    #: the global ordering when the request adds no prefill of its own (result (m)).
+    SCALE_BATCH_OFFSET = "scale_batch_offset"
+    #: Pick uniformly among the instances whose product score is within the relative
+    #: tolerance (value) of the best (power-of-d on near-ties): replicas deciding from the
+    #: same state stop herding onto one instance (result (n)).
+    RANDOM_NEAR_TIES = "random_near_ties"
+    #: Shorten the approximate index's TTL to the value (s), so it stops predicting blocks
+    #: the engine has evicted (result (o)); advisory: the decision itself is unchanged.
+    SHORTER_TTL = "shorter_ttl"
 
     def __str__(self) -> str:
         return self.value
@@ -65,6 +83,10 @@ _NEEDS_VALUE = {
     MitigationKind.PREFILL_BLOCK: "tokens",
     MitigationKind.BATCH_OFFSET: "batch slots",
     MitigationKind.LOAD_CAP: "requests",
+    MitigationKind.COUNTER_SYNC: "router replicas",
+    MitigationKind.SCALE_BATCH_OFFSET: "router replicas",
+    MitigationKind.RANDOM_NEAR_TIES: "relative score tolerance",
+    MitigationKind.SHORTER_TTL: "seconds",
 }
 
 
@@ -116,6 +138,15 @@ class Mitigation:
             return "fall back to the linear reference for this decision"
         if k is MitigationKind.LOAD_CAP:
             return f"cap the load: skip instances with batch >= {v:g}"
+        if k is MitigationKind.COUNTER_SYNC:
+            return f"sync the replicas' counters (or scale this replica's by R = {v:g})"
+        if k is MitigationKind.SCALE_BATCH_OFFSET:
+            return f"scale the offsets with the replica count (b0/{v:g}, p0/{v:g})"
+        if k is MitigationKind.RANDOM_NEAR_TIES:
+            return (f"pick at random among instances within {v:g} (relative) of the best "
+                    "product score (power-of-d on near-ties)")
+        if k is MitigationKind.SHORTER_TTL:
+            return f"shorten the approximate index's TTL to {v:g} s (or use KV events)"
         return "no mitigation"
 
     @classmethod
@@ -145,6 +176,22 @@ class Mitigation:
     @classmethod
     def load_cap(cls, cap: float) -> Mitigation:
         return cls(MitigationKind.LOAD_CAP, cap)
+
+    @classmethod
+    def counter_sync(cls, replicas: float) -> Mitigation:
+        return cls(MitigationKind.COUNTER_SYNC, replicas)
+
+    @classmethod
+    def scale_batch_offset(cls, replicas: float) -> Mitigation:
+        return cls(MitigationKind.SCALE_BATCH_OFFSET, replicas)
+
+    @classmethod
+    def random_near_ties(cls, tolerance: float = 0.05) -> Mitigation:
+        return cls(MitigationKind.RANDOM_NEAR_TIES, tolerance)
+
+    @classmethod
+    def shorter_ttl(cls, ttl_s: float) -> Mitigation:
+        return cls(MitigationKind.SHORTER_TTL, ttl_s)
 
 
 @dataclass(frozen=True, slots=True)

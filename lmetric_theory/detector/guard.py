@@ -26,10 +26,14 @@ from lmetric_theory.detector import (
     DEGENERATE_KINDS,
     FINDING_KINDS,
     Detector,
+    Finding,
+    MitigationKind,
     Snapshot,
     Verdict,
 )
 from lmetric_theory.detector.hotspot import HotspotFinding, HotspotMonitor
+from lmetric_theory.detector.mitigation import mitigated_choice as _mitigated_choice
+from lmetric_theory.detector.router_state import RouterStateMonitor
 
 __all__ = ["ON_FLAG", "Guard", "GuardStats", "PrometheusMetrics"]
 
@@ -161,6 +165,19 @@ class Guard:
         ``class_fn(*args, **kwargs) -> (class_id, hit)``: the request's prefix class (its
         leading block hash) and a boolean array, shape (N,), True where the instance caches
         the class's leading blocks.
+    router_state : RouterStateMonitor, optional
+        Also watch the router's own state (``replica_skew``, ``herding``, ``stale_index``;
+        :mod:`lmetric_theory.detector.router_state`); needs ``state_fn``. With ``on_flag``
+        ``"fallback"`` or ``"mitigate"``, while a finding is active its mitigation replaces
+        the pick (counter sync, scaled offsets, a random choice among near-ties; a shorter
+        TTL is advisory and leaves the pick); its findings are :attr:`router_state_findings`.
+    state_fn : callable, optional
+        ``state_fn(*args, **kwargs) -> dict``: the keyword arguments of
+        :meth:`RouterStateMonitor.observe` besides the snapshot's ``P``, ``B`` and the pick
+        (``time_s`` required; ``replica``, ``true_prefill``, ``true_batch``,
+        ``predicted_cached``, ``actual_cached`` as the router knows them).
+    rng : numpy.random.Generator, optional
+        The draws of ``random_near_ties`` (default: seeded with 0).
     """
 
     def __init__(
@@ -174,6 +191,9 @@ class Guard:
         metrics: PrometheusMetrics | None = None,
         hotspot: HotspotMonitor | None = None,
         class_fn: Callable[..., tuple[int, Any]] | None = None,
+        router_state: RouterStateMonitor | None = None,
+        state_fn: Callable[..., dict[str, Any]] | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         if not isinstance(detector, Detector):
             raise ValueError(f"detector: expected a Detector, got {type(detector).__name__}")
@@ -195,6 +215,11 @@ class Guard:
             raise ValueError("hotspot and class_fn: give both, or neither")
         self.hotspot = hotspot
         self.class_fn = class_fn
+        if (router_state is None) != (state_fn is None):
+            raise ValueError("router_state and state_fn: give both, or neither")
+        self.router_state = router_state
+        self.state_fn = state_fn
+        self.rng = rng if rng is not None else np.random.default_rng(0)
         self.last_verdict: Verdict | None = None
         self.reset()
 
@@ -264,6 +289,8 @@ class Guard:
                 s = product_scores(snap.prefill_tokens, snap.batch_size, d.prefill_offset,
                                    d.batch_offset)
                 chosen = int(np.flatnonzero(mask)[np.argmin(s[mask])])
+        if self.router_state is not None:
+            chosen = self._router_state(snap, chosen, self.state_fn(*args, **kwargs))
         overridden = chosen != index
         if overridden:
             self._overridden += 1
@@ -279,6 +306,26 @@ class Guard:
     def hotspot_findings(self) -> tuple[HotspotFinding, ...]:
         """Hot prefix classes found so far (empty without a hotspot monitor)."""
         return () if self.hotspot is None else self.hotspot.findings
+
+    def _router_state(self, snap: Snapshot, chosen: int, state: dict[str, Any]) -> int:
+        """Feed the router-state monitor; the active finding's mitigated pick, if any."""
+        mon = self.router_state
+        state = dict(state)
+        time_s = state.pop("time_s")
+        active = mon.observe(time_s, chosen, snap.prefill_tokens, snap.batch_size, **state)
+        if not active or self.on_flag not in ("fallback", "mitigate"):
+            return chosen
+        m = mon.mitigation(active[0])
+        if m.kind in (MitigationKind.NONE, MitigationKind.SHORTER_TTL):
+            return chosen
+        moved = _mitigated_choice(self.detector.settings, snap, m, rng=self.rng)
+        mon.moved(moved)  # the lag window counts where the request really goes
+        return moved
+
+    @property
+    def router_state_findings(self) -> tuple[Finding, ...]:
+        """Router-state findings so far (empty without a router-state monitor)."""
+        return () if self.router_state is None else self.router_state.findings
 
     @staticmethod
     def _index(snap: Snapshot, picked: Any) -> int:

@@ -21,6 +21,10 @@ SEVERITY = {
     "idle_tie": Severity.WARNING,
     "exact_tie": Severity.INFO,
     "extreme_operating_point": Severity.WARNING,
+    # router-state findings (lmetric_theory.detector.router_state)
+    "replica_skew": Severity.WARNING,
+    "herding": Severity.WARNING,
+    "stale_index": Severity.WARNING,
 }
 #: The findings of an unflagged decision (one shared empty tuple).
 EMPTY: tuple[Finding, ...] = ()

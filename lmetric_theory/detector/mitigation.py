@@ -20,7 +20,51 @@ from lmetric_theory.detector.snapshot import Snapshot, as_exact_array
 if TYPE_CHECKING:
     from lmetric_theory.detector.settings import DetectorSettings
 
-__all__ = ["default_mitigations", "mitigated_choice", "mitigated_choices"]
+__all__ = [
+    "default_mitigations",
+    "mitigated_choice",
+    "mitigated_choices",
+    "near_ties",
+    "synced_view",
+]
+
+#: Router-state mitigations that rewrite the replica's view or offsets (value: ``R``).
+_REPLICA_KINDS = (MitigationKind.COUNTER_SYNC, MitigationKind.SCALE_BATCH_OFFSET)
+
+
+def synced_view(P: Any, B: Any, U: Any, replicas: float) -> tuple[np.ndarray, np.ndarray]:
+    """A replica's ``(P, B)`` with its counters scaled by ``R`` (result (m)): the queued part
+    of ``P`` (``P - U``; all of ``P`` when the uncached split ``U`` is unknown) and ``B``
+    times ``R``; the request's own uncached prefill ``U`` stays whole. Exact for integer
+    ``R`` and integer inputs.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        Tokens and requests, shaped like ``P``.
+    """
+    r = int(replicas) if float(replicas).is_integer() else float(replicas)
+    P, B = np.asarray(P), np.asarray(B)
+    if U is None:
+        return P * r, B * r
+    U = np.asarray(U)
+    return (P - U) * r + U, B * r
+
+
+def near_ties(P: Any, B: Any, p0: Any, b0: Any, tolerance: float) -> np.ndarray:
+    """Indices of the instances whose product score is within ``tolerance`` (relative) of
+    the best: ``S_k <= (1 + tolerance) S_min`` (the candidates of ``random_near_ties``)."""
+    S = np.asarray(kernel.product_scores(P, B, p0, b0), dtype=float)
+    best = S.min()
+    return np.flatnonzero(S <= best + abs(best) * tolerance)
+
+
+def _replica_offsets(p0: Any, b0: Any, r: float) -> tuple[Any, Any]:
+    """``p0/R``, ``b0/R``, exact for exact offsets and integer ``R``."""
+    if float(r).is_integer() and not isinstance(p0, float) and not isinstance(b0, float):
+        return (kernel.exact_number(Fraction(p0) / int(r)),
+                kernel.exact_number(Fraction(b0) / int(r)))
+    return p0 / r, b0 / r
 
 
 def default_mitigations(
@@ -84,6 +128,8 @@ def mitigated_choice(
     settings: DetectorSettings,
     snapshot: Snapshot,
     mitigation: Mitigation,
+    *,
+    rng: np.random.Generator | None = None,
 ) -> int:
     """Instance the product would pick under ``mitigation``.
 
@@ -96,6 +142,8 @@ def mitigated_choice(
     mitigation : Mitigation
         The mitigation applied (the verdict's default is resolved by
         :meth:`Detector.mitigated_choice`).
+    rng : numpy.random.Generator, optional
+        The draw of ``random_near_ties`` (required for it; each replica its own).
 
     Returns
     -------
@@ -111,6 +159,17 @@ def mitigated_choice(
         return kernel.argmin_product(P, B, p0, _shift(b0, v))  # type: ignore[operator]
     if k is MitigationKind.FALLBACK_REFERENCE:
         return kernel.argmin_linear(P, B, settings.lam)
+    if k is MitigationKind.COUNTER_SYNC:
+        Ps, Bs = synced_view(P, B, snapshot.uncached_tokens, v)  # type: ignore[arg-type]
+        return kernel.argmin_product(Ps, Bs, p0, b0)  # type: ignore[return-value]
+    if k is MitigationKind.SCALE_BATCH_OFFSET:
+        q0, c0 = _replica_offsets(p0, b0, v)  # type: ignore[arg-type]
+        return kernel.argmin_product(P, B, q0, c0)  # type: ignore[return-value]
+    if k is MitigationKind.RANDOM_NEAR_TIES:
+        if rng is None:
+            raise ValueError("random_near_ties: needs a random generator (rng=...)")
+        cand = near_ties(P, B, p0, b0, v)  # type: ignore[arg-type]
+        return int(cand[rng.integers(cand.size)])
     i = kernel.argmin_product(P, B, p0, b0)
     if k in (MitigationKind.TIE_BREAK_LOAD, MitigationKind.TIE_BREAK_CACHE):
         tied = kernel.tied_product(P, B, p0, b0, i)
@@ -136,6 +195,7 @@ def mitigated_choices(
     uncached_tokens: Any = None,
     only: Any = None,
     validate: bool = True,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Vectorised :meth:`mitigated_choice` with one mitigation over ``D`` decisions.
 
@@ -152,6 +212,8 @@ def mitigated_choices(
     only : array_like of bool, shape (D,), optional
         Decisions to mitigate (e.g. ``verdicts.flagged``); the others keep the
         product's choice.
+    rng : numpy.random.Generator, optional
+        For ``random_near_ties`` (one draw per decision, in order).
 
     Returns
     -------
@@ -181,6 +243,19 @@ def mitigated_choices(
         out = np.asarray(kernel.argmin_product(P, B, p0, _shift(b0, v), axis=1)).reshape(-1)
     elif k is MitigationKind.FALLBACK_REFERENCE:
         out = kernel.argmin_linear_rows(P, B, settings.lam_nd, settings.lam)
+    elif k is MitigationKind.COUNTER_SYNC:
+        Ps, Bs = synced_view(P, B, U, v)  # type: ignore[arg-type]
+        out = np.asarray(kernel.argmin_product(Ps, Bs, p0, b0, axis=1)).reshape(-1)
+    elif k is MitigationKind.SCALE_BATCH_OFFSET:
+        q0, c0 = _replica_offsets(p0, b0, v)  # type: ignore[arg-type]
+        out = np.asarray(kernel.argmin_product(P, B, q0, c0, axis=1)).reshape(-1)
+    elif k is MitigationKind.RANDOM_NEAR_TIES:
+        if rng is None:
+            raise ValueError("random_near_ties: needs a random generator (rng=...)")
+        out = np.array([
+            int(c[rng.integers(c.size)])
+            for c in (near_ties(P[r], B[r], p0, b0, v) for r in range(P.shape[0]))  # type: ignore[arg-type]
+        ], dtype=np.int64)
     elif k in (MitigationKind.TIE_BREAK_LOAD, MitigationKind.TIE_BREAK_CACHE):
         rows = np.arange(P.shape[0])
         Pi, Bi = P[rows, base][:, None], B[rows, base][:, None]

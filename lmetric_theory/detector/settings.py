@@ -11,13 +11,14 @@ mitigations are typed structurally), so every other detector module may import i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Protocol
 
-__all__ = ["DetectorSettings", "ReferenceRates"]
+__all__ = ["DetectorSettings", "ReferenceRates", "RouterStateSettings"]
 
 
 class ReferenceRates(Protocol):
@@ -142,3 +143,76 @@ class DetectorSettings:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # the read-only mapping does not pickle: rebuild from the constructor's arguments
         return (DetectorSettings, self._arguments())
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStateSettings:
+    """Settings of the router-state findings (``replica_skew``, ``herding``,
+    ``stale_index``; :mod:`lmetric_theory.detector.router_state`), validated here.
+
+    Parameters
+    ----------
+    replicas : int
+        Router replicas ``R`` (>= 1); the value of the counter mitigations.
+    lag_s : float
+        Lag window, seconds (>= 0, finite): how late a replica learns of the others'
+        dispatches (signal delay or KV event lag). Herding counts decisions within it.
+    window : int
+        Decisions in the ring buffers the shares are taken over (>= 2).
+    min_decisions : int
+        Decisions (or observed hits) before a share may raise a finding (>= 1).
+    skew_share : float
+        ``replica_skew`` when at least this share of the window's decisions would go
+        elsewhere on the engines' true counters (0 < share <= 1).
+    herd_size : int
+        A decision herds when it lands, within one lag window, on an instance at least
+        ``herd_size - 1`` other replicas' decisions went to (>= 2).
+    herding_share : float
+        ``herding`` when at least this share of the window's decisions herd (0..1].
+    stale_blocks : int
+        A predicted hit off the actual one by at least this many blocks is stale (>= 1).
+    stale_share : float
+        ``stale_index`` when at least this share of the window's hits are stale (0..1].
+    block_tokens : int
+        Tokens per KV block (>= 1).
+    ttl_s : float or None
+        The approximate index's TTL, seconds (> 0), if any: the ``shorter_ttl``
+        mitigation proposes half of it.
+    near_tie_tolerance : float
+        Relative score tolerance of the ``random_near_ties`` mitigation (> 0).
+    """
+
+    replicas: int = 1
+    lag_s: float = 0.0
+    window: int = 256
+    min_decisions: int = 32
+    skew_share: float = 0.05
+    herd_size: int = 3
+    herding_share: float = 0.05
+    stale_blocks: int = 1
+    stale_share: float = 0.1
+    block_tokens: int = 16
+    ttl_s: float | None = None
+    near_tie_tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> ValueError:
+            return ValueError(f"router state: {name} must be {want}, got {getattr(self, name)!r}")
+
+        for name, lo in (("replicas", 1), ("window", 2), ("min_decisions", 1),
+                         ("herd_size", 2), ("stale_blocks", 1), ("block_tokens", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise bad(name, f"an integer >= {lo}")
+        if not (isinstance(self.lag_s, int | float) and math.isfinite(self.lag_s)
+                and self.lag_s >= 0):
+            raise bad("lag_s", "finite and >= 0 (seconds)")
+        for name in ("skew_share", "herding_share", "stale_share"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 < v <= 1):
+                raise bad(name, "in (0, 1]")
+        if self.ttl_s is not None and not (math.isfinite(self.ttl_s) and self.ttl_s > 0):
+            raise bad("ttl_s", "finite and > 0 (seconds)")
+        t = self.near_tie_tolerance
+        if not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
+            raise bad("near_tie_tolerance", "finite and > 0")

@@ -236,6 +236,13 @@ def render_html(result: AuditResult) -> str:
                         [[h.class_id, h.share, ", ".join(map(str, h.cached_instances)),
                           h.phase1_decision, h.phase2_decision, h.condition_holds,
                           h.mitigation] for h in hot]))
+    rs = rep.router_state or ()
+    rs_html = ("<p>No router-state finding (replica skew, herding, stale index).</p>"
+               if not rs else
+               _grid(["finding", "severity", "first decision", "mitigation", "value",
+                      "what was found"],
+                     [[e.kind, e.severity, e.first_decision, e.mitigation,
+                       e.mitigation_value, e.message] for e in rs]))
     worst = _grid(
         ["decision", "time", "product", "linear", "regret", "λ_eff", "λ*", "P", "B"],
         [[w["decision"], w["time_s"], w["product_choice"], w["linear_choice"],
@@ -255,6 +262,7 @@ def render_html(result: AuditResult) -> str:
         f"<h2>Mitigations (ranked by flagged decisions fixed)</h2>{mit}"
         f"<h2>Worst decisions (by regret)</h2>{worst}"
         + (f"<h2>Hot prefix classes</h2>{hot_html}" if rep.hotspots is not None else "")
+        + (f"<h2>Router state</h2>{rs_html}" if rep.router_state is not None else "")
         + "</body></html>\n"
     )
 

@@ -13,6 +13,14 @@ configured mitigation:
 ``tie_break_cache``    among instances tied on the product score, the fewest uncached tokens;
 ``load_cap``           the product's argmin among instances with ``B < cap``;
 ``auto``               the mitigation the detector's most severe finding recommends;
+``counter_sync``       every decision: the product on the replica's counters scaled by
+                       ``replicas`` (the queued part of ``P``, ``P - uncached``, and ``B``;
+                       result (m)): what synced counters would read;
+``scale_batch_offset`` every decision: the product with offsets ``p0/replicas``,
+                       ``b0/replicas`` (result (m));
+``random_near_ties``   every decision: a uniform pick among the instances within ``near_tie``
+                       (relative) of the best product score (result (n): replicas deciding
+                       from the same state stop herding);
 ``hotspot``            no pairwise check: a :class:`~lmetric_theory.detector.hotspot.HotspotMonitor`
                        watches prefix classes (``view.prefix_class``, the leading block hash;
                        an instance holds the class when ``view.hit_blocks > 0``) and, once a hot
@@ -22,7 +30,10 @@ configured mitigation:
                        set the monitor.
 
 The names are the detector's :class:`~lmetric_theory.detector.MitigationKind` values (one
-vocabulary across detector, guard and this policy). The detector gets the exact offsets
+vocabulary across detector, guard and this policy), except ``shorter_ttl``: it acts on the
+router's cache index, not on a decision, so a policy cannot apply it. The three router-state
+mitigations correct the replica's view rather than one flagged decision, so they apply at
+every decision (with ``replicas=1`` the first two change nothing). The detector gets the exact offsets
 ``p0``, ``b0`` (Fractions stay Fractions), so it scores exactly what ``lmetric`` scores.
 
 Registered by :func:`lmetric_theory.policies.registry.register_all`.
@@ -40,6 +51,7 @@ import numpy as np
 from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import Detector, LinearReference, Mitigation, MitigationKind, Snapshot
 from lmetric_theory.detector.hotspot import HotspotMonitor
+from lmetric_theory.detector.mitigation import mitigated_choice as _mitigated_choice
 from lmetric_theory.policies.base import DecisionView, Policy, tie_field
 from lmetric_theory.policies.builtin import (
     _B_CHOICES,
@@ -56,9 +68,13 @@ __all__ = ["GUARD_MITIGATIONS", "GuardedLMetric", "GuardedLMetricParams"]
 #: Mitigation names accepted by ``guarded-lmetric``: the detector's kinds, ``auto``, and the
 #: alias ``fallback`` (of ``fallback_reference``).
 GUARD_MITIGATIONS: tuple[str, ...] = (
-    *(k.value for k in MitigationKind if k is not MitigationKind.NONE), "auto", "fallback",
-    "hotspot",
+    *(k.value for k in MitigationKind
+      if k not in (MitigationKind.NONE, MitigationKind.SHORTER_TTL)),
+    "auto", "fallback", "hotspot",
 )
+#: Mitigations applied at every decision (the router-state ones).
+_EVERY_DECISION = (MitigationKind.COUNTER_SYNC, MitigationKind.SCALE_BATCH_OFFSET,
+                   MitigationKind.RANDOM_NEAR_TIES)
 _ALIASES = {"fallback": MitigationKind.FALLBACK_REFERENCE.value}
 
 
@@ -68,8 +84,9 @@ class GuardedLMetricParams:
 
     ``variant``, ``P``, ``B``, ``p0``, ``b0``: the product score (as ``lmetric``). ``lam``: reference rate
     (tokens per batch slot); ``lam_lo``/``lam_hi`` > 0 set a band (both or neither).
-    ``mitigation``: see the module docstring; ``block`` (tokens), ``batch_add`` (slots) and
-    ``cap`` (requests) are the mitigation values.
+    ``mitigation``: see the module docstring; ``block`` (tokens), ``batch_add`` (slots),
+    ``cap`` (requests), ``replicas`` (router replicas ``R``) and ``near_tie`` (relative score
+    tolerance) are the mitigation values.
     """
 
     mitigation: str = dataclasses.field(default="fallback", metadata={"choices": GUARD_MITIGATIONS})
@@ -86,6 +103,8 @@ class GuardedLMetricParams:
     cap: int = 32
     hot_window: int = 200
     hot_confirm: int = 2
+    replicas: int = 1
+    near_tie: float = 0.05
     tie: str = tie_field()
 
     def __post_init__(self) -> None:
@@ -99,7 +118,9 @@ class GuardedLMetricParams:
             raise ValueError(f"lam must be finite and >= 0, got {self.lam}")
         if self.hot_window < 2:
             raise ValueError(f"hot_window must be >= 2, got {self.hot_window}")
-        for k in ("block", "batch_add", "cap", "hot_confirm"):
+        if not math.isfinite(self.near_tie) or self.near_tie <= 0:
+            raise ValueError(f"near_tie must be finite and > 0, got {self.near_tie}")
+        for k in ("block", "batch_add", "cap", "hot_confirm", "replicas"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
@@ -126,6 +147,9 @@ class GuardedLMetric(Policy):
             MitigationKind.PREFILL_BLOCK: float(p.block),
             MitigationKind.BATCH_OFFSET: float(p.batch_add),
             MitigationKind.LOAD_CAP: float(p.cap),
+            MitigationKind.COUNTER_SYNC: float(p.replicas),
+            MitigationKind.SCALE_BATCH_OFFSET: float(p.replicas),
+            MitigationKind.RANDOM_NEAR_TIES: float(p.near_tie),
         }
         kind = _ALIASES.get(p.mitigation, p.mitigation)
         self.mitigation: Mitigation | None = (
@@ -147,6 +171,9 @@ class GuardedLMetric(Policy):
         if self.params.mitigation == "hotspot":
             return self._choose_hotspot(view)
         snap = self.snapshot(view)
+        m = self.mitigation
+        if m is not None and m.kind in _EVERY_DECISION:
+            return _mitigated_choice(self.detector.settings, snap, m, rng=self.rng)
         verdict = self.detector.check(snap)
         if not verdict.flagged:
             return self._product.choose(view)

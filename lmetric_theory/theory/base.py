@@ -1,7 +1,7 @@
 """Symbols, score definitions and the result types shared by every derivation in
 :mod:`lmetric_theory.theory` (pairwise results a-i in ``derivation``, hot prefix classes j-l
-in ``hotspot``); a module of its own so the derivations import it without importing each
-other.
+in ``hotspot``, router state m-o in ``replicas``); a module of its own so the derivations
+import it without importing each other.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from lmetric_theory.theory.base import (  # noqa: F401  (re-exported: the public
     solve_one,
 )
 from lmetric_theory.theory.hotspot import derive_hotspot
+from lmetric_theory.theory.replicas import derive_replicas
 
 __all__ = ["derive"]
 
@@ -95,8 +96,10 @@ def derive() -> Derivation:
     -------
     Derivation
         Named sympy expressions, regions, degenerate cases, identities and the
-        plain-language statements of results (a)-(l) ((j)-(l), the hot prefix classes,
-        come from :func:`~lmetric_theory.theory.hotspot.derive_hotspot`).
+        plain-language statements of results (a)-(o) ((j)-(l), the hot prefix classes,
+        come from :func:`~lmetric_theory.theory.hotspot.derive_hotspot`; (m)-(o), router
+        replicas, herding and index errors, from
+        :func:`~lmetric_theory.theory.replicas.derive_replicas`).
     """
     sc = _definitions()
     pw = _pairwise_identity(sc)
@@ -110,9 +113,11 @@ def derive() -> Derivation:
     # (j)-(l) hot prefix classes: a cluster-level condition built on (d), derived in its
     # own module
     hot = derive_hotspot()
+    # (m)-(o) router state as deployed (replicas, lag, index error), built on (b)-(d)
+    rep = derive_replicas()
     results = (
         sc.result, si.result, pw.result, be.result, geo.result, n.result, dg.result,
-        rg.result, band.result, *hot.results,
+        rg.result, band.result, *hot.results, *rep.results,
     )
     steps = (sc, pw, be, geo, rg, si, dg, band, n)  # in the order they are derived
     return Derivation(
@@ -121,7 +126,10 @@ def derive() -> Derivation:
         default_p0=DEFAULT_P0,
         default_b0=DEFAULT_B0,
         **{name: value for step in steps for name, value in step.values.items()},
-        identities=(*(i for step in steps for i in step.identities), *hot.identities),
+        identities=(
+            *(i for step in steps for i in step.identities), *hot.identities,
+            *rep.identities,
+        ),
         results=results,
     )
 

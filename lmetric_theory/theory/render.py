@@ -216,6 +216,7 @@ def to_json_dict(d: Derivation | None = None) -> dict[str, Any]:
         ],
         "statements": st,
         "hot_prefix_classes": _hotspot_json(d),
+        "router_state": _replicas_json(d),
     }
 
 
@@ -228,6 +229,20 @@ def _hotspot_json(d: Derivation) -> dict[str, Any]:
     for r in d.results:
         if r.key.startswith("hotspot_"):
             out[r.key.removeprefix("hotspot_")] = {
+                **{f.key: expr_str(f.expr) for f in r.formulas}, "statement": r.statement,
+            }
+    return out
+
+
+def _replicas_json(d: Derivation) -> dict[str, Any]:
+    """Results (m)-(o): per result its formulas by key and its statement; the symbols
+    (parse with ``local_dict=REPLICA_SYMBOLS`` from :mod:`lmetric_theory.theory.replicas`)."""
+    from lmetric_theory.theory.replicas import SYMBOL_MEANING
+
+    out: dict[str, Any] = {"symbols": dict(SYMBOL_MEANING)}
+    for r in d.results:
+        if r.key.startswith("replica_"):
+            out[r.key.removeprefix("replica_")] = {
                 **{f.key: expr_str(f.expr) for f in r.formulas}, "statement": r.statement,
             }
     return out
@@ -264,6 +279,9 @@ def to_markdown(d: Derivation | None = None) -> str:
     from lmetric_theory.theory.hotspot import SYMBOL_MEANING as HOT_MEANING  # results (j)-(l)
 
     out += [f"| `{name}` | {meaning} |" for name, meaning in HOT_MEANING.items()]
+    from lmetric_theory.theory.replicas import SYMBOL_MEANING as REP_MEANING  # (m)-(o)
+
+    out += [f"| `{name}` | {meaning} |" for name, meaning in REP_MEANING.items()]
     for r in d.results:
         out += ["", f"## ({r.item}) {r.title}", "", _md_escape(r.statement), ""]
         for f in r.formulas:

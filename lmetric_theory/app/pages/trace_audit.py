@@ -13,6 +13,7 @@ from lmetric_theory.app.support import (
     pair_view_ranges,
     read_jsonl_upload,
     region_figure,
+    router_state_rows,
     worst_rows,
 )
 from lmetric_theory.audit import default_reference
@@ -180,6 +181,14 @@ else:
     st.plotly_chart(hotspot_figure(view.time_s, hot), key="hot_plot")
     st.dataframe([{**h.to_json(), "cached_instances": ", ".join(map(str, h.cached_instances))}
                   for h in hot], key="hot_table", hide_index=True)
+
+rstate = rep.router_state
+if rstate is not None:
+    st.subheader("Router state")
+    if not rstate:
+        st.write("No router-state finding (replica skew, herding, stale index).")
+    else:
+        st.dataframe(router_state_rows(rstate), key="router_state_table", hide_index=True)
 
 st.download_button("Download the JSON report", report_json(view.report),
                    file_name="audit_report.json", mime="application/json", key="download")

@@ -1,0 +1,146 @@
+"""The router's own state in an audit: the report's ``router_state`` list (``replica_skew``,
+``herding``, ``stale_index``; :mod:`lmetric_theory.detector.router_state`).
+
+A replay whose snapshot log carries the router-state fields (per decision ``replica``,
+``true_batch`` and ``true_queued_tokens``: the engines' counters beside the router view) and
+whose result carries ``predicted_cached_tokens`` and ``cached_tokens`` per request goes
+through one :class:`~lmetric_theory.detector.RouterStateMonitor`. The engines' ``P`` and
+``B`` are the audit's own signal definitions evaluated on the log with the router's
+counters replaced by the engines' ones, so ``replica_skew`` compares like with like.
+Without the fields there is no ``router_state`` key; with one replica, no lag and a precise
+index the list is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmetric_theory.core.definitions import ScoreDefinition
+from lmetric_theory.core.signals import score_inputs
+from lmetric_theory.detector import RouterStateSettings, router_state_findings
+
+__all__ = ["RouterStateEntry", "router_state_entries", "router_state_from_log"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStateEntry:
+    """One router-state finding of an audit.
+
+    Attributes
+    ----------
+    kind : str
+        ``replica_skew``, ``herding`` or ``stale_index``.
+    severity : str
+        ``info``, ``warning`` or ``critical``.
+    message : str
+        The finding with its counts.
+    mitigation : str
+        The mitigation's kind (``counter_sync``, ``random_near_ties``, ``shorter_ttl``,
+        ``none``).
+    mitigation_value : float or None
+        Its value (replicas, relative tolerance, seconds).
+    first_decision : int
+        Decision index at which it was first raised.
+    """
+
+    kind: str
+    severity: str
+    message: str
+    mitigation: str
+    mitigation_value: float | None
+    first_decision: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict with the keys of ``docs/audit.md``."""
+        return {"kind": self.kind, "severity": self.severity, "message": self.message,
+                "mitigation": self.mitigation, "mitigation_value": self.mitigation_value,
+                "first_decision": self.first_decision}
+
+
+def router_state_entries(
+    time_s: Any,
+    chosen: Any,
+    prefill_tokens: Any,
+    batch_size: Any,
+    *,
+    replica: Any = None,
+    true_prefill: Any = None,
+    true_batch: Any = None,
+    predicted_cached: Any = None,
+    actual_cached: Any = None,
+    settings: RouterStateSettings | None = None,
+    p0: Any = 0,
+    b0: Any = 1,
+) -> tuple[RouterStateEntry, ...]:
+    """The audit entries of :func:`~lmetric_theory.detector.router_state_findings` (same
+    parameters)."""
+    findings, mon = router_state_findings(
+        time_s, chosen, prefill_tokens, batch_size, replica=replica,
+        true_prefill=true_prefill, true_batch=true_batch, predicted_cached=predicted_cached,
+        actual_cached=actual_cached, settings=settings, p0=p0, b0=b0,
+    )
+    out = []
+    for f in findings:
+        first = mon.first_decision(f.kind)
+        assert first is not None  # a finding exists only once raised
+        out.append(RouterStateEntry(f.kind, str(f.severity), f.message, f.mitigation.kind.value,
+                                    f.mitigation.value, first))
+    return tuple(out)
+
+
+class _EngineView:
+    """The log with the router's counters replaced by the engines' ones."""
+
+    _SWAP = {"router_inflight": "true_batch", "router_queued": "true_queued_tokens"}
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, self._SWAP.get(name, name))
+
+
+def router_state_from_log(
+    log: Any,
+    result: Any,
+    score: ScoreDefinition,
+    *,
+    settings: RouterStateSettings | None = None,
+) -> tuple[RouterStateEntry, ...] | None:
+    """The router-state entries of a replay, or None when its log lacks the fields.
+
+    Parameters
+    ----------
+    log : SnapshotLog
+        The replay's decisions (``replica``, ``true_batch``, ``true_queued_tokens`` needed).
+    result : SimResult or None
+        For ``predicted_cached_tokens`` and ``cached_tokens`` per request (optional: without
+        them ``stale_index`` is not checked).
+    score : ScoreDefinition
+        The audit's signal definitions and offsets.
+    settings : RouterStateSettings, optional
+        Thresholds; by default ``replicas`` is the number of distinct replicas in the log.
+    """
+    fields = ("replica", "true_batch", "true_queued_tokens")
+    if any(getattr(log, f, None) is None for f in fields):
+        return None
+    replica = np.asarray(log.replica, dtype=np.int64)
+    if settings is None:
+        settings = RouterStateSettings(replicas=max(1, int(np.unique(replica).size)))
+    P, B = score_inputs(log, score)
+    TP, TB = score_inputs(_EngineView(log), score)
+    pred = actual = None
+    if result is not None and getattr(result, "predicted_cached_tokens", None) is not None:
+        req = np.asarray(log.request, dtype=np.int64)
+        pred = np.asarray(result.predicted_cached_tokens, dtype=np.float64)[req]
+        actual = np.asarray(result.cached_tokens, dtype=np.float64)[req]
+        actual[actual < 0] = np.nan  # never admitted: no hit to compare
+        pred[~np.isfinite(actual)] = np.nan
+    return router_state_entries(
+        log.time_s, log.chosen, P, B, replica=replica, true_prefill=TP, true_batch=TB,
+        predicted_cached=pred, actual_cached=actual, settings=settings,
+        p0=score.p0, b0=score.b0,
+    )

@@ -60,6 +60,7 @@ def test_credit_decay_and_request_weight_by_hand(tmp_path: Path) -> None:
     p = make_policy(f"dynamo-kv:config={cfg}")
     v = view(hit=[4, 0], queued=[32, 0], all_tokens=[160, 0], inflight=[2, 1])
     # w0: raw 6, excess (32-0)/16/4 = 1/2, decay 2/3, credit 8/3 -> 2*(6 - 8/3) + 14 + 0.5*2
+    # (T = 64 is 4 whole blocks: floor and ceil agree)
     # w1: raw 4, excess 0 -> 2*4 + 4 + 0.5*1
     c = p.costs(v)
     assert math.isclose(c[0], 2 * (6 - 8 / 3) + 14 + 1.0)
@@ -139,3 +140,10 @@ def test_settings_agree_with_the_wheel(tmp_path: Path) -> None:
         assert ours.overlap_score_credit_decay == theirs.overlap_score_credit_decay
         assert ours.prefill_load_scale == theirs.prefill_load_scale
         assert ours.decode_active_request_weight == theirs.decode_active_request_weight
+
+
+def test_partial_block_adds_prefill_not_decode() -> None:
+    # T = 70: 4 whole blocks + 6 tokens. Decode counts the 4 whole blocks, prefill all 70/16.
+    p = make_policy("dynamo-kv")
+    v = view(hit=[0, 0], queued=[0, 0], all_tokens=[0, 0], inflight=[0, 0], t=70)
+    assert p.costs(v).tolist() == [70 / 16 + 4, 70 / 16 + 4]

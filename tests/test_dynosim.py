@@ -75,3 +75,32 @@ def test_dynamo_kv_runs_on_dynosim(capsys) -> None:
                  "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["policies"]["dynamo-kv"]["completed"] == 100
+
+
+def _one_token_outputs(w):
+    return make_workload(arrival_s=w.arrival_s, input_tokens=w.input_tokens,
+                         output_tokens=np.ones(len(w), dtype=np.int64), hash_ids=w.hash_ids,
+                         hash_offsets=w.hash_offsets, block_size=w.block_size, session_ids=None,
+                         meta={})
+
+
+def test_engines_agree_without_decode_work(mooncake_path: Path) -> None:
+    """With one-token outputs no pass mixes prefill and decode, the one place the shared
+    constant-time model differs (DynoSim's ``fixed`` timing charges such a pass twice):
+    round-robin TTFTs then agree request by request, and DynoSim's own ``kv_router`` picks one
+    of our ``dynamo-kv`` lowest-cost workers at (almost) every decision on its trajectory."""
+    pytest.importorskip("dynamo._core", reason=WHY)
+    from lmetric_theory.experiments.dynosim import dynosim_differential, router_agreement
+    from lmetric_theory.workload import load_trace, select
+
+    w = _one_token_outputs(select(load_trace(str(mooncake_path)), count=400))
+    cfg = fixed_config(0.02, n=8)
+    d, _, _ = dynosim_differential(w, cfg, parse_spec("round-robin"))
+    assert d.ttft_median_rel_error <= 1e-9
+    assert abs(d.ttft_mean_rel_diff) <= 1e-9
+    spec = parse_spec("dynamo-kv")
+    _, _, theirs = dynosim_differential(w, cfg, spec)
+    a = router_agreement(w, cfg, spec, theirs)
+    assert a.decisions == 400
+    assert a.pick_is_argmin >= 0.95
+    assert abs(a.ttft_mean_rel_diff) <= 1e-9

@@ -24,7 +24,8 @@ import numpy as np
 from lmetric_theory.sim.config import SimConfig, SimResult
 from lmetric_theory.sim.latency import LatencyModel
 
-__all__ = ["DynoSimDifferential", "dynosim_differential", "fixed_step_config"]
+__all__ = ["DynoSimDifferential", "RouterAgreement", "dynosim_differential", "fixed_step_config",
+           "relabelled_agreement", "router_agreement"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +155,78 @@ def dynosim_differential(workload: Any, config: SimConfig, spec: Any,
         wall_ours_s=wall_ours, wall_dynosim_s=wall_theirs,
         dynosim_timing=timing_model(config)[1])
     return diff, ours, theirs
+
+
+@dataclass(frozen=True, slots=True)
+class RouterAgreement:
+    """Our ``dynamo-kv`` cost on the trajectory DynoSim's own ``kv_router`` chose.
+
+    The fast engine replays the workload sending each request where DynoSim's router sent
+    it; at every decision our port's costs are computed on our view of that same state.
+
+    Attributes
+    ----------
+    decisions : int
+        Decisions compared.
+    pick_is_argmin : float
+        Share of decisions where DynoSim's worker is one of our lowest-cost workers.
+    pick_unique_argmin : float
+        Share where it is our only lowest-cost worker.
+    tied : float
+        Share of decisions where our lowest cost is shared by several workers (where two
+        independently seeded random tie draws differ).
+    mean_excess_blocks : float
+        Mean of ``cost[DynoSim's pick] - min cost`` over the decisions, blocks.
+    ttft_mean_rel_diff : float
+        ``(mean TTFT of this replay - DynoSim's) / DynoSim's``.
+    """
+
+    decisions: int
+    pick_is_argmin: float
+    pick_unique_argmin: float
+    tied: float
+    mean_excess_blocks: float
+    ttft_mean_rel_diff: float
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return dataclasses.asdict(self)
+
+
+def router_agreement(workload: Any, config: SimConfig, spec: Any,
+                     theirs: SimResult) -> RouterAgreement:
+    """Score DynoSim's choices (``theirs``, a ``dynamo-kv`` run of ``workload``) with our port.
+
+    Open-loop workloads only (decision ``d`` is request ``d``, in arrival order).
+    """
+    from lmetric_theory.policies.base import Policy
+    from lmetric_theory.policies.registry import make_policy
+    from lmetric_theory.sim import Simulator
+
+    if workload.sessions is not None and workload.sessions.closed_loop:
+        raise ValueError("router_agreement compares open-loop replays")
+    port = make_policy(spec)
+    target = np.asarray(theirs.instance, dtype=np.int64)
+    rows: list[tuple[bool, bool, bool, float]] = []
+
+    class Follow(Policy):
+        name = "follow-dynosim"
+
+        def choose(self, view: Any) -> int:
+            c = port.costs(view)
+            k = int(target[view.decision])
+            best = c.min()
+            ties = int(np.sum(c == best))
+            rows.append((bool(c[k] == best), bool(c[k] == best and ties == 1), ties > 1,
+                         float(c[k] - best)))
+            return k
+
+    follow = Follow(port.params, seed=0)
+    ours = Simulator(workload, config, follow, seed=0).run()
+    a = np.array(rows, dtype=np.float64) if rows else np.zeros((0, 4))
+    both = ours.completed & theirs.completed
+    ma, mb = float(np.mean(ours.ttft_s[both])), float(np.mean(theirs.ttft_s[both]))
+    return RouterAgreement(
+        decisions=len(rows), pick_is_argmin=float(a[:, 0].mean()),
+        pick_unique_argmin=float(a[:, 1].mean()), tied=float(a[:, 2].mean()),
+        mean_excess_blocks=float(a[:, 3].mean()), ttft_mean_rel_diff=(ma - mb) / mb)

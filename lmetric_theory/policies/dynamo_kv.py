@@ -8,7 +8,7 @@ Per worker ``i`` (blocks of the engine's ``block_size`` ``s``, request of ``T`` 
                          / ceil(T / s))                          (1 when the decay is 0)
     credit_i  = overlap_score_credit * decay_i * overlap_blocks_i
     cost_i    = prefill_load_scale * max(0, raw_i - credit_i)
-              + active_decode_blocks_i + ceil(T / s)
+              + active_decode_blocks_i + floor(T / s)
               + decode_active_request_weight * active_requests_i
 
 ``router_temperature = 0`` (the default) picks the lowest cost, exact ties uniformly at random
@@ -19,7 +19,8 @@ with probability proportional to ``exp(-(cost_i - min cost) / ((max cost - min c
 Read from ai-dynamo/dynamo (reference only): ``lib/kv-router/src/scheduling/selector/default.rs``
 (the logit and the softmax), ``lib/kv-router/src/scheduling/selector/mod.rs``
 (``raw_prefill_blocks``, ``decode_cost_blocks``), ``lib/kv-router/src/sequences/``
-(``WorkerLoadProjection::potential_decode_blocks``: active blocks + the request's blocks) and
+(``WorkerLoadProjection::potential_decode_blocks``: active blocks + the request's complete
+blocks) and
 the ``KvRouterConfig`` defaults of the ``ai-dynamo-runtime`` 1.6.1 wheel (``dynamo/_core.pyi``,
 ``KvRouterConfig.from_json``).
 
@@ -32,7 +33,7 @@ tokens at once when its prefill completes (here chunk by chunk), and counts each
 *unique* active prompt blocks (requests sharing a prefix count it once; output blocks are not
 tracked by default), while ``router_all_tokens`` counts prompt and output tokens of every
 in-flight request; its ``additional_active_blocks`` leaves out request blocks already active
-on the worker (here the request's whole ``ceil(T / s)``, the same on every worker, so it
+on the worker (here the request's whole ``floor(T / s)``, the same on every worker, so it
 cannot change a pick). ``docs/simulator.md`` ("DynoSim") gives the agreement measured
 against DynoSim's own ``kv_router``.
 
@@ -242,7 +243,7 @@ class DynamoKv(Policy):
 
     name = "dynamo-kv"
     formula = ("argmin prefill_load_scale * max(0, (active_prefill + T) / s - credit * "
-               "decay * overlap_blocks) + active_decode_blocks + ceil(T / s) "
+               "decay * overlap_blocks) + active_decode_blocks + floor(T / s) "
                "+ w_req * active_requests; decay = 1 / (1 + credit_decay * excess_prefill_blocks "
                "/ ceil(T / s)); softmax over range-normalised costs when router_temperature > 0")
     source = (f"{_DYNAMO} (ai-dynamo-runtime 1.6.1): lib/kv-router/src/scheduling/selector/"
@@ -261,7 +262,8 @@ class DynamoKv(Policy):
         k = self.settings
         s = float(sig._block(view))
         t = int(view.input_tokens)
-        req_blocks = max(-(-t // int(s)), 1)
+        req_blocks = max(-(-t // int(s)), 1)  # ceil: the decay's request size
+        full_blocks = t // int(s)  # complete blocks: a partial tail adds prefill work only
         overlap = sig.hit_blocks(view).astype(np.float64)
         active_pf = sig.router_queued(view).astype(np.float64)
         n = overlap.shape[0]
@@ -278,7 +280,7 @@ class DynamoKv(Policy):
         prefill = k.prefill_load_scale * np.maximum(raw - k.overlap_score_credit * decay * overlap, 0.0)
         if k.router_track_active_blocks:
             active = np.maximum(np.asarray(view.router_all_tokens, dtype=np.int64), 0) // int(s)
-            decode = active.astype(np.float64) + req_blocks
+            decode = active.astype(np.float64) + full_blocks
         else:
             decode = np.zeros(n)
         inflight = np.maximum(np.asarray(view.router_inflight, dtype=np.float64), 0.0)

@@ -57,6 +57,7 @@ def require_dynosim() -> str:
     """
     from importlib import metadata
 
+    os.environ.setdefault("DYN_LOG", "warn")  # read when the module loads
     try:
         import dynamo._core  # noqa: F401
         version = metadata.version("ai-dynamo-runtime")
@@ -184,8 +185,8 @@ def simulate_dynosim(workload: Any, config: SimConfig, spec: Any, seed: int = 0)
     if spec.name not in DYNOSIM_POLICIES:
         raise ValueError(f"--engine dynosim runs only {', '.join(DYNOSIM_POLICIES)} (DynoSim's "
                          f"own routers), not {spec.name!r}")
-    version = require_dynosim()
     os.environ.setdefault("DYN_LOG", "warn")  # its router logs every decision at INFO
+    version = require_dynosim()
     import dynamo._core as dc
 
     kwargs: dict[str, Any] = dict(

@@ -104,3 +104,14 @@ def test_engines_agree_without_decode_work(mooncake_path: Path) -> None:
     assert a.decisions == 400
     assert a.pick_is_argmin >= 0.95
     assert abs(a.ttft_mean_rel_diff) <= 1e-9
+
+
+def test_without_the_wheel_one_line_names_the_extra(monkeypatch, capsys) -> None:
+    """An interpreter where ``dynamo._core`` cannot be imported (as without the extra)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dynamo._core", None)  # import now raises ImportError
+    assert main(["simulate", "--count", "10", "--engine", "dynosim", "--policy",
+                 "round-robin"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install -e ".[dynamo]"' in err[0]

@@ -34,6 +34,14 @@ def test_other_policies_refused_with_one_line(capsys) -> None:
     assert len(err) == 1 and "round-robin, dynamo-kv" in err[0]
 
 
+@pytest.mark.parametrize("flag", [["--view", "approximate"], ["--signal-delay", "0.5"],
+                                  ["--scheduler", "reserve"]])
+def test_fast_engine_only_flags_refused(flag: list[str], capsys) -> None:
+    assert main(["simulate", "--count", "10", "--engine", "dynosim", "--policy", "round-robin",
+                 *flag]) == 2
+    assert "do not apply" in capsys.readouterr().err
+
+
 def test_one_long_request_by_hand_on_both_engines() -> None:
     """One 20,000-token prompt, budget 8,192: 3 prefill passes, then 4 decode passes of
     c0 = 10 ms each on both engines (a constant-time pass is the one model they share)."""

@@ -210,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
+    if args.engine == "dynosim" and (args.view != "precise" or args.signal_delay != 0
+                                     or args.scheduler != "vllm-v1"):
+        return _err("--engine dynosim runs DynoSim's own vLLM-shaped scheduler and router: "
+                    "--scheduler, --view and --signal-delay do not apply")
     dynosim_error = _dynosim_check(args.engine, typed)
     if dynosim_error:
         return _err(dynosim_error)

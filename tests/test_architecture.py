@@ -58,7 +58,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
     "detector": frozenset({"numpy", "prometheus_client"}),
     "workload": frozenset({"numpy"}),
     "policies": frozenset({"numpy", "yaml"}),  # yaml lazily: llm-d's config=FILE
-    "sim": frozenset({"numpy", "scipy", "pyarrow", "vllm", "torch"}),  # vllm extra: adapter
+    "sim": frozenset({"numpy", "scipy", "pyarrow", "vllm", "torch", "dynamo"}),  # vllm, dynamo extras
     "experiments": frozenset({"numpy", "scipy", "dask"}),
     "audit": frozenset({"numpy"}),
     "io": frozenset({"numpy", "plotly"}),

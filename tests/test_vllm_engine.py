@@ -166,6 +166,28 @@ def test_closed_loop_policy_matches_fixed_assignment_for_round_robin():
 
 
 @needs_vllm
+def test_dynamo_kv_routes_the_same_on_both_engines():
+    """``dynamo-kv`` reads only router views, so vLLM's scheduler under it routes as the
+    fast engine does (prefix hits, queued prefill and in-flight tokens agree step by step)."""
+    from lmetric_theory.sim.vllm_engine import simulate_vllm
+
+    rng = np.random.default_rng(5)
+    n = 30
+    arr = np.sort(rng.integers(0, 6, n)).astype(float)
+    inp = rng.integers(20, 300, n)
+    out = rng.integers(1, 30, n)
+    hashes = [[int(rng.integers(0, 3))] + [2000 + 50 * i + k for k in range(-(-int(L) // 16) - 1)]
+              for i, L in enumerate(inp)]
+    w = _workload(arr, inp, out, hashes)
+    cfg = SimConfig(n_instances=3, latency=LAT, kv_capacity_tokens=16 * 200, token_budget=128,
+                    max_batch=8)
+    a = simulate_vllm(w, cfg, "dynamo-kv:tie=lowest")
+    b = simulate(w, cfg, "dynamo-kv:tie=lowest")
+    assert a.instance.tolist() == b.instance.tolist()
+    np.testing.assert_allclose(a.ttft_s, b.ttft_s, rtol=1e-9)
+
+
+@needs_vllm
 @pytest.mark.slow
 def test_cli_engine_vllm_json_keys(mooncake_path):
     p = subprocess.run([sys.executable, "-m", "lmetric_theory", "simulate", str(mooncake_path),

@@ -77,9 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "and goodput (requests meeting every bound, per second)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
     p.add_argument("--seed", type=int, default=0, help="seed for random policies and the synthetic workload")
-    p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
+    p.add_argument("--engine", choices=("fast", "vllm", "dynosim"), default="fast",
                    help="fast: this package's engine (sweeps); vllm: vLLM's own scheduler per "
-                   "instance, needs the vllm extra (confirming a conclusion)")
+                   "instance, needs the vllm extra (confirming a conclusion); dynosim: Dynamo's "
+                   "DynoSim with its own routers (round-robin, dynamo-kv), needs the dynamo extra")
     p.add_argument("--list-policies", action="store_true",
                    help="print every policy and lmetric variant with its formula and source "
                    "(with --json: a list of {name, formula, source, parameters}) and exit")
@@ -89,6 +90,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _err(msg: str) -> int:
     print(f"lmetric-theory simulate: error: {msg}", file=sys.stderr)
     return 2
+
+
+def _dynosim_check(engine: str, typed: dict[str, Any]) -> str | None:
+    """The one-line error of a policy the engine cannot run, or of a missing dynamo extra."""
+    if engine == "dynosim":
+        from lmetric_theory.sim.dynosim import DYNOSIM_POLICIES, DynoSimUnavailable, require_dynosim
+
+        bad = [s for s, t in typed.items() if t.name not in DYNOSIM_POLICIES]
+        if bad:
+            return (f"--engine dynosim runs only {', '.join(DYNOSIM_POLICIES)} (DynoSim's own "
+                    f"routers), not {bad[0]}")
+        try:
+            require_dynosim()
+        except DynoSimUnavailable as exc:
+            return str(exc)
+        return None
+    for s, t in typed.items():
+        if t.name == "dynamo-kv" and t.params.settings().router_queue_threshold is not None:
+            return (f"{s}: router_queue_threshold (router-side queueing) runs only with "
+                    "--engine dynosim; the fast and vllm engines cannot hold requests at the router")
+    return None
 
 
 def _slug(spec: str) -> str:
@@ -188,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
+    if args.engine == "dynosim" and (args.view != "precise" or args.signal_delay != 0
+                                     or args.scheduler != "vllm-v1"):
+        return _err("--engine dynosim runs DynoSim's own vLLM-shaped scheduler and router: "
+                    "--scheduler, --view and --signal-delay do not apply")
+    dynosim_error = _dynosim_check(args.engine, typed)
+    if dynosim_error:
+        return _err(dynosim_error)
     vllm_version = None
     if args.engine == "vllm":
         from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
@@ -217,6 +246,11 @@ def run(args: argparse.Namespace) -> int:
             try:
                 # tuned-linear is tuned on this workload first (a linear spec comes back)
                 resolved = resolve_policy(typed[spec], workload, cfg, seed=args.seed)
+                if args.engine == "dynosim":
+                    from lmetric_theory.sim.dynosim import simulate_dynosim
+
+                    results[spec] = simulate_dynosim(workload, cfg, resolved, seed=args.seed)
+                    continue
                 if args.engine == "vllm":
                     from lmetric_theory.sim.vllm_engine import simulate_vllm
 

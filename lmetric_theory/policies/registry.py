@@ -38,6 +38,7 @@ def register_all(register: Callable[[type[Policy]], Any] = register_policy) -> N
         Random,
         RoundRobin,
     )
+    from lmetric_theory.policies.dynamo_kv import DynamoKv
     from lmetric_theory.policies.guarded import GuardedLMetric
     from lmetric_theory.policies.shipped import SHIPPED_POLICIES
     from lmetric_theory.policies.tuned import TunedLinear
@@ -54,6 +55,7 @@ def register_all(register: Callable[[type[Policy]], Any] = register_policy) -> N
         PowerOfTwo,
         *BASELINE_POLICIES,  # the paper's baseline catalog (vllm-v1, dynamo, bailian, ...)
         *SHIPPED_POLICIES,  # as the routers ship them (llm-d, predictor)
+        DynamoKv,  # Dynamo 1.6.1's own KV router with its shipped defaults
     ):
         register(cls)
 
@@ -85,6 +87,7 @@ _BUILTIN_HOMES: dict[str, tuple[str, str]] = {
     "power-of-two": ("lmetric_theory.policies.builtin", "PowerOfTwo"),
     "tuned-linear": ("lmetric_theory.policies.tuned", "TunedLinear"),
     "guarded-lmetric": ("lmetric_theory.policies.guarded", "GuardedLMetric"),
+    "dynamo-kv": ("lmetric_theory.policies.dynamo_kv", "DynamoKv"),
 }
 
 

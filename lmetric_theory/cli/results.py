@@ -37,7 +37,13 @@ import sys
 import time
 from typing import Any
 
-from lmetric_theory.cli.common import add_loop_arguments, check_loop_arguments, loader_options
+from lmetric_theory.cli.common import (
+    add_loop_arguments,
+    add_router_state_arguments,
+    check_loop_arguments,
+    check_router_state_arguments,
+    loader_options,
+)
 from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.study import PAPER_POLICIES
 
@@ -93,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--render", metavar="JSON", default=None,
                    help="print the tables of a saved --json document instead of running")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
+    add_router_state_arguments(p)
     add_loop_arguments(p)
     p.set_defaults(func=run)
 
@@ -139,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             return _err(f"{args.render}: not a saved 'results --json' document ({exc})")
         (_print_compact if args.compact else _print)(saved, markdown=args.markdown)
         return 0
-    loop_error = check_loop_arguments(args, rate_flag="--rate-scales")
+    loop_error = (check_loop_arguments(args, rate_flag="--rate-scales")
+                  or check_router_state_arguments(args))
     if loop_error:
         return _err(loop_error)
     if args.concurrency is not None and args.saturation:
@@ -204,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False,
-                                    concurrency=args.concurrency)
+                                    concurrency=args.concurrency, **args.router_state)
         makers = []
         for src in sources:
             if src is None:

@@ -1,0 +1,307 @@
+"""Router state as deployed (docs/router_state.md): router replicas with their own counters,
+a KV index fed by late block events, approximate indexes with a TTL or an LRU bound.
+
+Hand-computable cases, the exactness of the default (one router, no lag, precise index)
+against runs without the options, and the one-line errors of bad options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from conftest import requests_workload
+
+from lmetric_theory.cli import main
+from lmetric_theory.sim import LatencyModel, SimConfig, Simulator, load_preset
+from lmetric_theory.sim.routerstate import (
+    IndexSpec,
+    ReplicaAssignment,
+    ReplicatedRouterView,
+    parse_index,
+)
+from lmetric_theory.workload import default_workload, select
+
+LAT = LatencyModel(c0=0.01, c_pf=1e-4, c_dec=1e-3, c_kv=1e-6, c_att=1e-8)
+BS = 100
+SCHEDULERS = ("vllm-v1", "reserve")
+
+
+def _cfg(n: int, scheduler: str = "reserve", **kw) -> SimConfig:
+    block = {"block_size": BS} if scheduler == "vllm-v1" else {}
+    return SimConfig(n_instances=n, latency=LAT, kv_capacity_tokens=100_000, scheduler=scheduler,
+                     **block, **kw)
+
+
+# ---------------------------------------------------------------------------- exactness
+
+
+def _arrays(r) -> dict[str, np.ndarray]:
+    out = {}
+    for f in dataclasses.fields(r):
+        v = getattr(r, f.name)
+        if isinstance(v, np.ndarray):
+            out[f.name] = v
+    for c in r.snapshots._columns():
+        out[f"snap.{c}"] = getattr(r.snapshots, c)
+    return out
+
+
+def _equal(a, b) -> None:
+    xa, xb = _arrays(a), _arrays(b)
+    assert xa.keys() == xb.keys()
+    for k in xa:
+        assert np.array_equal(xa[k], xb[k], equal_nan=True), k
+    assert (a.iterations, a.events, a.end_time_s) == (b.iterations, b.events, b.end_time_s)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("policy", ["lmetric", "least-bs", "round-robin", "power-of-two",
+                                    "dynamo"])
+def test_defaults_reproduce_runs_without_the_options(scheduler, closed, policy):
+    """R = 1, lag 0, precise index, given at the CLI edge, reproduce every array of a run
+    without the options (open loop, and closed loop under a session cap)."""
+    import argparse
+
+    from lmetric_theory.cli.common import add_router_state_arguments, check_router_state_arguments
+
+    p = argparse.ArgumentParser()
+    add_router_state_arguments(p)
+    args = p.parse_args(["--router-replicas", "1", "--kv-event-lag", "0", "--index", "precise",
+                         "--replica-assignment", "random"])
+    assert check_router_state_arguments(args) is None
+    w = select(default_workload(seed=3), count=300)
+    pre = load_preset("h100-llama3-8b")
+    conc = {"concurrency": 12} if closed else {}
+    base = SimConfig.from_preset(pre, 4, scheduler=scheduler, **conc)
+    given = SimConfig.from_preset(pre, 4, scheduler=scheduler, **conc, **args.router_state)
+    assert given.to_dict() == base.to_dict()
+    a = Simulator(w, base, policy, seed=5).run()
+    b = Simulator(w, given, policy, seed=5).run()
+    _equal(a, b)
+    # one router: replica 0, the true counters are the router's own
+    assert (a.replica == 0).all()
+    assert np.array_equal(a.snapshots.true_batch, a.snapshots.router_inflight)
+    assert np.array_equal(a.snapshots.true_queued_tokens, a.snapshots.router_queued)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_event_fed_index_with_a_vanishing_lag_is_the_precise_index(scheduler):
+    """The lagged index is a mirror fed by the engines' block stored/removed events: with a
+    lag far below any step time it holds what the caches hold at every decision."""
+    w = select(default_workload(seed=1), count=500)
+    pre = load_preset("h100-llama3-8b")
+    a = Simulator(w, SimConfig.from_preset(pre, 4, scheduler=scheduler), "lmetric").run()
+    sim = Simulator(w, SimConfig.from_preset(pre, 4, scheduler=scheduler, kv_event_lag_s=1e-12),
+                    "lmetric")
+    assert isinstance(sim._router, ReplicatedRouterView)
+    b = sim.run()
+    sim.check_invariants()
+    assert b.snapshots.hit_blocks.any()
+    assert np.array_equal(a.snapshots.hit_blocks, b.snapshots.hit_blocks)
+    assert np.array_equal(a.instance, b.instance)
+    assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------- replicas
+
+
+def _long_at_zero(k: int) -> object:
+    """``k`` requests at t = 0 with distinct prompts, none finishing soon."""
+    return requests_workload([(0.0, 200, 500, [10 * j + 1, 10 * j + 2]) for j in range(k)], BS)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_replicas_round_robin_herd_on_least_bs(scheduler):
+    """2 instances, least-bs (ties to the lowest index), 4 requests at once.
+
+    One router alternates 0, 1, 0, 1. Two replicas, round-robin: replica 0 takes decisions
+    0 and 2, replica 1 decisions 1 and 3; each sees only its own dispatches, so d0 -> 0,
+    d1 (replica 1 sees none) -> 0, d2 (replica 0 has one on 0) -> 1, d3 -> 1. Four replicas
+    each see nothing: all four herd onto instance 0."""
+    w = _long_at_zero(4)
+    one = Simulator(w, _cfg(2, scheduler), "least-bs").run()
+    assert one.instance.tolist() == [0, 1, 0, 1]
+    two = Simulator(w, _cfg(2, scheduler, router_replicas=2), "least-bs").run()
+    assert two.instance.tolist() == [0, 0, 1, 1]
+    assert two.replica.tolist() == [0, 1, 0, 1]
+    s = two.snapshots
+    assert s.router_inflight.tolist() == [[0, 0], [0, 0], [1, 0], [1, 0]]
+    assert s.true_batch.tolist() == [[0, 0], [1, 0], [2, 0], [2, 1]]
+    assert s.replica.tolist() == [0, 1, 0, 1]
+    four = Simulator(w, _cfg(2, scheduler, router_replicas=4), "least-bs").run()
+    assert four.instance.tolist() == [0, 0, 0, 0]
+    assert four.snapshots.router_inflight.tolist() == [[0, 0]] * 4
+    assert four.snapshots.true_batch[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_replica_counters_add_up_to_the_true_counters():
+    """Each request is counted by exactly one replica: the replicas' in-flight requests and
+    in-flight new tokens add up to one all-seeing router's, at every stop."""
+    w = select(default_workload(seed=2), count=400)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4, router_replicas=3,
+                                replica_assignment=ReplicaAssignment.RANDOM)
+    sim = Simulator(w, cfg, "lmetric", seed=1)
+    for d in (50, 150, 300):
+        sim.advance(until_decision=d)
+        own = [sim._router._own_counters(r) for r in range(3)]
+        c = sim.router_counters()
+        assert [sum(o[1][i] for o in own) for i in range(4)] == c["inflight"]
+        assert [sum(o[3][i] for o in own) for i in range(4)] == c["inflight_new"]
+        assert sum(c["inflight"]) > 0
+    r = sim.run()
+    assert sorted(set(r.replica.tolist())) == [0, 1, 2]
+
+
+def test_session_assignment_keeps_a_session_on_one_replica():
+    rows = [(0.0, 200, 5, [1, 2]), (0.0, 200, 5, [3, 4]), (1.0, 200, 5, [5, 6]),
+            (1.0, 200, 5, [7, 8])]
+    from lmetric_theory.workload.base import Sessions
+
+    w = requests_workload(rows, BS)
+    ses = Sessions(session=np.array([0, 1, 1, 0]), turn=np.array([0, 0, 1, 1]),
+                   prev=np.full(4, -1), delay_s=np.zeros(4), first=np.array([0, 1]),
+                   start_s=np.zeros(2), closed_loop=False)
+    w = dataclasses.replace(w, sessions=ses)
+    r = Simulator(w, _cfg(2, router_replicas=2,
+                          replica_assignment=ReplicaAssignment.SESSION), "lmetric").run()
+    assert r.replica.tolist() == [0, 1, 1, 0]
+
+
+# ---------------------------------------------------------------------------- indexes
+
+
+def _shared_prefix(times: list[float]) -> object:
+    """Requests with the same two-block prefix and a private third block."""
+    return requests_workload([(t, 300, 2, [1, 2, 100 + j]) for j, t in enumerate(times)], BS)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_lagged_index_misses_a_block_stored_less_than_lag_ago(scheduler):
+    """Request 0 (t = 0) computes the prefix by about 0.04 s; request 1 arrives at 1 s.
+    With a 0.5 s lag its router sees the prefix on request 0's instance; with a 2 s lag the
+    stored events are not in yet: no hit anywhere, though the engine then finds it."""
+    w = _shared_prefix([0.0, 1.0])
+    seen = Simulator(w, _cfg(2, scheduler, kv_event_lag_s=0.5), "lmetric").run()
+    target = seen.instance[0]
+    assert seen.snapshots.hit_blocks[1, target] > 0
+    assert seen.predicted_cached_tokens[1] == seen.cached_tokens[1] == 200
+    late = Simulator(w, _cfg(2, scheduler, kv_event_lag_s=2.0), "lmetric").run()
+    assert late.snapshots.hit_blocks[1].tolist() == [0, 0]
+    assert late.predicted_cached_tokens[1] == 0
+    assert late.snapshots.true_batch is not None
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_approximate_ttl_index_forgets_after_the_ttl(scheduler):
+    """ttl = 1 s: request 1 (0.5 s after request 0 was sent) is predicted the prefix on
+    request 0's instance; request 2 (5 s after) is predicted nothing, while the engine still
+    holds the blocks."""
+    w = _shared_prefix([0.0, 0.5, 5.5])
+    idx = IndexSpec("approximate", ttl_s=1.0)
+    r = Simulator(w, _cfg(2, scheduler, index=idx), "lmetric").run()
+    i0 = r.instance[0]
+    hb = r.snapshots.hit_blocks
+    assert hb[1, i0] > 0 and hb[1, 1 - i0] == 0
+    assert r.instance[1] == i0
+    assert hb[2].tolist() == [0, 0]
+    assert r.predicted_cached_tokens[2] == 0
+    # the unbounded approximate index still remembers it
+    u = Simulator(w, _cfg(2, scheduler, index=IndexSpec("approximate")), "lmetric").run()
+    assert u.snapshots.hit_blocks[2, u.instance[0]] > 0
+
+
+def test_approximate_lru_index_keeps_the_most_recent_blocks():
+    """lru = 2 blocks: request 0 sends blocks 1, 2, 100; the index keeps 2 and 100, so the
+    prefix (block 1 first) is forgotten; lru = 3 keeps it."""
+    w = _shared_prefix([0.0, 0.5])
+    r2 = Simulator(w, _cfg(2, index=IndexSpec("approximate", lru_blocks=2)), "lmetric").run()
+    assert r2.snapshots.hit_blocks[1].tolist() == [0, 0]
+    r3 = Simulator(w, _cfg(2, index=IndexSpec("approximate", lru_blocks=3)), "lmetric").run()
+    assert r3.snapshots.hit_blocks[1, r3.instance[0]] == 2
+
+
+def test_each_replica_has_its_own_approximate_index():
+    """Two replicas, round-robin: request 1 is routed by replica 1, which never sent the
+    prefix, so it predicts no hit; request 2 (replica 0) does."""
+    w = _shared_prefix([0.0, 0.5, 1.0])
+    r = Simulator(w, _cfg(2, router_replicas=2, index=IndexSpec("approximate")), "lmetric").run()
+    hb = r.snapshots.hit_blocks
+    assert hb[1].tolist() == [0, 0]
+    assert hb[2, r.instance[0]] == 2
+
+
+def test_forks_of_a_replicated_lagged_run_continue_identically():
+    w = select(default_workload(seed=4), count=400)
+    for sched in SCHEDULERS:
+        cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4, scheduler=sched,
+                                    router_replicas=2, kv_event_lag_s=0.2,
+                                    replica_assignment=ReplicaAssignment.RANDOM)
+        whole = Simulator(w, cfg, "lmetric", seed=2).run()
+        sim = Simulator(w, cfg, "lmetric", seed=2)
+        sim.run(until_decision=200)
+        fork = sim.fork()
+        _equal(fork.run(), whole)
+        _equal(sim.run(), whole)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_parse_index():
+    assert parse_index("precise") == IndexSpec()
+    assert parse_index("approximate:ttl=2.5") == IndexSpec("approximate", ttl_s=2.5)
+    assert parse_index("approximate:lru=64") == IndexSpec("approximate", lru_blocks=64)
+    for bad in ("exact", "approximate:ttl=0", "approximate:ttl=-1", "approximate:ttl=inf",
+                "approximate:lru=0", "approximate:lru=1.5", "precise:ttl=1", "approximate:x=1"):
+        with pytest.raises(ValueError, match="^index: "):
+            parse_index(bad)
+
+
+@pytest.mark.parametrize("command", ["simulate", "audit", "results", "counterfactual"])
+@pytest.mark.parametrize("flags,needle", [
+    (["--router-replicas", "0"], "--router-replicas must be an integer >= 1"),
+    (["--kv-event-lag", "-0.1"], "--kv-event-lag must be a finite number"),
+    (["--kv-event-lag", "nan"], "--kv-event-lag must be a finite number"),
+    (["--signal-delay", "inf"], "--signal-delay must be a finite number"),
+    (["--index", "exact"], "--index: unknown kind 'exact'"),
+    (["--index", "approximate:ttl=0"], "--index: ttl must be a finite number > 0"),
+    (["--index", "approximate:lru=0"], "--index: lru must be an integer > 0"),
+])
+def test_bad_router_state_options_exit_2_with_one_line(command, flags, needle, capsys, tmp_path):
+    out = tmp_path / "out"
+    rc = main([command, "--count", "20", "-n", "2", *flags, "--json", "--out", str(out)]
+              if command in ("simulate", "counterfactual") else
+              [command, "--count", "20", "-n", "2", *flags, "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+def test_vllm_engine_refuses_replicas_with_one_line(capsys):
+    rc = main(["simulate", "--count", "20", "-n", "2", "--engine", "vllm", "--router-replicas",
+               "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not expressed by the vLLM engine" in err[0]
+
+
+def test_simulate_cli_writes_the_router_state(capsys, tmp_path):
+    rc = main(["simulate", "--count", "120", "-n", "2", "--policy", "lmetric", "--router-replicas",
+               "2", "--kv-event-lag", "0.05", "--index", "precise", "--json", "--out",
+               str(tmp_path)])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["router_replicas"] == 2
+    assert doc["config"]["kv_event_lag_s"] == 0.05
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp_path / "lmetric.requests.parquet")
+    assert sorted(set(t.column("replica").to_pylist())) == [0, 1]
+    from lmetric_theory.sim import SnapshotLog
+
+    log = SnapshotLog.load_npz(tmp_path / "lmetric.snapshots.npz")
+    assert log.replica is not None and log.true_batch.shape == log.router_inflight.shape

@@ -37,6 +37,7 @@ import sys
 import time
 from typing import Any
 
+from lmetric_theory.cli import router_state as router_state_cli
 from lmetric_theory.cli.common import (
     add_loop_arguments,
     add_router_state_arguments,
@@ -101,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
     add_router_state_arguments(p)
     add_loop_arguments(p)
+    router_state_cli.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -137,6 +139,8 @@ def _split_policies(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: validate, (search saturation,) run the grid, print."""
+    if args.router_study or args.render_router_study is not None:
+        return router_state_cli.run(args, _split_policies)
     if args.render is not None:
         try:
             with open(args.render, encoding="utf-8") as fh:

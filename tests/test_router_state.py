@@ -305,3 +305,84 @@ def test_simulate_cli_writes_the_router_state(capsys, tmp_path):
 
     log = SnapshotLog.load_npz(tmp_path / "lmetric.snapshots.npz")
     assert log.replica is not None and log.true_batch.shape == log.router_inflight.shape
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def test_router_state_settings_axes_and_corner():
+    from lmetric_theory.experiments.router_state import router_state_settings
+
+    assert router_state_settings([1, 2, 4], [0, 0.2]) == [(1, 0.0), (2, 0.0), (4, 0.0),
+                                                          (1, 0.2), (4, 0.2)]
+    assert len(router_state_settings([1, 2], [0, 0.05, 1], full=True)) == 6
+    assert router_state_settings([1], [0]) == [(1, 0.0)]
+
+
+def test_router_state_study_rows_and_changes():
+    """Round-robin ignores router state, so its cells are the same at every setting; the
+    percent changes are the rows' paired ratios."""
+    from lmetric_theory.experiments.router_state import StudyWorkload, router_state_study
+    from lmetric_theory.sim.metrics import Slo
+
+    w = default_workload(seed=0)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    st = router_state_study([StudyWorkload("syn", w, 150)], cfg, ["lmetric", "round-robin"],
+                            replicas=(1, 4), lags_s=(0.0, 0.2), seeds=(0, 1),
+                            slo=Slo.parse("ttft=2"), executor="local")
+    assert len(st.rows) == 3 * 2 * 2  # 3 settings, 2 policies, 2 seeds
+    rr = [r for r in st.rows if r["policy"] == "round-robin" and r["seed"] == 0]
+    assert len({r["ttft_mean_s"] for r in rr}) == 1
+    lm = {(r["replicas"], r["lag_s"]): r["ttft_mean_s"] for r in st.rows
+          if r["policy"] == "lmetric" and r["seed"] == 0}
+    assert len(set(lm.values())) > 1  # router state moves lmetric
+    by = {(r["policy"], r["replicas"], r["lag_s"], r["seed"]): r["ttft_mean_s"] for r in st.rows}
+    for c in st.changes("ttft_mean_s"):
+        pcs = [100 * (by["lmetric", c["replicas"], c["lag_s"], s]
+                      / by["round-robin", c["replicas"], c["lag_s"], s] - 1) for s in (0, 1)]
+        assert c["pct"] == pytest.approx(np.mean(pcs))
+        assert c["range"] == [pytest.approx(min(pcs)), pytest.approx(max(pcs))]
+    agg = st.aggregate()
+    assert all(a["ttft_mean_s"]["n"] == 2 for a in agg)
+    json.dumps(st.to_json())  # JSON-ready
+
+
+def test_results_router_study_cli_and_render(tmp_path, capsys):
+    rc = main(["results", "--router-study", "--count", "100", "--seeds", "1", "--replicas", "1,2",
+               "--lags", "0", "--instances", "2", "--policies", "lmetric,round-robin",
+               "--workers", "1", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["settings"] == [[1, 0.0], [2, 0.0]]
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(doc))
+    png = tmp_path / "fig.png"
+    pytest.importorskip("matplotlib")
+    assert main(["results", "--render-router-study", str(p), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| R=2, lag 0 ms | lmetric |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--replicas", "0,2"], "--replicas must be integers >= 1"),
+    (["--lags", "-1"], "--lags must be finite"),
+    (["--lags", "x"], "--lags: expected comma-separated floats"),
+])
+def test_router_study_bad_lists_exit_2(flags, needle, capsys):
+    rc = main(["results", "--router-study", "--count", "50", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_study_windows_are_request_index_slices_even_when_arrivals_tie():
+    from lmetric_theory.experiments.router_state import window
+
+    reqs = [(0.0, 100 + j, 2, [j + 1]) for j in range(6)] + [(1.0, 200 + j, 2, [j + 50])
+                                                             for j in range(4)]
+    w = requests_workload(reqs, BS)
+    assert window(w, 3, 1).input_tokens.tolist() == [103, 104, 105]
+    assert window(w, 3, 2).input_tokens.tolist() == [200, 201, 202]
+    assert window(w, 3, 2).arrival_s.tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="window: seed 3"):
+        window(w, 3, 3)

@@ -77,7 +77,10 @@ def window(w: Workload, count: int, seed: int) -> Workload:
                          f"the trace has {n}")
     if first == 0:
         return select(w, count=count)
-    return select(w, start_s=float(np.asarray(w.arrival_s)[first]), count=count)
+    t = np.asarray(w.arrival_s)
+    t0 = float(t[first])
+    return select(w, start_s=t0, count=count,
+                  skip=first - int(np.searchsorted(t, t0, side="left")))
 
 
 def router_state_settings(replicas: Sequence[int], lags_s: Sequence[float], *,

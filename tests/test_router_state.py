@@ -330,7 +330,8 @@ def test_router_state_study_rows_and_changes():
     st = router_state_study([StudyWorkload("syn", w, 150)], cfg, ["lmetric", "round-robin"],
                             replicas=(1, 4), lags_s=(0.0, 0.2), seeds=(0, 1),
                             slo=Slo.parse("ttft=2"), executor="local")
-    assert len(st.rows) == 3 * 2 * 2  # 3 settings, 2 policies, 2 seeds
+    assert st.settings == [(1, 0.0), (4, 0.0), (1, 0.2), (4, 0.2)]
+    assert len(st.rows) == 4 * 2 * 2  # settings x policies x seeds
     rr = [r for r in st.rows if r["policy"] == "round-robin" and r["seed"] == 0]
     assert len({r["ttft_mean_s"] for r in rr}) == 1
     lm = {(r["replicas"], r["lag_s"]): r["ttft_mean_s"] for r in st.rows
@@ -378,11 +379,11 @@ def test_router_study_bad_lists_exit_2(flags, needle, capsys):
 def test_study_windows_are_request_index_slices_even_when_arrivals_tie():
     from lmetric_theory.experiments.router_state import window
 
-    reqs = [(0.0, 100 + j, 2, [j + 1]) for j in range(6)] + [(1.0, 200 + j, 2, [j + 50])
-                                                             for j in range(4)]
+    reqs = [(0.0, 50 + j, 2, [j + 1]) for j in range(6)] + [(1.0, 70 + j, 2, [j + 50])
+                                                            for j in range(4)]
     w = requests_workload(reqs, BS)
-    assert window(w, 3, 1).input_tokens.tolist() == [103, 104, 105]
-    assert window(w, 3, 2).input_tokens.tolist() == [200, 201, 202]
+    assert window(w, 3, 1).input_tokens.tolist() == [53, 54, 55]
+    assert window(w, 3, 2).input_tokens.tolist() == [70, 71, 72]
     assert window(w, 3, 2).arrival_s.tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="window: seed 3"):
         window(w, 3, 3)

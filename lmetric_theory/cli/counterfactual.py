@@ -210,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
     doc["config"]["engine"] = args.engine
     doc["config"]["scheduler"] = args.scheduler
     doc["config"]["preset"] = preset.name
+    doc["config"].update({k: v for k, v in cfg.to_dict().items()
+                          if k in ("router_replicas", "replica_assignment", "kv_event_lag_s",
+                                   "index")})
     if args.out:
         from lmetric_theory.core.fileio import atomic_write_text
 

@@ -280,7 +280,9 @@ def run(args: argparse.Namespace) -> int:
                    "instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
                    "points": args.points, "saturation": args.saturation, "reference": args.reference,
                    "count": args.count, "concurrency": args.concurrency,
-                   "slo": None if slo is None else slo.to_json()},
+                   "slo": None if slo is None else slo.to_json(),
+                   **{k: v for k, v in cfg.to_dict().items()
+                      if k in ("router_replicas", "replica_assignment", "kv_event_lag_s", "index")}},
         "saturation": sat,
         "rows": rows,
         "summary": aggregate(rows),

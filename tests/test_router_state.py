@@ -234,6 +234,14 @@ def test_each_replica_has_its_own_approximate_index():
     assert hb[2, r.instance[0]] == 2
 
 
+def test_view_approximate_with_replicas_is_the_unbounded_approximate_index():
+    w = _shared_prefix([0.0, 0.5, 1.0])
+    a = Simulator(w, _cfg(2, router_replicas=2, view="approximate"), "lmetric").run()
+    b = Simulator(w, _cfg(2, router_replicas=2, index=IndexSpec("approximate")), "lmetric").run()
+    assert np.array_equal(a.snapshots.hit_blocks, b.snapshots.hit_blocks)
+    assert a.snapshots.hit_blocks[1].tolist() == [0, 0]  # replica 1 never sent the prefix
+
+
 def test_forks_of_a_replicated_lagged_run_continue_identically():
     w = select(default_workload(seed=4), count=400)
     for sched in SCHEDULERS:

@@ -171,7 +171,7 @@ class SimConfig:
         d = asdict(self)
         for k in ("router_replicas", "replica_assignment", "kv_event_lag_s", "index"):
             d.pop(k)
-        if not self.default_router_state or self.index.kind != "precise":
+        if not self.default_router_state:
             d["router_replicas"] = int(self.router_replicas)
             d["replica_assignment"] = self.replica_assignment.value
             d["kv_event_lag_s"] = float(self.kv_event_lag_s)

@@ -50,7 +50,7 @@ from lmetric_theory.sim.paged import PagedScheduler
 from lmetric_theory.sim.requests import RequestData
 from lmetric_theory.sim.reserve import ReserveScheduler
 from lmetric_theory.sim.router import RouterView
-from lmetric_theory.sim.routerstate import ReplicatedRouterView
+from lmetric_theory.sim.routerstate import IndexSpec, ReplicatedRouterView
 from lmetric_theory.sim.scheduler import RouterCounters, Scheduler
 from lmetric_theory.sim.snapshots import SnapshotLog
 from lmetric_theory.workload.base import Workload
@@ -166,7 +166,8 @@ class Simulator:
             sess = workload.sessions
             self._router = ReplicatedRouterView(
                 self._req, self._inst, counters, replicas=config.router_replicas,
-                assignment=config.replica_assignment, index=config.index,
+                assignment=config.replica_assignment,
+                index=IndexSpec("approximate") if config.view == "approximate" else config.index,
                 lag=float(config.kv_event_lag_s), delay=float(config.signal_delay_s),
                 block=view_bs, ratio=ratio, log=log,
                 sessions=None if sess is None else np.asarray(sess.session).tolist(),

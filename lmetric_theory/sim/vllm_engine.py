@@ -518,7 +518,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     is read with ``getattr`` and may be absent (no cap).
     """
     if not getattr(config, "default_router_state", True):
-        raise ValueError("vllm engine: router replicas, a KV event lag and an approximate --index "
+        raise ValueError("vllm engine: router replicas, a KV event lag and an approximate "
                          "index are not expressed by this engine (its router view is one router "
                          "with exact state); use the fast engine")
     from lmetric_theory.sim.engine import SimResult

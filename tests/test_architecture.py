@@ -61,7 +61,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
     "sim": frozenset({"numpy", "scipy", "pyarrow", "vllm", "torch", "dynamo"}),  # vllm, dynamo extras
     "experiments": frozenset({"numpy", "scipy", "dask"}),
     "audit": frozenset({"numpy"}),
-    "io": frozenset({"numpy", "plotly"}),
+    "io": frozenset({"numpy", "plotly", "matplotlib"}),
     "cli": frozenset({"numpy", "sympy", "rich", "pyarrow"}),
     "app": frozenset({"numpy", "plotly", "streamlit"}),
     "(root)": frozenset(),

@@ -1,249 +1,397 @@
-"""Router-state findings (``replica_skew``, ``herding``, ``stale_index``): the streaming
-monitor on hand-built decision streams, its mitigations against the theory's exact
-statements (results (m)-(o)), the Guard applying them, and bad settings."""
+"""Router state as deployed (docs/router_state.md): router replicas with their own counters,
+a KV index fed by late block events, approximate indexes with a TTL or an LRU bound.
+
+Hand-computable cases, the exactness of the default (one router, no lag, precise index)
+against runs without the options, and the one-line errors of bad options.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
+from conftest import requests_workload
 
-from lmetric_theory import Detector, Guard, Snapshot
-from lmetric_theory.detector import (
-    ROUTER_STATE_KINDS,
-    Mitigation,
-    MitigationKind,
-    RouterStateMonitor,
-    RouterStateSettings,
-    router_state_findings,
+from lmetric_theory.cli import main
+from lmetric_theory.sim import LatencyModel, SimConfig, Simulator, load_preset
+from lmetric_theory.sim.routerstate import (
+    IndexSpec,
+    ReplicaAssignment,
+    ReplicatedRouterView,
+    parse_index,
 )
-from lmetric_theory.detector.mitigation import mitigated_choice, mitigated_choices
-from lmetric_theory.theory.replicas import expected_spread, flip_error, replica_view_differs
+from lmetric_theory.workload import default_workload, select
 
-SETTINGS = RouterStateSettings(replicas=4, lag_s=0.05, window=64, min_decisions=8)
-
-
-def _stream(r: int, steps: int, seed: int, *, herd: bool):
-    """Hand-built decisions of ``r`` replicas over 2..4 instances: at each step every
-    replica decides once at the same time (``herd``: from the same state, so the same
-    instance; else spread round-robin over instances). Per decision: the replica's view
-    (its 1/r share of the global counters), the engines' counters, and the replica."""
-    rng = np.random.default_rng(seed)
-    n = 4
-    t, chosen, rep, P, B, TP, TB = [], [], [], [], [], [], []
-    for s in range(steps):
-        q = rng.integers(0, 800, n) * r  # global queued tokens (a multiple of r)
-        b = rng.integers(0, 6, n) * r  # global batch
-        u = rng.integers(0, 1500, n)  # the request's own uncached prefill
-        view_p, view_b = q // r + u, b // r
-        for k in range(r):
-            t.append(s * 1.0)
-            rep.append(k)
-            best = int(np.argmin((view_p + 0) * (view_b + 1)))
-            chosen.append(best if herd else (best + k) % n)
-            P.append(view_p)
-            B.append(view_b)
-            TP.append(q + u)
-            TB.append(b)
-    return (np.array(t), np.array(chosen), np.array(rep), np.array(P), np.array(B),
-            np.array(TP), np.array(TB))
+LAT = LatencyModel(c0=0.01, c_pf=1e-4, c_dec=1e-3, c_kv=1e-6, c_att=1e-8)
+BS = 100
+SCHEDULERS = ("vllm-v1", "reserve")
 
 
-def test_one_replica_exact_state_raises_nothing():
-    t, c, rep, P, B, TP, TB = _stream(1, 300, 1, herd=True)
-    pred = np.full(t.size, 320.0)
-    findings, mon = router_state_findings(
-        t, c, P, B, replica=rep, true_prefill=TP, true_batch=TB,
-        predicted_cached=pred, actual_cached=pred, settings=SETTINGS,
-    )
-    assert findings == ()
-    s = mon.stats
-    assert (s.skew_differs, s.herded, s.stale) == (0, 0, 0)
-    assert s.skew_checked == s.hits_checked == 300 and s.counter_ratio == 1.0
+def _cfg(n: int, scheduler: str = "reserve", **kw) -> SimConfig:
+    block = {"block_size": BS} if scheduler == "vllm-v1" else {}
+    return SimConfig(n_instances=n, latency=LAT, kv_capacity_tokens=100_000, scheduler=scheduler,
+                     **block, **kw)
 
 
-def test_replica_skew_matches_result_m_and_counter_sync_restores():
-    r = 4
-    t, c, rep, P, B, TP, TB = _stream(r, 200, 2, herd=True)
-    findings, mon = router_state_findings(t, c, P, B, replica=rep, true_prefill=TP,
-                                          true_batch=TB, settings=SETTINGS)
-    kinds = [f.kind for f in findings]
-    assert "replica_skew" in kinds
-    f = findings[kinds.index("replica_skew")]
-    assert f.mitigation == Mitigation.counter_sync(4)
-    assert mon.stats.counter_ratio == pytest.approx(4.0)
-    # every decision the monitor counts as differing is one result (m) says differs
-    # (checked pairwise on the two instances the two views pick)
-    n_theory = 0
-    det = Detector(100)
-    for d in range(t.size):
-        u = (r * P[d] - TP[d]) // (r - 1)  # own prefill: TP = q + u, P = q/r + u
-        q = TP[d] - u
-        mine = int(np.argmin(P[d] * (B[d] + 1)))
-        true = int(np.argmin(TP[d] * (TB[d] + 1)))
-        if mine != true:
-            i, j = mine, true
-            pair = ((q[j], q[i]), (u[j], u[i]), (TB[d][j], TB[d][i]))
-            tie = (TP[d][i] * (TB[d][i] + 1) == TP[d][j] * (TB[d][j] + 1)
-                   or P[d][i] * (B[d][i] + 1) == P[d][j] * (B[d][j] + 1))
-            assert tie or replica_view_differs(*pair, r)
-            n_theory += 1
-        # counter sync on the replica's view with the request's own prefill known gives
-        # the argmin on the engines' counters exactly
-        snap = Snapshot.from_arrays(P[d], B[d], uncached_tokens=u)
-        assert mitigated_choice(det.settings, snap, f.mitigation) == true
-    assert n_theory == mon.stats.skew_differs > 0
-    # the vectorised path agrees
-    us = (r * P - TP) // (r - 1)
-    got = mitigated_choices(det.settings, P, B, f.mitigation, uncached_tokens=us)
-    assert got.tolist() == [int(np.argmin(TP[d] * (TB[d] + 1))) for d in range(t.size)]
+# ---------------------------------------------------------------------------- exactness
 
 
-def test_scale_batch_offset_is_exact_without_own_prefill():
-    """Result (m): with u = 0, offsets b0/R, p0/R on the 1/R share rank like the global."""
-    rng = np.random.default_rng(5)
-    det = Detector(100, prefill_offset=0, batch_offset=1)
-    m = Mitigation.scale_batch_offset(4)
-    for _ in range(200):
-        q = rng.integers(0, 500, 5) * 4
-        b = rng.integers(0, 9, 5) * 4
-        snap = Snapshot.from_arrays(q // 4, b // 4)
-        scores = q * (b + 1)
-        if np.sum(scores == scores.min()) > 1:
-            continue
-        assert mitigated_choice(det.settings, snap, m) == int(np.argmin(scores))
+def _arrays(r) -> dict[str, np.ndarray]:
+    out = {}
+    for f in dataclasses.fields(r):
+        v = getattr(r, f.name)
+        if isinstance(v, np.ndarray):
+            out[f.name] = v
+    for c in r.snapshots._columns():
+        out[f"snap.{c}"] = getattr(r.snapshots, c)
+    return out
 
 
-def test_herding_needs_other_replicas():
-    for r, herd, want in ((1, True, False), (4, True, True), (4, False, False)):
-        t, c, rep, P, B, _, _ = _stream(r, 100, 3, herd=herd)
-        findings, mon = router_state_findings(t, c, P, B, replica=rep, settings=SETTINGS)
-        assert ("herding" in [f.kind for f in findings]) is want, (r, herd)
-        if want:
-            # result (n): every step puts all r decisions on one instance; from the third
-            # of each step on, a decision sees >= herd_size - 1 = 2 others there
-            assert mon.stats.herded == 100 * (r - 2)
-            (f,) = [f for f in findings if f.kind == "herding"]
-            assert f.mitigation.kind is MitigationKind.RANDOM_NEAR_TIES
+def _equal(a, b) -> None:
+    xa, xb = _arrays(a), _arrays(b)
+    assert xa.keys() == xb.keys()
+    for k in xa:
+        assert np.array_equal(xa[k], xb[k], equal_nan=True), k
+    assert (a.iterations, a.events, a.end_time_s) == (b.iterations, b.events, b.end_time_s)
 
 
-def test_herding_window_is_bounded_and_forgets():
-    mon = RouterStateMonitor(3, RouterStateSettings(replicas=2, lag_s=0.1, min_decisions=4,
-                                                    window=8))
-    for d in range(5000):
-        mon.observe(d * 1.0, 0, [10, 10, 10], [0, 0, 0], replica=d % 2)
-        assert len(mon._lag) == 1  # decisions a second apart never share a 0.1 s window
-    assert mon.stats.herded == 0 and mon.findings == ()
-    assert mon._herd.n == 8 and len(mon._herd.buf) == 8
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("policy", ["lmetric", "least-bs", "round-robin", "power-of-two",
+                                    "dynamo"])
+def test_defaults_reproduce_runs_without_the_options(scheduler, closed, policy):
+    """R = 1, lag 0, precise index, given at the CLI edge, reproduce every array of a run
+    without the options (open loop, and closed loop under a session cap)."""
+    import argparse
+
+    from lmetric_theory.cli.common import add_router_state_arguments, check_router_state_arguments
+
+    p = argparse.ArgumentParser()
+    add_router_state_arguments(p)
+    args = p.parse_args(["--router-replicas", "1", "--kv-event-lag", "0", "--index", "precise",
+                         "--replica-assignment", "random"])
+    assert check_router_state_arguments(args) is None
+    w = select(default_workload(seed=3), count=300)
+    pre = load_preset("h100-llama3-8b")
+    conc = {"concurrency": 12} if closed else {}
+    base = SimConfig.from_preset(pre, 4, scheduler=scheduler, **conc)
+    given = SimConfig.from_preset(pre, 4, scheduler=scheduler, **conc, **args.router_state)
+    assert given.to_dict() == base.to_dict()
+    a = Simulator(w, base, policy, seed=5).run()
+    b = Simulator(w, given, policy, seed=5).run()
+    _equal(a, b)
+    # one router: replica 0, the true counters are the router's own
+    assert (a.replica == 0).all()
+    assert np.array_equal(a.snapshots.true_batch, a.snapshots.router_inflight)
+    assert np.array_equal(a.snapshots.true_queued_tokens, a.snapshots.router_queued)
 
 
-def test_random_near_ties_spreads_a_herd_like_result_n():
-    """R replicas choosing from the same tied state: the argmin herds all R on instance 0;
-    the mitigation's uniform choice among the m tied instances has the expected max-min
-    load of result (n)."""
-    det = Detector(100)
-    snap = Snapshot([100, 100, 100, 100], [2, 2, 2, 2])
-    m = Mitigation.random_near_ties(0.01)
-    rng = np.random.default_rng(11)
-    r, trials = 8, 4000
-    spreads = []
-    for _ in range(trials):
-        picks = [mitigated_choice(det.settings, snap, m, rng=rng) for _ in range(r)]
-        loads = np.bincount(picks, minlength=4)
-        spreads.append(loads.max() - loads.min())
-    sp = np.array(spreads, dtype=float)
-    want = float(expected_spread(r, 4))
-    assert abs(sp.mean() - want) <= 5 * sp.std(ddof=1) / np.sqrt(trials)
-    assert want < r
-    with pytest.raises(ValueError, match="random generator"):
-        mitigated_choice(det.settings, snap, m)
-    # a clear winner stays the winner
-    assert mitigated_choice(det.settings, Snapshot([10, 100], [0, 0]), m, rng=rng) == 0
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_event_fed_index_with_a_vanishing_lag_is_the_precise_index(scheduler):
+    """The lagged index is a mirror fed by the engines' block stored/removed events: with a
+    lag far below any step time it holds what the caches hold at every decision."""
+    w = select(default_workload(seed=1), count=500)
+    pre = load_preset("h100-llama3-8b")
+    a = Simulator(w, SimConfig.from_preset(pre, 4, scheduler=scheduler), "lmetric").run()
+    sim = Simulator(w, SimConfig.from_preset(pre, 4, scheduler=scheduler, kv_event_lag_s=1e-12),
+                    "lmetric")
+    assert isinstance(sim._router, ReplicatedRouterView)
+    b = sim.run()
+    sim.check_invariants()
+    assert b.snapshots.hit_blocks.any()
+    assert np.array_equal(a.snapshots.hit_blocks, b.snapshots.hit_blocks)
+    assert np.array_equal(a.instance, b.instance)
+    assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
 
 
-def test_stale_index_over_prediction_and_flip_threshold():
-    settings = RouterStateSettings(window=32, min_decisions=8, ttl_s=120.0, block_tokens=16)
-    mon = RouterStateMonitor(2, settings)
-    P, B = np.array([128, 768]), np.array([3, 1])
-    # result (o): the product's choice here flips at err* = 256 tokens
-    assert flip_error((128, 768), (3, 1)) == 256
-    for d in range(40):
-        err = 16 * 20 if d % 2 else 16 * 4  # over-predicted by 20 or 4 blocks
-        mon.observe(float(d), 0, P, B, predicted_cached=1000 + err, actual_cached=1000)
-    (f,) = mon.findings
-    assert f.kind == "stale_index"
-    assert f.mitigation == Mitigation.shorter_ttl(60.0)
-    s = mon.stats
-    assert (s.hits_checked, s.stale, s.over_predicted, s.stale_flipping) == (40, 40, 40, 20)
-    # errors below one block are not stale
-    mon2 = RouterStateMonitor(2, settings)
-    for d in range(40):
-        mon2.observe(float(d), 0, P, B, predicted_cached=1010, actual_cached=1000)
-    assert mon2.findings == ()
-    # under-prediction (the index forgot cached blocks): no shorter TTL
-    mon3 = RouterStateMonitor(2, settings)
-    for d in range(40):
-        mon3.observe(float(d), 0, P, B, predicted_cached=0, actual_cached=640)
-    (f3,) = mon3.findings
-    assert f3.mitigation.kind is MitigationKind.NONE
+# ---------------------------------------------------------------------------- replicas
 
 
-def test_guard_applies_router_state_mitigation():
-    """Four replicas sharing one router-state log route identical requests from the same
-    state at the same moment: herding is found, and the guard's random choice among
-    near-ties spreads later herds."""
-    det = Detector(100)
-    mon = RouterStateMonitor(4, RouterStateSettings(replicas=4, lag_s=0.5, window=32,
-                                                    min_decisions=8))
-    clock = {"t": 0.0, "replica": 0}
-    g = Guard(det, lambda s: int(np.argmin(s.prefill_tokens * (s.batch_size + 1))),
-              on_flag="mitigate", router_state=mon,
-              state_fn=lambda s: {"time_s": clock["t"], "replica": clock["replica"]},
-              rng=np.random.default_rng(1))
-    snap = Snapshot([100, 100, 100, 100], [1, 1, 1, 1])
-    late = []
-    for step in range(60):
-        clock["t"] = step * 1.0
-        picks = []
-        for k in range(4):
-            clock["replica"] = k
-            picks.append(g(snap))
-        if step >= 40:
-            late.append(max(np.bincount(picks, minlength=4)))
-    assert [f.kind for f in g.router_state_findings] == ["herding"]
-    assert mon.first_decision("herding") is not None
-    assert g.stats().overridden > 0
-    assert np.mean(late) < 4  # the herd of 4 is spread (all four on one: 4)
-    with pytest.raises(ValueError, match="state_fn"):
-        Guard(det, lambda s: 0, router_state=mon)
+def _long_at_zero(k: int) -> object:
+    """``k`` requests at t = 0 with distinct prompts, none finishing soon."""
+    return requests_workload([(0.0, 200, 500, [10 * j + 1, 10 * j + 2]) for j in range(k)], BS)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"replicas": 0}, "replicas"), ({"lag_s": -1.0}, "lag_s"),
-    ({"lag_s": float("nan")}, "lag_s"), ({"ttl_s": 0.0}, "ttl_s"),
-    ({"skew_share": 0.0}, "skew_share"), ({"window": 1}, "window"),
-    ({"herd_size": 1}, "herd_size"), ({"near_tie_tolerance": -0.1}, "near_tie"),
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_replicas_round_robin_herd_on_least_bs(scheduler):
+    """2 instances, least-bs (ties to the lowest index), 4 requests at once.
+
+    One router alternates 0, 1, 0, 1. Two replicas, round-robin: replica 0 takes decisions
+    0 and 2, replica 1 decisions 1 and 3; each sees only its own dispatches, so d0 -> 0,
+    d1 (replica 1 sees none) -> 0, d2 (replica 0 has one on 0) -> 1, d3 -> 1. Four replicas
+    each see nothing: all four herd onto instance 0."""
+    w = _long_at_zero(4)
+    one = Simulator(w, _cfg(2, scheduler), "least-bs").run()
+    assert one.instance.tolist() == [0, 1, 0, 1]
+    two = Simulator(w, _cfg(2, scheduler, router_replicas=2), "least-bs").run()
+    assert two.instance.tolist() == [0, 0, 1, 1]
+    assert two.replica.tolist() == [0, 1, 0, 1]
+    s = two.snapshots
+    assert s.router_inflight.tolist() == [[0, 0], [0, 0], [1, 0], [1, 0]]
+    assert s.true_batch.tolist() == [[0, 0], [1, 0], [2, 0], [2, 1]]
+    assert s.replica.tolist() == [0, 1, 0, 1]
+    four = Simulator(w, _cfg(2, scheduler, router_replicas=4), "least-bs").run()
+    assert four.instance.tolist() == [0, 0, 0, 0]
+    assert four.snapshots.router_inflight.tolist() == [[0, 0]] * 4
+    assert four.snapshots.true_batch[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_replica_counters_add_up_to_the_true_counters():
+    """Each request is counted by exactly one replica: the replicas' in-flight requests and
+    in-flight new tokens add up to one all-seeing router's, at every stop."""
+    w = select(default_workload(seed=2), count=400)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4, router_replicas=3,
+                                replica_assignment=ReplicaAssignment.RANDOM)
+    sim = Simulator(w, cfg, "lmetric", seed=1)
+    for d in (50, 150, 300):
+        sim.advance(until_decision=d)
+        own = [sim._router._own_counters(r) for r in range(3)]
+        c = sim.router_counters()
+        assert [sum(o[1][i] for o in own) for i in range(4)] == c["inflight"]
+        assert [sum(o[3][i] for o in own) for i in range(4)] == c["inflight_new"]
+        assert sum(c["inflight"]) > 0
+    r = sim.run()
+    assert sorted(set(r.replica.tolist())) == [0, 1, 2]
+
+
+def test_session_assignment_keeps_a_session_on_one_replica():
+    rows = [(0.0, 200, 5, [1, 2]), (0.0, 200, 5, [3, 4]), (1.0, 200, 5, [5, 6]),
+            (1.0, 200, 5, [7, 8])]
+    from lmetric_theory.workload.base import Sessions
+
+    w = requests_workload(rows, BS)
+    ses = Sessions(session=np.array([0, 1, 1, 0]), turn=np.array([0, 0, 1, 1]),
+                   prev=np.full(4, -1), delay_s=np.zeros(4), first=np.array([0, 1]),
+                   start_s=np.zeros(2), closed_loop=False)
+    w = dataclasses.replace(w, sessions=ses)
+    r = Simulator(w, _cfg(2, router_replicas=2,
+                          replica_assignment=ReplicaAssignment.SESSION), "lmetric").run()
+    assert r.replica.tolist() == [0, 1, 1, 0]
+
+
+# ---------------------------------------------------------------------------- indexes
+
+
+def _shared_prefix(times: list[float]) -> object:
+    """Requests with the same two-block prefix and a private third block."""
+    return requests_workload([(t, 300, 2, [1, 2, 100 + j]) for j, t in enumerate(times)], BS)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_lagged_index_misses_a_block_stored_less_than_lag_ago(scheduler):
+    """Request 0 (t = 0) computes the prefix by about 0.04 s; request 1 arrives at 1 s.
+    With a 0.5 s lag its router sees the prefix on request 0's instance; with a 2 s lag the
+    stored events are not in yet: no hit anywhere, though the engine then finds it."""
+    w = _shared_prefix([0.0, 1.0])
+    seen = Simulator(w, _cfg(2, scheduler, kv_event_lag_s=0.5), "lmetric").run()
+    target = seen.instance[0]
+    assert seen.snapshots.hit_blocks[1, target] > 0
+    assert seen.predicted_cached_tokens[1] == seen.cached_tokens[1] == 200
+    late = Simulator(w, _cfg(2, scheduler, kv_event_lag_s=2.0), "lmetric").run()
+    assert late.snapshots.hit_blocks[1].tolist() == [0, 0]
+    assert late.predicted_cached_tokens[1] == 0
+    assert late.snapshots.true_batch is not None
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_approximate_ttl_index_forgets_after_the_ttl(scheduler):
+    """ttl = 1 s: request 1 (0.5 s after request 0 was sent) is predicted the prefix on
+    request 0's instance; request 2 (5 s after) is predicted nothing, while the engine still
+    holds the blocks."""
+    w = _shared_prefix([0.0, 0.5, 5.5])
+    idx = IndexSpec("approximate", ttl_s=1.0)
+    r = Simulator(w, _cfg(2, scheduler, index=idx), "lmetric").run()
+    i0 = r.instance[0]
+    hb = r.snapshots.hit_blocks
+    assert hb[1, i0] > 0 and hb[1, 1 - i0] == 0
+    assert r.instance[1] == i0
+    assert hb[2].tolist() == [0, 0]
+    assert r.predicted_cached_tokens[2] == 0
+    # the unbounded approximate index still remembers it
+    u = Simulator(w, _cfg(2, scheduler, index=IndexSpec("approximate")), "lmetric").run()
+    assert u.snapshots.hit_blocks[2, u.instance[0]] > 0
+
+
+def test_approximate_lru_index_keeps_the_most_recent_blocks():
+    """lru = 2 blocks: request 0 sends blocks 1, 2, 100; the index keeps 2 and 100, so the
+    prefix (block 1 first) is forgotten; lru = 3 keeps it."""
+    w = _shared_prefix([0.0, 0.5])
+    r2 = Simulator(w, _cfg(2, index=IndexSpec("approximate", lru_blocks=2)), "lmetric").run()
+    assert r2.snapshots.hit_blocks[1].tolist() == [0, 0]
+    r3 = Simulator(w, _cfg(2, index=IndexSpec("approximate", lru_blocks=3)), "lmetric").run()
+    assert r3.snapshots.hit_blocks[1, r3.instance[0]] == 2
+
+
+def test_each_replica_has_its_own_approximate_index():
+    """Two replicas, round-robin: request 1 is routed by replica 1, which never sent the
+    prefix, so it predicts no hit; request 2 (replica 0) does."""
+    w = _shared_prefix([0.0, 0.5, 1.0])
+    r = Simulator(w, _cfg(2, router_replicas=2, index=IndexSpec("approximate")), "lmetric").run()
+    hb = r.snapshots.hit_blocks
+    assert hb[1].tolist() == [0, 0]
+    assert hb[2, r.instance[0]] == 2
+
+
+def test_view_approximate_with_replicas_is_the_unbounded_approximate_index():
+    w = _shared_prefix([0.0, 0.5, 1.0])
+    a = Simulator(w, _cfg(2, router_replicas=2, view="approximate"), "lmetric").run()
+    b = Simulator(w, _cfg(2, router_replicas=2, index=IndexSpec("approximate")), "lmetric").run()
+    assert np.array_equal(a.snapshots.hit_blocks, b.snapshots.hit_blocks)
+    assert a.snapshots.hit_blocks[1].tolist() == [0, 0]  # replica 1 never sent the prefix
+
+
+def test_forks_of_a_replicated_lagged_run_continue_identically():
+    w = select(default_workload(seed=4), count=400)
+    for sched in SCHEDULERS:
+        cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4, scheduler=sched,
+                                    router_replicas=2, kv_event_lag_s=0.2,
+                                    replica_assignment=ReplicaAssignment.RANDOM)
+        whole = Simulator(w, cfg, "lmetric", seed=2).run()
+        sim = Simulator(w, cfg, "lmetric", seed=2)
+        sim.run(until_decision=200)
+        fork = sim.fork()
+        _equal(fork.run(), whole)
+        _equal(sim.run(), whole)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_parse_index():
+    assert parse_index("precise") == IndexSpec()
+    assert parse_index("approximate:ttl=2.5") == IndexSpec("approximate", ttl_s=2.5)
+    assert parse_index("approximate:lru=64") == IndexSpec("approximate", lru_blocks=64)
+    for bad in ("exact", "approximate:ttl=0", "approximate:ttl=-1", "approximate:ttl=inf",
+                "approximate:lru=0", "approximate:lru=1.5", "precise:ttl=1", "approximate:x=1"):
+        with pytest.raises(ValueError, match="^index: "):
+            parse_index(bad)
+
+
+@pytest.mark.parametrize("command", ["simulate", "audit", "results", "counterfactual"])
+@pytest.mark.parametrize("flags,needle", [
+    (["--router-replicas", "0"], "--router-replicas must be an integer >= 1"),
+    (["--kv-event-lag", "-0.1"], "--kv-event-lag must be a finite number"),
+    (["--kv-event-lag", "nan"], "--kv-event-lag must be a finite number"),
+    (["--signal-delay", "inf"], "--signal-delay must be a finite number"),
+    (["--index", "exact"], "--index: unknown kind 'exact'"),
+    (["--index", "approximate:ttl=0"], "--index: ttl must be a finite number > 0"),
+    (["--index", "approximate:lru=0"], "--index: lru must be an integer > 0"),
 ])
-def test_bad_settings(kw, match):
-    with pytest.raises(ValueError, match=match):
-        RouterStateSettings(**kw)
+def test_bad_router_state_options_exit_2_with_one_line(command, flags, needle, capsys, tmp_path):
+    out = tmp_path / "out"
+    rc = main([command, "--count", "20", "-n", "2", *flags, "--json", "--out", str(out)]
+              if command in ("simulate", "counterfactual") else
+              [command, "--count", "20", "-n", "2", *flags, "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
 
 
-def test_kinds_and_mitigation_values():
-    assert ROUTER_STATE_KINDS == ("replica_skew", "herding", "stale_index")
-    for bad in (Mitigation.counter_sync, Mitigation.shorter_ttl):
-        with pytest.raises(ValueError, match="positive finite"):
-            bad(0)
-    assert "b0/4" in Mitigation.scale_batch_offset(4).message
-    with pytest.raises(ValueError, match="time_s has"):
-        router_state_findings([0.0, 1.0], [0], [[1, 2]], [[0, 0]])
+def test_vllm_engine_refuses_replicas_with_one_line(capsys):
+    rc = main(["simulate", "--count", "20", "-n", "2", "--engine", "vllm", "--router-replicas",
+               "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not expressed by the vLLM engine" in err[0]
 
 
-def test_detector_methods_pass_the_generator():
-    det = Detector(100)
-    m = Mitigation.random_near_ties(0.01)
-    P = np.array([[100, 100, 900]] * 300)
-    B = np.array([[1, 1, 1]] * 300)
-    got = det.mitigated_choices(P, B, m, rng=np.random.default_rng(2))
-    assert set(got.tolist()) == {0, 1}  # the two tied instances, never the third
-    one = det.mitigated_choice(Snapshot(P[0], B[0]), m, rng=np.random.default_rng(2))
-    assert one in (0, 1)
+def test_simulate_cli_writes_the_router_state(capsys, tmp_path):
+    rc = main(["simulate", "--count", "120", "-n", "2", "--policy", "lmetric", "--router-replicas",
+               "2", "--kv-event-lag", "0.05", "--index", "precise", "--json", "--out",
+               str(tmp_path)])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["router_replicas"] == 2
+    assert doc["config"]["kv_event_lag_s"] == 0.05
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp_path / "lmetric.requests.parquet")
+    assert sorted(set(t.column("replica").to_pylist())) == [0, 1]
+    from lmetric_theory.sim import SnapshotLog
+
+    log = SnapshotLog.load_npz(tmp_path / "lmetric.snapshots.npz")
+    assert log.replica is not None and log.true_batch.shape == log.router_inflight.shape
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def test_router_state_settings_axes_and_corner():
+    from lmetric_theory.experiments.router_state import router_state_settings
+
+    assert router_state_settings([1, 2, 4], [0, 0.2]) == [(1, 0.0), (2, 0.0), (4, 0.0),
+                                                          (1, 0.2), (4, 0.2)]
+    assert len(router_state_settings([1, 2], [0, 0.05, 1], full=True)) == 6
+    assert router_state_settings([1], [0]) == [(1, 0.0)]
+
+
+def test_router_state_study_rows_and_changes():
+    """Round-robin ignores router state, so its cells are the same at every setting; the
+    percent changes are the rows' paired ratios."""
+    from lmetric_theory.experiments.router_state import StudyWorkload, router_state_study
+    from lmetric_theory.sim.metrics import Slo
+
+    w = default_workload(seed=0)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    st = router_state_study([StudyWorkload("syn", w, 150)], cfg, ["lmetric", "round-robin"],
+                            replicas=(1, 4), lags_s=(0.0, 0.2), seeds=(0, 1),
+                            slo=Slo.parse("ttft=2"), executor="local")
+    assert st.settings == [(1, 0.0), (4, 0.0), (1, 0.2), (4, 0.2)]
+    assert len(st.rows) == 4 * 2 * 2  # settings x policies x seeds
+    rr = [r for r in st.rows if r["policy"] == "round-robin" and r["seed"] == 0]
+    assert len({r["ttft_mean_s"] for r in rr}) == 1
+    lm = {(r["replicas"], r["lag_s"]): r["ttft_mean_s"] for r in st.rows
+          if r["policy"] == "lmetric" and r["seed"] == 0}
+    assert len(set(lm.values())) > 1  # router state moves lmetric
+    by = {(r["policy"], r["replicas"], r["lag_s"], r["seed"]): r["ttft_mean_s"] for r in st.rows}
+    for c in st.changes("ttft_mean_s"):
+        pcs = [100 * (by["lmetric", c["replicas"], c["lag_s"], s]
+                      / by["round-robin", c["replicas"], c["lag_s"], s] - 1) for s in (0, 1)]
+        assert c["pct"] == pytest.approx(np.mean(pcs))
+        assert c["range"] == [pytest.approx(min(pcs)), pytest.approx(max(pcs))]
+    agg = st.aggregate()
+    assert all(a["ttft_mean_s"]["n"] == 2 for a in agg)
+    json.dumps(st.to_json())  # JSON-ready
+
+
+def test_results_router_study_cli_and_render(tmp_path, capsys):
+    rc = main(["results", "--router-study", "--count", "100", "--seeds", "1", "--replicas", "1,2",
+               "--lags", "0", "--instances", "2", "--policies", "lmetric,round-robin",
+               "--workers", "1", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["settings"] == [[1, 0.0], [2, 0.0]]
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(doc))
+    png = tmp_path / "fig.png"
+    pytest.importorskip("matplotlib")
+    assert main(["results", "--render-router-study", str(p), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| R=2, lag 0 ms | lmetric |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--replicas", "0,2"], "--replicas must be integers >= 1"),
+    (["--lags", "-1"], "--lags must be finite"),
+    (["--lags", "x"], "--lags: expected comma-separated floats"),
+])
+def test_router_study_bad_lists_exit_2(flags, needle, capsys):
+    rc = main(["results", "--router-study", "--count", "50", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_study_windows_are_request_index_slices_even_when_arrivals_tie():
+    from lmetric_theory.experiments.router_state import window
+
+    reqs = [(0.0, 50 + j, 2, [j + 1]) for j in range(6)] + [(1.0, 70 + j, 2, [j + 50])
+                                                            for j in range(4)]
+    w = requests_workload(reqs, BS)
+    assert window(w, 3, 1).input_tokens.tolist() == [53, 54, 55]
+    assert window(w, 3, 2).input_tokens.tolist() == [70, 71, 72]
+    assert window(w, 3, 2).arrival_s.tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="window: seed 3"):
+        window(w, 3, 3)

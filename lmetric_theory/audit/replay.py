@@ -63,6 +63,7 @@ def audit_workload(
     source: str | None = None,
     variant: str = "paper",
     concurrency: int | None = None,
+    router_state: dict[str, Any] | None = None,
 ) -> AuditResult:
     """Replay ``workload`` under ``lmetric`` in the simulator and check every decision.
 
@@ -98,6 +99,10 @@ def audit_workload(
         ``dynamo``, ``sglang-fork``, ``legacy``); it sets ``P``, ``B`` and the tie rule.
     concurrency : int, optional
         Session cap of the replay (:attr:`SimConfig.concurrency`; None: no cap).
+    router_state : dict, optional
+        :class:`SimConfig` router-state settings of the replay (``router_replicas``,
+        ``replica_assignment``, ``signal_delay_s``, ``kv_event_lag_s``, ``index``; see
+        docs/router_state.md); None: one router with exact state.
 
     Returns
     -------
@@ -127,7 +132,8 @@ def audit_workload(
     pre = _load_preset(preset)
     spec = policy_spec("lmetric", variant=variant, P=pdef.value, B=bdef.value,
                        p0=det.prefill_offset, b0=det.batch_offset)
-    cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True, concurrency=concurrency)
+    cfg = SimConfig.from_preset(pre, int(instances), record_snapshots=True, concurrency=concurrency,
+                                **(router_state or {}))
     sim = Simulator(workload, cfg, spec, seed=seed)
     n = len(workload)
     for step in range(1, _PROGRESS_STEPS):

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 from lmetric_theory.cli.common import (
     add_lam_arguments,
     add_loop_arguments,
+    add_router_state_arguments,
     check_loop_arguments,
+    check_router_state_arguments,
     parse_lam_band,
     preset_from_arg,
     workload_from_args,
@@ -91,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, help="worst decisions to report (default 10)")
     p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic workload and replay")
+    add_router_state_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from lmetric_theory import audit as A
     from lmetric_theory.detector import LinearReference
 
-    loop_error = check_loop_arguments(args)
+    loop_error = check_loop_arguments(args) or check_router_state_arguments(args)
     if loop_error:
         return _err(loop_error)
     if args.instances < 1:
@@ -188,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
                                    p_definition=args.p_definition,
                                    b_definition=args.b_definition, seed=args.seed,
                                    source=source, variant=args.variant,
-                                   concurrency=args.concurrency)
+                                   concurrency=args.concurrency,
+                                   router_state=args.router_state)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
     finally:

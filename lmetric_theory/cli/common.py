@@ -166,3 +166,69 @@ def join_negative_values(argv: list[str]) -> list[str]:
         else:
             out.append(tok)
     return out
+
+
+#: ``--replica-assignment`` choices (the values of ``sim.routerstate.ReplicaAssignment``).
+REPLICA_ASSIGNMENTS = ("round-robin", "random", "session")
+
+
+def add_router_state_arguments(p: argparse.ArgumentParser, *, signal_delay: bool = True) -> None:
+    """Add the router-state options (docs/router_state.md): ``--router-replicas``,
+    ``--replica-assignment``, ``--signal-delay`` (unless ``signal_delay=False``),
+    ``--kv-event-lag`` and ``--index``. Read them with :func:`check_router_state_arguments`."""
+    g = p.add_argument_group("router state (docs/router_state.md)")
+    g.add_argument("--router-replicas", type=int, default=1, metavar="R",
+                   help="router replicas, each counting only its own dispatches (default 1)")
+    g.add_argument("--replica-assignment", choices=REPLICA_ASSIGNMENTS, default="round-robin",
+                   help="how requests reach the replicas (default round-robin)")
+    if signal_delay:
+        g.add_argument("--signal-delay", type=float, default=0.0, metavar="S",
+                       help="age of the engine-reported load signals the router polls, seconds "
+                       "(default 0)")
+    g.add_argument("--kv-event-lag", type=float, default=0.0, metavar="S",
+                   help="the router's cache index sees block stored/removed events S seconds "
+                   "late (default 0)")
+    g.add_argument("--index", default="precise", metavar="KIND",
+                   help="cache index: precise (default), approximate (the router's own "
+                   "dispatches), approximate:ttl=S (forgotten S seconds after the last send) "
+                   "or approximate:lru=N (N blocks per instance)")
+
+
+def check_router_state_arguments(args: argparse.Namespace) -> str | None:
+    """The one-line usage error of the router-state options, or ``None``.
+
+    On success sets ``args.router_state``: the :class:`~lmetric_theory.sim.SimConfig`
+    keyword arguments (typed: ``ReplicaAssignment``, ``IndexSpec``). With ``--engine vllm``
+    anything but one router with exact state is an error (the vLLM engine's router view
+    cannot express it).
+    """
+    from lmetric_theory.sim.routerstate import ReplicaAssignment, parse_index
+
+    r = args.router_replicas
+    if r < 1:
+        return f"--router-replicas must be an integer >= 1, got {r}"
+    for flag in ("--signal-delay", "--kv-event-lag"):
+        v = getattr(args, flag.lstrip("-").replace("-", "_"), 0.0)
+        if not (math.isfinite(v) and v >= 0):
+            return f"{flag} must be a finite number of seconds >= 0, got {v}"
+    try:
+        index = parse_index(args.index)
+    except ValueError as exc:
+        return f"--{exc}"
+    state: dict[str, Any] = {
+        "router_replicas": int(r),
+        "replica_assignment": ReplicaAssignment(args.replica_assignment),
+        "kv_event_lag_s": float(args.kv_event_lag),
+        "index": index,
+    }
+    if hasattr(args, "signal_delay"):
+        state["signal_delay_s"] = float(args.signal_delay)
+    if getattr(args, "view", "precise") == "approximate" and index.kind != "precise":
+        return "--view approximate and --index: give one of them"
+    default = r == 1 and state["kv_event_lag_s"] == 0 and index.kind == "precise"
+    if getattr(args, "engine", "fast") == "vllm" and not default:
+        return ("--engine vllm: --router-replicas > 1, --kv-event-lag and an approximate --index "
+                "are not expressed by the vLLM engine (its router view is one router with exact "
+                "state); use --engine fast")
+    args.router_state = state
+    return None

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmetric_theory.cli.common import add_router_state_arguments
+
 PROG = "lmetric-theory counterfactual"
 REFERENCES = ("lam", "band", "tuned")
 
@@ -87,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed trace lines")
     p.add_argument("--json", action="store_true", help="print the JSON instead of tables")
     p.add_argument("--out", metavar="DIR", help="write counterfactual.json and decisions.csv here")
+    add_router_state_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -122,11 +125,16 @@ def replicate_factory(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: run the study, print tables or JSON, optionally write files."""
-    from lmetric_theory.cli.common import check_loop_arguments, preset_from_arg, workload_from_args
+    from lmetric_theory.cli.common import (
+        check_loop_arguments,
+        check_router_state_arguments,
+        preset_from_arg,
+        workload_from_args,
+    )
     from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig
 
-    loop_error = check_loop_arguments(args)
+    loop_error = check_loop_arguments(args) or check_router_state_arguments(args)
     if loop_error:
         return _err(loop_error)
     if args.instances < 2:
@@ -154,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         workload = workload_from_args(args)
         replicate = replicate_factory(args)
         cfg = SimConfig.from_preset(preset, args.instances, scheduler=args.scheduler,
-                                    concurrency=args.concurrency)
+                                    concurrency=args.concurrency, **args.router_state)
         reference = _reference(args, policy, preset, workload, cfg)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
@@ -202,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
     doc["config"]["engine"] = args.engine
     doc["config"]["scheduler"] = args.scheduler
     doc["config"]["preset"] = preset.name
+    doc["config"].update({k: v for k, v in cfg.to_dict().items()
+                          if k in ("router_replicas", "replica_assignment", "kv_event_lag_s",
+                                   "index")})
     if args.out:
         from lmetric_theory.core.fileio import atomic_write_text
 

@@ -37,7 +37,14 @@ import sys
 import time
 from typing import Any
 
-from lmetric_theory.cli.common import add_loop_arguments, check_loop_arguments, loader_options
+from lmetric_theory.cli import router_state as router_state_cli
+from lmetric_theory.cli.common import (
+    add_loop_arguments,
+    add_router_state_arguments,
+    check_loop_arguments,
+    check_router_state_arguments,
+    loader_options,
+)
 from lmetric_theory.core.fileio import json_safe
 from lmetric_theory.experiments.study import PAPER_POLICIES
 
@@ -93,7 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--render", metavar="JSON", default=None,
                    help="print the tables of a saved --json document instead of running")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
+    add_router_state_arguments(p)
     add_loop_arguments(p)
+    router_state_cli.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -130,6 +139,8 @@ def _split_policies(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: validate, (search saturation,) run the grid, print."""
+    if args.router_study or args.render_router_study is not None:
+        return router_state_cli.run(args, _split_policies)
     if args.render is not None:
         try:
             with open(args.render, encoding="utf-8") as fh:
@@ -139,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
             return _err(f"{args.render}: not a saved 'results --json' document ({exc})")
         (_print_compact if args.compact else _print)(saved, markdown=args.markdown)
         return 0
-    loop_error = check_loop_arguments(args, rate_flag="--rate-scales")
+    loop_error = (check_loop_arguments(args, rate_flag="--rate-scales")
+                  or check_router_state_arguments(args))
     if loop_error:
         return _err(loop_error)
     if args.concurrency is not None and args.saturation:
@@ -204,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False,
-                                    concurrency=args.concurrency)
+                                    concurrency=args.concurrency, **args.router_state)
         makers = []
         for src in sources:
             if src is None:
@@ -268,7 +280,9 @@ def run(args: argparse.Namespace) -> int:
                    "instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
                    "points": args.points, "saturation": args.saturation, "reference": args.reference,
                    "count": args.count, "concurrency": args.concurrency,
-                   "slo": None if slo is None else slo.to_json()},
+                   "slo": None if slo is None else slo.to_json(),
+                   **{k: v for k, v in cfg.to_dict().items()
+                      if k in ("router_replicas", "replica_assignment", "kv_event_lag_s", "index")}},
         "saturation": sat,
         "rows": rows,
         "summary": aggregate(rows),

@@ -31,7 +31,9 @@ from typing import Any
 
 from lmetric_theory.cli.common import (
     add_loop_arguments,
+    add_router_state_arguments,
     check_loop_arguments,
+    check_router_state_arguments,
     preset_from_arg,
     workload_from_args,
 )
@@ -67,8 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="instance scheduler of the fast engine (default vllm-v1)")
     p.add_argument("--view", choices=("precise", "approximate"), default="precise",
                    help="router's cache view (default precise)")
-    p.add_argument("--signal-delay", type=float, default=0.0, metavar="S",
-                   help="age of the load signals the router sees, seconds (default 0)")
+    add_router_state_arguments(p)
     p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests")
     p.add_argument("--out", metavar="DIR", help="write per-request results and snapshot logs here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from lmetric_theory.policies import make_policy, parse_spec
     from lmetric_theory.sim import SimConfig, Simulator
 
-    loop_error = check_loop_arguments(args)
+    loop_error = check_loop_arguments(args) or check_router_state_arguments(args)
     if loop_error:
         return _err(loop_error)
     specs = list(args.policy or DEFAULT_POLICIES)
@@ -200,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
             make_policy(t, seed=args.seed)  # a check inside the policy fails before any run
         preset = preset_from_arg(args.preset)
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
-                                    signal_delay_s=args.signal_delay, scheduler=args.scheduler,
-                                    concurrency=args.concurrency)
+                                    scheduler=args.scheduler, concurrency=args.concurrency,
+                                    **args.router_state)
         workload = workload_from_args(args)
         if args.replay_arrivals is not None:
             from lmetric_theory.workload import open_loop_at
@@ -298,6 +299,8 @@ def run(args: argparse.Namespace) -> int:
         "max_batch": cfg.max_batch,
         "view": cfg.view,
         "signal_delay_s": cfg.signal_delay_s,
+        **({k: v for k, v in cfg.to_dict().items()
+            if k in ("router_replicas", "replica_assignment", "kv_event_lag_s", "index")}),
         "seed": args.seed,
         "policy_specs": {s: r.policy for s, r in results.items()},
         "slo": None if slo is None else slo.to_json(),
@@ -407,6 +410,8 @@ def _write_out(out: Path, results: dict[str, Any], doc: dict[str, Any], workload
             "e2e_s": r.e2e_s,
             "preemptions": (r.preemptions if r.preemptions is not None
                             else np.zeros(r.arrival_s.shape[0], np.int64)),
+            **({"replica": r.replica, "predicted_cached_tokens": r.predicted_cached_tokens}
+               if "router_replicas" in r.config and r.replica is not None else {}),
         }).replace_schema_metadata({"policy": r.policy})
         atomic_write(out / f"{slug}.requests.parquet", lambda f, t=table: pq.write_table(t, f))
         if r.snapshots is not None:

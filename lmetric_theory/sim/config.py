@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from lmetric_theory.sim.latency import LatencyModel, Preset
+from lmetric_theory.sim.routerstate import IndexSpec, ReplicaAssignment
 from lmetric_theory.sim.snapshots import SnapshotLog
 
 __all__ = ["SCHEDULERS", "SimConfig", "SimResult", "VIEWS", "tpot_s"]
@@ -67,6 +68,17 @@ class SimConfig:
         when an active session's last request completes; first-turn timestamps are then
         ignored. A workload without closed-loop sessions counts each request as a one-turn
         session, in arrival order. See docs/simulator.md, "Closed loop".
+    router_replicas : int
+        Router replicas R, each with its own counters (1: one router with exact state).
+        See docs/router_state.md.
+    replica_assignment : ReplicaAssignment
+        How requests are spread over the replicas (round-robin, random, session).
+    kv_event_lag_s : float
+        The precise index sees block stored/removed events this late, seconds (0: at once).
+    index : IndexSpec
+        The router's cache index: precise, or approximate (the router's own dispatches,
+        optionally forgotten after a TTL or past an LRU bound). ``view="approximate"`` is
+        the unbounded approximate index.
     """
 
     n_instances: int
@@ -84,6 +96,10 @@ class SimConfig:
     preset: str | None = None
     latency_fit_error: dict[str, float] | None = None
     concurrency: int | None = None
+    router_replicas: int = 1
+    replica_assignment: ReplicaAssignment = ReplicaAssignment.ROUND_ROBIN
+    kv_event_lag_s: float = 0.0
+    index: IndexSpec = field(default_factory=IndexSpec)
 
     def __post_init__(self) -> None:
         from lmetric_theory.core.limits import INSTANCES_MAX
@@ -110,6 +126,30 @@ class SimConfig:
                                              or not isinstance(self.concurrency, int | np.integer)
                                              or self.concurrency < 1):
             raise ValueError("concurrency must be >= 1")
+        if (isinstance(self.router_replicas, bool) or not isinstance(self.router_replicas, int | np.integer)
+                or self.router_replicas < 1):
+            raise ValueError(f"router_replicas must be an integer >= 1, got {self.router_replicas!r}")
+        if not isinstance(self.replica_assignment, ReplicaAssignment):
+            raise ValueError("replica_assignment must be a ReplicaAssignment "
+                             f"(one of {', '.join(a.value for a in ReplicaAssignment)})")
+        if not (math.isfinite(self.kv_event_lag_s) and self.kv_event_lag_s >= 0):
+            raise ValueError(f"kv_event_lag_s must be finite and >= 0, got {self.kv_event_lag_s}")
+        if not isinstance(self.index, IndexSpec):
+            raise ValueError("index must be an IndexSpec")
+        if self.view == "approximate" and self.index.kind != "approximate" and self.index != IndexSpec():
+            raise ValueError("view approximate contradicts the index")
+
+    @property
+    def default_router_state(self) -> bool:
+        """One router with exact state: R = 1, no KV event lag, no bounded approximate
+        index (today's model, :class:`~lmetric_theory.sim.router.RouterView`)."""
+        return (self.router_replicas == 1 and self.kv_event_lag_s == 0
+                and not self.index.bounded and self.index.kind == "precise")
+
+    @property
+    def approximate_index(self) -> bool:
+        """The router predicts the cache from its own dispatches."""
+        return self.view == "approximate" or self.index.kind == "approximate"
 
     @classmethod
     def from_preset(cls, preset: Preset, n_instances: int, **overrides: Any) -> SimConfig:
@@ -126,8 +166,17 @@ class SimConfig:
         return cls(n_instances=n_instances, **kw)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        return asdict(self)
+        """JSON-ready dictionary (the router-state fields only when not the default, so a
+        default run's dictionary reads as before)."""
+        d = asdict(self)
+        for k in ("router_replicas", "replica_assignment", "kv_event_lag_s", "index"):
+            d.pop(k)
+        if not self.default_router_state:
+            d["router_replicas"] = int(self.router_replicas)
+            d["replica_assignment"] = self.replica_assignment.value
+            d["kv_event_lag_s"] = float(self.kv_event_lag_s)
+            d["index"] = self.index.text
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +253,12 @@ class SimResult:
         per instance, request-seconds.
     busy_s : np.ndarray, shape (N,), float64
         Time each instance spent in iterations, seconds.
+    replica : np.ndarray, shape (n,), int32, or None
+        Router replica that routed each request (all 0 with one router; -1: not routed).
+    predicted_cached_tokens : np.ndarray, shape (n,), int64, or None
+        Prefix hit the routing replica's index predicted for the chosen instance at
+        dispatch, tokens (-1: not routed). Equals ``cached_tokens`` up to eviction timing
+        with the precise index and no lag.
     """
 
     arrival_s: np.ndarray
@@ -233,6 +288,8 @@ class SimResult:
     itl_count: np.ndarray | None = None
     batch_integral: np.ndarray | None = None
     busy_s: np.ndarray | None = None
+    replica: np.ndarray | None = None
+    predicted_cached_tokens: np.ndarray | None = None
 
     @property
     def completed(self) -> np.ndarray:

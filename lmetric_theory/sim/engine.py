@@ -50,6 +50,7 @@ from lmetric_theory.sim.paged import PagedScheduler
 from lmetric_theory.sim.requests import RequestData
 from lmetric_theory.sim.reserve import ReserveScheduler
 from lmetric_theory.sim.router import RouterView
+from lmetric_theory.sim.routerstate import IndexSpec, ReplicatedRouterView
 from lmetric_theory.sim.scheduler import RouterCounters, Scheduler
 from lmetric_theory.sim.snapshots import SnapshotLog
 from lmetric_theory.workload.base import Workload
@@ -154,17 +155,38 @@ class Simulator:
             })
             if config.record_snapshots else None
         )
-        self._router = RouterView(self._req, self._inst, counters,
-                                  approximate=config.view == "approximate",
-                                  delay=float(config.signal_delay_s), block=view_bs,
-                                  ratio=ratio, log=log)
+        if config.default_router_state:
+            self._router = RouterView(self._req, self._inst, counters,
+                                      approximate=config.view == "approximate",
+                                      delay=float(config.signal_delay_s), block=view_bs,
+                                      ratio=ratio, log=log)
+        else:  # replicas, late KV events or a bounded index (docs/router_state.md)
+            if log is not None:
+                log.meta.update(router_replicas=int(config.router_replicas),
+                                replica_assignment=config.replica_assignment.value,
+                                kv_event_lag_s=float(config.kv_event_lag_s),
+                                index=config.index.text)
+            sess = workload.sessions
+            self._router = ReplicatedRouterView(
+                self._req, self._inst, counters, replicas=config.router_replicas,
+                assignment=config.replica_assignment,
+                index=IndexSpec("approximate") if config.view == "approximate" else config.index,
+                lag=float(config.kv_event_lag_s), delay=float(config.signal_delay_s),
+                block=view_bs, ratio=ratio, log=log,
+                sessions=None if sess is None else np.asarray(sess.session).tolist(),
+                seed=self.seed)
+        self._pred = [-1] * n  # predicted prefix hit of each request at dispatch, tokens
         self._seq = 0
         self._wake = WAKE_SEQ
         self._next_decision = 0
         self._forced: dict[int, int] = {}
         self._events = 0
         self._now = 0.0
+        # > 0: the router view's record() runs after every engine event (a delayed view
+        # keeps signal history; a lagged index stamps the step's block events)
         self._delay = float(config.signal_delay_s)
+        if isinstance(self._router, ReplicatedRouterView) and self._router.needs_record():
+            self._delay = 1.0
         self._n = int(config.n_instances)
         self._setup_arrivals(workload, arr)
 
@@ -480,6 +502,7 @@ class Simulator:
             router.log.chosen[d] = target
         ins = self._inst[target]
         self._req.where[rid] = target
+        self._pred[rid] = view.input_tokens - int(view.uncached[target])
         ins.enqueue(rid, router.dispatched(ins, rid, view))
         out: list[Entry] = []
         if ins.plan is PlanKind.IDLE:
@@ -525,8 +548,8 @@ class Simulator:
         if self._router.log is not None:
             log = self._router.log.head(self._next_decision)
             if self._heap:  # unfinished: the simulator keeps writing its log, so copy
-                log = SnapshotLog(**{c: np.array(getattr(log, c)) for c in log._columns()},
-                                  meta=dict(log.meta))
+                log = log.copy()
+            log = log.with_router_state()
         cfg = self.config.to_dict()
         cfg["seed"] = self.seed
         gaps, counts = _itl_arrays(self._inst)
@@ -558,6 +581,10 @@ class Simulator:
             itl_count=counts,
             batch_integral=np.asarray([i.bint for i in self._inst], dtype=np.float64),
             busy_s=np.asarray([i.busy for i in self._inst], dtype=np.float64),
+            replica=(np.asarray(self._router.replica_of, dtype=np.int32)
+                     if isinstance(self._router, ReplicatedRouterView)
+                     else np.where(np.asarray(req.where) >= 0, 0, -1).astype(np.int32)),
+            predicted_cached_tokens=np.asarray(self._pred, dtype=np.int64),
         )
 
 

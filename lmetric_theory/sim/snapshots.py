@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ SIGNALS: tuple[tuple[str, type], ...] = (
     ("router_all_tokens", np.int32),
     ("router_inflight_new_tokens", np.int32),
 )
+
+#: Router-state columns (docs/router_state.md), present when recorded: the deciding replica
+#: (D,) and the engine-side true counters (D, N).
+OPTIONAL: tuple[str, ...] = ("replica", "true_batch", "true_queued_tokens")
 
 #: Columns added after the first release: logs written without them load with the
 #: defaults of :class:`~lmetric_theory.policies.base.DecisionView`.
@@ -78,6 +82,13 @@ class SnapshotLog:
         ``router_queued``, the closest counter they hold).
     meta : dict
         Settings the log was recorded under (view, signal delay, ...).
+    replica : np.ndarray, shape (D,), int32, or None
+        Router replica that took each decision (docs/router_state.md).
+    true_batch, true_queued_tokens : np.ndarray, shape (D, N), int32, or None
+        The counters of one router that sees every dispatch and every engine event (the
+        engine-side truth next to ``router_inflight`` / ``router_queued``, which are the
+        deciding replica's own): in-flight requests and queued prefill tokens. With one
+        router they equal the router view.
     """
 
     request: np.ndarray
@@ -95,6 +106,9 @@ class SnapshotLog:
     router_all_tokens: np.ndarray
     router_inflight_new_tokens: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    replica: np.ndarray | None = None
+    true_batch: np.ndarray | None = None
+    true_queued_tokens: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.request.shape[0])
@@ -126,15 +140,38 @@ class SnapshotLog:
             meta=dict(meta or {}),
         )
 
+    def optional_columns(self) -> dict[str, np.ndarray]:
+        """The router-state columns this log holds (``replica``, ``true_batch``,
+        ``true_queued_tokens``; none for logs recorded without them)."""
+        return {c: getattr(self, c) for c in OPTIONAL if getattr(self, c) is not None}
+
+    def with_router_state(self) -> SnapshotLog:
+        """This log with the router-state columns (one router: replica 0, and the true
+        counters equal to the router's own), when it lacks them."""
+        if self.true_batch is not None:
+            return self
+        return replace(self, replica=np.zeros(len(self), np.int32),
+                       true_batch=np.array(self.router_inflight, np.int32),
+                       true_queued_tokens=np.array(self.router_queued, np.int32))
+
     def head(self, d: int) -> SnapshotLog:
         """The first ``d`` decisions (views, no copy)."""
-        return SnapshotLog(**{c: getattr(self, c)[:d] for c in self._columns()}, meta=dict(self.meta))
+        cols = {c: getattr(self, c)[:d] for c in self._columns()}
+        cols.update({c: a[:d] for c, a in self.optional_columns().items()})
+        return SnapshotLog(**cols, meta=dict(self.meta))
+
+    def copy(self) -> SnapshotLog:
+        """Independent copy of every column."""
+        cols = {c: np.array(getattr(self, c)) for c in self._columns()}
+        cols.update({c: np.array(a) for c, a in self.optional_columns().items()})
+        return SnapshotLog(**cols, meta=dict(self.meta))
 
     # ------------------------------------------------------------------ persistence
 
     def save_npz(self, path: str | os.PathLike[str]) -> None:
         """Write an uncompressed ``.npz`` atomically (temporary file, then rename)."""
         arrays = {c: getattr(self, c) for c in self._columns()}
+        arrays.update(self.optional_columns())
         arrays["meta_json"] = np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8)
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -145,7 +182,7 @@ class SnapshotLog:
             missing = [c for c in cls._columns() if c not in z.files and c not in _LATER]
             if missing:
                 raise ValueError(f"{path}: not a snapshot log, missing arrays {missing}")
-            cols = {c: z[c] for c in cls._columns() if c in z.files}
+            cols = {c: z[c] for c in cls._columns() + OPTIONAL if c in z.files}
             meta = json.loads(bytes(z["meta_json"]).decode()) if "meta_json" in z.files else {}
         return cls(**_fill_later(cols, meta), meta=meta)
 

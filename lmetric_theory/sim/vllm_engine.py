@@ -517,6 +517,10 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     ``config.concurrency`` (at most that many sessions active; see the module docstring)
     is read with ``getattr`` and may be absent (no cap).
     """
+    if not getattr(config, "default_router_state", True):
+        raise ValueError("vllm engine: router replicas, a KV event lag and an approximate "
+                         "index are not expressed by this engine (its router view is one router "
+                         "with exact state); use the fast engine")
     from lmetric_theory.sim.engine import SimResult
 
     version = require_vllm()
@@ -609,6 +613,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
                                              minlength=N).astype(np.int64),
         first_token_s=first, finish_s=done, session=session, turn=turn, itl_gap_s=gaps,
         itl_count=counts, batch_integral=bint, busy_s=busy_s,
+        replica=np.where(where >= 0, 0, -1).astype(np.int32),  # one router
     )
     names = {f.name for f in dataclasses.fields(SimResult)}
     missing = names - set(vals) - {f.name for f in dataclasses.fields(SimResult)

@@ -174,8 +174,10 @@ def select(
     start_s: float | None = None,
     end_s: float | None = None,
     rebase: bool = True,
+    skip: int = 0,
 ) -> Workload:
-    """Keep the requests arriving in ``[start_s, end_s)``, then at most the first ``count``.
+    """Keep the requests arriving in ``[start_s, end_s)``, then at most the first ``count``
+    after the first ``skip`` of them.
 
     Parameters
     ----------
@@ -185,6 +187,9 @@ def select(
     start_s, end_s : float, optional
         Time window in seconds on the workload's clock; ``start_s`` inclusive, ``end_s``
         exclusive; either may be omitted.
+    skip : int
+        Leave out this many requests at the start of the window first (default 0): windows
+        by request index when arrivals tie, as closed-loop session traces' do.
     rebase : bool
         If True (default), shift times so that the window start (``start_s``, or 0 when
         omitted) becomes 0 s; idle time between the window start and its first request is
@@ -218,9 +223,11 @@ def select(
             raise ValueError(f"{name} must be a finite number of seconds, got {v!r}")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise ValueError(f"empty window: end_s={end_s} <= start_s={start_s}")
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"skip must be an integer >= 0, got {skip!r}")
     w = workload
     t = w.arrival_s
-    lo = 0 if start_s is None else int(np.searchsorted(t, start_s, side="left"))
+    lo = (0 if start_s is None else int(np.searchsorted(t, start_s, side="left"))) + skip
     hi = len(w) if end_s is None else int(np.searchsorted(t, end_s, side="left"))
     if count is not None:
         hi = min(hi, lo + count)
@@ -238,6 +245,7 @@ def select(
         "start_s": start_s,
         "end_s": end_s,
         "rebase": rebase,
+        **({"skip": skip} if skip else {}),
         "first": lo,
         "n": hi - lo,
     }

@@ -299,7 +299,7 @@ def test_cli_writes_both_files_and_prints_a_verdict(tmp_path, capsys) -> None:
                  "--samples", "2", "--current", "round-robin", "--workers", "1", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0
-    assert text.startswith("Verdict on synthetic:api:count=240")
+    assert text.startswith("Verdict: LMetric ") and "on synthetic:api:count=240" in text.splitlines()[0]
     assert "Against round-robin: LMetric" in text
     doc = json.loads((out / "advice.json").read_text())
     assert doc["verdict"]["against"][0]["policy"] == "round-robin"
@@ -359,3 +359,22 @@ def test_confirm_vllm_side_by_side() -> None:
     ch = c["changes"][0]
     assert ch["vllm_pct"] == pytest.approx(100 * (lm["vllm_ttft_mean_s"] - rr["vllm_ttft_mean_s"])
                                            / rr["vllm_ttft_mean_s"])
+
+
+def test_app_reads_an_uploaded_report(advice_doc) -> None:
+    from lmetric_theory.app.support import advice_from_upload, advice_rows
+    from lmetric_theory.io.advise import advice_json
+
+    doc = advice_from_upload("advice.json", advice_json(advice_doc).encode())
+    assert doc["verdict"] == json.loads(json.dumps(advice_doc["verdict"]))
+    rows = advice_rows(doc)
+    assert len(rows) == len(doc["summary"])
+    for r, s in zip(rows, doc["summary"], strict=True):
+        assert r["TTFT mean (s)"] == pytest.approx(s["ttft_mean_s"]["mean"], rel=1e-3)
+        assert r["TPOT mean (ms)"] == pytest.approx(1e3 * s["tpot_mean_s"]["mean"], rel=1e-3)
+    for data, needle in ((b"\xff\xfe", "not UTF-8"), (b"{", "not JSON (line 1"),
+                         (b'{"rows": []}', "not an advice document")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            advice_from_upload("x.json", data)
+    with pytest.raises(ValueError, match="exceeds the upload limit"):
+        advice_from_upload("x.json", b" " * 2048, max_mb=0.001)

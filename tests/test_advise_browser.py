@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_app_browser import CHROMIUM_ARGS, _chromium
 
-from lmetric_theory.io.advise import figures, write_advice
+from lmetric_theory.io.advise import figures, verdict_headline, write_advice
 
 pytestmark = pytest.mark.browser
 
@@ -41,7 +41,7 @@ def test_advice_html_renders_offline(advice_doc, tmp_path) -> None:
             first = pg.evaluate("() => document.querySelector('h1').nextElementSibling.id")
             assert first == "verdict"
             text = pg.inner_text("#verdict")
-            assert "Verdict: LMetric" in text
+            assert verdict_headline(advice_doc) in text
             for a in advice_doc["verdict"]["against"]:
                 assert a["text"] in text
             # every plot has its traces drawn (one line or bar group per policy)
@@ -52,5 +52,8 @@ def test_advice_html_renders_offline(advice_doc, tmp_path) -> None:
                 assert drawn == len(fig.data), fid
             assert [u for u in fetched if not u.startswith(("file:", "data:", "blob:"))] == []
             pg.screenshot(path=str(out / "advice_report.png"))
+            pg.evaluate("() => document.querySelector('h2 + .plot, .plot').scrollIntoView()")
+            pg.wait_for_timeout(300)
+            pg.screenshot(path=str(out / "advice_report_plots.png"))
         finally:
             browser.close()

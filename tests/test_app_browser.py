@@ -339,7 +339,7 @@ def test_simulate_page(server, page, artifacts, more):
 
 
 def test_advice_page(server, page, artifacts, more, tmp_path, advice_doc):
-    from lmetric_theory.io.advise import figures, write_advice
+    from lmetric_theory.io.advise import figures, verdict_headline, write_advice
 
     page.goto(f"{server}/advice")
     _settle(page)
@@ -354,7 +354,7 @@ def test_advice_page(server, page, artifacts, more, tmp_path, advice_doc):
     _no_exception(page)
     j, _ = write_advice(advice_doc, tmp_path / "out")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(j))
-    page.get_by_text(f"Verdict: LMetric {advice_doc['verdict']['outcome']}").wait_for()
+    page.get_by_text(verdict_headline(advice_doc)).wait_for()
     _settle(page)
     n = len(figures(advice_doc))
     page.wait_for_function(

@@ -312,9 +312,11 @@ def _print(doc: dict[str, Any]) -> None:
     wl, cfg, v = doc["workload"], doc["config"], doc["verdict"]
     sat = doc["saturation"]
     axis = "rate scale" if wl["mode"] == "rate" else "concurrency"
-    con.print(f"[bold]Verdict[/bold] on {wl['source']} ({wl['requests']:,} requests, "
-              f"{cfg['instances']} instances, {cfg['preset']}, {len(cfg['seeds'])} seeds): "
-              f"[bold]{v['outcome']}[/bold]", highlight=False)
+    from lmetric_theory.io.advise import verdict_headline
+
+    con.print(f"[bold]{verdict_headline(doc)}[/bold] on {wl['source']} ({wl['requests']:,} "
+              f"requests, {cfg['instances']} instances, {cfg['preset']}, {len(cfg['seeds'])} "
+              f"seeds)", highlight=False)
     for a in v["against"]:
         con.print(f"  {a['text']}", highlight=False)
     if sat is not None:

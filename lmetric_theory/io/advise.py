@@ -39,6 +39,7 @@ __all__ = [
     "instance_figure",
     "load_figure",
     "render_html",
+    "verdict_headline",
     "write_advice",
 ]
 
@@ -69,6 +70,13 @@ def check_advice(doc: Any) -> dict[str, Any]:
     if missing:
         raise ValueError(f"advice document lacks the keys {', '.join(missing)}")
     return dict(doc)
+
+
+def verdict_headline(doc: Mapping[str, Any]) -> str:
+    """``"Verdict: LMetric wins"`` (``ties``, ``loses``; ``is mixed`` when loads disagree)."""
+    o = doc["verdict"]["outcome"]
+    word = {"win": "wins", "tie": "ties", "lose": "loses", "mixed": "is mixed"}.get(o, o)
+    return f"Verdict: LMetric {word}"
 
 
 def advice_json(doc: Mapping[str, Any]) -> str:
@@ -189,8 +197,8 @@ def render_html(doc: Mapping[str, Any]) -> str:
     doc = check_advice(doc)
     v, wl, cfg = doc["verdict"], doc["workload"], doc["config"]
     cls = {"win": "win", "lose": "lose", "tie": "tie"}.get(v["outcome"], "mixed")
-    verdict = (f"<div id=\"verdict\" class=\"verdict {cls}\"><h2>Verdict: LMetric "
-               f"{html.escape(v['outcome'])}</h2><ul>"
+    verdict = (f"<div id=\"verdict\" class=\"verdict {cls}\"><h2>"
+               f"{html.escape(verdict_headline(doc))}</h2><ul>"
                + "".join(f"<li>{html.escape(a['text'])}</li>" for a in v["against"])
                + f"</ul><p class=\"rule\">{html.escape(v['rule'])}; metric {html.escape(v['metric'])}"
                f", {v['seeds']} seeds.</p></div>")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lmetric_theory.app.support import MAX_UPLOAD_MB, advice_from_upload, advice_rows
-from lmetric_theory.io.advise import figures
+from lmetric_theory.io.advise import figures, verdict_headline
 
 st.title("Advice report")
 st.caption(
@@ -25,7 +25,7 @@ except ValueError as exc:
     st.stop()
 
 v, wl, cfg = doc["verdict"], doc["workload"], doc["config"]
-st.subheader(f"Verdict: LMetric {v['outcome']}")
+st.subheader(verdict_headline(doc))
 for a in v["against"]:
     st.markdown(f"- {a['text']}")
 st.caption(f"{v['rule']}. Workload {wl['source']} ({wl['requests']:,} requests, {wl['mode']}), "

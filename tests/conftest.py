@@ -94,3 +94,33 @@ def vllm_availability() -> tuple[bool, str]:
     except (VllmUnavailable, ImportError) as exc:  # pragma: no cover - depends on the install
         return False, f"vLLM engine unavailable: {exc}"
     return True, ""
+
+
+def _advice_workload(seed: int) -> Workload:
+    from lmetric_theory.workload.spec import synthetic_from_spec
+
+    return synthetic_from_spec("synthetic:api:count=240", seed=seed)
+
+
+@pytest.fixture(scope="session")
+def advice_doc() -> dict:
+    """A small advice document: 240 synthetic API requests regenerated per seed, 4 instances,
+    current policies round-robin and vllm-v1, loads 0.5 and 1 of saturation, 2 seeds, an SLO
+    of TTFT <= 1 s; ``_stages`` lists the progress stages reported."""
+    from lmetric_theory import audit as AU
+    from lmetric_theory.experiments import advise as A
+    from lmetric_theory.policies import parse_spec
+    from lmetric_theory.sim import SimConfig, load_preset
+    from lmetric_theory.sim.metrics import Slo
+
+    preset = load_preset("h100-llama3-8b-calibrated")
+    cfg = SimConfig.from_preset(preset, 4, record_snapshots=False)
+    s = A.AdviseSettings(current=(parse_spec("round-robin"), parse_spec("vllm-v1")),
+                         reference=AU.default_reference(preset, _advice_workload(0)),
+                         loads=(0.5, 1.0), focus=0.5, seeds=2, slo=Slo(ttft_s=1.0), points=2,
+                         cf_samples=2, cf_horizon_s=2.0)
+    stages: list[str] = []
+    doc = A.advise(_advice_workload, cfg, s, source="api-240", workers=1,
+                   progress=lambda st, d, t: stages.append(st))
+    doc["_stages"] = stages
+    return doc

@@ -1,7 +1,7 @@
 """Real-browser test of ``app.py``: ``streamlit run`` headless on a free localhost port,
 driven by the system's Chromium through Playwright at 1400x1000; screenshots of every page.
 
-Screenshots of the five pages go to ``docs/img/`` (the README shows them), or to
+Screenshots of the six pages go to ``docs/img/`` (the README shows them), or to
 ``$LMETRIC_ARTIFACTS`` when set; the extra interaction shots go to the same folder's
 ``more/`` part only when ``$LMETRIC_ARTIFACTS`` is set. Every page's short URL must resolve,
 and no metric, plot title or formula may be clipped. The test skips, with the reason, only
@@ -202,7 +202,8 @@ def test_overview_page(server, page, artifacts):
 @pytest.mark.parametrize(("url", "title"), [("regions", "Decision regions"),
                                             ("snapshot", "Snapshot checker"),
                                             ("audit", "Trace audit"),
-                                            ("simulate", "Simulate")])
+                                            ("simulate", "Simulate"),
+                                            ("advice", "Advice report")])
 def test_every_short_url_resolves(server, page, url, title):
     page.goto(f"{server}/{url}")
     _settle(page)
@@ -335,3 +336,32 @@ def test_simulate_page(server, page, artifacts, more):
     page.get_by_text("unknown key 'tpot'").wait_for()
     _no_exception(page)
     page.screenshot(path=str(more / "simulate_bad_slo.png"))
+
+
+def test_advice_page(server, page, artifacts, more, tmp_path, advice_doc):
+    from lmetric_theory.io.advise import figures, verdict_headline, write_advice
+
+    page.goto(f"{server}/advice")
+    _settle(page)
+    page.get_by_text("Upload an advice.json to see its report.").wait_for()
+    _no_exception(page)
+    # a JSON that is not an advice report gets one message, never a traceback
+    bad = tmp_path / "results.json"
+    bad.write_text('{"workloads": []}')
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bad))
+    page.get_by_text("Cannot read this report").wait_for()
+    page.get_by_text("not an advice document").wait_for()
+    _no_exception(page)
+    j, _ = write_advice(advice_doc, tmp_path / "out")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(j))
+    page.get_by_text(verdict_headline(advice_doc)).wait_for()
+    _settle(page)
+    n = len(figures(advice_doc))
+    page.wait_for_function(
+        f"() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= {n}")
+    for a in advice_doc["verdict"]["against"]:
+        page.get_by_text(a["text"]).wait_for()
+    assert page.get_by_text("Cannot read this report").count() == 0
+    _no_exception(page)
+    _not_clipped(page)
+    page.screenshot(path=str(artifacts / "advice.png"), full_page=True)

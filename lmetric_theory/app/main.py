@@ -1,5 +1,5 @@
 """The Streamlit app's entry script: overview, decision regions, snapshot checker, trace audit,
-simulate.
+simulate, advice report.
 
 Started by ``lmetric-theory app`` (from an installed package) or ``streamlit run app.py``
 (from a source checkout; ``app.py`` calls :func:`run`). Each page is a thin script under
@@ -23,6 +23,7 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("snapshot_checker.py", "Snapshot checker", "snapshot"),
     ("trace_audit.py", "Trace audit", "audit"),
     ("simulate.py", "Simulate", "simulate"),
+    ("advice.py", "Advice report", "advice"),
 )
 
 

@@ -683,3 +683,47 @@ def instance_rows(by_policy: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append({"policy": spec, "instance": i, "requests": r,
                          "prefill tokens computed": p})
     return rows
+
+
+def advice_from_upload(name: str, data: bytes, *, max_mb: float = MAX_UPLOAD_MB) -> dict[str, Any]:
+    """A saved advice report (``advice.json`` of ``lmetric-theory advise --out``) from an upload.
+
+    Raises
+    ------
+    ValueError
+        Too large, not UTF-8, not JSON, or not an advice document (naming what is missing).
+    """
+    import json
+
+    from lmetric_theory.io.advise import check_advice
+
+    if len(data) > int(max_mb * 2**20):
+        raise ValueError(f"{name}: {len(data) / 2**20:.1f} MB exceeds the upload limit of {max_mb:g} MB")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    try:
+        return check_advice(doc)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def advice_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-load table of an advice document: mean over seeds of each metric (seconds,
+    TPOT and ITL in milliseconds, goodput in requests per second)."""
+    out = []
+    for r in doc["summary"]:
+        row: dict[str, Any] = {"load": r["load"], "policy": r["policy"],
+                               "TTFT mean (s)": _sig(r["ttft_mean_s"]["mean"]),
+                               "TTFT p99 (s)": _sig(r["ttft_p99_s"]["mean"]),
+                               "TPOT mean (ms)": _sig(None if r["tpot_mean_s"]["mean"] is None
+                                                      else 1e3 * r["tpot_mean_s"]["mean"]),
+                               "ITL p99 (ms)": _sig(None if r["itl_p99_s"]["mean"] is None
+                                                    else 1e3 * r["itl_p99_s"]["mean"])}
+        if "goodput_rps" in r:
+            row["goodput (req/s)"] = _sig(r["goodput_rps"]["mean"])
+        out.append(row)
+    return out

@@ -20,6 +20,8 @@ from typing import TextIO
 #: Sub-commands in the order ``--help`` lists them: name -> (module, one-line help). The
 #: help must equal the one the module's ``register`` gives (a test compares them).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "advise": ("lmetric_theory.cli.advise",
+               "should this workload be routed by LMetric? a verdict with evidence"),
     "derive": ("lmetric_theory.cli.derive",
                "derive when the product score disagrees with a linear score"),
     "simulate": ("lmetric_theory.cli.simulate",

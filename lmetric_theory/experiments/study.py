@@ -62,6 +62,8 @@ __all__ = [
     "run_grid",
     "saturation_job",
     "simulator_evaluator",
+    "run_chunked",
+    "study_run",
     "study_task",
 ]
 
@@ -234,6 +236,18 @@ def study_task(task: SimTask, slo: Slo | None = None) -> dict[str, Any]:
         ``end_s``, ``drain_s`` and ``span_s`` (seconds), and the :data:`HEADLINE` metrics
         of :func:`lmetric_theory.sim.metrics.compute_metrics`.
     """
+    return study_run(task, slo)[0]
+
+
+def study_run(task: SimTask, slo: Slo | None = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """:func:`study_task`, also returning the run's ``SimResult`` and its metrics document.
+
+    Returns
+    -------
+    (dict, SimResult, dict)
+        The row of :func:`study_task`, the result, and
+        :meth:`lmetric_theory.sim.metrics.Metrics.to_json` of the run under ``slo``.
+    """
     from lmetric_theory.experiments.tuning import resolve_policy
 
     policy = resolve_policy(task.policy, task.workload, task.config, seed=task.seed)
@@ -249,8 +263,9 @@ def study_task(task: SimTask, slo: Slo | None = None) -> dict[str, Any]:
     row["end_s"] = end
     row["drain_s"] = end - float(arr.max()) if arr.size else 0.0
     row["span_s"] = float(arr.max() - arr.min()) if arr.size else 0.0
-    row.update(headline(compute_metrics(res, slo, task.workload).to_json()))
-    return row
+    metrics = compute_metrics(res, slo, task.workload).to_json()
+    row.update(headline(metrics))
+    return row, res, metrics
 
 
 def headline(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,10 +300,13 @@ def simulator_evaluator(workload: Workload, config: SimConfig,
     return evaluate
 
 
-def _run(tasks: Sequence[SimTask], executor: Executor, progress: Callable[[int], None] | None,
-         chunk: int, slo: Slo | None = None) -> list[dict[str, Any]]:
+def run_chunked(tasks: Sequence[SimTask], executor: Executor, progress: Callable[[int], None] | None,
+                chunk: int, slo: Slo | None = None,
+                fn: Callable[..., dict[str, Any]] = study_task) -> list[dict[str, Any]]:
+    """``fn(task, slo=slo)`` (default :func:`study_task`) of every task through ``executor``,
+    ``chunk`` tasks at a time, in task order; ``progress(n)`` after each chunk of ``n``."""
     rows: list[dict[str, Any]] = []
-    fn = study_task if slo is None else functools.partial(study_task, slo=slo)
+    fn = fn if slo is None else functools.partial(fn, slo=slo)
     for i in range(0, len(tasks), chunk):
         part = list(tasks[i:i + chunk])
         rows += list(executor.map(fn, part))
@@ -347,7 +365,7 @@ def run_grid(grids: Iterable[GridSpec], config: SimConfig, policies: Sequence[st
                                   engine)
                           for name in policies]
     n = chunk or max(1, 4 * int(getattr(ex, "workers", 1) or 1))
-    return _run(tasks, ex, progress, n, slo)
+    return run_chunked(tasks, ex, progress, n, slo)
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:

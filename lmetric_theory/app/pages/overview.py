@@ -25,6 +25,8 @@ ABOUT = {
     "reference: disagreement rate, regret, worst decisions",
     "simulate.py": "a synthetic workload replayed under routing policies: TTFT, ITL, E2E, "
     "throughput, SLO attainment and goodput, load per instance",
+    "advice.py": "a saved `lmetric-theory advise` report (advice.json): the verdict against "
+    "the current policies and its plots",
 }
 for script, title, url in PAGES[1:]:
     st.page_link(str(PAGES_DIR / script), label=f"{title} (/{url})")

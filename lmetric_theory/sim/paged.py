@@ -536,6 +536,7 @@ class PagedScheduler:
         running = self.running
         sched: list[tuple[int, int, int]] = []
         state, comp_l, nblk_l, ntok_l = req.state, req.comp, req.nblk, req.ntok
+        dbase, S = req.dbase, self.S  # the decode clock does not move while a step is planned
         preempted = False
         # the step's prefill tokens, decode sequences, KV tokens read and attention work,
         # summed in schedule order (victims of a preemption are never already scheduled)
@@ -547,7 +548,7 @@ class PagedScheduler:
         while i < len(running) and budget > 0:
             r = running[i]
             if state[r] == DECODE:
-                comp = req.dbase[r] + self.S
+                comp = dbase[r] + S
                 n = -1
                 need = 1 if comp % bs == 0 else 0
             else:

@@ -46,15 +46,17 @@ assert int(r.completed.sum()) == len(w)
 """
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    return timed_cpu(cmd, env)[0]
+def timed(cmd: list[str]) -> float:
+    return timed_cpu(cmd)[0]
 
 
-def timed_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall and CPU (user + system) seconds of a child process."""
+def timed_cpu(cmd: list[str], tree: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of a child process (run in ``tree``, with its
+    package first on the path, if given: ``-m`` and ``-c`` put the working directory first)."""
+    env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, cwd=tree)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -147,12 +149,11 @@ def main() -> int:
               f"{r.events} events, {int(r.preemptions.sum())} preemptions")
     print(f"{'snapshot log 1,000,000 x 16 (nbytes)':44s} {snap.nbytes / 2**20:8.1f} MiB   goal <= 1024 MiB")
     if args.ref is not None:
-        envs = {"reference": dict(os.environ, PYTHONPATH=str(args.ref.resolve())),
-                "this tree": dict(os.environ, PYTHONPATH=str(ROOT))}
-        pairs: dict[str, list[tuple[float, float]]] = {k: [] for k in envs}
+        trees = {"reference": args.ref.resolve(), "this tree": ROOT}
+        pairs: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
         for _ in range(args.reps):
-            for k, env in envs.items():
-                pairs[k].append(timed_cpu(cli_cmd, env))
+            for k, tree in trees.items():
+                pairs[k].append(timed_cpu(cli_cmd, tree))
         for k, runs in pairs.items():
             print(f"{'CLI --json, ' + k:44s} {statistics.median(w for w, _ in runs):8.3f} s wall   "
                   f"{statistics.median(c for _, c in runs):8.3f} s CPU")

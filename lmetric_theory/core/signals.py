@@ -258,13 +258,15 @@ _B_ROW: dict[BDefinition, Callable[[Any], list | None]] = {
 def prefill_row(view: Any, definition: PDefinition) -> list:
     """``P`` of one decision as a list (Python ints, or Fractions for ``prefill-blocks``):
     ``prefill_signal(view, definition).tolist()``, without numpy for a decision view."""
-    out = _P_ROW[definition](view)
+    row = _P_ROW.get(definition)  # a definition without a row function: the array one
+    out = None if row is None else row(view)
     return P_SIGNALS[definition](view).tolist() if out is None else out
 
 
 def batch_row(view: Any, definition: BDefinition) -> list[int]:
     """``B`` of one decision as a list of Python ints: ``batch_signal(view, definition).tolist()``."""
-    out = _B_ROW[definition](view)
+    row = _B_ROW.get(definition)
+    out = None if row is None else row(view)
     return B_SIGNALS[definition](view).tolist() if out is None else out
 
 

@@ -29,6 +29,7 @@ again, with ``until_time`` for a window.
 from __future__ import annotations
 
 import copy
+import gc
 import heapq
 import math
 from typing import Any
@@ -358,6 +359,20 @@ class Simulator:
         stop_t = math.inf if until_time is None else until_time
         inst = self._inst
         on_arrival, on_plan_end, on_step_start = self._on_arrival, self._on_plan_end, self._on_step_start
+        # The loop's garbage (event entries, step schedules, LRU runs) is freed by reference
+        # counting; the cyclic collector, left on, runs every 700 container allocations and
+        # rescans what survived (measured: about 5% of a run). It is off during the loop only.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(heap, pop, push, stop_d, stop_t, inst, on_arrival, on_plan_end, on_step_start)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _loop(self, heap: list[Entry], pop: Any, push: Any, stop_d: float, stop_t: float,
+              inst: list[Scheduler], on_arrival: Any, on_plan_end: Any, on_step_start: Any) -> None:
+        """The event loop of :meth:`advance`."""
         while heap:
             entry = heap[0]
             t = entry[0]

@@ -10,12 +10,15 @@ Measures, on the shared Mooncake trace with 8 instances and one policy:
   the figures are medians over ``--reps`` runs, the ratio the median of the per-run ratios,
   so a busy machine moves both figures of a run together;
 - the simulation alone, in process, under each scheduler (``vllm-v1``, ``reserve``);
-- the memory of a snapshot log of 1,000,000 decisions x 16 instances.
+- the memory of a snapshot log of 1,000,000 decisions x 16 instances;
+- with ``--ref TREE`` (a source tree of another commit, e.g. a ``git worktree``), the CLI
+  process of that tree and of this one run alternately, wall and CPU time side by side,
+  and the per-run ratio this / reference (a busy machine moves both runs of a pair together).
 
 Run from the project root::
 
     python benchmarks/bench_sim.py [--trace PATH] [--policy SPEC] [--instances N] [--reps R]
-                                   [--preset NAME]
+                                   [--preset NAME] [--ref TREE]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,9 +47,19 @@ assert int(r.completed.sum()) == len(w)
 
 
 def timed(cmd: list[str]) -> float:
+    return timed_cpu(cmd)[0]
+
+
+def timed_cpu(cmd: list[str], tree: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of a child process (run in ``tree``, with its
+    package first on the path, if given: ``-m`` and ``-c`` put the working directory first)."""
+    env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, cwd=tree)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> int:
@@ -55,6 +69,7 @@ def main() -> int:
     ap.add_argument("--instances", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--preset", default="h100-llama3-8b-calibrated")
+    ap.add_argument("--ref", type=Path, help="source tree to compare the CLI process against")
     args = ap.parse_args()
     if not args.trace.is_file():
         print(f"trace not found: {args.trace} (pass --trace)", file=sys.stderr)
@@ -133,6 +148,21 @@ def main() -> int:
               f"{n / t_sim:8.0f} req/s   [{t_min:.3f} s]   {r.iterations} iterations in "
               f"{r.events} events, {int(r.preemptions.sum())} preemptions")
     print(f"{'snapshot log 1,000,000 x 16 (nbytes)':44s} {snap.nbytes / 2**20:8.1f} MiB   goal <= 1024 MiB")
+    if args.ref is not None:
+        trees = {"reference": args.ref.resolve(), "this tree": ROOT}
+        pairs: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
+        for _ in range(args.reps):
+            for k, tree in trees.items():
+                pairs[k].append(timed_cpu(cli_cmd, tree))
+        for k, runs in pairs.items():
+            print(f"{'CLI --json, ' + k:44s} {statistics.median(w for w, _ in runs):8.3f} s wall   "
+                  f"{statistics.median(c for _, c in runs):8.3f} s CPU")
+        w_ratio = [b[0] / a[0] for a, b in zip(pairs["reference"], pairs["this tree"], strict=True)]
+        c_ratio = [b[1] / a[1] for a, b in zip(pairs["reference"], pairs["this tree"], strict=True)]
+        print(f"{'this tree / reference, per pair (wall)':44s} " + " ".join(f"{x:.2f}" for x in w_ratio)
+              + f"   median {statistics.median(w_ratio):.2f}")
+        print(f"{'this tree / reference, per pair (CPU)':44s} " + " ".join(f"{x:.2f}" for x in c_ratio)
+              + f"   median {statistics.median(c_ratio):.2f}")
     print("command: python benchmarks/bench_sim.py " + " ".join(sys.argv[1:]))
     return 0
 

@@ -159,6 +159,26 @@ def test_weighted_percentile_equals_expanded(pairs, qs) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", ["uniform", "ties", "long-tail", "one-outlier", "constant"])
+def test_weighted_percentile_of_many_values_equals_expanded(shape: str) -> None:
+    # above 65,536 values only the buckets holding the wanted positions are sorted
+    rng = np.random.default_rng(["uniform", "ties", "long-tail", "one-outlier", "constant"].index(shape))
+    n = 200_000
+    v = 0.007 + 0.008 * rng.random(n)
+    if shape == "ties":
+        v = np.round(v, 4)
+    elif shape == "long-tail":
+        tail = rng.random(n) < 0.02
+        v[tail] = 3.0 * rng.random(int(tail.sum()))
+    elif shape == "one-outlier":
+        v[123] = 1e9
+    elif shape == "constant":
+        v[:] = 0.01
+    c = rng.integers(0, 40, size=n)
+    qs = [0.0, 0.5, 50.0, 95.0, 99.0, 99.9, 100.0]
+    assert np.array_equal(weighted_percentile(v, c, qs), np.percentile(np.repeat(v, c), qs))
+
+
 def test_weighted_percentile_by_hand() -> None:
     # expanded [1, 1, 1, 5]: p50 at h = 1.5 -> 1; p90 at h = 2.7 -> 1 + 0.7 * 4
     assert weighted_percentile(np.array([5.0, 1.0]), np.array([1, 3]), [0, 50, 90, 100]) == \

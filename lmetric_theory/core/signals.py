@@ -43,6 +43,7 @@ __all__ = [
     "router_inflight",
     "router_queued",
     "score_inputs",
+    "score_row",
 ]
 
 
@@ -171,3 +172,121 @@ def score_inputs(view: Any, definition: ScoreDefinition) -> tuple[np.ndarray, np
         P_SIGNALS[definition.p_definition](view),
         B_SIGNALS[definition.b_definition](view),
     )
+
+
+# ---------------------------------------------------------------------------- one decision
+# The same definitions over Python ints for one decision of a few instances: numpy's per-call
+# cost dominates arrays of ~8 elements, and a policy is asked once per routed request. Each
+# row function equals its array function above (``score_row(v, d)`` is
+# ``tuple(a.tolist() for a in score_inputs(v, d))``; tests/test_signals_row.py checks every
+# definition against it); :func:`score_row` falls back to the array functions for any view
+# that is not one decision of integer signals.
+
+
+def _ints(x: Any) -> list[int] | None:
+    """A 1-d integer array (or list of ints) as a list of Python ints; ``None`` otherwise."""
+    if type(x) is np.ndarray:
+        return x.tolist() if x.ndim == 1 and x.dtype.kind in "iu" else None
+    if type(x) is list and all(type(e) is int for e in x):
+        return x
+    return None
+
+
+def _row_new(v: Any) -> list[int] | None:
+    """:func:`new_tokens` of one decision."""
+    h = _ints(v.hit_blocks)
+    t = v.input_tokens
+    if h is None or type(t) is not int:
+        return None
+    s = _block(v)
+    return [max(t - (k if k > 0 else 0) * s, 0) for k in h]
+
+
+def _row_clamped(x: Any) -> list[int] | None:
+    a = _ints(x)
+    return None if a is None else [e if e > 0 else 0 for e in a]
+
+
+def _row_add(a: list[int] | None, b: list[int] | None) -> list[int] | None:
+    return None if a is None or b is None else [x + y for x, y in zip(a, b, strict=True)]
+
+
+def _row_full_blocks_uncached(v: Any) -> list[int] | None:
+    h = _ints(v.hit_blocks)
+    t = v.input_tokens
+    if h is None or type(t) is not int:
+        return None
+    s = _block(v)
+    total = t // s
+    return [(total - min(k if k > 0 else 0, total)) * s for k in h]
+
+
+def _row_prefill_blocks(v: Any) -> list[Fraction] | None:
+    tokens = _row_add(_row_clamped(v.router_queued), _row_new(v))
+    if tokens is None:
+        return None
+    s = _block(v)
+    return [Fraction(t, s) for t in tokens]
+
+
+def _row_inflight_new(v: Any) -> list[int] | None:
+    if getattr(v, "router_inflight_new_tokens", None) is None:
+        return None  # the array function raises the error
+    return _row_add(_row_clamped(v.router_inflight_new_tokens), _row_new(v))
+
+
+def _row_decode_blocks(v: Any) -> list[int] | None:
+    a = _row_clamped(v.router_all_tokens)
+    if a is None:
+        return None
+    s = _block(v)
+    return [e // s for e in a]
+
+
+_P_ROW: dict[PDefinition, Callable[[Any], list | None]] = {
+    PDefinition.UNCACHED: lambda v: _ints(v.uncached),
+    PDefinition.QUEUED_PLUS_UNCACHED: lambda v: _row_add(_ints(v.queued), _ints(v.uncached)),
+    PDefinition.ROUTER_QUEUED_PLUS_NEW: lambda v: _row_add(_row_clamped(v.router_queued),
+                                                           _row_new(v)),
+    PDefinition.UNCACHED_FULL_BLOCKS: _row_full_blocks_uncached,
+    PDefinition.PREFILL_BLOCKS: _row_prefill_blocks,
+    PDefinition.INFLIGHT_NEW_PLUS_NEW: _row_inflight_new,
+}
+
+_B_ROW: dict[BDefinition, Callable[[Any], list | None]] = {
+    BDefinition.RUNNING: lambda v: _ints(v.running),
+    BDefinition.IN_FLIGHT: lambda v: _row_add(_ints(v.running), _ints(v.waiting)),
+    BDefinition.ROUTER_IN_FLIGHT: lambda v: _row_clamped(v.router_inflight),
+    BDefinition.DECODE_BLOCKS: _row_decode_blocks,
+}
+
+
+def prefill_row(view: Any, definition: PDefinition) -> list:
+    """``P`` of one decision as a list (Python ints, or Fractions for ``prefill-blocks``):
+    ``prefill_signal(view, definition).tolist()``, without numpy for a decision view."""
+    row = _P_ROW.get(definition)  # a definition without a row function: the array one
+    out = None if row is None else row(view)
+    return P_SIGNALS[definition](view).tolist() if out is None else out
+
+
+def batch_row(view: Any, definition: BDefinition) -> list[int]:
+    """``B`` of one decision as a list of Python ints: ``batch_signal(view, definition).tolist()``."""
+    row = _B_ROW.get(definition)
+    out = None if row is None else row(view)
+    return B_SIGNALS[definition](view).tolist() if out is None else out
+
+
+def score_row(view: Any, definition: ScoreDefinition) -> tuple[list, list[int]]:
+    """``(P, B)`` of one decision as lists: the values of :func:`score_inputs`, as Python
+    numbers (tokens, requests).
+
+    Parameters
+    ----------
+    view : object
+        One decision's signals (a :class:`~lmetric_theory.policies.DecisionView`); any
+        other view goes through :func:`score_inputs`.
+    definition : ScoreDefinition
+        Which ``P`` and ``B`` definitions to use.
+    """
+    return (prefill_row(view, definition.p_definition),
+            batch_row(view, definition.b_definition))

@@ -20,7 +20,13 @@ from lmetric_theory.core.definitions import (
     ScoreDefinition,
 )
 from lmetric_theory.core.kernel import exact_number, linear_scores_exact, product_scores_exact
-from lmetric_theory.core.signals import batch_signal, prefill_signal, score_inputs
+from lmetric_theory.core.signals import (
+    batch_row,
+    batch_signal,
+    prefill_row,
+    prefill_signal,
+    score_row,
+)
 from lmetric_theory.policies.base import TIE_RULES, DecisionView, Policy, tie_field
 
 __all__ = [
@@ -125,9 +131,9 @@ class LMetric(Policy):
 
     def choose(self, view: DecisionView) -> int:
         d = self.definition
-        P, B = score_inputs(view, d)
+        P, B = score_row(view, d)  # score_inputs' values as Python numbers, without numpy
         # Exact: Python ints / Fractions (agrees with kernel.argmin_product, tested).
-        return self._pick_exact(product_scores_exact(P.tolist(), B.tolist(), d.p0, d.b0))
+        return self._pick_exact(product_scores_exact(P, B, d.p0, d.b0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +165,12 @@ class Linear(Policy):
     def __init__(self, params: LinearParams, seed: int = 0) -> None:
         super().__init__(params, seed)
         self.lam = _exact_offset(Fraction(params.lam))
+        self._defs = (PDefinition(params.P), BDefinition(params.B))
 
     def choose(self, view: DecisionView) -> int:
-        p = self.params
-        P = prefill_signal(view, p.P).tolist()
-        B = batch_signal(view, p.B).tolist()
+        pd, bd = self._defs
+        P = prefill_row(view, pd)
+        B = batch_row(view, bd)
         return self._pick_exact(linear_scores_exact(P, B, self.lam))
 
 

@@ -29,6 +29,7 @@ again, with ``until_time`` for a window.
 from __future__ import annotations
 
 import copy
+import gc
 import heapq
 import math
 from typing import Any
@@ -382,20 +383,46 @@ class Simulator:
         stop_d = math.inf if until_decision is None else until_decision
         stop_t = math.inf if until_time is None else until_time
         inst = self._inst
-        handle = self._handle
+        on_arrival, on_plan_end, on_step_start = self._on_arrival, self._on_plan_end, self._on_step_start
+        # The loop's garbage (event entries, step schedules, LRU runs) is freed by reference
+        # counting; the cyclic collector, left on, runs every 700 container allocations and
+        # rescans what survived (measured: about 5% of a run). It is off during the loop only.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(heap, pop, push, stop_d, stop_t, inst, on_arrival, on_plan_end, on_step_start)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _loop(self, heap: list[Entry], pop: Any, push: Any, stop_d: float, stop_t: float,
+              inst: list[Scheduler], on_arrival: Any, on_plan_end: Any, on_step_start: Any) -> None:
+        """The event loop of :meth:`advance`."""
         while heap:
             entry = heap[0]
-            if entry[0] > stop_t:
+            t = entry[0]
+            if t > stop_t:
                 break
             ev = entry[2]
-            if type(ev) is Arrival:
+            kind = type(ev)
+            if kind is Arrival:
                 if self._next_decision >= stop_d:
                     break
-            elif ev.version != inst[ev.instance].version:
                 pop(heap)
-                continue  # stale (the plan was cut)
-            pop(heap)
-            for e in handle(entry):
+                self._now = t
+                self._events += 1
+                out = on_arrival(t, ev.request)
+            else:
+                ins = inst[ev.instance]
+                if ev.version != ins.version:
+                    pop(heap)
+                    continue  # stale (the plan was cut)
+                pop(heap)
+                self._now = t
+                self._events += 1
+                # :meth:`_handle`, inlined (once per event)
+                out = on_step_start(t, ins) if kind is StepStart else on_plan_end(ins)
+            for e in out:
                 push(heap, e)
 
     def outcomes(self, requests: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,

@@ -189,12 +189,16 @@ class BlockPool:
     ----------
     blocks : int
         Usable blocks.
+    ratio : int
+        Engine blocks per trace block (the size of each block of a private ``range`` segment,
+        see :meth:`cache_blocks`).
     """
 
-    __slots__ = ("blocks", "hfree", "lru", "lru_n", "groups", "peak_used")
+    __slots__ = ("blocks", "ratio", "hfree", "lru", "lru_n", "groups", "peak_used")
 
-    def __init__(self, blocks: int) -> None:
+    def __init__(self, blocks: int, ratio: int = 1) -> None:
         self.blocks = int(blocks)
+        self.ratio = int(ratio)
         self.hfree = self.blocks  # hashless free blocks
         self.lru: deque[list] = deque()  # runs [key, lo, hi, chain]; empty runs are skipped
         self.lru_n = 0  # cached free blocks
@@ -205,6 +209,7 @@ class BlockPool:
         """Independent copy."""
         c = BlockPool.__new__(BlockPool)
         c.blocks, c.hfree, c.lru_n, c.peak_used = self.blocks, self.hfree, self.lru_n, self.peak_used
+        c.ratio = self.ratio
         c.groups = {}
         new_g: dict[int, _Group] = {}
         for key, g in self.groups.items():
@@ -411,9 +416,11 @@ class BlockPool:
         someone else cached further (two requests computing one prefix at once) stays
         hashless, as :meth:`extend` says. Blocks of a chain no other unfinished request
         shares (``pending[key] == 1``, or the own chain) that continue what ``rid`` holds
-        are kept out of the index as private segments ``(key, pos, count)`` in ``held``:
-        nobody else will look them up, so they cost no chain bookkeeping until the request
-        is preempted (:meth:`register_blocks`) or finishes (:meth:`release_blocks`).
+        are kept out of the index as private segments in ``held``: ``(key, pos, count)``, or,
+        for consecutive whole trace blocks, one ``range`` of their indices in ``hashes``
+        (``ratio`` blocks each, the pool's :attr:`ratio`). Nobody else will look them up, so
+        they cost no chain bookkeeping until the request is preempted
+        (:meth:`register_blocks`) or finishes (:meth:`release_blocks`).
 
         Parameters
         ----------
@@ -440,35 +447,46 @@ class BlockPool:
             Blocks added as chain positions, and blocks added in private segments.
         """
         groups = self.groups
+        get = groups.get
+        append = held.append
         b = first
         ext = 0
         priv = 0
         lim = upto if upto < tfull else tfull
-        if b < lim and not b % ratio and b + ratio <= lim:
-            # Whole trace blocks from a trace-block boundary (the common case): position 0 of
-            # each chain, ``ratio`` blocks each; the same steps as the general loop below.
-            g_end = lim // ratio
-            get = groups.get
-            append = held.append
-            n_priv = 0
-            for key in hashes[h0 + b // ratio : h0 + g_end]:  # trace hashes, >= 0
-                g = get(key)
-                if g is None:
-                    if pending[key] == 1:
-                        append((key, 0, ratio))  # nobody else will look this chain up
-                        n_priv += 1
-                        continue
-                    groups[key] = _Group(ratio, {rid: ratio})
-                    append(key)
-                    ext += ratio
-                elif not g.k and not g.refs.get(rid, 0):
-                    g.k = ratio
-                    g.refs[rid] = ratio
-                    append(key)
-                    ext += ratio
-            priv += n_priv * ratio
-            b = g_end * ratio
         while b < upto:
+            if b < lim and not b % ratio and b + ratio <= lim:
+                # Whole trace blocks from a trace-block boundary (the common case): position 0
+                # of each chain, ``ratio`` blocks each; the same steps as the general case
+                # below. Consecutive private ones are held as one ``range`` of hash indices.
+                j = h0 + b // ratio
+                j_end = h0 + lim // ratio
+                run0 = -1  # first hash index of the current run of private whole blocks
+                for key in hashes[j:j_end]:  # trace hashes, >= 0
+                    g = get(key)
+                    if g is None and pending[key] == 1:  # nobody else will look this chain up
+                        if run0 < 0:
+                            run0 = j
+                        j += 1
+                        continue
+                    if run0 >= 0:
+                        append(range(run0, j))
+                        priv += (j - run0) * ratio
+                        run0 = -1
+                    if g is None:
+                        groups[key] = _Group(ratio, {rid: ratio})
+                        append(key)
+                        ext += ratio
+                    elif not g.k and not g.refs.get(rid, 0):
+                        g.k = ratio
+                        g.refs[rid] = ratio
+                        append(key)
+                        ext += ratio
+                    j += 1
+                if run0 >= 0:
+                    append(range(run0, j))
+                    priv += (j - run0) * ratio
+                b = (lim // ratio) * ratio
+                continue
             if b < tfull:
                 gi = b // ratio
                 pos = b - gi * ratio
@@ -480,24 +498,24 @@ class BlockPool:
                 cnt = upto - b
                 key = ~rid
             b += cnt
-            # extend(), inlined: this loop runs once per trace block of every prompt
-            g = groups.get(key)
+            # extend(), inlined: a partial trace block, or the request's own chain
+            g = get(key)
             if g is None:
                 if (key < 0 or pending[key] == 1) and (not pos or (held and type(held[-1]) is tuple and held[-1][0] == key
                                           and held[-1][1] + held[-1][2] == pos)):
-                    held.append((key, pos, cnt))  # nobody else will look this chain up
+                    append((key, pos, cnt))  # nobody else will look this chain up
                     priv += cnt
                     continue
                 if pos:
                     continue
                 groups[key] = _Group(cnt, {rid: cnt})
-                held.append(key)
+                append(key)
                 ext += cnt
             elif g.k == pos and g.refs.get(rid, 0) == pos:
                 g.k = pos + cnt
                 g.refs[rid] = pos + cnt
                 if not pos:
-                    held.append(key)
+                    append(key)
                 ext += cnt
         return ext, priv
 
@@ -520,9 +538,10 @@ class BlockPool:
         freed = 0
         anon = 0
         tup = tuple
+        ratio = self.ratio
         for key in reversed(held):  # drop(), inlined (once per held chain of every request)
-            if type(key) is tup:  # private cached blocks: one anonymous run
-                anon += key[2]
+            if type(key) is not int:  # private cached blocks: one anonymous run
+                anon += key[2] if type(key) is tup else len(key) * ratio
                 continue
             if anon:
                 append([None, 0, anon, None])
@@ -545,9 +564,10 @@ class BlockPool:
         self.lru_n += freed
         self.hfree += hashless
 
-    def register_blocks(self, rid: int, held: list[Any]) -> tuple[list[Any], int]:
+    def register_blocks(self, rid: int, held: list[Any], hashes: list[int]) -> tuple[list[Any], int]:
         """Enter ``rid``'s private segments into the index (before a preemption, so that the
-        request finds them when it comes back).
+        request finds them when it comes back); ``hashes``: the workload's hash list (what a
+        ``range`` segment indexes).
 
         Returns
         -------
@@ -557,9 +577,22 @@ class BlockPool:
         groups = self.groups
         out: list[Any] = []
         ext = 0
+        ratio = self.ratio
         for item in held:
-            if type(item) is not tuple:
+            if type(item) is int:
                 out.append(item)
+                continue
+            if type(item) is range:  # whole trace blocks, as (hashes[j], 0, ratio) each
+                for j in item:
+                    key = hashes[j]
+                    g = groups.get(key)
+                    if g is None:
+                        groups[key] = _Group(ratio, {rid: ratio})
+                        out.append(key)
+                    else:
+                        g.k = ratio
+                        g.refs[rid] = ratio
+                    ext += ratio
                 continue
             key, pos, cnt = item
             g = groups.get(key)

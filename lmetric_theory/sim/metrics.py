@@ -154,18 +154,57 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float | np.nd
     m = int(c.sum())
     if m == 0:
         return np.full(qa.shape, np.nan)
-    order = np.argsort(v, kind="stable")
-    v, cum = v[order], np.cumsum(c[order])
     h = (qa / 100.0) * (m - 1)
     lo = np.floor(h)
     t = h - lo
     lo_i = lo.astype(np.int64)
     hi_i = np.minimum(lo_i + 1, m - 1)
-    a = v[np.searchsorted(cum, lo_i, side="right")]
-    b = v[np.searchsorted(cum, hi_i, side="right")]
+    ab = _expanded_at(v, c, np.concatenate((lo_i.ravel(), hi_i.ravel())))
+    a = ab[: lo_i.size].reshape(lo_i.shape)
+    b = ab[lo_i.size :].reshape(hi_i.shape)
     d = b - a
     # numpy's own lerp (exact at both ends)
     return np.where(t >= 0.5, b - d * (1 - t), a + d * t)
+
+
+#: Above this many values, :func:`_expanded_at` sorts only the bucket a position falls in.
+_BUCKET_MIN = 1 << 16
+
+
+def _expanded_at(v: np.ndarray, c: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``x[pos]`` of the sorted expansion ``x = sort(repeat(v, c))`` (``c > 0``), exactly.
+
+    A few values are sorted whole. Many (a run's inter-token gaps: millions) are cut into
+    equal-width buckets of value, and only the buckets holding the wanted positions are
+    sorted: the bucket index is a non-decreasing function of the value, so a bucket holds
+    every copy of its values, the expansion is the buckets in order, and a position is read
+    inside its own bucket. The bucket width only changes the cost, never the result.
+    """
+    pos = np.asarray(pos, dtype=np.int64).ravel()
+    lo, hi = (v.min(), v.max()) if v.size > _BUCKET_MIN else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        order = np.argsort(v)  # ties hold equal values: their order does not matter
+        return v[order][np.searchsorted(np.cumsum(c[order]), pos, side="right")]
+    # bucket width from a sample's range below its 99th percentile (a long tail of large
+    # gaps would otherwise leave the bulk in a few buckets); larger values share the last one
+    sample = np.sort(v[:: v.size // 2048])
+    top = sample[int(0.99 * (sample.size - 1))]
+    if not top > lo:
+        top = hi
+    k = np.minimum((v - lo) * (4096.0 / (top - lo)), 4096.0).astype(np.int64)  # non-decreasing in v
+    before = np.concatenate(([0], np.cumsum(np.bincount(k, weights=c).astype(np.int64))))
+    out = np.empty(pos.size, dtype=np.float64)
+    sorted_buckets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for j, p in enumerate(pos.tolist()):
+        b = int(np.searchsorted(before, p, side="right")) - 1  # before[b] <= p < before[b + 1]
+        if b not in sorted_buckets:
+            sel = k == b
+            vb, cb = v[sel], c[sel]
+            order = np.argsort(vb)
+            sorted_buckets[b] = (vb[order], np.cumsum(cb[order]))
+        vb, cum = sorted_buckets[b]
+        out[j] = vb[np.searchsorted(cum, p - before[b], side="right")]
+    return out
 
 
 def jain_index(x: np.ndarray) -> float:

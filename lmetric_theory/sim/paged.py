@@ -120,7 +120,7 @@ class PagedScheduler:
     __slots__ = (
         "idx", "req", "pool", "cache", "lat", "budget", "max_batch", "ff", "bs", "ratio", "running", "waiting",
         "S", "n_dec", "sum_base", "H", "fin", "queued", "plan", "plan_start", "plan_end", "plan_m",
-        "plan_sched", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "sync_t", "version",
+        "plan_sched", "plan_nd", "plan_K0", "plan_S0", "plan_n", "alloc_upto", "rep_upto", "sync_t", "version",
         "pf_total", "dec_total", "iterations", "preemptions", "rt", "fin_log", "itl_g", "itl_c",
         "itl_runs", "bint", "busy",
     )
@@ -150,6 +150,7 @@ class PagedScheduler:
         self.plan_end = 0.0
         self.plan_m = 0
         self.plan_sched: list[tuple[int, int, int]] = []  # (rid, tokens, computed before); -1 tokens: decode
+        self.plan_nd = 0  # decoding requests in plan_sched
         self.plan_K0 = 0
         self.plan_S0 = 0
         self.plan_n = 0
@@ -208,7 +209,7 @@ class PagedScheduler:
         req = PagedRequests(*data.lists(hash_ids), nhash=(offs[1:] - offs[:-1]).tolist(),
                             ratio=bs // ebs, block=ebs, ctx=data.ctx)
         n_blocks = capacity // ebs - 1
-        inst = [cls(i, req, BlockPool(n_blocks), config.latency, int(config.token_budget),
+        inst = [cls(i, req, BlockPool(n_blocks, bs // ebs), config.latency, int(config.token_budget),
                     int(config.max_batch), bool(config.fast_forward), counters)
                 for i in range(config.n_instances)]
         return req, inst, ebs, bs // ebs
@@ -261,6 +262,10 @@ class PagedScheduler:
                 if type(key) is tuple:
                     assert key[0] not in self.pool.groups, (r, key)
                     privc += key[2]
+                    continue
+                if type(key) is range:
+                    assert all(req.hashes[j] not in self.pool.groups for j in key), (r, key)
+                    privc += len(key) * self.ratio
                     continue
                 e = self.pool.groups[key].refs[r]
                 held.setdefault(key, {})[r] = e
@@ -436,7 +441,7 @@ class PagedScheduler:
         """Enter ``rid``'s private cached blocks into the pool's index (before a preemption,
         so that the request finds them when it comes back)."""
         req = self.req
-        held, ext = self.pool.register_blocks(rid, req.held[rid])
+        held, ext = self.pool.register_blocks(rid, req.held[rid], req.hashes)
         req.ext[rid] += ext
         req.privc[rid] = 0
         req.held[rid] = held
@@ -531,12 +536,19 @@ class PagedScheduler:
         running = self.running
         sched: list[tuple[int, int, int]] = []
         state, comp_l, nblk_l, ntok_l = req.state, req.comp, req.nblk, req.ntok
+        dbase, S = req.dbase, self.S  # the decode clock does not move while a step is planned
         preempted = False
+        # the step's prefill tokens, decode sequences, KV tokens read and attention work,
+        # summed in schedule order (victims of a preemption are never already scheduled)
+        pt = 0
+        nd = 0
+        kv = 0
+        att = 0.0
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
             if state[r] == DECODE:
-                comp = req.dbase[r] + self.S
+                comp = dbase[r] + S
                 n = -1
                 need = 1 if comp % bs == 0 else 0
             else:
@@ -559,10 +571,15 @@ class PagedScheduler:
                 pool.alloc(need)
             if n < 0:
                 budget -= 1
+                nd += 1
+                kv += comp + 1
             else:
                 nblk_l[r] += need
                 self._flush(r, comp + n)
                 budget -= n
+                pt += n
+                kv += comp + n
+                att += n * (comp + n / 2.0)
             sched.append((r, n, comp))
             i += 1
         if not preempted:
@@ -610,23 +627,15 @@ class PagedScheduler:
                     self.rt.admit(self.idx, (ntok - hit) - req.est[r])
                 sched.append((r, n, hit))
                 budget -= n
+                pt += n
+                kv += hit + n
+                att += n * (hit + n / 2.0)
         if not sched:
             self.plan = PlanKind.IDLE
             return False
-        pt = 0
-        nd = 0
-        kv = 0
-        att = 0.0
-        for _, n, comp in sched:
-            if n < 0:
-                nd += 1
-                kv += comp + 1
-            else:
-                pt += n
-                kv += comp + n
-                att += n * (comp + n / 2.0)
         self.plan = PlanKind.MIXED
         self.plan_sched = sched
+        self.plan_nd = nd
         self.plan_m = 1
         self.plan_end = self.lat.step_end(t, pt, nd, kv, att)
         return True
@@ -677,10 +686,7 @@ class PagedScheduler:
         sched = self.plan_sched
         self.plan_sched = []
         S1 = self.S + 1
-        n_sched_dec = 0
-        for _, n, _ in sched:
-            if n < 0:
-                n_sched_dec += 1
+        n_sched_dec = self.plan_nd
         if n_sched_dec != self.n_dec:  # decoding requests left out keep their tokens
             done = {r for r, n, _ in sched if n < 0}
             for r in self.running:

@@ -61,12 +61,47 @@ def test_delta_trace_materialised_by_hand(tmp_path):
     assert _lists(w, 1) == ([10, 11, 51], [52])      # [0, 3) and [3, ceil(15/4))
     assert _lists(w, 2) == ([10, 11, 51, 52, 53], [])  # last turn: output never reused
     # B: tail 12 also in A, replaced; context [10, 54, 55, 56, 57, 58]
-    assert _lists(w, 3) == ([10, 12], [55])          # output starts at block ceil(5/4) = 2
+    # B0's output would sit at position 2 after its trace id 12, B1's prompt holds 55 there
+    # after the fresh 54: no output list, or 55 would name two prefix chains.
+    assert _lists(w, 3) == ([10, 12], [])
     assert _lists(w, 4) == ([10, 54, 55, 56, 57], [])  # ceil(19/4) = 5: no new block
     assert _lists(w, 5) == ([10, 54, 55, 56, 57, 58], [])
     assert w.meta["trace_format"] == "mooncake-delta" and w.meta["trace_format_reason"] == "given"
     assert w.meta["fresh_ids"] == 8 and w.meta["shared_turn0_tails"] == 1
     assert w.meta["n_sessions"] == 2 and w.session_ids.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def _chains(w):
+    """(id, position, previous id) of every block of every request's context (prompt, then
+    output list), deduplicated: the prefix chain each occurrence of an id names."""
+    p_len = np.diff(w.hash_offsets)
+    o_len = np.diff(w.output_hash_offsets)
+    n = len(w)
+    lens = p_len + o_len
+    # context of request i: its prompt ids, then its output ids
+    src = np.concatenate([np.stack([np.repeat(np.arange(n), p_len), np.zeros(p_len.sum(), int),
+                                    np.arange(p_len.sum())]),
+                          np.stack([np.repeat(np.arange(n), o_len), np.ones(o_len.sum(), int),
+                                    np.arange(o_len.sum())])], axis=1)
+    order = np.lexsort((src[2], src[1], src[0]))
+    ids = np.concatenate([w.hash_ids, w.output_hash_ids])[
+        np.where(src[1] == 0, src[2], src[2] + p_len.sum())][order]
+    start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=start[1:])
+    pos = np.arange(ids.size) - np.repeat(start[:-1], lens)
+    prev = np.where(pos > 0, np.roll(ids, 1), -1)
+    return np.unique(np.stack([ids, pos, prev]), axis=1)
+
+
+def test_delta_ids_name_one_prefix_chain(tmp_path):
+    # The engines key cached blocks by id (the fast engine) or by the chained hash of the
+    # ids (vLLM): they agree only if an id always follows the same ids at the same position.
+    w = load_trace(_write(tmp_path, DELTA), block_size=4, trace_format="mooncake-delta")
+    u = _chains(w)
+    assert u.shape[1] == np.unique(u[0]).size == 11  # ids 10, 11, 12 and 51-58
+    # 55 sits after 54 at position 2 (B1, B2) only; with B0's output list it also sat
+    # there after 12 (the replaced tail).
+    assert u[:, u[0] == 55].ravel().tolist() == [55, 2, 54]
 
 
 def test_same_trace_cumulative_convention(tmp_path):
@@ -163,7 +198,7 @@ def test_select_and_scale_keep_sessions(tmp_path):
     w = load_trace(_write(tmp_path, DELTA), block_size=4, trace_format="mooncake-delta")
     h = select(w, count=4)
     assert h.sessions.prev.tolist() == [-1, 0, 1, -1] and h.sessions.n_sessions == 2
-    assert h.output_blocks(3).tolist() == [55]
+    assert h.output_blocks(1).tolist() == [52] and h.output_blocks(3).tolist() == []
     cut = select(w, start_s=0.6)  # A2, B0, B1, B2: A2 loses its prev and starts a session
     assert cut.sessions.prev.tolist() == [-1, -1, 1, 2]
     assert cut.sessions.turn.tolist() == [0, 0, 1, 2]
@@ -175,7 +210,7 @@ def test_select_and_scale_keep_sessions(tmp_path):
     assert s.sessions.session.tolist() == [0, 1, 1, 1, 0, 0]
     assert s.sessions.prev.tolist() == [-1, -1, 1, 2, 0, 4]
     assert s.input_tokens.tolist() == [6, 5, 18, 23, 11, 18]
-    assert s.output_blocks(1).tolist() == [55] and s.meta["rate_scale"] == 4.0
+    assert s.output_blocks(4).tolist() == [52] and s.meta["rate_scale"] == 4.0
 
 
 # ------------------------------------------------------------------------- Bailian
@@ -250,6 +285,9 @@ def test_aiperf_trace_loads_as_delta_sessions(aiperf):
     u, c = np.unique(pairs[0], return_counts=True)
     assert np.all(np.isin(u[c > 1], first_ids))
     assert not np.any(np.isin(u[c > 1], fresh))
+    # every id names one prefix chain (same position, same predecessor) wherever it occurs
+    chains = _chains(w)
+    assert chains.shape[1] == np.unique(chains[0]).size
 
 
 def test_aiperf_head_selection(aiperf):

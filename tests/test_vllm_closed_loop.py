@@ -323,13 +323,11 @@ def test_aiperf_vllm_engine_closed_loop_invariants(aiperf_vllm):
 @pytest.mark.skipif(not FAST_CLOSED_LOOP,
                     reason="the fast engine has no closed loop yet (SimConfig has no "
                            "concurrency field)")
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: the engines agree on the first 500 turns (median relative TTFT error 1e-13) "
-    "but not on 2,000, where the KV pools fill: the fast engine preempts 3 times, vLLM "
-    "none; the first difference is request 61 (a first turn) with 39,488 cached tokens "
-    "against 38,976, and the median error is 4.3%. Not yet explained"))
 def test_aiperf_fast_vs_vllm_closed_loop_per_request(aiperf_vllm):
     """The issue's acceptance check: median relative TTFT error <= 1e-6.
+
+    Measured: median 7e-13, max 3e-10, no preemptions in either engine, every request's
+    cached tokens equal (the KV pools fill, so this also checks the eviction order).
 
     ``compare_results`` insists on equal arrivals (one workload); closed-loop arrivals come
     from each engine's own finishes, so the per-request error is computed here with its
@@ -340,6 +338,12 @@ def test_aiperf_fast_vs_vllm_closed_loop_per_request(aiperf_vllm):
     assert fast.completed.all() and ref.completed.all()
     np.testing.assert_array_equal(fast.instance, ref.instance)
     rel = np.abs(fast.ttft_s - ref.ttft_s) / ref.ttft_s
+    print(f"fast vs vLLM, 2,000 AIPerf turns closed loop: TTFT rel. error median "
+          f"{np.median(rel):.1e}, max {rel.max():.1e}; preemptions "
+          f"{int(fast.preemptions.sum())} vs {int(ref.preemptions.sum())}; cached tokens "
+          f"equal for {int((fast.cached_tokens == ref.cached_tokens).sum())} requests")
     assert float(np.median(rel)) <= 1e-6
+    np.testing.assert_array_equal(fast.cached_tokens, ref.cached_tokens)
+    np.testing.assert_array_equal(fast.preemptions, ref.preemptions)
     arr = np.abs(fast.arrival_s - ref.arrival_s) / np.maximum(ref.arrival_s, 1e-9)
     assert float(np.median(arr)) <= 1e-6

@@ -19,8 +19,14 @@ turn ``k-1``, then turn ``k-1``'s output, then turn ``k``'s new segment. So ever
 
 Turn ``k``'s prompt is the session's ids for positions ``[0, ceil(T_k / bs))`` (turn 0: the
 trace's own ids) with ``T_k = T_{k-1} + out_{k-1} + seg_k``; its output list is positions
-``[ceil(T_k / bs), ceil((T_k + out_k) / bs))`` (empty for a session's last turn, whose
-output nothing reuses). The trace's own ids of later segments only give their lengths.
+``[ceil(T_k / bs), ceil((T_k + out_k) / bs))``, empty where no later turn can reuse the
+output: a session's last turn, and turn 0 of a session whose partial block was replaced
+(its output blocks follow the trace id ``X``, the later turns' the fresh id, so sharing
+their ids would give one id two prefix chains). The trace's own ids of later segments only
+give their lengths.
+
+Every id thus names one prefix chain: wherever it occurs (a prompt or an output list), it
+sits at the same position after the same ids, as the engines' prefix caches assume.
 """
 
 from __future__ import annotations
@@ -118,7 +124,8 @@ class DeltaPrompts:
     hash_ids, hash_offsets : np.ndarray
         Prompt block ids, CSR, ``ceil(T_k / bs)`` per row.
     output_hash_ids, output_hash_offsets : np.ndarray
-        Output block ids, CSR (empty for each session's last turn).
+        Output block ids, CSR (empty for each session's last turn, and for turn 0 of a
+        session whose partial block was replaced).
     fresh_ids : int
         How many fresh ids were made (``first_fresh_id .. first_fresh_id + fresh_ids - 1``).
     shared_tails : int
@@ -225,7 +232,10 @@ def materialise_delta(
     p_len = np.where(is_first, lens, blocks)
     p_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(p_len, out=p_off[1:])
-    o_len = np.where(is_last, 0, -(-(total + out_tokens) // bs) - blocks)
+    # No output list where no later turn can reuse it: a session's last turn, and turn 0
+    # of a replaced session (later turns hold a fresh id at its partial block's position).
+    no_reuse = is_last | (is_first & replace[codes])
+    o_len = np.where(no_reuse, 0, -(-(total + out_tokens) // bs) - blocks)
     o_start = ctx_off[codes] + blocks
     o_off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(o_len, out=o_off[1:])

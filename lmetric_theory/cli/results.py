@@ -12,7 +12,9 @@ value at ``--sat-start`` (default 0.25), or at which the time the cluster stays 
 last arrival grew (over the light load) by more than ``--sat-drain`` (default 0.25) x the
 arrival span (see
 :func:`lmetric_theory.experiments.study.find_saturation`). ``tuned-linear`` is tuned (grid of
-``--points`` values of ``lam``, mean TTFT) on each workload, load and seed it runs on.
+``--points`` values of ``lam``, mean TTFT) on each workload, load and seed it runs on, and so
+is Company-X, ``bailian:alpha=tuned`` (11 hit weights, mean TTFT), the paper's production
+scheduler.
 
 Output: one table per workload and load (mean over seeds, with the min-max range of mean TTFT)
 and its table of the deployers' metrics (TTFT p50/p99, ITL p99, E2E p99, throughput; SLO

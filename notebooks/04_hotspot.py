@@ -15,7 +15,8 @@
 # %% [markdown]
 # # 04 — Hot prefix classes: derived, detected in two phases, mitigated
 #
-# The paper's cluster-level failure condition. Requests are grouped by prefix class `c`
+# A cluster-level failure condition of the product, derived in this project (not taken from
+# a section of the paper). Requests are grouped by prefix class `c`
 # (here: the hash of the prompt's first block); `M` is the set of instances caching the
 # class, `x` its share of arrivals. The product keeps class `c` on `M` while the hot batch
 # stays below a tolerance, and the hot batch outgrows the others when

@@ -10,9 +10,12 @@ import pytest
 from lmetric_theory.cli import main
 from lmetric_theory.experiments.study import (
     CLAIMS,
+    COMPANY_X,
+    PAPER_V1,
     Claim,
     LoadPoint,
     aggregate,
+    claim_best,
     claim_changes,
     find_saturation,
     simulator_evaluator,
@@ -113,8 +116,38 @@ def test_claim_changes_by_hand():
     assert out["none"]["pct"] is None and out["none"]["seeds"] == 0
 
 
+def test_claims_follow_the_v1_abstract():
+    # "reduce TTFT by 92% and 52%, and TPOT by 21% and 20%, compared to vLLM-v1 and a
+    # production scheduler": respectively, so TTFT and TPOT against each of the two.
+    cited = {(c.metric, c.baseline): c.paper_pct for c in CLAIMS if c.paper_pct is not None}
+    assert cited == {("ttft_mean_s", "vllm-v1"): -92.0, ("tpot_mean_s", "vllm-v1"): -21.0,
+                     ("ttft_mean_s", COMPANY_X): -52.0, ("tpot_mean_s", COMPANY_X): -20.0}
+    assert COMPANY_X == "bailian:alpha=tuned"
+    assert all(c.source == PAPER_V1 for c in CLAIMS if c.paper_pct is not None)
+    # this project's own comparisons carry no paper figure and no source
+    assert all(c.source is None for c in CLAIMS if c.paper_pct is None)
+    assert {c.baseline for c in CLAIMS if c.paper_pct is None} == {"dynamo", "tuned-linear"}
+
+
+def test_claim_best_is_the_most_negative_cell_by_hand():
+    rows = []
+    # cell A: seeds -50%, -30% (mean -40%); cell B: -10%, +10% (mean 0%); cell C: -60% alone
+    for wl, pairs in (("A", [(1.0, 2.0), (0.7, 1.0)]), ("B", [(0.9, 1.0), (1.1, 1.0)]),
+                      ("C", [(0.4, 1.0)])):
+        for seed, (t, b) in enumerate(pairs):
+            rows += [_row("lmetric", seed, t, wl=wl), _row("vllm-v1", seed, b, wl=wl)]
+    claims = (Claim("TTFT", "ttft_mean_s", "lmetric", "vllm-v1", -92.0, "v1"),
+              Claim("none", "ttft_mean_s", "lmetric", "bailian", None))
+    best = {b["claim"]: b for b in claim_best(claim_changes(rows, claims))}
+    t = best["TTFT"]
+    assert (t["workload"], t["pct"], t["cells"]) == ("C", pytest.approx(-60.0), 3)
+    assert t["worst_pct"] == pytest.approx(0.0) and t["paper_pct"] == -92.0 and t["source"] == "v1"
+    assert t["pct_min"] == pytest.approx(-60.0) == t["pct_max"]
+    assert best["none"]["pct"] is None and best["none"]["cells"] == 0
+
+
 def test_claims_default_set_and_aggregate():
-    assert {c.baseline for c in CLAIMS} == {"vllm-v1", "bailian", "dynamo", "tuned-linear"}
+    assert {c.baseline for c in CLAIMS} == {"vllm-v1", COMPANY_X, "dynamo", "tuned-linear"}
     rows = [_row("a", 0, 1.0), _row("a", 1, 3.0), _row("a", 2, float("nan"))]
     (a,) = aggregate(rows, metrics=("ttft_mean_s",))
     assert a["ttft_mean_s"] == 2.0 and a["ttft_mean_s_min"] == 1.0 and a["ttft_mean_s_max"] == 3.0
@@ -165,7 +198,50 @@ def test_saturation_markdown_and_render(capsys, tmp_path):
     assert "| TTFT vs vLLM-v1 |" in out
     assert main(["results", "--render", str(f), "--markdown", "--compact"]) == 0
     out = capsys.readouterr().out
-    assert "| policy | chat 0.5x sat | chat 0.9x sat |" in out and "| TTFT vs vLLM-v1 | -92% |" in out
+    assert "| policy | chat 0.5x sat | chat 0.9x sat |" in out and "| TTFT vs vLLM-v1 | -92% (v1) |" in out
+    assert "Best case over workloads and loads" in out
+
+
+def test_company_x_is_tuned_per_cell_and_is_the_production_baseline(capsys):
+    assert main([*ARGS, "--policies", f"lmetric;{COMPANY_X}", "--seeds", "1", "--rate-scales", "1",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    row = next(r for r in doc["rows"] if r["name"] == COMPANY_X)
+    resolved = row["policy_resolved"]
+    assert resolved.startswith("bailian:alpha=") and "tuned" not in resolved
+    # the row is the run of the resolved weights themselves
+    w = synthetic_from_spec(TINY, seed=0)
+    cfg = SimConfig.from_preset(load_preset(PRESET), 2, record_snapshots=False)
+    direct = Simulator(w, cfg, resolved, seed=0).run().summary()
+    assert row["ttft_mean_s"] == direct["ttft_mean_s"]
+    c = next(c for c in doc["claims"] if c["claim"] == "TTFT vs Company-X (tuned bailian)")
+    lm = next(r for r in doc["rows"] if r["name"] == "lmetric")
+    assert c["pct"] == pytest.approx(100 * (lm["ttft_mean_s"] - direct["ttft_mean_s"]) / direct["ttft_mean_s"])
+    assert c["source"] == PAPER_V1
+    assert {b["claim"] for b in doc["claims_best"]} == {c.label for c in CLAIMS}
+
+
+def test_paper_setup_is_16_instances_on_an_uncalibrated_h20_preset(capsys):
+    base = ["results", "synthetic:chat:count=40", "--points", "2", "--workers", "1", "--seeds", "1",
+            "--rate-scales", "1", "--policies", "lmetric,vllm-v1", "--no-progress", "--paper-setup"]
+    assert main([*base, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cfg = doc["config"]
+    assert (cfg["instances"], cfg["preset"], cfg["paper_setup"]) == (16, "h20-qwen3-30b-a3b", True)
+    assert cfg["preset_description"].startswith("UNCALIBRATED")
+    # the rows are 16-instance runs of that preset
+    w = synthetic_from_spec("synthetic:chat:count=40", seed=0)
+    sim_cfg = SimConfig.from_preset(load_preset("h20-qwen3-30b-a3b"), 16, record_snapshots=False)
+    direct = Simulator(w, sim_cfg, "vllm-v1", seed=0).run().summary()
+    row = next(r for r in doc["rows"] if r["name"] == "vllm-v1")
+    assert row["ttft_mean_s"] == direct["ttft_mean_s"]
+    assert main([*base, "--preset", "h20-qwen2.5-7b", "--markdown", "--compact"]) == 0
+    out = capsys.readouterr().out
+    assert "16 instances, h20-qwen2.5-7b" in out and "uncalibrated" in out
+    assert main([*base, "--instances", "8"]) == 2
+    assert "--paper-setup runs 16 instances" in capsys.readouterr().err
+    assert main([*base, "--preset", "h100-llama3-8b"]) == 2
+    assert "--preset must be one of" in capsys.readouterr().err
 
 
 def test_usage_errors(capsys, tmp_path):

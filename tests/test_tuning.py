@@ -125,3 +125,52 @@ def test_dynamo_w_tuned_refuses_to_route_unresolved(setup):
         make_policy("lmetric:p0=tuned")  # only parameters marked tunable accept it
     with pytest.raises(ValueError, match="w must be >= 0"):
         make_policy("dynamo:w=-1")
+
+
+def test_bailian_weights_share_one_minus_alpha_exactly():
+    from lmetric_theory.experiments.tuning import BAILIAN_ALPHA_GRID, bailian_weights
+
+    # The authors' sweep bailian-impl-00 .. bailian-impl-10 and their defaults 0.7/0.15/0.15.
+    assert BAILIAN_ALPHA_GRID == tuple(Fraction(k, 10) for k in range(11))
+    assert bailian_weights(Fraction(7, 10), Fraction(3, 20), Fraction(3, 20)) == (
+        Fraction(7, 10), Fraction(3, 20), Fraction(3, 20))
+    assert bailian_weights(Fraction(1, 2), Fraction(1), Fraction(3)) == (
+        Fraction(1, 2), Fraction(1, 8), Fraction(3, 8))  # ratio 1:3 kept
+    for a in BAILIAN_ALPHA_GRID:
+        assert sum(bailian_weights(a, Fraction(3, 20), Fraction(3, 20))) == 1
+    with pytest.raises(ValueError, match="beta \\+ gamma > 0"):
+        bailian_weights(Fraction(1, 2), Fraction(0), Fraction(0))
+
+
+def test_bailian_alpha_tuned_picks_the_grid_weight_with_the_lowest_mean_ttft(setup):
+    from lmetric_theory.experiments.tuning import tune_bailian_alpha
+
+    w, cfg = setup
+    grid = (Fraction(0), Fraction(1, 2), Fraction(9, 10))
+    spec, evals = tune_bailian_alpha(parse_spec("bailian:alpha=tuned,norm=minmax"), w, cfg,
+                                     grid=grid, seed=3)
+    # brute force: each weight set replayed on its own with the same policy seed
+    texts = {Fraction(0): "alpha=0,beta=1/2,gamma=1/2", Fraction(1, 2): "alpha=1/2,beta=1/4,gamma=1/4",
+             Fraction(9, 10): "alpha=9/10,beta=1/20,gamma=1/20"}
+    brute = {a: float(Simulator(w, cfg, make_policy(f"bailian:{t},norm=minmax", seed=3)).run()
+                      .summary()["ttft_mean_s"]) for a, t in texts.items()}
+    assert dict(evals) == pytest.approx(brute)
+    best = min(brute, key=lambda a: (brute[a], grid.index(a)))
+    assert (spec.params.alpha, spec.params.beta + spec.params.gamma) == (best, 1 - best)
+    assert spec.params.norm == "minmax"
+    resolved = resolve_policy(parse_spec("bailian:alpha=tuned"), w, cfg)
+    assert resolved.params.alpha != "tuned"
+    assert Simulator(w, cfg, resolved).run(until_decision=20).instance[:20].min() >= 0  # routes
+    assert str(resolve_policy(parse_spec("bailian:alpha=1/2"), w, cfg)) == "bailian:alpha=1/2"
+
+
+def test_bailian_alpha_tuned_refuses_to_route_unresolved(setup):
+    w, cfg = setup
+    pol = make_policy("bailian:alpha=tuned")
+    assert pol.params.alpha == "tuned"
+    with pytest.raises(RuntimeError, match="alpha=tuned is not resolved"):
+        Simulator(w, cfg, pol).run(until_decision=1)
+    with pytest.raises(ValueError, match="beta \\+ gamma must be > 0"):
+        make_policy("bailian:alpha=tuned,beta=0,gamma=0")
+    with pytest.raises(ValueError, match="cannot read 'tuned'"):
+        make_policy("bailian:beta=tuned")  # only alpha is tunable

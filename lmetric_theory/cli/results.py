@@ -12,13 +12,21 @@ value at ``--sat-start`` (default 0.25), or at which the time the cluster stays 
 last arrival grew (over the light load) by more than ``--sat-drain`` (default 0.25) x the
 arrival span (see
 :func:`lmetric_theory.experiments.study.find_saturation`). ``tuned-linear`` is tuned (grid of
-``--points`` values of ``lam``, mean TTFT) on each workload, load and seed it runs on.
+``--points`` values of ``lam``, mean TTFT) on each workload, load and seed it runs on, and so
+is Company-X, ``bailian:alpha=tuned`` (11 hit weights, mean TTFT), the paper's production
+scheduler.
 
 Output: one table per workload and load (mean over seeds, with the min-max range of mean TTFT)
 and its table of the deployers' metrics (TTFT p50/p99, ITL p99, E2E p99, throughput; SLO
 attainment and goodput with ``--slo ttft=S,itl=S,e2e=S``, seconds; docs/metrics.md),
 the saturation sweep, and the paper's claims as percentage changes computed from the rows
-(paired by seed). ``--markdown`` prints Markdown, ``--json`` the rows, aggregates and claims.
+(paired by seed), with the best case over workloads and loads beside them (the paper's figures
+are "up to" figures). ``--markdown`` prints Markdown, ``--json`` the rows, aggregates and claims.
+
+``--paper-setup`` runs the paper's cluster shape instead of the default one: 16 instances and
+the uncalibrated roofline preset ``h20-qwen3-30b-a3b`` (H20, Qwen3-30B-A3B: the model of the
+paper's ChatBot, Coder and ToolAgent runs); ``--preset h20-qwen2.5-7b`` gives its Agent/API
+model. Other presets and instance counts are usage errors with it.
 
 Examples
 --------
@@ -26,6 +34,7 @@ Examples
 
     lmetric-theory results                                       # synthetic default, x1 and x2
     lmetric-theory results trace.jsonl synthetic:chat --saturation --seeds 3 --markdown
+    lmetric-theory results trace.jsonl --saturation --paper-setup --markdown --compact
 """
 
 from __future__ import annotations
@@ -50,6 +59,13 @@ from lmetric_theory.experiments.study import PAPER_POLICIES
 
 #: Default policy set (kept under this name for callers of the previous version).
 POLICIES = PAPER_POLICIES
+
+#: Defaults without ``--paper-setup``: instances, preset.
+DEFAULT_SETUP = (8, "h100-llama3-8b-calibrated")
+
+#: The paper's set-up (16 H20 GPUs, one vLLM instance each): instances, the default preset and
+#: the presets allowed with it (uncalibrated rooflines; docs/results.md).
+PAPER_SETUP = (16, "h20-qwen3-30b-a3b", ("h20-qwen3-30b-a3b", "h20-qwen2.5-7b"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,13 +93,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sat-start", type=float, default=0.25, help="light-load scale of the search (default 0.25)")
     p.add_argument("--sat-factor", type=float, default=10.0, help="TTFT blow-up factor (default 10)")
     p.add_argument("--sat-drain", type=float, default=0.25, help="lag threshold: drain growth / arrival span (default 0.25)")
-    p.add_argument("--instances", "-n", type=int, default=8, help="number of instances (default 8)")
+    p.add_argument("--instances", "-n", type=int, default=None,
+                   help="number of instances (default 8; 16 with --paper-setup)")
+    p.add_argument("--paper-setup", action="store_true",
+                   help="the paper's cluster: 16 instances, preset h20-qwen3-30b-a3b (or "
+                   "--preset h20-qwen2.5-7b); uncalibrated roofline presets")
     p.add_argument("--engine", choices=("fast", "vllm"), default="fast",
                    help="fast: this package's simulator (sweeps); vllm: vLLM's own scheduler per "
                         "instance, to confirm a conclusion on a subset (needs the 'vllm' extra; "
                         "tuned-linear is still tuned on the fast engine)")
-    p.add_argument("--preset", default="h100-llama3-8b-calibrated",
-                   help="hardware preset name (default h100-llama3-8b-calibrated)")
+    p.add_argument("--preset", default=None,
+                   help="hardware preset name (default h100-llama3-8b-calibrated; "
+                   "h20-qwen3-30b-a3b with --paper-setup)")
     p.add_argument("--points", type=int, default=9, help="grid points for tuned-linear (default 9)")
     p.add_argument("--count", type=int, default=None, help="replay only the first COUNT requests of each TRACE")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
@@ -159,6 +180,17 @@ def run(args: argparse.Namespace) -> int:
                     "arrival rate, which a session cap does not use")
     if args.rate_scales is None:
         args.rate_scales = "1" if args.concurrency is not None else "1,2"
+    if args.paper_setup:
+        n, preset, allowed = PAPER_SETUP
+        if args.instances is not None and args.instances != n:
+            return _err(f"--paper-setup runs {n} instances; --instances {args.instances} contradicts it")
+        if args.preset is not None and args.preset not in allowed:
+            return _err(f"--paper-setup: --preset must be one of {', '.join(allowed)}, got {args.preset!r}")
+        args.instances = n
+        args.preset = args.preset or preset
+    else:
+        args.instances = DEFAULT_SETUP[0] if args.instances is None else args.instances
+        args.preset = args.preset or DEFAULT_SETUP[1]
     vllm_version = None
     if args.engine == "vllm":
         from lmetric_theory.sim.vllm_adapter import VllmUnavailable, require_vllm
@@ -170,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     from lmetric_theory.experiments.study import (
         GridSpec,
         aggregate,
+        claim_best,
         claim_changes,
         run_grid,
         saturation_job,
@@ -215,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
     sources = list(args.trace) or [None]
     t0 = time.perf_counter()
     try:
-        cfg = SimConfig.from_preset(load_preset(args.preset), args.instances, record_snapshots=False,
+        preset = load_preset(args.preset)
+        cfg = SimConfig.from_preset(preset, args.instances, record_snapshots=False,
                                     concurrency=args.concurrency, **args.router_state)
         makers = []
         for src in sources:
@@ -277,7 +311,9 @@ def run(args: argparse.Namespace) -> int:
         "workloads": [{"source": g.name, "requests": len(g.make(0)), "scales": g.scales, "loads": g.labels}
                       for g in grids],
         "config": {"engine": args.engine, "vllm_version": vllm_version,
-                   "instances": args.instances, "preset": args.preset, "seeds": seeds, "policies": policies,
+                   "instances": args.instances, "preset": args.preset,
+                   "preset_description": preset.description, "paper_setup": args.paper_setup,
+                   "seeds": seeds, "policies": policies,
                    "points": args.points, "saturation": args.saturation, "reference": args.reference,
                    "count": args.count, "concurrency": args.concurrency,
                    "slo": None if slo is None else slo.to_json(),
@@ -289,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
         "claims": claim_changes(rows),
         "elapsed_s": elapsed,
     }
+    doc["claims_best"] = claim_best(doc["claims"])
     doc = json_safe(doc)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -350,11 +387,47 @@ def _print(doc: dict[str, Any], *, markdown: bool) -> None:
                      f"{cfg['instances']} instances, {cfg['preset']}, mean of {nseeds} seeds")
             _table(title, cols, body, markdown)
             _print_headline(doc, wl, load, markdown=markdown)
-    body = [(c["workload"], c["load"], c["claim"], _pct(c["paper_pct"]), _pct(c["pct"]),
+    body = [(c["workload"], c["load"], c["claim"], _paper(c), _pct(c["pct"]),
              f"{_pct(c['pct_min'])} .. {_pct(c['pct_max'])}") for c in doc["claims"]]
     _table("The paper's claims: change of lmetric (paper score) vs the baseline, paired by seed",
            ("workload", "load", "claim", "paper", "here (mean)", "range over seeds"), body, markdown)
+    _print_best(doc, markdown=markdown)
+    _print_setup_note(doc)
     print(f"\n(lmetric-theory results: {doc['elapsed_s']:.1f} s wall)")
+
+
+def _paper(c: dict[str, Any]) -> str:
+    """The paper's figure of a claim with its version (``-92% (v1)``), ``-`` without one."""
+    if c.get("paper_pct") is None:
+        return "-"
+    src = c.get("source") or ""
+    ver = next((w.rsplit("v", 1)[1] for w in src.replace(",", " ").split()
+                if w[:1].isdigit() and "v" in w), None)
+    return _pct(c["paper_pct"]) + (f" (v{ver})" if ver else "")
+
+
+def _print_best(doc: dict[str, Any], *, markdown: bool) -> None:
+    """The paper's "up to" figures against the best case over every workload and load run."""
+    from lmetric_theory.experiments.study import claim_best
+
+    best = claim_best(doc["claims"])
+    body = []
+    for b in best:
+        where = "-" if b["workload"] is None else f"{_short(b['workload'])} {b['load']}"
+        body.append((b["claim"], _paper(b), _pct(b["pct"]),
+                     "-" if b["pct"] is None else f"[{_pct(b['pct_min'])}, {_pct(b['pct_max'])}]",
+                     where, _pct(b["worst_pct"]), str(b["cells"])))
+    _table("Best case over workloads and loads (the paper's figures are 'up to' figures)",
+           ("claim", "paper", "best here", "its seed range", "where", "worst here", "cells"),
+           body, markdown)
+
+
+def _print_setup_note(doc: dict[str, Any]) -> None:
+    """One line when the preset is uncalibrated (e.g. the paper's set-up)."""
+    desc = doc["config"].get("preset_description") or ""
+    if desc.startswith("UNCALIBRATED"):
+        print(f"\nNote: preset {doc['config']['preset']} is uncalibrated (a roofline of public "
+              "specifications, no measured iterations): its absolute times are estimates.")
 
 
 def _print_headline(doc: dict[str, Any], wl: dict[str, Any], load: str, *, markdown: bool) -> None:
@@ -401,10 +474,10 @@ def _print_compact(doc: dict[str, Any], *, markdown: bool) -> None:
            f"{doc['config']['preset']}", ("policy", *heads), body, markdown)
     cl = {(c["workload"], c["load"], c["claim"]): c for c in doc["claims"]}
     labels = list(dict.fromkeys(c["claim"] for c in doc["claims"]))
-    paper = {c["claim"]: c["paper_pct"] for c in doc["claims"]}
+    paper = {c["claim"]: c for c in doc["claims"]}
     body = []
     for lab in labels:
-        row = [lab, _pct(paper[lab])]
+        row = [lab, _paper(paper[lab])]
         for w, ld in cells:
             c = cl.get((w, ld, lab))
             row.append("-" if c is None or c["pct"] is None else
@@ -412,3 +485,5 @@ def _print_compact(doc: dict[str, Any], *, markdown: bool) -> None:
         body.append(tuple(row))
     _table("lmetric (paper score) vs baseline: percent change, mean [min, max] over seeds",
            ("claim", "paper", *heads), body, markdown)
+    _print_best(doc, markdown=markdown)
+    _print_setup_note(doc)

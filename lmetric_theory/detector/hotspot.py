@@ -1,4 +1,9 @@
-"""Streaming two-phase detector of hot prefix classes (the paper's cluster-level failure).
+"""Streaming two-phase detector of hot prefix classes (a cluster-level failure of the product).
+
+The condition, the two phases and the ``2|M|`` confirmation are this project's derivation
+(results (j)-(l) of ``lmetric-theory derive``), not cited from a section of the LMetric paper, whose
+abstract says only that it derives conditions under which multiplication may fail and that
+they can be detected and mitigated beforehand.
 
 Requests are grouped into prefix classes by their leading block hash. For class ``c``,
 ``M`` is the set of instances whose cache holds the class's leading blocks and ``x`` the
@@ -128,7 +133,7 @@ class HotspotMonitor:
         Phase 1 needs at least this many class-``c`` decisions in the window (>= 1).
     confirm_factor : int
         Phase 2 needs ``confirm_factor * |M|`` consecutive confirming decisions (>= 1;
-        the paper's 2).
+        default 2, this project's choice).
     p0, b0 : float
         Offsets of the product score (tokens, requests).
     mitigate : bool

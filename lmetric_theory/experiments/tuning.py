@@ -13,7 +13,13 @@ with a typed spec, :func:`resolve_policy` (the sweep functions do this), which t
 
 The same holds for Dynamo's overlap weight: ``dynamo:w=tuned`` (and ``dynamo-po:w=tuned``),
 the paper's "Dynamo with ``w`` tuned per workload", is resolved by :func:`tune_dynamo_w`
-to the weight of :data:`DYNAMO_W_GRID` with the lowest mean TTFT on the workload.
+to the weight of :data:`DYNAMO_W_GRID` with the lowest mean TTFT on the workload; and for
+Company-X: ``bailian:alpha=tuned``, Bailian's weighted draw with its hit weight ``alpha`` tuned
+per workload as the paper's authors did (their artefact sweeps ``bailian-impl-00`` to
+``bailian-impl-10``, alpha = 0, 0.1, ..., 1, and plots a per-workload choice as Company-X), is
+resolved by :func:`tune_bailian_alpha` over :data:`BAILIAN_ALPHA_GRID`, ``beta`` and ``gamma``
+sharing ``1 - alpha``. Both are optimistic in the way ``tuned-linear`` is: tuned on the very
+workload, load and seed they are evaluated on.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from lmetric_theory.policies.tuned import linear_spec as _linear_spec
 from lmetric_theory.sim import SimConfig
 from lmetric_theory.workload import Workload
 
-__all__ = ["DYNAMO_W_GRID", "OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams",
-           "prepare_tuned", "resolve_policy", "tune_dynamo_w", "tune_linear"]
+__all__ = ["BAILIAN_ALPHA_GRID", "DYNAMO_W_GRID", "OBJECTIVES", "TuneResult", "TunedLinear", "TunedLinearParams",
+           "bailian_weights", "prepare_tuned", "resolve_policy", "tune_bailian_alpha", "tune_dynamo_w",
+           "tune_linear"]
 
 #: Overlap weights tried by ``dynamo:w=tuned`` (Dynamo's default is 1; 0 ignores the prefix
 #: term's weight, larger values favour cache hits more).
@@ -45,6 +52,11 @@ DYNAMO_W_GRID: tuple[Fraction, ...] = tuple(
 
 #: Policies whose ``w`` can be tuned.
 _DYNAMO_NAMES = ("dynamo", "dynamo-deterministic", "dynamo-po")
+
+#: Hit weights tried by ``bailian:alpha=tuned``: the authors' sweep ``bailian-impl-00`` ...
+#: ``bailian-impl-10`` (blitz-serving/MetricsTestRunner, scripts/multi_node/*tune_bailian*.sh;
+#: the plotting scripts read ``bailian-impl-XX`` as alpha = XX / 10).
+BAILIAN_ALPHA_GRID: tuple[Fraction, ...] = tuple(Fraction(k, 10) for k in range(11))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +231,19 @@ def prepare_tuned(policy: TunedLinear, workload: Workload, config: SimConfig, *,
     return result
 
 
+def _tune_over(specs: Sequence[PolicySpec], workload: Workload, config: SimConfig, seed: int,
+               objective: str, executor: Any) -> tuple[int, list[float]]:
+    """Replay ``workload`` once per spec; the index of the lowest objective (ties: the first)
+    and every objective value, seconds (``inf`` when no request completed)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    cfg = dataclasses.replace(config, record_snapshots=False)
+    rows = get_executor(executor).map(simulate_task, [SimTask(workload, cfg, sp, seed) for sp in specs])
+    key = f"{objective}_s"
+    vals = [float(r[key]) if math.isfinite(float(r[key])) else math.inf for r in rows]
+    return min(range(len(specs)), key=lambda k: (vals[k], k)), vals
+
+
 def tune_dynamo_w(spec: PolicySpec, workload: Workload, config: SimConfig, *, seed: int = 0,
                   grid: Sequence[Fraction | int] = DYNAMO_W_GRID, objective: str = "ttft_mean",
                   executor: Any = None) -> tuple[PolicySpec, list[tuple[Fraction | int, float]]]:
@@ -236,23 +261,58 @@ def tune_dynamo_w(spec: PolicySpec, workload: Workload, config: SimConfig, *, se
     """
     if spec.name not in _DYNAMO_NAMES:
         raise ValueError(f"{str(spec)!r}: only {', '.join(_DYNAMO_NAMES)} have a tunable w")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if not grid:
         raise ValueError("grid: at least one weight")
     specs = [with_values(spec, w=w) for w in grid]  # every weight valid before any run
-    cfg = dataclasses.replace(config, record_snapshots=False)
-    rows = get_executor(executor).map(simulate_task, [SimTask(workload, cfg, sp, seed) for sp in specs])
-    key = f"{objective}_s"
-    vals = [float(r[key]) if math.isfinite(float(r[key])) else math.inf for r in rows]
-    best = min(range(len(grid)), key=lambda k: (vals[k], k))
+    best, vals = _tune_over(specs, workload, config, seed, objective, executor)
+    return specs[best], list(zip(grid, vals, strict=True))
+
+
+def bailian_weights(alpha: Fraction, beta: Fraction, gamma: Fraction) -> tuple[Fraction, Fraction, Fraction]:
+    """The weights ``bailian:alpha=tuned`` runs with for hit weight ``alpha``: ``beta`` and
+    ``gamma`` rescaled to share ``1 - alpha`` in their ratio (``(1 - alpha) / 2`` each for the
+    default 1:1), exact."""
+    a, b, g = Fraction(alpha), Fraction(beta), Fraction(gamma)
+    if not (0 <= a <= 1 and b >= 0 and g >= 0 and b + g > 0):
+        raise ValueError(f"need 0 <= alpha <= 1, beta, gamma >= 0 and beta + gamma > 0, got {a}, {b}, {g}")
+    rest = 1 - a
+    return a, rest * b / (b + g), rest * g / (b + g)
+
+
+def tune_bailian_alpha(spec: PolicySpec, workload: Workload, config: SimConfig, *, seed: int = 0,
+                       grid: Sequence[Fraction] = BAILIAN_ALPHA_GRID, objective: str = "ttft_mean",
+                       executor: Any = None) -> tuple[PolicySpec, list[tuple[Fraction, float]]]:
+    """Tune the hit weight of a ``bailian:alpha=tuned,...`` spec (Company-X) on ``workload``.
+
+    Replays the workload once per ``alpha`` of ``grid`` with the weights of
+    :func:`bailian_weights` (the spec's other parameters kept; the draws use the policy seed
+    ``seed``) and keeps the lowest objective; ties go to the weight listed first.
+
+    Returns
+    -------
+    spec : PolicySpec
+        ``spec`` with ``alpha``, ``beta`` and ``gamma`` set.
+    evaluations : list of (alpha, float)
+        Every hit weight and its objective, seconds (``inf`` when no request completed).
+    """
+    if spec.name != "bailian":
+        raise ValueError(f"{str(spec)!r}: only bailian has a tunable alpha")
+    if not grid:
+        raise ValueError("grid: at least one weight")
+    b, g = spec.value("beta"), spec.value("gamma")
+    specs = []
+    for a in grid:
+        wa, wb, wg = bailian_weights(a, b, g)
+        specs.append(with_values(spec, alpha=wa, beta=wb, gamma=wg))
+    best, vals = _tune_over(specs, workload, config, seed, objective, executor)
     return specs[best], list(zip(grid, vals, strict=True))
 
 
 def resolve_policy(spec: PolicySpec, workload: Workload, config: SimConfig, *, seed: int = 0,
                    executor: Any = None) -> PolicySpec:
     """``spec`` itself; for ``tuned-linear[:...]`` the equivalent tuned ``linear`` spec; for
-    ``dynamo[-po]:w=tuned,...`` the spec with the tuned weight (:func:`tune_dynamo_w`).
+    ``dynamo[-po]:w=tuned,...`` the spec with the tuned weight (:func:`tune_dynamo_w`); for
+    ``bailian:alpha=tuned,...`` the spec with the tuned weights (:func:`tune_bailian_alpha`).
 
     Tuning runs through ``executor`` (default: sequential in this process when called from a
     sweep worker would nest pools, so pass one explicitly for parallel tuning).
@@ -260,6 +320,9 @@ def resolve_policy(spec: PolicySpec, workload: Workload, config: SimConfig, *, s
     if spec.name in _DYNAMO_NAMES and spec.value("w") == TUNED:
         return tune_dynamo_w(spec, workload, config, seed=seed,
                              executor=executor if executor is not None else LocalExecutor(1))[0]
+    if spec.name == "bailian" and spec.value("alpha") == TUNED:
+        return tune_bailian_alpha(spec, workload, config, seed=seed,
+                                  executor=executor if executor is not None else LocalExecutor(1))[0]
     if spec.name != TunedLinear.name:
         return spec
     pol = make_policy(spec, seed=seed)

@@ -462,9 +462,18 @@ class BailianParams:
     ``listing`` = ``hit_pct``, ``1 - bs / max bs``, ``1 - all_tokens / max all_tokens`` (the DSL
     listing); ``minmax`` = each term min-max normalised over the instances, as the
     ``bailian.rs`` code does. ``tie`` has no effect (the choice is a weighted draw).
+
+    ``alpha=tuned`` asks for the hit weight to be tuned on the workload before the run, as the
+    authors tuned Company-X (``bailian-impl-00`` ... ``bailian-impl-10``: one weight swept over
+    0, 0.1, ..., 1):
+    :func:`lmetric_theory.experiments.tuning.resolve_policy` replaces it with the weight of
+    :data:`lmetric_theory.experiments.tuning.BAILIAN_ALPHA_GRID` that gives the lowest mean
+    TTFT and sets ``beta`` and ``gamma`` to share ``1 - alpha`` in the ratio given (1:1 by
+    default, so ``(1 - alpha) / 2`` each, as the defaults 0.7 / 0.15 / 0.15 do); such a policy
+    cannot route until then.
     """
 
-    alpha: Fraction = Fraction(7, 10)
+    alpha: Fraction | str = dataclasses.field(default=Fraction(7, 10), metadata={"tunable": True})
     beta: Fraction = Fraction(3, 20)
     gamma: Fraction = Fraction(3, 20)
     norm: str = dataclasses.field(default="listing", metadata={"choices": ("listing", "minmax")})
@@ -473,7 +482,11 @@ class BailianParams:
     def __post_init__(self) -> None:
         _check_tie(self.tie)
         for k in ("alpha", "beta", "gamma"):
-            _nonneg(k, getattr(self, k))
+            if getattr(self, k) != TUNED:
+                _nonneg(k, getattr(self, k))
+        if self.alpha == TUNED and self.beta + self.gamma <= 0:
+            raise ValueError("alpha=tuned: beta + gamma must be > 0 (they share 1 - alpha in "
+                             "their ratio)")
         if self.norm not in ("listing", "minmax"):
             raise ValueError(f"norm: {self.norm!r} is not one of listing, minmax")
 
@@ -504,6 +517,9 @@ class Bailian(CatalogPolicy):
 
     def __init__(self, params: BailianParams, seed: int = 0) -> None:
         super().__init__(params, seed)
+        if params.alpha == TUNED:  # resolved by tuning before any routing
+            self._abg, self._d = (0, 0, 0), 1
+            return
         a, b, g = (Fraction(x) for x in (params.alpha, params.beta, params.gamma))
         d = a.denominator * b.denominator * g.denominator
         self._abg = (int(a * d), int(b * d), int(g * d))
@@ -511,6 +527,10 @@ class Bailian(CatalogPolicy):
 
     def integer_weights(self, view: Any) -> tuple[list[int], int]:
         """Sampling weights as integers over one positive denominator: ``(numerators, den)``."""
+        if self.params.alpha == TUNED:
+            raise RuntimeError(
+                "bailian:alpha=tuned is not resolved: lmetric_theory.experiments.tuning."
+                "resolve_policy(spec, workload, config) tunes alpha on the workload first")
         A, B, G = self._abg
         hit, bs, tok = hit_blocks(view), batch_size(view), all_tokens(view)
         if self.params.norm == "listing":

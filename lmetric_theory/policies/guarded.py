@@ -130,7 +130,7 @@ class GuardedLMetric(Policy):
 
     name = "guarded-lmetric"
     formula = "lmetric; decisions the detector flags get a mitigation (fallback to the linear reference, ...; hotspot: exclude a confirmed hot class's instances)"
-    source = "this project (detector mitigations; hotspot: the paper's two-phase detector)"
+    source = "this project (detector mitigations; hotspot: this project's two-phase detector of a hot prefix class)"
     Params = GuardedLMetricParams
 
     def __init__(self, params: GuardedLMetricParams, seed: int = 0) -> None:

@@ -389,12 +389,16 @@ def roofline_preset(
     per_sequence_overhead_s: float = 1.0e-5,
     token_budget: int = 8192,
     max_batch: int = 256,
+    active_params: float | None = None,
 ) -> Preset:
     """Latency coefficients from a roofline of the model on the accelerator.
 
     - ``c0`` = weight bytes / (HBM bandwidth x ``bandwidth_efficiency``): every iteration
-      reads all weights once;
-    - ``c_pf`` = 2 x params FLOPs per token / (peak x ``compute_efficiency``);
+      reads all weights once (for a mixture of experts, all expert weights: a batch of many
+      tokens routes to most experts);
+    - ``c_pf`` = 2 x ``active_params`` FLOPs per token / (peak x ``compute_efficiency``);
+      ``active_params`` (the parameters one token passes through) defaults to ``params``
+      (dense model);
     - ``c_kv`` = KV bytes per token (2 x layers x kv_heads x head_dim x 2 bytes) / effective
       bandwidth;
     - ``c_att`` = 4 x layers x heads x head_dim FLOPs per (query, key) pair / effective peak,
@@ -403,19 +407,23 @@ def roofline_preset(
     - KV capacity = (HBM x ``memory_utilization`` - weights) / KV bytes per token.
     """
     weights = params * bytes_per_param
+    active = params if active_params is None else active_params
+    if not 0 < active <= params:
+        raise ValueError(f"active_params must be in (0, params], got {active_params}")
     bw = hbm_bytes_per_s * bandwidth_efficiency
     flops = peak_flops * compute_efficiency
     kv_bytes = 2 * n_layers * n_kv_heads * head_dim * 2
     latency = LatencyModel(
         c0=weights / bw,
-        c_pf=2.0 * params / flops,
+        c_pf=2.0 * active / flops,
         c_dec=per_sequence_overhead_s,
         c_kv=kv_bytes / bw,
         c_att=4.0 * n_layers * n_heads * head_dim / flops,
     )
     cap = int((hbm_capacity_bytes * memory_utilization - weights) // kv_bytes)
+    moe = "" if active == params else f" ({active / 1e9:.2f}B active per token for FLOPs)"
     desc = (
-        f"roofline: {params / 1e9:.2f}B params x {bytes_per_param:g} B, HBM {hbm_bytes_per_s / 1e12:.3g} TB/s"
+        f"roofline: {params / 1e9:.2f}B params{moe} x {bytes_per_param:g} B, HBM {hbm_bytes_per_s / 1e12:.3g} TB/s"
         f" x {bandwidth_efficiency:g}, peak {peak_flops / 1e12:.0f} TFLOP/s x {compute_efficiency:g},"
         f" KV {kv_bytes} B/token, {hbm_capacity_bytes / 1e9:.0f} GB x {memory_utilization:g};"
         f" c_dec = {per_sequence_overhead_s:g} s/sequence overhead (assumption)"

@@ -279,8 +279,9 @@ def derive_hotspot() -> HotspotTheory:
             "If the product keeps class c (share x of QPS requests/s) on the |M| hot "
             "instances and the rest (share xbar) on the |Mbar| others, then with no "
             "departures the batches grow as BS0 + x QPS t/|M| and BS0 + xbar QPS t/|Mbar|. "
-            "The hot batch is the larger for t > 0 iff x/xbar > |M|/|Mbar| (the paper's "
-            "condition); the batch ratio tends to (x/|M|)/(xbar/|Mbar|).",
+            "The hot batch is the larger for t > 0 iff x/xbar > |M|/|Mbar| (this project's "
+            "derivation, not cited from a section of the paper); the batch ratio tends to "
+            "(x/|M|)/(xbar/|Mbar|).",
             (
                 F("hot_batch", "B_h(t)", "B_h(t)", hot),
                 F("cold_batch", "B_o(t)", "B_o(t)", cold),

@@ -57,8 +57,8 @@ class HotspotParams:
     warm : float
         Seconds between the first request, always of the hot class (it warms one
         instance's cache), and the Poisson arrivals of the rest (>= 0; 0: no warm-up). With
-        the warm-up the class is cached on one instance when it turns hot, the paper's
-        |M| = 1; without it the first requests miss everywhere and spread it.
+        the warm-up the class is cached on one instance when it turns hot
+        (|M| = 1); without it the first requests miss everywhere and spread it.
     other : int
         Median prompt length of requests outside the shared-prefix classes (``classes = 1``),
         tokens (>= 1; log-normal, sigma 0.5).

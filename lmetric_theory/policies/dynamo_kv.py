@@ -249,13 +249,18 @@ class DynamoKv(Policy):
     source = (f"{_DYNAMO} (ai-dynamo-runtime 1.6.1): lib/kv-router/src/scheduling/selector/"
               "default.rs, lib/kv-router/src/scheduling/selector/mod.rs, "
               "lib/kv-router/src/sequences/; KvRouterConfig in dynamo/_core.pyi")
-    signals: ClassVar[tuple[str, ...]] = ("hit_blocks", "router_queued", "router_all_tokens",
-                                          "router_inflight", "block_size", "input_tokens")
+    signals: ClassVar[tuple[str, ...]] = ("hit_blocks", "router_active_prefill_tokens",
+                                          "router_active_prompt_blocks",
+                                          "router_new_prompt_blocks", "router_inflight",
+                                          "block_size", "input_tokens")
     Params = DynamoKvParams
 
     def __init__(self, params: DynamoKvParams, seed: int = 0) -> None:
         super().__init__(params, seed)
         self.settings = params.settings()
+        #: Engines keep Dynamo's active sequences for this policy (router counters'
+        #: ``blocks``): the unique active prompt blocks and the prefills not yet started.
+        self.active_sequences = True
 
     def costs(self, view: Any) -> np.ndarray:
         """Per-worker cost (float64, shape (N,)), in blocks."""
@@ -265,7 +270,8 @@ class DynamoKv(Policy):
         req_blocks = max(-(-t // int(s)), 1)  # ceil: the decay's request size
         full_blocks = t // int(s)  # complete blocks: a partial tail adds prefill work only
         overlap = sig.hit_blocks(view).astype(np.float64)
-        active_pf = sig.router_queued(view).astype(np.float64)
+        seq_pf = view.router_active_prefill_tokens
+        active_pf = (sig.router_queued(view) if seq_pf is None else seq_pf).astype(np.float64)
         n = overlap.shape[0]
         if k.router_track_prefill_tokens:
             raw = (active_pf + t) / s
@@ -279,8 +285,13 @@ class DynamoKv(Policy):
             decay = np.ones(n)
         prefill = k.prefill_load_scale * np.maximum(raw - k.overlap_score_credit * decay * overlap, 0.0)
         if k.router_track_active_blocks:
-            active = np.maximum(np.asarray(view.router_all_tokens, dtype=np.int64), 0) // int(s)
-            decode = active.astype(np.float64) + full_blocks
+            if view.router_active_prompt_blocks is not None:
+                # Dynamo: |unique active prompt blocks U the request's complete blocks|
+                decode = (view.router_active_prompt_blocks.astype(np.float64)
+                          + view.router_new_prompt_blocks)
+            else:  # views without active sequences (hand-built, recorded logs)
+                active = np.maximum(np.asarray(view.router_all_tokens, dtype=np.int64), 0) // int(s)
+                decode = active.astype(np.float64) + full_blocks
         else:
             decode = np.zeros(n)
         inflight = np.maximum(np.asarray(view.router_inflight, dtype=np.float64), 0.0)

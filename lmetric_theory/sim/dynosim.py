@@ -15,8 +15,11 @@ baseline), ``fixed`` (a constant time per prefill pass and per decode pass) and 
 timing, none of which is our step-time formula. A latency model with only ``c0`` (every other
 coefficient 0) is DynoSim's ``fixed`` model with ``prefill_ms = decode_ms = 1000 * c0``, and
 is passed as such; any other model runs on DynoSim's ``polynomial`` timing, and the result's
-``config["dynosim_timing"]`` says which was used. ``docs/simulator.md`` ("DynoSim") gives the
-measured differences.
+``config["dynosim_timing"]`` says which was used. DynoSim's profile-derived tables cannot be
+used from the 1.6.1 wheel alone (its replay refuses ``planner_profile_data``; the
+forward-pass tables need the unshipped ``aisimulate_core``), and a pass mixing prefill and
+decode is charged both its prefill and its decode time there. ``docs/simulator.md``
+("DynoSim") gives the measured differences.
 
 This is the only module that imports ``dynamo`` (lazily).
 """

@@ -123,3 +123,27 @@ def test_without_the_wheel_one_line_names_the_extra(monkeypatch, capsys) -> None
                  "round-robin"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'pip install -e ".[dynamo]"' in err[0]
+
+
+def test_preemptions_and_mean_gap_read_back() -> None:
+    """Four requests at t = 0 on one worker of 40 blocks of 16 tokens (each needs 8 prompt +
+    13 output blocks): both vLLM-shaped schedulers preempt the last two admitted requests
+    once each; DynoSim's ``readmission_count`` is read back as preemptions, and its mean
+    inter-token gap equals the TPOT computed from its first and last token."""
+    pytest.importorskip("dynamo._core", reason=WHY)
+    import dataclasses
+
+    from lmetric_theory.experiments.dynosim import dynosim_differential
+
+    k = 4
+    w = make_workload(arrival_s=np.zeros(k), input_tokens=120 + np.arange(k),
+                      output_tokens=np.full(k, 200), hash_ids=np.arange(4 * k, dtype=np.int64) + 100,
+                      hash_offsets=np.arange(0, 4 * k + 1, 4), block_size=32, session_ids=None,
+                      meta={})
+    cfg = dataclasses.replace(fixed_config(0.01), kv_capacity_tokens=16 * 41)
+    _, ours, theirs = dynosim_differential(w, cfg, parse_spec("round-robin"))
+    assert theirs.config["dynosim_engine_args"]["engine"]["num_gpu_blocks"] == 40
+    assert ours.preemptions.tolist() == [0, 0, 1, 1]
+    assert theirs.preemptions.tolist() == [0, 0, 1, 1]
+    assert theirs.preemptions_per_instance.tolist() == [2]
+    assert theirs.config["dynosim_itl_vs_tpot_max_abs_s"] <= 1e-12

@@ -211,6 +211,8 @@ def router_agreement(workload: Any, config: SimConfig, spec: Any,
 
     class Follow(Policy):
         name = "follow-dynosim"
+        # the engines keep Dynamo's active sequences for the port's view too
+        active_sequences = getattr(port, "active_sequences", False)
 
         def choose(self, view: Any) -> int:
             c = port.costs(view)

@@ -82,6 +82,18 @@ class DecisionView:
         The request's prefix class: the hash of its first prompt block (-1 when unknown or
         the prompt is empty). Used by the hot-class monitor (``guarded-lmetric``'s
         ``mitigation=hotspot``).
+    router_active_prompt_blocks : np.ndarray or None, shape (N,), int64
+        Dynamo's active sequence load: unique complete prompt blocks of the router's
+        in-flight requests per instance (a block shared by several counts once; added at
+        dispatch, released at finish), blocks. ``None`` unless the policy asks for it
+        (:mod:`lmetric_theory.sim.active_blocks`).
+    router_new_prompt_blocks : np.ndarray or None, shape (N,), int64
+        The request's complete prompt blocks not already active on each instance, blocks
+        (with ``router_active_prompt_blocks``).
+    router_active_prefill_tokens : np.ndarray or None, shape (N,), int64
+        Predicted new prompt tokens of the router's in-flight requests that have not yet
+        produced their first token, per instance (Dynamo's active prefill tokens: added at
+        dispatch, released at the first token), tokens (with ``router_active_prompt_blocks``).
 
     Notes
     -----
@@ -107,6 +119,9 @@ class DecisionView:
     router_all_tokens: np.ndarray | None = None
     prefix_class: int = -1
     router_inflight_new_tokens: np.ndarray | None = None
+    router_active_prompt_blocks: np.ndarray | None = None
+    router_new_prompt_blocks: np.ndarray | None = None
+    router_active_prefill_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.hit_blocks is None:

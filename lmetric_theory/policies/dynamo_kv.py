@@ -8,7 +8,7 @@ Per worker ``i`` (blocks of the engine's ``block_size`` ``s``, request of ``T`` 
                          / ceil(T / s))                          (1 when the decay is 0)
     credit_i  = overlap_score_credit * decay_i * overlap_blocks_i
     cost_i    = prefill_load_scale * max(0, raw_i - credit_i)
-              + active_decode_blocks_i + floor(T / s)
+              + active_prompt_blocks_i + new_prompt_blocks_i  (see below)
               + decode_active_request_weight * active_requests_i
 
 ``router_temperature = 0`` (the default) picks the lowest cost, exact ties uniformly at random
@@ -19,23 +19,25 @@ with probability proportional to ``exp(-(cost_i - min cost) / ((max cost - min c
 Read from ai-dynamo/dynamo (reference only): ``lib/kv-router/src/scheduling/selector/default.rs``
 (the logit and the softmax), ``lib/kv-router/src/scheduling/selector/mod.rs``
 (``raw_prefill_blocks``, ``decode_cost_blocks``), ``lib/kv-router/src/sequences/``
-(``WorkerLoadProjection::potential_decode_blocks``: active blocks + the request's complete
-blocks) and
+(``single.rs``: ``ActiveSequences``; ``prompt_registry.rs``:
+``WorkerLoadProjection::potential_decode_blocks``) and
 the ``KvRouterConfig`` defaults of the ``ai-dynamo-runtime`` 1.6.1 wheel (``dynamo/_core.pyi``,
 ``KvRouterConfig.from_json``).
 
 Signals of the router views (both engines): ``overlap_blocks`` = ``hit_blocks`` (the router's
-cache view, engine blocks), ``active_prefill_tokens`` = ``router_queued`` (the router's queued
-prefill tokens: + the predicted new tokens at dispatch, - the prefill each step reports),
-``active_decode_blocks`` = ``floor(router_all_tokens / s)`` and ``active_requests`` =
-``router_inflight``. Where this differs from Dynamo: Dynamo releases a request's prefill
-tokens at once when its prefill completes (here chunk by chunk), and counts each worker's
-*unique* active prompt blocks (requests sharing a prefix count it once; output blocks are not
-tracked by default), while ``router_all_tokens`` counts prompt and output tokens of every
-in-flight request; its ``additional_active_blocks`` leaves out request blocks already active
-on the worker (here the request's whole ``floor(T / s)``, the same on every worker, so it
-cannot change a pick). ``docs/simulator.md`` ("DynoSim") gives the agreement measured
-against DynoSim's own ``kv_router``.
+cache view, engine blocks); ``active_prefill_tokens`` = ``router_active_prefill_tokens``
+(predicted new tokens of in-flight requests, released at their first token, as Dynamo's
+``mark_prefill_completed``); ``active_decode_blocks + floor(T / s)`` is Dynamo's
+``potential_decode_blocks``: ``router_active_prompt_blocks`` (unique complete prompt blocks of
+in-flight requests, a block shared by several counted once, released at finish; output
+blocks not tracked, 1.6.1's default) + ``router_new_prompt_blocks`` (the request's complete
+blocks not already active there, ``additional_active_blocks``). The engines keep these
+(:mod:`lmetric_theory.sim.active_blocks`) because this policy sets ``active_sequences``; a
+view without them (hand-built, recorded logs) falls back to ``router_queued`` and
+``floor(router_all_tokens / s) + floor(T / s)``. Terms equal on every worker do not change a
+pick (the softmax normalises costs by their range). ``active_requests`` =
+``router_inflight``. ``docs/simulator.md`` ("DynoSim") gives the agreement measured against
+DynoSim's own ``kv_router``.
 
 ``config=FILE`` reads a ``KvRouterConfig`` JSON object (the format of
 ``KvRouterConfig.from_json``: every key optional, unknown keys refused). The keys the selector
@@ -243,19 +245,24 @@ class DynamoKv(Policy):
 
     name = "dynamo-kv"
     formula = ("argmin prefill_load_scale * max(0, (active_prefill + T) / s - credit * "
-               "decay * overlap_blocks) + active_decode_blocks + floor(T / s) "
+               "decay * overlap_blocks) + active_prompt_blocks + new_prompt_blocks "
                "+ w_req * active_requests; decay = 1 / (1 + credit_decay * excess_prefill_blocks "
                "/ ceil(T / s)); softmax over range-normalised costs when router_temperature > 0")
     source = (f"{_DYNAMO} (ai-dynamo-runtime 1.6.1): lib/kv-router/src/scheduling/selector/"
               "default.rs, lib/kv-router/src/scheduling/selector/mod.rs, "
               "lib/kv-router/src/sequences/; KvRouterConfig in dynamo/_core.pyi")
-    signals: ClassVar[tuple[str, ...]] = ("hit_blocks", "router_queued", "router_all_tokens",
-                                          "router_inflight", "block_size", "input_tokens")
+    signals: ClassVar[tuple[str, ...]] = ("hit_blocks", "router_active_prefill_tokens",
+                                          "router_active_prompt_blocks",
+                                          "router_new_prompt_blocks", "router_inflight",
+                                          "block_size", "input_tokens")
     Params = DynamoKvParams
 
     def __init__(self, params: DynamoKvParams, seed: int = 0) -> None:
         super().__init__(params, seed)
         self.settings = params.settings()
+        #: Engines keep Dynamo's active sequences for this policy (router counters'
+        #: ``blocks``): the unique active prompt blocks and the prefills not yet started.
+        self.active_sequences = True
 
     def costs(self, view: Any) -> np.ndarray:
         """Per-worker cost (float64, shape (N,)), in blocks."""
@@ -265,7 +272,8 @@ class DynamoKv(Policy):
         req_blocks = max(-(-t // int(s)), 1)  # ceil: the decay's request size
         full_blocks = t // int(s)  # complete blocks: a partial tail adds prefill work only
         overlap = sig.hit_blocks(view).astype(np.float64)
-        active_pf = sig.router_queued(view).astype(np.float64)
+        seq_pf = view.router_active_prefill_tokens
+        active_pf = (sig.router_queued(view) if seq_pf is None else seq_pf).astype(np.float64)
         n = overlap.shape[0]
         if k.router_track_prefill_tokens:
             raw = (active_pf + t) / s
@@ -279,8 +287,13 @@ class DynamoKv(Policy):
             decay = np.ones(n)
         prefill = k.prefill_load_scale * np.maximum(raw - k.overlap_score_credit * decay * overlap, 0.0)
         if k.router_track_active_blocks:
-            active = np.maximum(np.asarray(view.router_all_tokens, dtype=np.int64), 0) // int(s)
-            decode = active.astype(np.float64) + full_blocks
+            if view.router_active_prompt_blocks is not None:
+                # Dynamo: |unique active prompt blocks U the request's complete blocks|
+                decode = (view.router_active_prompt_blocks.astype(np.float64)
+                          + view.router_new_prompt_blocks)
+            else:  # views without active sequences (hand-built, recorded logs)
+                active = np.maximum(np.asarray(view.router_all_tokens, dtype=np.int64), 0) // int(s)
+                decode = active.astype(np.float64) + full_blocks
         else:
             decode = np.zeros(n)
         inflight = np.maximum(np.asarray(view.router_inflight, dtype=np.float64), 0.0)

@@ -15,8 +15,11 @@ baseline), ``fixed`` (a constant time per prefill pass and per decode pass) and 
 timing, none of which is our step-time formula. A latency model with only ``c0`` (every other
 coefficient 0) is DynoSim's ``fixed`` model with ``prefill_ms = decode_ms = 1000 * c0``, and
 is passed as such; any other model runs on DynoSim's ``polynomial`` timing, and the result's
-``config["dynosim_timing"]`` says which was used. ``docs/simulator.md`` ("DynoSim") gives the
-measured differences.
+``config["dynosim_timing"]`` says which was used. DynoSim's profile-derived tables cannot be
+used from the 1.6.1 wheel alone (its replay refuses ``planner_profile_data``; the
+forward-pass tables need the unshipped ``aisimulate_core``), and a pass mixing prefill and
+decode is charged both its prefill and its decode time there. ``docs/simulator.md``
+("DynoSim") gives the measured differences.
 
 This is the only module that imports ``dynamo`` (lazily).
 """
@@ -172,8 +175,12 @@ def simulate_dynosim(workload: Any, config: SimConfig, spec: Any, seed: int = 0)
     Returns
     -------
     SimResult
-        Per request: arrival, worker, cached tokens, TTFT, TPOT and E2E from DynoSim's
-        report; counters it does not report (iterations, events, per-instance KV peaks) are 0.
+        Per request: arrival, worker, cached tokens, TTFT, TPOT, E2E and preemptions (its
+        ``readmission_count``) from DynoSim's report; counters it does not report
+        (iterations, events, per-instance KV peaks) are 0. DynoSim 1.6.1 reports each
+        request's mean inter-token gap only (``itl_ms``, equal to the TPOT), not the gaps,
+        so ``itl_gap_s`` stays ``None``; ``config["dynosim_itl_vs_tpot_max_abs_s"]`` is the
+        largest difference between its mean gap and our TPOT.
 
     Raises
     ------
@@ -220,6 +227,8 @@ def simulate_dynosim(workload: Any, config: SimConfig, spec: Any, seed: int = 0)
     ttft = np.full(n, np.nan)
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
+    pre = np.zeros(n, dtype=np.int64)
+    itl_mean = np.full(n, np.nan)
     out_tok = np.asarray(workload.output_tokens, dtype=np.int64)
     for row, i in zip(rows, order, strict=True):
         if row.get("terminal_status") != "completed":
@@ -231,6 +240,10 @@ def simulate_dynosim(workload: Any, config: SimConfig, spec: Any, seed: int = 0)
         ttft[i] = float(row["ttft_ms"]) / 1000.0
         first[i] = t0 + float(row["first_token_ms"]) / 1000.0
         finish[i] = t0 + float(row["last_token_ms"]) / 1000.0
+        # a preempted request is re-admitted (recompute): its readmissions are its preemptions
+        pre[i] = int(row.get("readmission_count") or 0)
+        if row.get("itl_ms") is not None:
+            itl_mean[i] = float(row["itl_ms"]) / 1000.0
     e2e = finish - arrival
     tpot = tpot_s(first, finish, out_tok)
     nwk = config.n_instances
@@ -245,6 +258,9 @@ def simulate_dynosim(workload: Any, config: SimConfig, spec: Any, seed: int = 0)
         "dynosim_timing": timing, "dynosim_engine_args": engine_args(config, int(workload.block_size)),
         "dynosim_wall_time_ms": float(summary.get("wall_time_ms", math.nan)),
         "dynosim_prefix_cache_reused_ratio": float(summary.get("prefix_cache_reused_ratio", math.nan)),
+        # DynoSim reports each request's mean inter-token gap only (no per-token series):
+        # the largest difference from our TPOT ((last - first) / (output - 1)), seconds
+        "dynosim_itl_vs_tpot_max_abs_s": _max_abs(itl_mean, tpot),
     }
     return SimResult(
         arrival_s=arrival, instance=instance, input_tokens=inp, output_tokens=out_tok,
@@ -252,7 +268,16 @@ def simulate_dynosim(workload: Any, config: SimConfig, spec: Any, seed: int = 0)
         iterations=0, events=0, peak_kv_tokens=np.zeros(nwk, dtype=np.int64),
         prefill_tokens_computed=pf, output_tokens_produced=prod,
         end_time_s=float(np.nanmax(finish)) if np.isfinite(finish).any() else 0.0,
-        policy=str(spec), config=cfg, first_token_s=first, finish_s=finish)
+        policy=str(spec), config=cfg, first_token_s=first, finish_s=finish,
+        preemptions=pre,
+        preemptions_per_instance=np.bincount(instance[ok], weights=pre[ok],
+                                             minlength=nwk).astype(np.int64))
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest ``|a - b|`` where both are finite (NaN when nowhere)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(np.max(np.abs(a[ok] - b[ok]))) if ok.any() else math.nan
 
 
 def _match(rows: list[dict[str, Any]], workload: Any, session_path: str | None) -> list[int]:

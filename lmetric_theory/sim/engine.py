@@ -147,6 +147,9 @@ class Simulator:
         data = RequestData(arr.tolist(), inp, out, hash_ids, offs, nfull.tolist(), maxhit.tolist(),
                            bs, ctx)
         self._counters = counters = RouterCounters(config.n_instances)
+        if getattr(self.policy, "active_sequences", False):  # Dynamo's (dynamo-kv only)
+            from lmetric_theory.sim.active_blocks import ActivePromptBlocks
+            counters.blocks = ActivePromptBlocks(config.n_instances)
         self._req, inst, view_bs, ratio = kind.cluster(data, config, cap, counters)
         self._inst: list[Scheduler] = list(inst)
         log = (

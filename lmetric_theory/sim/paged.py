@@ -478,7 +478,7 @@ class PagedScheduler:
         if self.fin_log is not None:
             self.fin_log.append(rid)
         self.running.remove(rid)
-        self.rt.finish(self.idx, req.inp[rid] + req.out[rid], req.est[rid])
+        self.rt.finish(self.idx, req.inp[rid] + req.out[rid], req.est[rid], rid)
 
     # ------------------------------------------------------------------ planning
 

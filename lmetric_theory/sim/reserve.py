@@ -362,7 +362,7 @@ class ReserveScheduler:
     def _release(self, rid: int, t: float) -> None:
         req = self.req
         self.cache.release(req.refs[rid], req.priv[rid])
-        self.rt.finish(self.idx, req.inp[rid] + req.out[rid], req.est[rid])
+        self.rt.finish(self.idx, req.inp[rid] + req.out[rid], req.est[rid], rid)
         req.refs[rid] = None
         req.new[rid] = None
         req.done[rid] = t

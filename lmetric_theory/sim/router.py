@@ -11,6 +11,7 @@ are current: the router updates them at dispatch and engine events correct them.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -127,7 +128,10 @@ class RouterView:
         est = ins.dispatch_estimate(rid, int(view.uncached[i]))
         if self.approximate:
             self.approx[i].update(req.sent_keys(rid))
-        self.counters.dispatch(i, req.inp[rid], est)
+        c = self.counters
+        c.dispatch(i, req.inp[rid], est)
+        if c.blocks is not None:  # Dynamo's active sequences (only when a policy reads them)
+            c.blocks.add(i, rid, req.sent_keys(rid), self.ratio, req.inp[rid] // self.bs, est)
         return est
 
     def record(self, ins: Scheduler, t: float) -> None:
@@ -170,8 +174,12 @@ class RouterView:
         else:
             q, r, w, kv = self._delayed(t)
         c = self.counters
-        return self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, c.queued, c.inflight,
+        view = self._rows(t, rid, d, inp, unc, q, r, w, kv, hb, c.queued, c.inflight,
                           c.all_tokens, c.inflight_new)
+        if c.blocks is not None:
+            view = active_sequence_view(view, c.blocks, self.req.first, t,
+                                        self.req.sent_keys(rid), self.ratio, inp // bs)
+        return view
 
     def _delayed(self, t: float) -> tuple[list, list, list, list]:
         """Engine signals as of ``t - delay`` from each instance's signal history."""
@@ -209,3 +217,19 @@ class RouterView:
                             ro[4][d_row], ro[5][d_row], self.bs, ro[6][d_row], ro[7][d_row],
                             ro[8][d_row], prefix_class=pc,
                             router_inflight_new_tokens=ro[9][d_row])
+
+
+def active_sequence_view(view: DecisionView, blocks: Any, first: Any, t: float,
+                         keys: Sequence[int], ratio: int, nblocks: int) -> DecisionView:
+    """``view`` with Dynamo's active-sequence signals from ``blocks`` (an
+    :class:`~lmetric_theory.sim.active_blocks.ActivePromptBlocks`) at time ``t``.
+
+    ``first`` holds first-token times by request (NaN before one): prefills whose first
+    token is at or before ``t`` are released first. Used by both the fast and the vLLM engine.
+    """
+    blocks.release_started(first, t)
+    return dataclasses.replace(
+        view,
+        router_active_prompt_blocks=np.asarray(blocks.unique, dtype=np.int64),
+        router_new_prompt_blocks=np.asarray(blocks.new_blocks(keys, ratio, nblocks), dtype=np.int64),
+        router_active_prefill_tokens=np.asarray(blocks.prefill_tokens(), dtype=np.int64))

@@ -35,7 +35,10 @@ class RouterCounters:
     - ``all_tokens``: + the prompt at dispatch, + each output token as reported, - prompt
       and output at finish (tokens);
     - ``inflight_new``: + the predicted new tokens at dispatch, - the same at finish
-      (tokens).
+      (tokens);
+    - ``blocks``: ``None``, or (when a policy reads ``router_active_prompt_blocks``) an
+      :class:`~lmetric_theory.sim.active_blocks.ActivePromptBlocks`, fed at dispatch by the
+      router and released at :meth:`finish` (Dynamo's unique active prompt blocks).
 
     Parameters
     ----------
@@ -43,13 +46,14 @@ class RouterCounters:
         Number of instances.
     """
 
-    __slots__ = ("queued", "inflight", "all_tokens", "inflight_new")
+    __slots__ = ("queued", "inflight", "all_tokens", "inflight_new", "blocks")
 
     def __init__(self, n: int) -> None:
         self.queued = [0] * n
         self.inflight = [0] * n
         self.all_tokens = [0] * n
         self.inflight_new = [0] * n
+        self.blocks: Any = None
 
     def dispatch(self, i: int, prompt: int, new: int) -> None:
         """A request of ``prompt`` tokens, ``new`` of them predicted uncached, goes to ``i``."""
@@ -77,11 +81,14 @@ class RouterCounters:
         """``i`` reported ``tokens`` output tokens."""
         self.all_tokens[i] += tokens
 
-    def finish(self, i: int, total: int, new: int) -> None:
-        """A request of ``total`` tokens (prompt + output), ``new`` predicted new, finished."""
+    def finish(self, i: int, total: int, new: int, rid: int = -1) -> None:
+        """Request ``rid`` of ``total`` tokens (prompt + output), ``new`` predicted new,
+        finished (``rid`` releases its blocks when ``blocks`` is kept)."""
         self.inflight[i] -= 1
         self.all_tokens[i] -= total
         self.inflight_new[i] -= new
+        if self.blocks is not None:
+            self.blocks.remove(rid)
 
     def clone(self) -> RouterCounters:
         """Independent copy."""
@@ -90,6 +97,7 @@ class RouterCounters:
         c.inflight = self.inflight.copy()
         c.all_tokens = self.all_tokens.copy()
         c.inflight_new = self.inflight_new.copy()
+        c.blocks = None if self.blocks is None else self.blocks.clone()
         return c
 
     def as_dict(self) -> dict[str, list[int]]:
@@ -97,11 +105,12 @@ class RouterCounters:
         return {"queued": list(self.queued), "inflight": list(self.inflight),
                 "all_tokens": list(self.all_tokens), "inflight_new": list(self.inflight_new)}
 
-    def __getstate__(self) -> tuple[list[int], ...]:
-        return (self.queued, self.inflight, self.all_tokens, self.inflight_new)
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.queued, self.inflight, self.all_tokens, self.inflight_new, self.blocks)
 
-    def __setstate__(self, state: tuple[list[int], ...]) -> None:
-        self.queued, self.inflight, self.all_tokens, self.inflight_new = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.queued, self.inflight, self.all_tokens, self.inflight_new = state[:4]
+        self.blocks = state[4] if len(state) > 4 else None
 
 
 @runtime_checkable

@@ -245,6 +245,10 @@ class _Replay:
         self.peak = dict.fromkeys(instances, 0)
         k = len(instances)
         self.router = RouterCounters(k)
+        if getattr(policy, "active_sequences", False):  # Dynamo's (dynamo-kv only)
+            from lmetric_theory.sim.active_blocks import ActivePromptBlocks
+            self.router.blocks = ActivePromptBlocks(k)
+        self.ratio = max(int(workload.block_size) // self.bs, 1)  # engine blocks per trace block
         self.pos = {i: j for j, i in enumerate(instances)}
         self.now = 0.0
         self.pending: dict[int, list[Any]] = {}
@@ -290,7 +294,12 @@ class _Replay:
         for v in vals.values():
             if isinstance(v, np.ndarray):
                 v.flags.writeable = False
-        return DecisionView(**vals)
+        view = DecisionView(**vals)
+        if r.blocks is not None:
+            from lmetric_theory.sim.router import active_sequence_view
+            view = active_sequence_view(view, r.blocks, self.first, t, self.w.blocks(rid).tolist(),
+                                        self.ratio, inp // self.bs)
+        return view
 
     def _engine_queued(self, i: int) -> int:
         """The engine's queued prefill tokens, as the fast engine counts them, tokens.
@@ -335,6 +344,9 @@ class _Replay:
         est = len(toks) - hit
         self.est[rid] = est
         self.router.dispatch(j, len(toks), est)
+        if self.router.blocks is not None:
+            self.router.blocks.add(j, rid, self.w.blocks(rid).tolist(), self.ratio,
+                                   len(toks) // self.bs, est)
         self.where[rid] = target
         return target, req
 
@@ -442,7 +454,7 @@ class _Replay:
         for rid in ins.finish_step(so, batch):
             self.done[rid] = t
             r.finish(j, int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid]),
-                     int(self.est[rid]))
+                     int(self.est[rid]), rid)
             if arrivals.closed:
                 arrivals.release(rid, t)
 

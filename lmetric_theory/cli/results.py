@@ -161,6 +161,10 @@ def _split_policies(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Handler: validate, (search saturation,) run the grid, print."""
     if args.router_study or args.render_router_study is not None:
+        if args.paper_setup:
+            return _err("--paper-setup applies to the study grid, not to --router-study")
+        args.instances = DEFAULT_SETUP[0] if args.instances is None else args.instances
+        args.preset = args.preset or DEFAULT_SETUP[1]
         return router_state_cli.run(args, _split_policies)
     if args.render is not None:
         try:

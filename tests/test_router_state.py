@@ -418,3 +418,26 @@ def test_study_replicas_placeholder_runs_each_setting_with_its_r():
 
     assert got[tmpl, 4]["ttft_mean_s"] == compute_metrics(ref, None, w0).ttft_mean_s
     assert got[tmpl, 1]["ttft_mean_s"] == got["lmetric", 1]["ttft_mean_s"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_snapshot_files_carry_the_router_state_columns(tmp_path, fmt):
+    """A replicated run's snapshot log round-trips ``replica``, ``true_batch`` and
+    ``true_queued_tokens`` through both file formats; a log without them stays without."""
+    pytest.importorskip("pyarrow")
+    from lmetric_theory.sim.snapshots import SnapshotLog
+
+    w = select(default_workload(seed=2), count=200)
+    pre = load_preset("h100-llama3-8b")
+    for r in (1, 3):
+        cfg = SimConfig.from_preset(pre, 4, record_snapshots=True, router_replicas=r)
+        log = Simulator(w, cfg, parse_spec("lmetric")).run().snapshots
+        p = tmp_path / f"s{r}.{fmt}"
+        getattr(log, f"save_{fmt}")(p)
+        back = getattr(SnapshotLog, f"load_{fmt}")(p)
+        assert back.optional_columns().keys() == log.optional_columns().keys()
+        for c, a in log.optional_columns().items():
+            np.testing.assert_array_equal(getattr(back, c), a)
+        if r == 3:
+            assert set(np.unique(back.replica)) == {0, 1, 2}
+            assert (back.true_batch != back.router_inflight).any()

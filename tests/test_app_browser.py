@@ -365,3 +365,24 @@ def test_advice_page(server, page, artifacts, more, tmp_path, advice_doc):
     _no_exception(page)
     _not_clipped(page)
     page.screenshot(path=str(artifacts / "advice.png"), full_page=True)
+
+
+def test_simulate_page_router_state_settings(server, page, more):
+    """The router-state settings: four replicas replay without an error; a bad index is
+    one line, never a traceback."""
+    page.goto(f"{server}/simulate")
+    _settle(page)
+    page.get_by_text("Deployers' metrics").wait_for()
+    box = page.get_by_label("router replicas")
+    box.fill("4")
+    box.press("Enter")
+    _settle(page)
+    page.get_by_text("Deployers' metrics").wait_for()
+    assert page.get_by_text("Cannot simulate").count() == 0
+    _no_exception(page)
+    idx = page.get_by_label("index (precise, approximate[:ttl=S|:lru=N])")
+    idx.fill("approximate:ttl=0")
+    idx.press("Enter")
+    page.get_by_text("ttl must be a finite number > 0").wait_for()
+    _no_exception(page)
+    page.screenshot(path=str(more / "simulate_router_state.png"))

@@ -15,6 +15,7 @@ import pytest
 from conftest import requests_workload
 
 from lmetric_theory.cli import main
+from lmetric_theory.policies import parse_spec
 from lmetric_theory.sim import LatencyModel, SimConfig, Simulator, load_preset
 from lmetric_theory.sim.routerstate import (
     IndexSpec,
@@ -395,3 +396,48 @@ def test_study_windows_are_request_index_slices_even_when_arrivals_tie():
     assert window(w, 3, 2).arrival_s.tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="window: seed 3"):
         window(w, 3, 3)
+
+
+def test_study_replicas_placeholder_runs_each_setting_with_its_r():
+    """``replicas=R`` in a policy text takes each setting's R: the templated
+    ``counter_sync`` row at R = 4 equals the explicit ``replicas=4`` policy's run, and at
+    R = 1 it routes like ``lmetric`` (one replica: the counters are not scaled)."""
+    from lmetric_theory.experiments.router_state import StudyWorkload, router_state_study
+
+    w = default_workload(seed=0)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    tmpl = "guarded-lmetric:mitigation=counter_sync,replicas=R"
+    st = router_state_study([StudyWorkload("syn", w, 150)], cfg, ["lmetric", tmpl],
+                            replicas=(1, 4), lags_s=(0.0,), seeds=(0,), executor="local")
+    got = {(r["policy"], r["replicas"]): r for r in st.rows}
+    assert ",replicas=4," in got[tmpl, 4]["policy_resolved"]
+    w0 = select(w, count=150)
+    ref = Simulator(w0, dataclasses.replace(cfg, router_replicas=4),
+                    parse_spec("guarded-lmetric:mitigation=counter_sync,replicas=4")).run()
+    from lmetric_theory.sim.metrics import compute_metrics
+
+    assert got[tmpl, 4]["ttft_mean_s"] == compute_metrics(ref, None, w0).ttft_mean_s
+    assert got[tmpl, 1]["ttft_mean_s"] == got["lmetric", 1]["ttft_mean_s"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_snapshot_files_carry_the_router_state_columns(tmp_path, fmt):
+    """A replicated run's snapshot log round-trips ``replica``, ``true_batch`` and
+    ``true_queued_tokens`` through both file formats; a log without them stays without."""
+    pytest.importorskip("pyarrow")
+    from lmetric_theory.sim.snapshots import SnapshotLog
+
+    w = select(default_workload(seed=2), count=200)
+    pre = load_preset("h100-llama3-8b")
+    for r in (1, 3):
+        cfg = SimConfig.from_preset(pre, 4, record_snapshots=True, router_replicas=r)
+        log = Simulator(w, cfg, parse_spec("lmetric")).run().snapshots
+        p = tmp_path / f"s{r}.{fmt}"
+        getattr(log, f"save_{fmt}")(p)
+        back = getattr(SnapshotLog, f"load_{fmt}")(p)
+        assert back.optional_columns().keys() == log.optional_columns().keys()
+        for c, a in log.optional_columns().items():
+            np.testing.assert_array_equal(getattr(back, c), a)
+        if r == 3:
+            assert set(np.unique(back.replica)) == {0, 1, 2}
+            assert (back.true_batch != back.router_inflight).any()

@@ -548,6 +548,7 @@ def audit_for_app(
     top: int = 20,
     progress: Callable[[float], None] | None = None,
     reference: LinearReference | None = None,
+    router_state: dict[str, Any] | None = None,
 ) -> AuditView:
     """Audit a workload for the trace-audit page (its one library call).
 
@@ -574,6 +575,9 @@ def audit_for_app(
     reference : LinearReference, optional
         Use this reference instead of ``lam``/``lam_lo``/``lam_hi`` (the page passes the
         CLI's default, :func:`lmetric_theory.audit.default_reference`).
+    router_state : dict, optional
+        The replay's router replicas, KV event lag and index
+        (:func:`router_state_for_app`); None: one router with exact state.
 
     Raises
     ------
@@ -585,7 +589,8 @@ def audit_for_app(
     ref = reference if reference is not None else LinearReference(
         lam, lam_lo, lam_hi, source="band" if lam_lo < lam_hi else "fixed")
     res = audit_workload(workload, instances=int(instances), reference=ref, prefill_offset=p0,
-                         batch_offset=b0, top=top, progress=progress, source=source)
+                         batch_offset=b0, top=top, progress=progress, source=source,
+                         router_state=router_state)
     return AuditView(source, np.asarray(res.time_s, dtype=np.float64), res.verdicts,
                      res.report, ref.lam, ref.lam_lo, ref.lam_hi, p0, b0)
 
@@ -594,8 +599,43 @@ def audit_for_app(
 SIM_PRESET = "h100-llama3-8b-calibrated"
 
 
+def router_state_for_app(replicas: int, kv_event_lag_s: float, index: str) -> dict[str, Any]:
+    """The :class:`~lmetric_theory.sim.SimConfig` router-state settings of the app's pages
+    (the CLI's ``--router-replicas``, ``--kv-event-lag``, ``--index``; docs/router_state.md).
+
+    Parameters
+    ----------
+    replicas : int
+        Router replicas, each counting only its own dispatches (>= 1).
+    kv_event_lag_s : float
+        How late the index sees block stored/removed events, seconds (finite, >= 0).
+    index : str
+        ``precise``, ``approximate``, ``approximate:ttl=S`` or ``approximate:lru=N``.
+
+    Returns
+    -------
+    dict
+        ``router_replicas``, ``kv_event_lag_s`` and ``index`` (typed).
+
+    Raises
+    ------
+    ValueError
+        One line naming the bad setting.
+    """
+    from lmetric_theory.sim.routerstate import parse_index
+
+    if isinstance(replicas, bool) or int(replicas) != replicas or int(replicas) < 1:
+        raise ValueError(f"router replicas: must be an integer >= 1, got {replicas}")
+    lag = float(kv_event_lag_s)
+    if not (math.isfinite(lag) and lag >= 0):
+        raise ValueError(f"KV event lag: must be a finite number of seconds >= 0, got {lag}")
+    return {"router_replicas": int(replicas), "kv_event_lag_s": lag,
+            "index": parse_index(index.strip() or "precise")}
+
+
 def simulate_for_app(workload: Workload, *, instances: int, policies: Sequence[str],
-                     slo: Any = None, preset: str = SIM_PRESET, seed: int = 0) -> dict[str, Any]:
+                     slo: Any = None, preset: str = SIM_PRESET, seed: int = 0,
+                     router_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replay ``workload`` under each policy (the simulate page's one library call).
 
     Runs the fast engine with the CLI's defaults (``lmetric-theory simulate``: the preset,
@@ -616,6 +656,9 @@ def simulate_for_app(workload: Workload, *, instances: int, policies: Sequence[s
         Hardware preset name.
     seed : int
         Policy seed.
+    router_state : dict, optional
+        Router replicas, KV event lag and index (:func:`router_state_for_app`); None: one
+        router with exact state.
 
     Returns
     -------
@@ -636,7 +679,8 @@ def simulate_for_app(workload: Workload, *, instances: int, policies: Sequence[s
         raise ValueError(f"instances: must lie in [1, 64], got {instances}")
     if not policies:
         raise ValueError("choose at least one policy")
-    cfg = SimConfig.from_preset(load_preset(preset), int(instances), record_snapshots=False)
+    cfg = SimConfig.from_preset(load_preset(preset), int(instances), record_snapshots=False,
+                                **(router_state or {}))
     out: dict[str, Any] = {}
     for spec in policies:
         typed = resolve_policy(parse_spec(spec), workload, cfg, seed=seed)

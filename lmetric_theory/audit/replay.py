@@ -175,9 +175,13 @@ def audit_workload(
 
     hot = run_hotspots(workload, log, score).entries
     # router replicas, lag, index: only when the log carries the router-state fields
-    from lmetric_theory.audit.router_state import router_state_from_log
+    from lmetric_theory.audit.router_state import (
+        replay_router_state_settings,
+        router_state_from_log,
+    )
 
-    rstate = router_state_from_log(log, res, score)
+    rstate = router_state_from_log(log, res, score,
+                                   settings=replay_router_state_settings(cfg, block))
     report = _build_report(det, v, time_s, U, None, top=top, trace=trace, config=config,
                            skipped=skipped, time_axis="seconds", hotspots=hot,
                            router_state=rstate)

@@ -22,7 +22,8 @@ from lmetric_theory.core.definitions import ScoreDefinition
 from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import RouterStateSettings, router_state_findings
 
-__all__ = ["RouterStateEntry", "router_state_entries", "router_state_from_log"]
+__all__ = ["RouterStateEntry", "replay_router_state_settings", "router_state_entries",
+           "router_state_from_log"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,32 @@ class _EngineView:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, self._SWAP.get(name, name))
+
+
+def replay_router_state_settings(config: Any, block_tokens: int) -> RouterStateSettings:
+    """The finding thresholds that fit a replay's router state.
+
+    Parameters
+    ----------
+    config : SimConfig
+        The replay's configuration: ``router_replicas`` is ``R``; the lag window is the
+        larger of ``signal_delay_s`` and ``kv_event_lag_s`` (seconds; 0: only decisions
+        at the same instant herd); an approximate index's ``ttl_s`` is the TTL the
+        ``shorter_ttl`` mitigation halves.
+    block_tokens : int
+        Tokens per KV block of the workload (the unit of ``stale_blocks``).
+
+    Returns
+    -------
+    RouterStateSettings
+        Default thresholds with those four values.
+    """
+    index = getattr(config, "index", None)
+    lag = max(float(getattr(config, "signal_delay_s", 0.0) or 0.0),
+              float(getattr(config, "kv_event_lag_s", 0.0) or 0.0))
+    return RouterStateSettings(replicas=max(1, int(getattr(config, "router_replicas", 1))),
+                               lag_s=lag, block_tokens=max(1, int(block_tokens)),
+                               ttl_s=getattr(index, "ttl_s", None))
 
 
 def router_state_from_log(

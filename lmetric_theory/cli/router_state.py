@@ -12,7 +12,12 @@ import sys
 from typing import Any
 
 #: Policies of the study unless ``--policies`` is given.
-STUDY_POLICIES = ("lmetric", "guarded-lmetric", "tuned-linear", "round-robin")
+#: ``replicas=R`` takes each setting's replica count.
+STUDY_POLICIES = ("lmetric", "guarded-lmetric",
+                  "guarded-lmetric:mitigation=counter_sync,replicas=R",
+                  "guarded-lmetric:mitigation=scale_batch_offset,replicas=R",
+                  "guarded-lmetric:mitigation=random_near_ties,near_tie=0.05",
+                  "dynamo-kv", "llm-d:profile=optimized-baseline", "tuned-linear", "round-robin")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,8 +81,12 @@ def run(args: argparse.Namespace, split_policies: Any) -> int:
     if any(not (math.isfinite(x) and x >= 0) for x in lags):
         return _err(f"--lags must be finite numbers of seconds >= 0, got {args.lags}")
     from lmetric_theory.cli.common import loader_options
-    from lmetric_theory.experiments.router_state import StudyWorkload, router_state_study
-    from lmetric_theory.policies import make_policy, parse_spec
+    from lmetric_theory.experiments.router_state import (
+        StudyWorkload,
+        resolve_replicas,
+        router_state_study,
+    )
+    from lmetric_theory.policies import make_policy
     from lmetric_theory.sim import SimConfig, load_preset
     from lmetric_theory.sim.metrics import Slo
     from lmetric_theory.workload import default_workload, load_trace
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace, split_policies: Any) -> int:
         specs = [f"tuned-linear:points={args.points}" if p == "tuned-linear" else p
                  for p in policies]
         for s in specs:
-            make_policy(parse_spec(s))
+            make_policy(resolve_replicas(s, 1))
     except (ValueError, KeyError, TypeError) as exc:
         return _err(f"--policies: {exc}")
     try:

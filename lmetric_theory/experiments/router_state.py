@@ -13,6 +13,11 @@ request ``k * count`` (sessions cut by the window start become sessions of their
 
 ``tuned-linear`` is tuned once per workload window on one router with exact state (a
 deployer tunes offline) and keeps that rate at every setting.
+
+A policy text may name the setting's replica count as ``replicas=R``
+(:data:`REPLICAS_PLACEHOLDER`; e.g. ``guarded-lmetric:mitigation=counter_sync,replicas=R``):
+at each setting it runs with the setting's ``R`` (a deployer who knows its replica count
+configures it).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from lmetric_theory.sim import SimConfig, Simulator
 from lmetric_theory.sim.metrics import Slo, compute_metrics
 from lmetric_theory.workload import Workload, select
 
-__all__ = ["METRICS", "RouterStateStudy", "StudyWorkload", "router_state_settings",
+__all__ = ["METRICS", "REPLICAS_PLACEHOLDER", "RouterStateStudy", "resolve_replicas", "StudyWorkload", "router_state_settings",
            "router_state_study", "window"]
 
 #: Metrics of a cell: name -> (Metrics attribute, lower is better).
@@ -43,6 +48,17 @@ METRICS: dict[str, tuple[str, bool]] = {
     "goodput_rps": ("goodput_rps", False),
     "prefix_hit_rate": ("prefix_hit_rate", False),
 }
+
+
+#: In a policy text of the study, the setting's router replica count.
+REPLICAS_PLACEHOLDER = "replicas=R"
+
+
+def resolve_replicas(text: str, replicas: int) -> PolicySpec:
+    """The policy of ``text`` at a setting with ``replicas`` router replicas: every
+    :data:`REPLICAS_PLACEHOLDER` becomes ``replicas=<R>``; other texts are parsed as they
+    are."""
+    return parse_spec(text.replace(REPLICAS_PLACEHOLDER, f"replicas={int(replicas)}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +242,7 @@ def router_state_study(
         ``replica_assignment``, ``index`` and ``signal_delay_s`` are kept).
     policies : sequence of str or PolicySpec
         Policies (texts are read once, here); ``tuned-linear`` is tuned per window at R = 1,
-        lag 0.
+        lag 0; ``replicas=R`` in a text takes each setting's replica count.
     replicas, lags_s : sequences
         Router replica counts (>= 1) and KV event lags (seconds, >= 0).
     seeds : sequence of int
@@ -250,8 +266,11 @@ def router_state_study(
     texts = [str(p) if isinstance(p, PolicySpec) else p for p in policies]
     if len(set(texts)) != len(texts):
         raise ValueError("policies: the same policy was given twice")
-    specs = {t: p if isinstance(p, PolicySpec) else parse_spec(p)
+    specs = {t: p if isinstance(p, PolicySpec) else resolve_replicas(p, 1)
              for t, p in zip(texts, policies, strict=True)}
+    templated = {t for t, p in zip(texts, policies, strict=True)
+                 if not isinstance(p, PolicySpec) and REPLICAS_PLACEHOLDER in p}
+    per_r = {(t, int(r)): resolve_replicas(t, int(r)) for t in templated for r in replicas}
     if focus not in specs:
         raise ValueError(f"focus: {focus!r} is not one of the policies")
     for r in replicas:
@@ -275,7 +294,8 @@ def router_state_study(
                 for t in texts:
                     tags = {"workload": sw.name, "policy": t, "replicas": int(r),
                             "lag_s": float(lag), "seed": int(seed)}
-                    jobs.append((w, cfg, resolved[t], int(seed), tags, slo))
+                    spec = per_r[(t, int(r))] if t in templated else resolved[t]
+                    jobs.append((w, cfg, spec, int(seed), tags, slo))
     rows: list[dict[str, Any]] = []
     step = max(1, len(jobs) // 20)
     for k in range(0, len(jobs), step):

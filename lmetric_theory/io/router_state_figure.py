@@ -27,7 +27,7 @@ def write_figure(docs: list[dict[str, Any]], path: str | Path) -> None:
     for d in docs:
         for wl in dict.fromkeys(a["workload"] for a in d["aggregate"]):
             panels.append((d, wl))
-    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(14, 3.6 * len(panels)), squeeze=False)
     for row, (d, wl) in enumerate(panels):
         agg = {(a["policy"], a["replicas"], a["lag_s"]): a for a in d["aggregate"]
                if a["workload"] == wl}
@@ -61,7 +61,7 @@ def write_figure(docs: list[dict[str, Any]], path: str | Path) -> None:
             ax.set_ylabel("mean TTFT, s")
             ax.set_title(wl, fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-        axes[row][0].legend(fontsize=8)
+        axes[row][1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

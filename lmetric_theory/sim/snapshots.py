@@ -187,7 +187,9 @@ class SnapshotLog:
         return cls(**_fill_later(cols, meta), meta=meta)
 
     def save_parquet(self, path: str | os.PathLike[str]) -> None:
-        """Write a Parquet file (one row per decision, per-instance signals as fixed-size lists)."""
+        """Write a Parquet file (one row per decision, per-instance signals as fixed-size lists;
+        the router-state columns ``replica``, ``true_batch``, ``true_queued_tokens`` when the
+        log holds them)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -196,6 +198,12 @@ class SnapshotLog:
         for name, _ in SIGNALS:
             flat = pa.array(np.ascontiguousarray(getattr(self, name)).reshape(-1))
             cols[name] = pa.FixedSizeListArray.from_arrays(flat, n)
+        for name, arr in self.optional_columns().items():  # router state, when recorded
+            if arr.ndim == 1:
+                cols[name] = pa.array(np.asarray(arr, np.int32))
+            else:
+                flat = pa.array(np.ascontiguousarray(arr, np.int32).reshape(-1))
+                cols[name] = pa.FixedSizeListArray.from_arrays(flat, n)
         table = pa.table(cols).replace_schema_metadata(
             {"lmetric_snapshot_meta": json.dumps(self.meta), "n_instances": str(n)}
         )
@@ -220,6 +228,14 @@ class SnapshotLog:
                 continue
             flat = table.column(name).combine_chunks().flatten().to_numpy()
             cols[name] = np.asarray(flat, dtype=dt).reshape(-1, n)
+        for name in OPTIONAL:
+            if name not in table.column_names:
+                continue
+            col = table.column(name).combine_chunks()
+            if name == "replica":
+                cols[name] = np.asarray(col.to_numpy(), np.int32)
+            else:
+                cols[name] = np.asarray(col.flatten().to_numpy(), np.int32).reshape(-1, n)
         return cls(**_fill_later(cols, meta), meta=meta)
 
 

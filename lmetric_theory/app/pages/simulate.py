@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lmetric_theory.app.support import SIM_PRESET, instance_rows, metrics_rows, simulate_for_app
+from lmetric_theory.app.support import (
+    SIM_PRESET,
+    instance_rows,
+    metrics_rows,
+    router_state_for_app,
+    simulate_for_app,
+)
 from lmetric_theory.policies.registry import policy_names
 from lmetric_theory.sim.metrics import Slo
 from lmetric_theory.workload import Workload, default_workload, select
@@ -22,9 +28,13 @@ def load(kind: str, count: int) -> Workload:
 
 
 @st.cache_data(max_entries=8, show_spinner="Simulating ...")
-def run(kind: str, count: int, instances: int, policies: tuple[str, ...], slo: Slo | None):
-    """Thin cached call of :func:`simulate_for_app`."""
-    return simulate_for_app(load(kind, count), instances=instances, policies=policies, slo=slo)
+def run(kind: str, count: int, instances: int, policies: tuple[str, ...], slo: Slo | None,
+        replicas: int = 1, lag_s: float = 0.0, index: str = "precise"):
+    """Thin cached call of :func:`simulate_for_app` (router state from
+    :func:`router_state_for_app`)."""
+    rs = router_state_for_app(replicas, lag_s, index)
+    return simulate_for_app(load(kind, count), instances=instances, policies=policies, slo=slo,
+                            router_state=rs)
 
 
 st.title("Simulate")
@@ -38,6 +48,10 @@ c1, c2, c3 = st.columns(3)
 kind = c1.selectbox("workload", [DEFAULT, *SYNTHETIC_KINDS], key="kind")
 count = c2.number_input("first N requests (0 = all)", 0, 1_000_000, 1000, 500, key="count")
 instances = c3.number_input("instances", 1, 64, 8, 1, key="instances")
+r1, r2, r3 = st.columns(3)
+replicas = r1.number_input("router replicas", 1, 64, 1, 1, key="replicas")
+lag_s = r2.number_input("KV event lag (s)", 0.0, 60.0, 0.0, 0.05, key="lag")
+index = r3.text_input("index (precise, approximate[:ttl=S|:lru=N])", "precise", key="index")
 names = list(policy_names())
 policies = st.multiselect("policies", names, default=["lmetric", "round-robin"], key="policies")
 slo_text = st.text_input("SLO (seconds; any of ttft, itl, e2e; empty: none)",
@@ -51,7 +65,8 @@ if not policies:
     st.info("Choose at least one policy.")
     st.stop()
 try:
-    by_policy = run(kind, int(count), int(instances), tuple(policies), slo)
+    by_policy = run(kind, int(count), int(instances), tuple(policies), slo, int(replicas),
+                    float(lag_s), index)
 except ValueError as exc:
     st.error(f"Cannot simulate with these settings: {exc}")
     st.stop()

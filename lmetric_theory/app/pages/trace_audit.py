@@ -13,6 +13,7 @@ from lmetric_theory.app.support import (
     pair_view_ranges,
     read_jsonl_upload,
     region_figure,
+    router_state_for_app,
     router_state_rows,
     worst_rows,
 )
@@ -72,6 +73,15 @@ lam_hi = c5.number_input("band high", 0.0, 1e7, 512.0, 16.0, key="lam_hi", disab
 c7, c8 = c6.columns(2)
 p0 = c7.number_input("p0", 0.0, 1e6, 0.0, 1.0, key="p0")
 b0 = c8.number_input("b0", 0.0, 1e4, 1.0, 1.0, key="b0")
+r1, r2, r3 = st.columns(3)
+replicas = r1.number_input("router replicas", 1, 64, 1, 1, key="replicas")
+lag_s = r2.number_input("KV event lag (s)", 0.0, 60.0, 0.0, 0.05, key="lag")
+index = r3.text_input("index (precise, approximate[:ttl=S|:lru=N])", "precise", key="index")
+try:
+    router_state = router_state_for_app(int(replicas), float(lag_s), index)
+except ValueError as exc:
+    st.error(f"Router state: {exc}")
+    st.stop()
 
 if source == UPLOAD:
     st.caption(
@@ -102,6 +112,7 @@ if n_req:
     workload = select(workload, count=int(n_req))
 reference = None if custom else default_reference(PRESET, workload)
 settings = (name, len(workload), instances, custom, lam, lam_lo, lam_hi, p0, b0,
+            int(replicas), float(lag_s), index,
             source == UPLOAD and st.session_state.get("skip", False))
 if st.session_state.get("audit_key") != settings:
     bar = st.progress(0.0, text=f"Auditing {len(workload)} requests on {instances} instances ...")
@@ -110,6 +121,7 @@ if st.session_state.get("audit_key") != settings:
             workload, source=name, instances=int(instances), lam=lam, lam_lo=lam_lo,
             lam_hi=lam_hi, p0=p0, b0=b0, reference=reference,
             progress=lambda f: bar.progress(min(max(f, 0.0), 1.0)),
+            router_state=router_state,
         )
     except ValueError as exc:
         bar.empty()

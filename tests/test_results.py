@@ -12,6 +12,7 @@ from lmetric_theory.experiments.study import (
     CLAIMS,
     COMPANY_X,
     PAPER_V1,
+    SHIPPED_DEFAULTS,
     Claim,
     LoadPoint,
     aggregate,
@@ -126,7 +127,7 @@ def test_claims_follow_the_v1_abstract():
     assert all(c.source == PAPER_V1 for c in CLAIMS if c.paper_pct is not None)
     # this project's own comparisons carry no paper figure and no source
     assert all(c.source is None for c in CLAIMS if c.paper_pct is None)
-    assert {c.baseline for c in CLAIMS if c.paper_pct is None} == {"dynamo", "tuned-linear"}
+    assert {c.baseline for c in CLAIMS if c.paper_pct is None} == {"dynamo", "tuned-linear", *SHIPPED_DEFAULTS}
 
 
 def test_claim_best_is_the_most_negative_cell_by_hand():
@@ -147,7 +148,7 @@ def test_claim_best_is_the_most_negative_cell_by_hand():
 
 
 def test_claims_default_set_and_aggregate():
-    assert {c.baseline for c in CLAIMS} == {"vllm-v1", COMPANY_X, "dynamo", "tuned-linear"}
+    assert {c.baseline for c in CLAIMS} == {"vllm-v1", COMPANY_X, "dynamo", "tuned-linear", *SHIPPED_DEFAULTS}
     rows = [_row("a", 0, 1.0), _row("a", 1, 3.0), _row("a", 2, float("nan"))]
     (a,) = aggregate(rows, metrics=("ttft_mean_s",))
     assert a["ttft_mean_s"] == 2.0 and a["ttft_mean_s_min"] == 1.0 and a["ttft_mean_s_max"] == 3.0

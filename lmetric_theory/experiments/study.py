@@ -54,6 +54,7 @@ __all__ = [
     "HEADLINE",
     "METRICS",
     "PAPER_POLICIES",
+    "SHIPPED_DEFAULTS",
     "COMPANY_X",
     "PAPER_V1",
     "Claim",
@@ -76,14 +77,20 @@ __all__ = [
 #: (``bailian-impl-*`` in blitz-serving/blitz-router ``ae/``), tuned per workload as they did.
 COMPANY_X = "bailian:alpha=tuned"
 
+#: The routers' own shipped defaults (issue "the policies routers ship"): Dynamo 1.6.1's KV
+#: router and llm-d's default scheduling profile, as their deployments run them.
+SHIPPED_DEFAULTS: tuple[str, ...] = ("dynamo-kv", "llm-d:profile=optimized-baseline")
+
 #: The comparison set run by default: the paper's score, the public variants, the paper's
 #: baselines (vLLM v1, Dynamo, Bailian with its default weights and tuned per workload as
-#: Company-X, Preble, an llm-d scorer), round-robin, tuned linear.
+#: Company-X, Preble, an llm-d scorer, the Predictor), the routers' shipped defaults (Dynamo's
+#: KV router, llm-d's optimized-baseline and the Inference Extension's default profile),
+#: round-robin, tuned linear.
 PAPER_POLICIES: tuple[str, ...] = (
     "lmetric", "lmetric:tie=random", "lmetric:variant=llm-d", "lmetric:variant=dynamo",
     "lmetric:variant=sglang-fork",
-    "vllm-v1", "dynamo", "bailian", COMPANY_X, "preble", "most-hit-load", "round-robin",
-    "tuned-linear",
+    "vllm-v1", "dynamo", "bailian", COMPANY_X, "preble", "most-hit-load", "predictor",
+    *SHIPPED_DEFAULTS, "llm-d:profile=gie-default", "round-robin", "tuned-linear",
 )
 
 #: The deployers' headline metrics of a row (docs/metrics.md): seconds, per second,
@@ -450,6 +457,12 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("TTFT vs Dynamo", "ttft_mean_s", "lmetric", "dynamo", None),
     Claim("TPOT vs Dynamo", "tpot_mean_s", "lmetric", "dynamo", None),
     Claim("TTFT vs tuned linear", "ttft_mean_s", "lmetric", "tuned-linear", None),
+    Claim("TTFT vs Dynamo's default (dynamo-kv)", "ttft_mean_s", "lmetric", SHIPPED_DEFAULTS[0], None),
+    Claim("TPOT vs Dynamo's default (dynamo-kv)", "tpot_mean_s", "lmetric", SHIPPED_DEFAULTS[0], None),
+    Claim("TTFT vs llm-d's default (optimized-baseline)", "ttft_mean_s", "lmetric",
+          SHIPPED_DEFAULTS[1], None),
+    Claim("TPOT vs llm-d's default (optimized-baseline)", "tpot_mean_s", "lmetric",
+          SHIPPED_DEFAULTS[1], None),
 )
 
 

@@ -34,8 +34,11 @@
 6. **Confirmation** (optional): the focus-load comparison of ``lmetric`` and the current
    policies re-run on vLLM's own scheduler over the first ``confirm_vllm`` requests, beside
    the fast engine on the same requests.
-7. **Router state** (hook): replicas and KV-event lag, when :class:`SimConfig` has the
-   fields named in :data:`ROUTER_STATE_FIELDS`.
+7. **Router state.** The sweep runs under ``config``'s router set-up (replicas, replica
+   assignment, signal delay, KV-event lag, cache index; docs/router_state.md); at the focus
+   load ``lmetric`` and the current policies also run at every setting of router replicas
+   ``R`` (default 1, 2, 4, 8) and KV-event lag (default 0, 0.2, 1 s) on the two axes and the
+   corner, every seed, paired comparisons per setting.
 
 The library prints nothing and writes nothing; :mod:`lmetric_theory.cli.advise` prints and
 :mod:`lmetric_theory.io.advise` writes the report.
@@ -47,7 +50,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,14 +81,12 @@ __all__ = [
     "DEFAULT_CURRENT",
     "FALLBACK_CURRENT",
     "METRICS",
-    "ROUTER_STATE_FIELDS",
     "AdviseSettings",
     "SaturationNotFound",
     "advise",
     "advise_task",
     "default_current",
     "outcome",
-    "router_state_supported",
 ]
 
 #: Identifier of the JSON document (``schema`` key); bumped when a documented key changes.
@@ -109,14 +110,6 @@ VERDICT_METRICS: tuple[str, ...] = ("ttft_mean_s", "ttft_p99_s", "tpot_mean_s", 
 #: Probabilities at which the TTFT and TPOT distributions are kept for the CDF plots.
 CDF_POINTS: int = 101
 
-#: HOOK (router-state support): the advise option -> the :class:`SimConfig` field it sets.
-#: The sensitivity runs only when every named field exists on ``SimConfig``; the CLI refuses
-#: the options otherwise. Rename the fields here if the router-state work names them
-#: differently.
-ROUTER_STATE_FIELDS: dict[str, str] = {"router_replicas": "router_replicas",
-                                       "kv_event_lag_s": "kv_event_lag_s"}
-
-
 class SaturationNotFound(ValueError):
     """The workload never saturated within the search (too short, or too few sessions)."""
 
@@ -132,12 +125,6 @@ def default_current() -> tuple[str, ...]:
     except (ValueError, KeyError, TypeError):
         pass
     return FALLBACK_CURRENT
-
-
-def router_state_supported() -> bool:
-    """Whether :class:`SimConfig` has every field of :data:`ROUTER_STATE_FIELDS`."""
-    names = {f.name for f in dataclasses.fields(SimConfig)}
-    return all(v in names for v in ROUTER_STATE_FIELDS.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +161,11 @@ class AdviseSettings:
         Its affected-request horizon, seconds.
     concurrency : tuple of int or None
         Explicit session concurrencies to sweep (closed loop; no saturation search).
-    router_state : dict
-        ``ROUTER_STATE_FIELDS`` key -> value for the sensitivity runs (empty: none).
+    router_sensitivity : bool
+        Run the router-state sensitivity at the focus load.
+    router_replicas, router_lags_s : tuple
+        Its router replica counts and KV-event lags (seconds); the settings are the two axes
+        and the corner (:func:`~lmetric_theory.experiments.router_state.router_state_settings`).
     sat_factor, sat_drain : float
         Saturation criterion (see :func:`~lmetric_theory.experiments.study.find_saturation`).
     """
@@ -193,7 +183,9 @@ class AdviseSettings:
     cf_samples: int = 8
     cf_horizon_s: float = 5.0
     concurrency: tuple[int, ...] | None = None
-    router_state: dict[str, float] = field(default_factory=dict)
+    router_sensitivity: bool = True
+    router_replicas: tuple[int, ...] = (1, 2, 4, 8)
+    router_lags_s: tuple[float, ...] = (0.0, 0.2, 1.0)
     sat_factor: float = 10.0
     sat_drain: float = 0.25
 
@@ -214,9 +206,11 @@ class AdviseSettings:
             raise ValueError(f"confirm_vllm must be >= 1, got {self.confirm_vllm}")
         if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError(f"concurrency: need values >= 1, got {self.concurrency}")
-        unknown = set(self.router_state) - set(ROUTER_STATE_FIELDS)
-        if unknown:
-            raise ValueError(f"router_state: unknown keys {sorted(unknown)}")
+        if not self.router_replicas or min(self.router_replicas) < 1:
+            raise ValueError(f"router_replicas: need values >= 1, got {self.router_replicas}")
+        if not self.router_lags_s or any(not (math.isfinite(x) and x >= 0)
+                                         for x in self.router_lags_s):
+            raise ValueError(f"router_lags_s: need seconds >= 0, got {self.router_lags_s}")
 
 
 def advise_task(task: SimTask, slo: Slo | None = None) -> dict[str, Any]:
@@ -573,24 +567,72 @@ def _confirm(workload: Workload, config: SimConfig, mode: str, value: float, loa
     return {"load": load, "requests": len(w), "seed": 0, "policies": table, "changes": changes}
 
 
-def _router_state(workload: Workload, config: SimConfig, mode: str, value: float, load: str,
-                  s: AdviseSettings, names: Sequence[str], specs: Mapping[str, PolicySpec],
-                  ex: Executor, slo: Slo | None) -> dict[str, Any]:
-    if not s.router_state:
-        return {"run": False, "supported": router_state_supported(),
-                "text": "not run" + ("" if router_state_supported() else
-                                     ": the simulator has no router replicas or KV-event lag yet")}
-    if not router_state_supported():  # the CLI refuses before this
-        raise ValueError("router replicas and KV-event lag need the router-state support")
-    over = {ROUTER_STATE_FIELDS[k]: v for k, v in s.router_state.items()}
-    cfg = dataclasses.replace(config, **over)
-    tasks = [_task(workload, cfg, mode, value, specs[n], sd,
-                   {"load": load, "name": n, "rate_scale": value, "workload": "w"}, "fast")
-             for sd in range(s.seeds) for n in names]
-    rows = run_chunked(tasks, ex, None, max(1, len(tasks)), slo)
+def _setup(config: SimConfig) -> dict[str, Any]:
+    """The router set-up of ``config`` (docs/router_state.md), JSON-ready."""
+    return {"router_replicas": int(config.router_replicas),
+            "replica_assignment": config.replica_assignment.value,
+            "kv_event_lag_s": float(config.kv_event_lag_s),
+            "signal_delay_s": float(config.signal_delay_s), "index": config.index.text}
+
+
+def _router_state(make: Callable[[int], Workload], config: SimConfig, mode: str, value: float,
+                  load: str, s: AdviseSettings, names: Sequence[str],
+                  specs: Mapping[str, PolicySpec], ex: Executor, slo: Slo | None,
+                  sweep_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sensitivity at the focus load: ``lmetric`` and the current policies at every
+    (router replicas R, KV-event lag) setting of
+    :func:`~lmetric_theory.experiments.router_state.router_state_settings` (the two axes
+    and the corner), every seed, the rest of the router set-up as in ``config``. The
+    setting equal to ``config``'s own reuses the sweep's rows."""
+    from lmetric_theory.experiments.router_state import router_state_settings
+
+    setup = _setup(config)
+    if not s.router_sensitivity:
+        return {"run": False, "setup": setup, "text": "not run"}
+    settings = router_state_settings(s.router_replicas, s.router_lags_s)
+    own = (setup["router_replicas"], setup["kv_event_lag_s"])
+
+    def label(r: int, lag: float) -> str:
+        return f"R={r}, lag={lag:g}s"
+
+    rows: list[dict[str, Any]] = []
+    tasks = []
+    for r, lag in settings:
+        lab = label(r, lag)
+        if (r, lag) == own:
+            for row in sweep_rows:
+                if row["load"] == load and row["name"] in names:
+                    rows.append({**{k: v for k, v in row.items() if k != "detail"}, "load": lab,
+                                 "replicas": r, "lag_s": lag})
+            continue
+        cfg = dataclasses.replace(config, router_replicas=int(r), kv_event_lag_s=float(lag))
+        tasks += [_task(make(sd), cfg, mode, value, specs[n], sd,
+                        {"load": lab, "name": n, "rate_scale": value, "workload": "w",
+                         "replicas": int(r), "lag_s": float(lag)}, "fast")
+                  for sd in range(s.seeds) for n in names]
+    if tasks:
+        chunk = max(1, 2 * int(getattr(ex, "workers", 1) or 1))
+        rows += run_chunked(tasks, ex, None, chunk, slo)
     comps = _comparisons(rows, [n for n in names if n != "lmetric"], slo, s.tolerance_pct)
-    return {"run": True, "supported": True, "settings": dict(s.router_state), "load": load,
-            "comparisons": [c for c in comps if c["metric"] == "ttft_mean_s"]}
+    order = [label(r, lag) for r, lag in settings]
+    summary = sorted(_summary(rows, slo), key=lambda e: order.index(e["load"]))
+    for e in summary:
+        r, lag = settings[order.index(e["load"])]
+        e["replicas"], e["lag_s"] = r, lag
+    heads = sorted((c for c in comps if c["metric"] == "ttft_mean_s"),
+                   key=lambda c: order.index(c["load"]))
+    for c in comps:
+        r, lag = settings[order.index(c["load"])]
+        c["replicas"], c["lag_s"] = r, lag
+    outs = {c["outcome"] for c in heads} - {"n/a"}
+    words = (f"lmetric's mean-TTFT outcome is {next(iter(outs))} at every setting" if len(outs) == 1
+             else "lmetric's mean-TTFT outcome changes with the setting (" + "; ".join(
+                 f"{c['load']} vs {c['other']}: {c['outcome']}" for c in heads
+                 if c["outcome"] != heads[0]["outcome"] or c is heads[0]) + ")")
+    return {"run": True, "setup": setup, "load": load, "seeds": list(range(s.seeds)),
+            "policies": list(names), "settings": [[int(r), float(lag)] for r, lag in settings],
+            "summary": summary, "comparisons": sorted(comps, key=lambda c: order.index(c["load"])),
+            "text": f"{len(settings)} settings of R and lag at {load}: {words}."}
 
 
 # ----------------------------------------------------------------------------- the study
@@ -618,7 +660,7 @@ def advise(workload: Workload | Callable[[int], Workload], config: SimConfig,
         Sweep executor (:func:`lmetric_theory.experiments.tasks.get_executor`).
     progress : callable, optional
         ``progress(stage, done, total)``: stage ``"saturation"``, ``"sweep"``, ``"hotspots"``,
-        ``"counterfactual"``, ``"confirm"``, ``"done"``.
+        ``"counterfactual"``, ``"confirm"``, ``"router state"``, ``"done"``.
 
     Returns
     -------
@@ -705,8 +747,12 @@ def advise(workload: Workload | Callable[[int], Workload], config: SimConfig,
                            ["lmetric", *[c for c in current if c != "lmetric"]], specs,
                            s.confirm_vllm, ex)
         timings["confirm_vllm"] = time.perf_counter() - t4
-    router = _router_state(w0, config, mode, focus_value, focus_label, s,
-                           ["lmetric", *[c for c in current if c != "lmetric"]], specs, ex, s.slo)
+    t5 = time.perf_counter()
+    step("router state", 0, 1)
+    router = _router_state(make, config, mode, focus_value, focus_label, s,
+                           ["lmetric", *[c for c in current if c != "lmetric"]], specs, ex, s.slo,
+                           rows)
+    timings["router_state"] = time.perf_counter() - t5
     step("done", 1, 1)
     for r in rows:
         r.pop("detail", None)

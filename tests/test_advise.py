@@ -166,17 +166,19 @@ def test_router_state_sensitivity_reuses_the_sweep_and_reruns_the_rest(advice_do
     assert rs["policies"] == ["lmetric", "round-robin", "vllm-v1"]
     by = {(e["replicas"], e["lag_s"], e["policy"]): e for e in rs["summary"]}
     assert len(by) == 7 * 3
-    # the sweep's own setting is the sweep's focus-load rows
-    sweep = {e["policy"]: e for e in advice_doc["summary"] if e["load"] == rs["load"]}
+    assert rs["seeds"] == [0]  # one seed by default
+    # the sweep's own setting is the sweep's focus-load rows of seed 0
+    sweep = {r["name"]: r for r in advice_doc["rows"] if r["load"] == rs["load"] and r["seed"] == 0}
     for p in rs["policies"]:
-        assert by[(1, 0.0, p)]["ttft_mean_s"] == sweep[p]["ttft_mean_s"]
+        e = by[(1, 0.0, p)]["ttft_mean_s"]
+        assert e["mean"] == e["min"] == e["max"] == sweep[p]["ttft_mean_s"]
     # another setting is a fresh run: seed 0 of lmetric at R = 8 replayed here is one of the
     # two seeds' values
     value = advice_doc["loads"][0]["value"]
     cfg = SimConfig.from_preset(load_preset(PRESET), 4, record_snapshots=False, router_replicas=8)
     row = study_task(SimTask(scale_rate(_advice_workload(0), value), cfg, parse_spec("lmetric"), 0))
     e = by[(8, 0.0, "lmetric")]["ttft_mean_s"]
-    assert row["ttft_mean_s"] in (pytest.approx(e["min"]), pytest.approx(e["max"]))
+    assert row["ttft_mean_s"] == pytest.approx(e["mean"])
     # round-robin does not read router state: its cells are the same at every setting
     rr = {(r, lag): by[(r, lag, "round-robin")]["ttft_mean_s"]["mean"] for r, lag in rs["settings"]}
     assert len({round(v, 12) for v in rr.values()}) == 1
@@ -314,6 +316,7 @@ def test_cli_sessions_that_never_saturate(tmp_path, capsys) -> None:
     (["--index", "bogus"], "index"),
     (["--sensitivity-lags", "0,-0.2"], "--sensitivity-lags"),
     (["--sensitivity-replicas", "0,2"], "--sensitivity-replicas"),
+    (["--sensitivity-seeds", "3"], "--sensitivity-seeds"),
     (["--router-replicas", "2", "--engine", "vllm"], "--engine vllm"),
 ])
 def test_cli_router_state_flags_bad_values(tmp_path, capsys, flags, words) -> None:

@@ -95,6 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="router replica counts of the router-state sensitivity (default 1,2,4,8)")
     p.add_argument("--sensitivity-lags", default="0,0.2,1", metavar="S1,S2,...",
                    help="KV-event lags of the router-state sensitivity, seconds (default 0,0.2,1)")
+    p.add_argument("--sensitivity-seeds", type=int, default=1, metavar="K",
+                   help="seeds of the router-state sensitivity, at most --seeds (default 1)")
     p.add_argument("--no-router-sensitivity", action="store_true",
                    help="skip the router-state sensitivity at the focus load")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
@@ -186,6 +188,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one validation per fla
                         ("--samples", args.samples, args.samples >= 0),
                         ("--horizon", args.horizon, math.isfinite(args.horizon) and args.horizon > 0),
                         ("--tolerance", args.tolerance, math.isfinite(args.tolerance) and args.tolerance >= 0),
+                        ("--sensitivity-seeds", args.sensitivity_seeds,
+                         1 <= args.sensitivity_seeds <= max(args.seeds, 1)),
                         ("--count", args.count, args.count is None or args.count >= 0),
                         ("--workers", args.workers, args.workers is None or args.workers >= 1),
                         ("--confirm-vllm", args.confirm_vllm,
@@ -261,7 +265,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one validation per fla
             slo=slo, engine=args.engine, confirm_vllm=args.confirm_vllm, points=args.points,
             tolerance_pct=args.tolerance, cf_samples=args.samples, cf_horizon_s=args.horizon, concurrency=conc,
             router_sensitivity=not args.no_router_sensitivity and args.engine == "fast",
-            router_replicas=sens_r, router_lags_s=sens_lag)
+            router_replicas=sens_r, router_lags_s=sens_lag, router_seeds=args.sensitivity_seeds)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
@@ -374,8 +378,8 @@ def _print(doc: dict[str, Any]) -> None:
               f"delay {su['signal_delay_s']:g} s, index {su['index']}", highlight=False)
     con.print(f"router replicas / KV-event lag: {rs['text']}", highlight=False)
     if rs["run"]:
-        t = Table(title=f"Router-state sensitivity at {rs['load']}: mean TTFT (s) over seeds "
-                  "[min, max]; lmetric's change against each policy")
+        t = Table(title=f"Router-state sensitivity at {rs['load']}, seeds {rs['seeds']}: mean TTFT "
+                  "(s) [min, max]; lmetric's change against each policy")
         others = [p for p in rs["policies"] if p != "lmetric"]
         for c in ["R", "lag (s)", *rs["policies"], *[f"vs {o}" for o in others]]:
             t.add_column(c, justify="right")

@@ -166,6 +166,9 @@ class AdviseSettings:
     router_replicas, router_lags_s : tuple
         Its router replica counts and KV-event lags (seconds); the settings are the two axes
         and the corner (:func:`~lmetric_theory.experiments.router_state.router_state_settings`).
+    router_seeds : int
+        Seeds ``0..router_seeds-1`` of the sensitivity (at most ``seeds``; default 1, to keep
+        the main job within its time goal).
     sat_factor, sat_drain : float
         Saturation criterion (see :func:`~lmetric_theory.experiments.study.find_saturation`).
     """
@@ -186,6 +189,7 @@ class AdviseSettings:
     router_sensitivity: bool = True
     router_replicas: tuple[int, ...] = (1, 2, 4, 8)
     router_lags_s: tuple[float, ...] = (0.0, 0.2, 1.0)
+    router_seeds: int = 1
     sat_factor: float = 10.0
     sat_drain: float = 0.25
 
@@ -206,6 +210,8 @@ class AdviseSettings:
             raise ValueError(f"confirm_vllm must be >= 1, got {self.confirm_vllm}")
         if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError(f"concurrency: need values >= 1, got {self.concurrency}")
+        if not 1 <= self.router_seeds <= self.seeds:
+            raise ValueError(f"router_seeds must be in 1..seeds, got {self.router_seeds}")
         if not self.router_replicas or min(self.router_replicas) < 1:
             raise ValueError(f"router_replicas: need values >= 1, got {self.router_replicas}")
         if not self.router_lags_s or any(not (math.isfinite(x) and x >= 0)
@@ -591,6 +597,7 @@ def _router_state(make: Callable[[int], Workload], config: SimConfig, mode: str,
         return {"run": False, "setup": setup, "text": "not run"}
     settings = router_state_settings(s.router_replicas, s.router_lags_s)
     own = (setup["router_replicas"], setup["kv_event_lag_s"])
+    n_seeds = s.router_seeds
 
     def label(r: int, lag: float) -> str:
         return f"R={r}, lag={lag:g}s"
@@ -601,7 +608,7 @@ def _router_state(make: Callable[[int], Workload], config: SimConfig, mode: str,
         lab = label(r, lag)
         if (r, lag) == own:
             for row in sweep_rows:
-                if row["load"] == load and row["name"] in names:
+                if row["load"] == load and row["name"] in names and int(row["seed"]) < n_seeds:
                     rows.append({**{k: v for k, v in row.items() if k != "detail"}, "load": lab,
                                  "replicas": r, "lag_s": lag})
             continue
@@ -609,7 +616,7 @@ def _router_state(make: Callable[[int], Workload], config: SimConfig, mode: str,
         tasks += [_task(make(sd), cfg, mode, value, specs[n], sd,
                         {"load": lab, "name": n, "rate_scale": value, "workload": "w",
                          "replicas": int(r), "lag_s": float(lag)}, "fast")
-                  for sd in range(s.seeds) for n in names]
+                  for sd in range(n_seeds) for n in names]
     if tasks:
         chunk = max(1, 2 * int(getattr(ex, "workers", 1) or 1))
         rows += run_chunked(tasks, ex, None, chunk, slo)
@@ -624,12 +631,16 @@ def _router_state(make: Callable[[int], Workload], config: SimConfig, mode: str,
     for c in comps:
         r, lag = settings[order.index(c["load"])]
         c["replicas"], c["lag_s"] = r, lag
-    outs = {c["outcome"] for c in heads} - {"n/a"}
-    words = (f"lmetric's mean-TTFT outcome is {next(iter(outs))} at every setting" if len(outs) == 1
-             else "lmetric's mean-TTFT outcome changes with the setting (" + "; ".join(
-                 f"{c['load']} vs {c['other']}: {c['outcome']}" for c in heads
-                 if c["outcome"] != heads[0]["outcome"] or c is heads[0]) + ")")
-    return {"run": True, "setup": setup, "load": load, "seeds": list(range(s.seeds)),
+    parts = []
+    for o in [n for n in names if n != "lmetric"]:
+        cells = [c for c in heads if c["other"] == o]
+        kinds = {c["outcome"] for c in cells} - {"n/a"}
+        if len(kinds) == 1:
+            parts.append(f"vs {o} {next(iter(kinds))} at every setting")
+        else:
+            parts.append(f"vs {o} " + ", ".join(f"{c['outcome']} at {c['load']}" for c in cells))
+    words = "lmetric's mean TTFT " + "; ".join(parts)
+    return {"run": True, "setup": setup, "load": load, "seeds": list(range(n_seeds)),
             "policies": list(names), "settings": [[int(r), float(lag)] for r, lag in settings],
             "summary": summary, "comparisons": sorted(comps, key=lambda c: order.index(c["load"])),
             "text": f"{len(settings)} settings of R and lag at {load}: {words}."}

@@ -151,6 +151,34 @@ def test_hotspots_and_harm_sections(advice_doc) -> None:
         assert harm["flagged"]["n"] <= 2 and isinstance(harm["detectable"], bool)
 
 
+def test_parallel_saturation_search_matches_the_serial_one(advice_doc) -> None:
+    from conftest import _advice_workload
+
+    from lmetric_theory.experiments.study import LoadPoint, find_saturation, study_task
+    from lmetric_theory.experiments.tasks import SimTask
+    from lmetric_theory.workload import scale_rate
+
+    w = _advice_workload(0)
+    cfg = SimConfig.from_preset(load_preset(PRESET), 4, record_snapshots=False)
+
+    def serial(k: float) -> LoadPoint:  # one run per asked scale, in this process
+        row = study_task(SimTask(scale_rate(w, k), cfg, parse_spec("round-robin"), 0))
+        return LoadPoint(row["ttft_mean_s"], row["drain_s"], row["span_s"])
+
+    ref = find_saturation(serial, start=0.25)
+    sat = advice_doc["saturation"]  # the fixture ran with 1 worker: check 2 as well
+    assert sat["scale"] == ref.scale
+    assert [e["scale"] for e in sat["evaluations"]] == [k for k, _, _ in ref.evaluations]
+    from lmetric_theory.experiments.tasks import get_executor
+
+    ev = A._evaluator(w, cfg, "rate", parse_spec("round-robin"), 0, 0.25,
+                      get_executor(None, workers=2))
+    two = find_saturation(ev, start=0.25)
+    assert two.scale == ref.scale
+    assert [p.ttft_mean_s for _, p, _ in two.evaluations] == [p.ttft_mean_s for _, p, _ in
+                                                              ref.evaluations]
+
+
 def test_router_state_sensitivity_reuses_the_sweep_and_reruns_the_rest(advice_doc) -> None:
     from conftest import _advice_workload
 

@@ -272,31 +272,59 @@ def outcome(pcts: Sequence[float], lower_is_better: bool, tolerance_pct: float) 
 # ---------------------------------------------------------------------------------- steps
 
 
-def _evaluator(workload: Workload, config: SimConfig, mode: str,
-               policy: PolicySpec, seed: int) -> Callable[[float], LoadPoint]:
-    """``k -> LoadPoint``: the rate scale ``k`` (open loop) or concurrency ``round(k)``."""
+def _point_task(workload: Workload, config: SimConfig, mode: str, policy: PolicySpec, seed: int,
+                k: float) -> SimTask:
+    """The saturation search's run at rate scale ``k`` (open loop) or concurrency ``round(k)``."""
+    if mode == "rate":
+        return SimTask(scale_rate(workload, float(k)), config, policy, seed)
+    return SimTask(workload, dataclasses.replace(config, concurrency=max(1, int(round(k)))),
+                   policy, seed)
+
+
+def _point(mode: str, row: Mapping[str, Any]) -> LoadPoint:
+    if mode == "rate":
+        return LoadPoint(float(row["ttft_mean_s"]), float(row["drain_s"]), float(row["span_s"]))
+    return LoadPoint(float(row["ttft_mean_s"]), 0.0, 1.0)  # closed loop: no lag criterion
+
+
+def _evaluator(workload: Workload, config: SimConfig, mode: str, policy: PolicySpec, seed: int,
+               start: float, ex: Executor) -> Callable[[float], LoadPoint]:
+    """``k -> LoadPoint`` of the saturation search. A scale on the doubling ladder
+    ``start * 2**j`` that is not cached yet is run together with the next ``workers - 1``
+    rungs through ``ex`` (the search asks for them next unless it saturates first), so the
+    doubling phase uses every worker; the bisection points run one at a time."""
+    width = max(1, int(getattr(ex, "workers", 1) or 1))
+    cache: dict[float, LoadPoint] = {}
+
+    def on_ladder(k: float) -> bool:
+        j = math.log2(k / start)
+        return abs(j - round(j)) < 1e-9 and round(j) >= 0
 
     def evaluate(k: float) -> LoadPoint:
-        if mode == "rate":
-            row = study_task(SimTask(scale_rate(workload, float(k)), config, policy, seed))
-            return LoadPoint(float(row["ttft_mean_s"]), float(row["drain_s"]), float(row["span_s"]))
-        c = max(1, int(round(k)))
-        row = study_task(SimTask(workload, dataclasses.replace(config, concurrency=c), policy, seed))
-        return LoadPoint(float(row["ttft_mean_s"]), 0.0, 1.0)
+        k = float(k)
+        if k not in cache:
+            ks = [k * 2.0 ** i for i in range(width)] if on_ladder(k) else [k]
+            ks = [x for x in ks if x not in cache]
+            tasks = [_point_task(workload, config, mode, policy, seed, x) for x in ks]
+            rows = ex.map(study_task, tasks) if len(tasks) > 1 else [study_task(tasks[0])]
+            for x, row in zip(ks, rows, strict=True):
+                cache[x] = _point(mode, row)
+        return cache[k]
 
     return evaluate
 
 
 def _saturation(workload: Workload, config: SimConfig, mode: str, s: AdviseSettings,
-                source: str) -> SaturationResult:
-    evaluate = _evaluator(workload, config, mode, parse_spec("round-robin"), 0)
+                source: str, ex: Executor) -> SaturationResult:
+    start = 0.25 if mode == "rate" else 1.0
+    evaluate = _evaluator(workload, config, mode, parse_spec("round-robin"), 0, start, ex)
     if mode == "rate":
-        r = find_saturation(evaluate, start=0.25, factor=s.sat_factor, drain=s.sat_drain)
+        r = find_saturation(evaluate, start=start, factor=s.sat_factor, drain=s.sat_drain)
     else:
         n_sessions = workload.sessions.n_sessions if workload.sessions is not None else len(workload)
         doublings = max(1, min(8, int(math.floor(math.log2(max(n_sessions, 2))))))
         # no lag criterion in closed loop: arrivals follow completions
-        r = find_saturation(evaluate, start=1.0, factor=s.sat_factor, drain=math.inf,
+        r = find_saturation(evaluate, start=start, factor=s.sat_factor, drain=math.inf,
                             max_doublings=doublings)
     if not r.found:
         last = r.evaluations[-1][0]
@@ -696,7 +724,7 @@ def advise(workload: Workload | Callable[[int], Workload], config: SimConfig,
     sat = None
     if s.concurrency is None:
         step("saturation", 0, 1)
-        sat = _saturation(w0, config, mode, s, source)
+        sat = _saturation(w0, config, mode, s, source, ex)
     timings["saturation"] = time.perf_counter() - t0
     loads = _load_points(mode, sat, s)
     focus_label = (f"{s.focus:g}x sat" if s.concurrency is None else loads[-1]["label"])

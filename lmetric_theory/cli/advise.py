@@ -343,7 +343,7 @@ def _print(doc: dict[str, Any]) -> None:
                   + ", ".join(f"{ld['label']} = {ld['value']:.3g}" for ld in doc["loads"]),
                   highlight=False)
     slo = cfg["slo"] is not None
-    t = Table(title=f"Per load: mean over seeds [min, max] ({wl['replicates']} per seed); TTFT "
+    t = Table(title=f"Per load: mean over seeds \\[min, max] ({wl['replicates']} per seed); TTFT "
               "in s, TPOT/ITL in ms")
     cols = ["load", "policy", "TTFT mean", "TTFT p99", "TPOT mean", "ITL p99"]
     if slo:
@@ -379,7 +379,7 @@ def _print(doc: dict[str, Any]) -> None:
     con.print(f"router replicas / KV-event lag: {rs['text']}", highlight=False)
     if rs["run"]:
         t = Table(title=f"Router-state sensitivity at {rs['load']}, seeds {rs['seeds']}: mean TTFT "
-                  "(s) [min, max]; lmetric's change against each policy")
+                  "(s) \\[min, max]; lmetric's change against each policy")
         others = [p for p in rs["policies"] if p != "lmetric"]
         for c in ["R", "lag (s)", *rs["policies"], *[f"vs {o}" for o in others]]:
             t.add_column(c, justify="right")

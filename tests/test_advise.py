@@ -45,6 +45,21 @@ def test_outcome_rule_by_hand() -> None:
     assert A.outcome([], True, 1.0) == "n/a"
 
 
+def test_verdict_text_names_loads_that_are_not_neighbours() -> None:
+    def cell(load: str, pct: float) -> dict:
+        return {"load": load, "metric": "ttft_mean_s", "other": "x", "pct": pct, "pct_min": pct,
+                "pct_max": pct, "per_seed_pct": [pct], "seeds": 1,
+                "outcome": A.outcome([pct], True, 1.0)}
+
+    loads = [{"label": f"L{i}"} for i in range(4)]
+    comps = [cell("L0", -5.0), cell("L1", 0.0), cell("L2", 0.5), cell("L3", -3.0)]
+    text = A._verdict(comps, loads, ["x"], 1.0, 1)["against"][0]["text"]
+    assert "wins at L0 and L3" in text and "ties at L1 to L2" in text
+    comps = [cell("L0", -5.0), cell("L1", -4.0), cell("L2", -2.0), cell("L3", 0.0)]
+    text = A._verdict(comps, loads, ["x"], 1.0, 1)["against"][0]["text"]
+    assert "wins at L0 to L2" in text and "ties at L3" in text
+
+
 def test_default_current_follows_the_registry() -> None:
     cur = A.default_current()
     names = set(policy_names())

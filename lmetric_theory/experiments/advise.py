@@ -452,7 +452,13 @@ def _verdict_text(cur: str, head: Mapping[str, Any], tol: float) -> str:
         if not loads:
             continue
         cells = [c for c in head["by_load"] if c["outcome"] == kind and c["pct"] is not None]
-        where = loads[0] if len(loads) == 1 else f"{loads[0]} to {loads[-1]}"
+        pos = [i for i, c in enumerate(head["by_load"]) if c["outcome"] == kind]
+        if len(loads) == 1:
+            where = loads[0]
+        elif pos == list(range(pos[0], pos[0] + len(pos))):  # neighbouring loads: a range
+            where = f"{loads[0]} to {loads[-1]}"
+        else:
+            where = ", ".join(loads[:-1]) + f" and {loads[-1]}"
         span = f" (mean TTFT {_pct_range(cells)})" if cells else ""
         parts.append(f"{word} at {where}{span}")
     return f"Against {cur}: LMetric " + "; ".join(parts) + "."

@@ -12,7 +12,9 @@ counterfactual study). ``--out DIR`` writes ``advice.json`` and ``advice.html``;
 Defaults are sized for 2 cores: the first ``--count`` requests (default 2,000; 1,000 for
 the embedded default workload), loads 0.25, 0.5, 0.75, 1.0 of the saturation point (0.5, 1.0
 for the embedded default), 2 seeds, ``tuned-linear`` on a 4-point grid, 8 + 8 sampled
-decisions (5 s horizon) in the counterfactual study.
+decisions (5 s horizon) in the counterfactual study, and the router-state sensitivity at the
+focus load on seed 0 (router replicas 1, 2, 4, 8 and KV-event lags 0, 0.2, 1 s; the sweep
+itself runs under the ``--router-replicas``/``--kv-event-lag``/``--index`` set-up).
 
 Examples
 --------

@@ -45,6 +45,21 @@ def test_outcome_rule_by_hand() -> None:
     assert A.outcome([], True, 1.0) == "n/a"
 
 
+def test_verdict_text_names_loads_that_are_not_neighbours() -> None:
+    def cell(load: str, pct: float) -> dict:
+        return {"load": load, "metric": "ttft_mean_s", "other": "x", "pct": pct, "pct_min": pct,
+                "pct_max": pct, "per_seed_pct": [pct], "seeds": 1,
+                "outcome": A.outcome([pct], True, 1.0)}
+
+    loads = [{"label": f"L{i}"} for i in range(4)]
+    comps = [cell("L0", -5.0), cell("L1", 0.0), cell("L2", 0.5), cell("L3", -3.0)]
+    text = A._verdict(comps, loads, ["x"], 1.0, 1)["against"][0]["text"]
+    assert "wins at L0 and L3" in text and "ties at L1 to L2" in text
+    comps = [cell("L0", -5.0), cell("L1", -4.0), cell("L2", -2.0), cell("L3", 0.0)]
+    text = A._verdict(comps, loads, ["x"], 1.0, 1)["against"][0]["text"]
+    assert "wins at L0 to L2" in text and "ties at L3" in text
+
+
 def test_default_current_follows_the_registry() -> None:
     cur = A.default_current()
     names = set(policy_names())
@@ -149,7 +164,71 @@ def test_hotspots_and_harm_sections(advice_doc) -> None:
     harm = advice_doc["harm"]
     if harm["run"]:
         assert harm["flagged"]["n"] <= 2 and isinstance(harm["detectable"], bool)
-    assert advice_doc["router_state"]["run"] is False
+
+
+def test_parallel_saturation_search_matches_the_serial_one(advice_doc) -> None:
+    from conftest import _advice_workload
+
+    from lmetric_theory.experiments.study import LoadPoint, find_saturation, study_task
+    from lmetric_theory.experiments.tasks import SimTask
+    from lmetric_theory.workload import scale_rate
+
+    w = _advice_workload(0)
+    cfg = SimConfig.from_preset(load_preset(PRESET), 4, record_snapshots=False)
+
+    def serial(k: float) -> LoadPoint:  # one run per asked scale, in this process
+        row = study_task(SimTask(scale_rate(w, k), cfg, parse_spec("round-robin"), 0))
+        return LoadPoint(row["ttft_mean_s"], row["drain_s"], row["span_s"])
+
+    ref = find_saturation(serial, start=0.25)
+    sat = advice_doc["saturation"]  # the fixture ran with 1 worker: check 2 as well
+    assert sat["scale"] == ref.scale
+    assert [e["scale"] for e in sat["evaluations"]] == [k for k, _, _ in ref.evaluations]
+    from lmetric_theory.experiments.tasks import get_executor
+
+    ev = A._evaluator(w, cfg, "rate", parse_spec("round-robin"), 0, 0.25,
+                      get_executor(None, workers=2))
+    two = find_saturation(ev, start=0.25)
+    assert two.scale == ref.scale
+    assert [p.ttft_mean_s for _, p, _ in two.evaluations] == [p.ttft_mean_s for _, p, _ in
+                                                              ref.evaluations]
+
+
+def test_router_state_sensitivity_reuses_the_sweep_and_reruns_the_rest(advice_doc) -> None:
+    from conftest import _advice_workload
+
+    from lmetric_theory.experiments.study import study_task
+    from lmetric_theory.experiments.tasks import SimTask
+    from lmetric_theory.workload import scale_rate
+
+    rs = advice_doc["router_state"]
+    assert rs["run"] is True and rs["load"] == advice_doc["focus_load"]
+    assert rs["setup"]["router_replicas"] == 1 and rs["setup"]["kv_event_lag_s"] == 0
+    # the two axes through (1, 0) and the corner (8, 1 s)
+    assert rs["settings"] == [[1, 0.0], [2, 0.0], [4, 0.0], [8, 0.0], [1, 0.2], [1, 1.0], [8, 1.0]]
+    assert rs["policies"] == ["lmetric", "round-robin", "vllm-v1"]
+    by = {(e["replicas"], e["lag_s"], e["policy"]): e for e in rs["summary"]}
+    assert len(by) == 7 * 3
+    assert rs["seeds"] == [0]  # one seed by default
+    # the sweep's own setting is the sweep's focus-load rows of seed 0
+    sweep = {r["name"]: r for r in advice_doc["rows"] if r["load"] == rs["load"] and r["seed"] == 0}
+    for p in rs["policies"]:
+        e = by[(1, 0.0, p)]["ttft_mean_s"]
+        assert e["mean"] == e["min"] == e["max"] == sweep[p]["ttft_mean_s"]
+    # another setting is a fresh run: seed 0 of lmetric at R = 8 replayed here is one of the
+    # two seeds' values
+    value = advice_doc["loads"][0]["value"]
+    cfg = SimConfig.from_preset(load_preset(PRESET), 4, record_snapshots=False, router_replicas=8)
+    row = study_task(SimTask(scale_rate(_advice_workload(0), value), cfg, parse_spec("lmetric"), 0))
+    e = by[(8, 0.0, "lmetric")]["ttft_mean_s"]
+    assert row["ttft_mean_s"] == pytest.approx(e["mean"])
+    # round-robin does not read router state: its cells are the same at every setting
+    rr = {(r, lag): by[(r, lag, "round-robin")]["ttft_mean_s"]["mean"] for r, lag in rs["settings"]}
+    assert len({round(v, 12) for v in rr.values()}) == 1
+    # comparisons: mean of the paired per-seed changes, recomputed from the cells
+    for c in rs["comparisons"]:
+        assert c["pct"] == pytest.approx(np.mean(c["per_seed_pct"]))
+        assert c["outcome"] == A.outcome(c["per_seed_pct"], A.METRICS[c["metric"]], 1.0)
 
 
 def test_html_report_is_self_contained_with_the_verdict_first(advice_doc, tmp_path) -> None:
@@ -274,12 +353,40 @@ def test_cli_sessions_that_never_saturate(tmp_path, capsys) -> None:
     assert not out.exists()
 
 
-def test_cli_router_state_flags_need_support(tmp_path, capsys) -> None:
-    if A.router_state_supported():
-        pytest.skip("the simulator has router-state support: the flags run")
-    code = main(["advise", str(_trace(tmp_path / "t.jsonl", 50)), "--router-replicas", "2"])
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--router-replicas", "0"], "--router-replicas"),
+    (["--kv-event-lag", "-1"], "--kv-event-lag"),
+    (["--index", "bogus"], "index"),
+    (["--sensitivity-lags", "0,-0.2"], "--sensitivity-lags"),
+    (["--sensitivity-replicas", "0,2"], "--sensitivity-replicas"),
+    (["--sensitivity-seeds", "3"], "--sensitivity-seeds"),
+    (["--router-replicas", "2", "--engine", "vllm"], "--engine vllm"),
+])
+def test_cli_router_state_flags_bad_values(tmp_path, capsys, flags, words) -> None:
+    out = tmp_path / "out"
+    code = main(["advise", str(_trace(tmp_path / "t.jsonl", 50)), "--out", str(out), *flags])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "needs the router-state support" in err and len(err.splitlines()) == 1
+    assert code == 2 and words in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_sweep_runs_under_the_router_set_up(capsys) -> None:
+    code = main(["advise", "synthetic:api:count=120", "-n", "2", "--seeds", "1", "--points", "2",
+                 "--samples", "0", "--current", "round-robin", "--workers", "1", "--loads", "1",
+                 "--router-replicas", "2", "--replica-assignment", "random",
+                 "--kv-event-lag", "0.2", "--sensitivity-replicas", "1,2",
+                 "--sensitivity-lags", "0.2", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rs = doc["router_state"]
+    assert rs["setup"] == {"router_replicas": 2, "replica_assignment": "random",
+                           "kv_event_lag_s": 0.2, "signal_delay_s": 0.0, "index": "precise"}
+    assert rs["settings"] == [[1, 0.2], [2, 0.2]]
+    # (2, 0.2 s) is the sweep's own set-up: the sweep's rows; (1, 0.2 s) a separate run
+    sweep = {e["policy"]: e["ttft_mean_s"] for e in doc["summary"]}
+    by = {(e["replicas"], e["policy"]): e["ttft_mean_s"] for e in rs["summary"]}
+    assert by[(2, "lmetric")] == sweep["lmetric"]
+    assert by[(1, "round-robin")]["mean"] == pytest.approx(sweep["round-robin"]["mean"])
 
 
 def test_cli_bad_trace_line_names_file_line_field(tmp_path, capsys) -> None:

@@ -12,7 +12,9 @@ counterfactual study). ``--out DIR`` writes ``advice.json`` and ``advice.html``;
 Defaults are sized for 2 cores: the first ``--count`` requests (default 2,000; 1,000 for
 the embedded default workload), loads 0.25, 0.5, 0.75, 1.0 of the saturation point (0.5, 1.0
 for the embedded default), 2 seeds, ``tuned-linear`` on a 4-point grid, 8 + 8 sampled
-decisions (5 s horizon) in the counterfactual study.
+decisions (5 s horizon) in the counterfactual study, and the router-state sensitivity at the
+focus load on seed 0 (router replicas 1, 2, 4, 8 and KV-event lags 0, 0.2, 1 s; the sweep
+itself runs under the ``--router-replicas``/``--kv-event-lag``/``--index`` set-up).
 
 Examples
 --------
@@ -31,7 +33,13 @@ import math
 import sys
 from typing import Any
 
-from lmetric_theory.cli.common import add_loop_arguments, loader_options, preset_from_arg
+from lmetric_theory.cli.common import (
+    add_loop_arguments,
+    add_router_state_arguments,
+    check_router_state_arguments,
+    loader_options,
+    preset_from_arg,
+)
 
 HELP = "should this workload be routed by LMetric? a verdict with evidence"
 
@@ -85,14 +93,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default 8; 0 skips it)")
     p.add_argument("--horizon", type=float, default=5.0, metavar="S",
                    help="affected-request horizon of the counterfactual study, seconds (default 5)")
-    p.add_argument("--router-replicas", type=int, default=None, metavar="R",
-                   help="sensitivity to R router replicas (needs the router-state support)")
-    p.add_argument("--kv-event-lag", type=float, default=None, metavar="S",
-                   help="sensitivity to a KV-event lag of S seconds (needs the router-state support)")
+    p.add_argument("--sensitivity-replicas", default="1,2,4,8", metavar="R1,R2,...",
+                   help="router replica counts of the router-state sensitivity (default 1,2,4,8)")
+    p.add_argument("--sensitivity-lags", default="0,0.2,1", metavar="S1,S2,...",
+                   help="KV-event lags of the router-state sensitivity, seconds (default 0,0.2,1)")
+    p.add_argument("--sensitivity-seeds", type=int, default=1, metavar="K",
+                   help="seeds of the router-state sensitivity, at most --seeds (default 1)")
+    p.add_argument("--no-router-sensitivity", action="store_true",
+                   help="skip the router-state sensitivity at the focus load")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed trace lines")
     p.add_argument("--json", action="store_true", help="print the advice document as JSON")
     p.add_argument("--out", metavar="DIR", help="write advice.json and advice.html here")
     add_loop_arguments(p)
+    add_router_state_arguments(p)
     p.set_defaults(func=run)
     # --concurrency of add_loop_arguments is one cap; advise sweeps a list of them
     for a in p._actions:
@@ -118,13 +131,23 @@ def _fractions(text: str, flag: str) -> tuple[float, ...]:
     return xs
 
 
-def _concurrencies(text: str) -> tuple[int, ...]:
+def _concurrencies(text: str, flag: str = "--concurrency") -> tuple[int, ...]:
     try:
         xs = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--concurrency: expected comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
     if not xs or min(xs) < 1:
-        raise ValueError(f"--concurrency: need integers >= 1, got {text!r}")
+        raise ValueError(f"{flag}: need integers >= 1, got {text!r}")
+    return xs
+
+
+def _lags(text: str) -> tuple[float, ...]:
+    try:
+        xs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--sensitivity-lags: expected comma-separated seconds, got {text!r}") from None
+    if not xs or any(not (math.isfinite(x) and x >= 0) for x in xs):
+        raise ValueError(f"--sensitivity-lags: need finite seconds >= 0, got {text!r}")
     return xs
 
 
@@ -167,6 +190,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one validation per fla
                         ("--samples", args.samples, args.samples >= 0),
                         ("--horizon", args.horizon, math.isfinite(args.horizon) and args.horizon > 0),
                         ("--tolerance", args.tolerance, math.isfinite(args.tolerance) and args.tolerance >= 0),
+                        ("--sensitivity-seeds", args.sensitivity_seeds,
+                         1 <= args.sensitivity_seeds <= max(args.seeds, 1)),
                         ("--count", args.count, args.count is None or args.count >= 0),
                         ("--workers", args.workers, args.workers is None or args.workers >= 1),
                         ("--confirm-vllm", args.confirm_vllm,
@@ -186,20 +211,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one validation per fla
         return _err(f"--focus: {args.focus:g} is not one of --loads {','.join(f'{x:g}' for x in loads)}")
     focus = args.focus if args.focus is not None else max(
         [f for f in loads if f <= 0.75] or [min(loads)])
-    router_state: dict[str, float] = {}
-    if args.router_replicas is not None or args.kv_event_lag is not None:
-        if not A.router_state_supported():
-            flag = "--router-replicas" if args.router_replicas is not None else "--kv-event-lag"
-            return _err(f"{flag}: needs the router-state support (router replicas and KV-event "
-                        "lag in the simulator), which this version does not have")
-        if args.router_replicas is not None:
-            if args.router_replicas < 1:
-                return _err(f"--router-replicas: out of range, got {args.router_replicas}")
-            router_state["router_replicas"] = args.router_replicas
-        if args.kv_event_lag is not None:
-            if not (math.isfinite(args.kv_event_lag) and args.kv_event_lag >= 0):
-                return _err(f"--kv-event-lag: out of range, got {args.kv_event_lag}")
-            router_state["kv_event_lag_s"] = args.kv_event_lag
+    msg = check_router_state_arguments(args)
+    if msg is not None:
+        return _err(msg)
+    try:
+        sens_r = _concurrencies(args.sensitivity_replicas, "--sensitivity-replicas")
+        sens_lag = _lags(args.sensitivity_lags)
+    except ValueError as exc:
+        return _err(str(exc))
     current_text = args.current or list(A.default_current())
     try:
         current = tuple(parse_spec(c) for c in current_text)
@@ -240,13 +259,15 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one validation per fla
         if len(w0) < 2 * args.instances:
             return _err(f"{source}: {len(w0)} requests are too few to find a saturation point on "
                         f"{args.instances} instances (need at least {2 * args.instances})")
-        cfg = SimConfig.from_preset(preset, args.instances, record_snapshots=False)
+        cfg = SimConfig.from_preset(preset, args.instances, record_snapshots=False,
+                                    **args.router_state)
         reference = AU.default_reference(preset, w0)
         settings = A.AdviseSettings(
             current=current, reference=reference, loads=loads, focus=focus, seeds=args.seeds,
             slo=slo, engine=args.engine, confirm_vllm=args.confirm_vllm, points=args.points,
             tolerance_pct=args.tolerance, cf_samples=args.samples, cf_horizon_s=args.horizon, concurrency=conc,
-            router_state=router_state)
+            router_sensitivity=not args.no_router_sensitivity and args.engine == "fast",
+            router_replicas=sens_r, router_lags_s=sens_lag, router_seeds=args.sensitivity_seeds)
     except (OSError, ValueError) as exc:
         return _err(str(exc))
 
@@ -324,7 +345,7 @@ def _print(doc: dict[str, Any]) -> None:
                   + ", ".join(f"{ld['label']} = {ld['value']:.3g}" for ld in doc["loads"]),
                   highlight=False)
     slo = cfg["slo"] is not None
-    t = Table(title=f"Per load: mean over seeds [min, max] ({wl['replicates']} per seed); TTFT "
+    t = Table(title=f"Per load: mean over seeds \\[min, max] ({wl['replicates']} per seed); TTFT "
               "in s, TPOT/ITL in ms")
     cols = ["load", "policy", "TTFT mean", "TTFT p99", "TPOT mean", "ITL p99"]
     if slo:
@@ -352,6 +373,27 @@ def _print(doc: dict[str, Any]) -> None:
         con.print(f"vLLM confirmation, first {c['requests']} requests at {c['load']}: " + "; ".join(
             f"vs {ch['other']}: fast {_fmt(ch['fast_pct'], 1, '{:+.0f}%')}, vLLM "
             f"{_fmt(ch['vllm_pct'], 1, '{:+.0f}%')}" for ch in c["changes"]), highlight=False)
-    con.print(f"router replicas / KV-event lag: {doc['router_state'].get('text', 'run')}",
-              highlight=False)
+    rs = doc["router_state"]
+    su = rs["setup"]
+    con.print(f"router set-up of the sweep: R = {su['router_replicas']} "
+              f"({su['replica_assignment']}), KV-event lag {su['kv_event_lag_s']:g} s, signal "
+              f"delay {su['signal_delay_s']:g} s, index {su['index']}", highlight=False)
+    con.print(f"router replicas / KV-event lag: {rs['text']}", highlight=False)
+    if rs["run"]:
+        t = Table(title=f"Router-state sensitivity at {rs['load']}, seeds {rs['seeds']}: mean TTFT "
+                  "(s) \\[min, max]; lmetric's change against each policy")
+        others = [p for p in rs["policies"] if p != "lmetric"]
+        for c in ["R", "lag (s)", *rs["policies"], *[f"vs {o}" for o in others]]:
+            t.add_column(c, justify="right")
+        by = {(e["load"], e["policy"]): e for e in rs["summary"]}
+        ch = {(c["load"], c["other"]): c for c in rs["comparisons"] if c["metric"] == "ttft_mean_s"}
+        for r, lag in rs["settings"]:
+            lab = next(e["load"] for e in rs["summary"] if e["replicas"] == r and e["lag_s"] == lag)
+            row = [str(r), f"{lag:g}"] + [cell(by[(lab, p)]["ttft_mean_s"]) for p in rs["policies"]]
+            for o in others:
+                c = ch.get((lab, o))
+                row.append("-" if c is None or c["pct"] is None else
+                           f"{c['pct']:+.1f}% {c['outcome']}")
+            t.add_row(*row)
+        con.print(t)
     con.print(f"runtime {doc['runtime_s']['total']:.1f} s", highlight=False)

@@ -34,8 +34,11 @@
 6. **Confirmation** (optional): the focus-load comparison of ``lmetric`` and the current
    policies re-run on vLLM's own scheduler over the first ``confirm_vllm`` requests, beside
    the fast engine on the same requests.
-7. **Router state** (hook): replicas and KV-event lag, when :class:`SimConfig` has the
-   fields named in :data:`ROUTER_STATE_FIELDS`.
+7. **Router state.** The sweep runs under ``config``'s router set-up (replicas, replica
+   assignment, signal delay, KV-event lag, cache index; docs/router_state.md); at the focus
+   load ``lmetric`` and the current policies also run at every setting of router replicas
+   ``R`` (default 1, 2, 4, 8) and KV-event lag (default 0, 0.2, 1 s) on the two axes and the
+   corner, every seed, paired comparisons per setting.
 
 The library prints nothing and writes nothing; :mod:`lmetric_theory.cli.advise` prints and
 :mod:`lmetric_theory.io.advise` writes the report.
@@ -47,7 +50,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,14 +81,12 @@ __all__ = [
     "DEFAULT_CURRENT",
     "FALLBACK_CURRENT",
     "METRICS",
-    "ROUTER_STATE_FIELDS",
     "AdviseSettings",
     "SaturationNotFound",
     "advise",
     "advise_task",
     "default_current",
     "outcome",
-    "router_state_supported",
 ]
 
 #: Identifier of the JSON document (``schema`` key); bumped when a documented key changes.
@@ -109,14 +110,6 @@ VERDICT_METRICS: tuple[str, ...] = ("ttft_mean_s", "ttft_p99_s", "tpot_mean_s", 
 #: Probabilities at which the TTFT and TPOT distributions are kept for the CDF plots.
 CDF_POINTS: int = 101
 
-#: HOOK (router-state support): the advise option -> the :class:`SimConfig` field it sets.
-#: The sensitivity runs only when every named field exists on ``SimConfig``; the CLI refuses
-#: the options otherwise. Rename the fields here if the router-state work names them
-#: differently.
-ROUTER_STATE_FIELDS: dict[str, str] = {"router_replicas": "router_replicas",
-                                       "kv_event_lag_s": "kv_event_lag_s"}
-
-
 class SaturationNotFound(ValueError):
     """The workload never saturated within the search (too short, or too few sessions)."""
 
@@ -132,12 +125,6 @@ def default_current() -> tuple[str, ...]:
     except (ValueError, KeyError, TypeError):
         pass
     return FALLBACK_CURRENT
-
-
-def router_state_supported() -> bool:
-    """Whether :class:`SimConfig` has every field of :data:`ROUTER_STATE_FIELDS`."""
-    names = {f.name for f in dataclasses.fields(SimConfig)}
-    return all(v in names for v in ROUTER_STATE_FIELDS.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +161,14 @@ class AdviseSettings:
         Its affected-request horizon, seconds.
     concurrency : tuple of int or None
         Explicit session concurrencies to sweep (closed loop; no saturation search).
-    router_state : dict
-        ``ROUTER_STATE_FIELDS`` key -> value for the sensitivity runs (empty: none).
+    router_sensitivity : bool
+        Run the router-state sensitivity at the focus load.
+    router_replicas, router_lags_s : tuple
+        Its router replica counts and KV-event lags (seconds); the settings are the two axes
+        and the corner (:func:`~lmetric_theory.experiments.router_state.router_state_settings`).
+    router_seeds : int
+        Seeds ``0..router_seeds-1`` of the sensitivity (at most ``seeds``; default 1, to keep
+        the main job within its time goal).
     sat_factor, sat_drain : float
         Saturation criterion (see :func:`~lmetric_theory.experiments.study.find_saturation`).
     """
@@ -193,7 +186,10 @@ class AdviseSettings:
     cf_samples: int = 8
     cf_horizon_s: float = 5.0
     concurrency: tuple[int, ...] | None = None
-    router_state: dict[str, float] = field(default_factory=dict)
+    router_sensitivity: bool = True
+    router_replicas: tuple[int, ...] = (1, 2, 4, 8)
+    router_lags_s: tuple[float, ...] = (0.0, 0.2, 1.0)
+    router_seeds: int = 1
     sat_factor: float = 10.0
     sat_drain: float = 0.25
 
@@ -214,9 +210,13 @@ class AdviseSettings:
             raise ValueError(f"confirm_vllm must be >= 1, got {self.confirm_vllm}")
         if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
             raise ValueError(f"concurrency: need values >= 1, got {self.concurrency}")
-        unknown = set(self.router_state) - set(ROUTER_STATE_FIELDS)
-        if unknown:
-            raise ValueError(f"router_state: unknown keys {sorted(unknown)}")
+        if not 1 <= self.router_seeds <= self.seeds:
+            raise ValueError(f"router_seeds must be in 1..seeds, got {self.router_seeds}")
+        if not self.router_replicas or min(self.router_replicas) < 1:
+            raise ValueError(f"router_replicas: need values >= 1, got {self.router_replicas}")
+        if not self.router_lags_s or any(not (math.isfinite(x) and x >= 0)
+                                         for x in self.router_lags_s):
+            raise ValueError(f"router_lags_s: need seconds >= 0, got {self.router_lags_s}")
 
 
 def advise_task(task: SimTask, slo: Slo | None = None) -> dict[str, Any]:
@@ -272,31 +272,59 @@ def outcome(pcts: Sequence[float], lower_is_better: bool, tolerance_pct: float) 
 # ---------------------------------------------------------------------------------- steps
 
 
-def _evaluator(workload: Workload, config: SimConfig, mode: str,
-               policy: PolicySpec, seed: int) -> Callable[[float], LoadPoint]:
-    """``k -> LoadPoint``: the rate scale ``k`` (open loop) or concurrency ``round(k)``."""
+def _point_task(workload: Workload, config: SimConfig, mode: str, policy: PolicySpec, seed: int,
+                k: float) -> SimTask:
+    """The saturation search's run at rate scale ``k`` (open loop) or concurrency ``round(k)``."""
+    if mode == "rate":
+        return SimTask(scale_rate(workload, float(k)), config, policy, seed)
+    return SimTask(workload, dataclasses.replace(config, concurrency=max(1, int(round(k)))),
+                   policy, seed)
+
+
+def _point(mode: str, row: Mapping[str, Any]) -> LoadPoint:
+    if mode == "rate":
+        return LoadPoint(float(row["ttft_mean_s"]), float(row["drain_s"]), float(row["span_s"]))
+    return LoadPoint(float(row["ttft_mean_s"]), 0.0, 1.0)  # closed loop: no lag criterion
+
+
+def _evaluator(workload: Workload, config: SimConfig, mode: str, policy: PolicySpec, seed: int,
+               start: float, ex: Executor) -> Callable[[float], LoadPoint]:
+    """``k -> LoadPoint`` of the saturation search. A scale on the doubling ladder
+    ``start * 2**j`` that is not cached yet is run together with the next ``workers - 1``
+    rungs through ``ex`` (the search asks for them next unless it saturates first), so the
+    doubling phase uses every worker; the bisection points run one at a time."""
+    width = max(1, int(getattr(ex, "workers", 1) or 1))
+    cache: dict[float, LoadPoint] = {}
+
+    def on_ladder(k: float) -> bool:
+        j = math.log2(k / start)
+        return abs(j - round(j)) < 1e-9 and round(j) >= 0
 
     def evaluate(k: float) -> LoadPoint:
-        if mode == "rate":
-            row = study_task(SimTask(scale_rate(workload, float(k)), config, policy, seed))
-            return LoadPoint(float(row["ttft_mean_s"]), float(row["drain_s"]), float(row["span_s"]))
-        c = max(1, int(round(k)))
-        row = study_task(SimTask(workload, dataclasses.replace(config, concurrency=c), policy, seed))
-        return LoadPoint(float(row["ttft_mean_s"]), 0.0, 1.0)
+        k = float(k)
+        if k not in cache:
+            ks = [k * 2.0 ** i for i in range(width)] if on_ladder(k) else [k]
+            ks = [x for x in ks if x not in cache]
+            tasks = [_point_task(workload, config, mode, policy, seed, x) for x in ks]
+            rows = ex.map(study_task, tasks) if len(tasks) > 1 else [study_task(tasks[0])]
+            for x, row in zip(ks, rows, strict=True):
+                cache[x] = _point(mode, row)
+        return cache[k]
 
     return evaluate
 
 
 def _saturation(workload: Workload, config: SimConfig, mode: str, s: AdviseSettings,
-                source: str) -> SaturationResult:
-    evaluate = _evaluator(workload, config, mode, parse_spec("round-robin"), 0)
+                source: str, ex: Executor) -> SaturationResult:
+    start = 0.25 if mode == "rate" else 1.0
+    evaluate = _evaluator(workload, config, mode, parse_spec("round-robin"), 0, start, ex)
     if mode == "rate":
-        r = find_saturation(evaluate, start=0.25, factor=s.sat_factor, drain=s.sat_drain)
+        r = find_saturation(evaluate, start=start, factor=s.sat_factor, drain=s.sat_drain)
     else:
         n_sessions = workload.sessions.n_sessions if workload.sessions is not None else len(workload)
         doublings = max(1, min(8, int(math.floor(math.log2(max(n_sessions, 2))))))
         # no lag criterion in closed loop: arrivals follow completions
-        r = find_saturation(evaluate, start=1.0, factor=s.sat_factor, drain=math.inf,
+        r = find_saturation(evaluate, start=start, factor=s.sat_factor, drain=math.inf,
                             max_doublings=doublings)
     if not r.found:
         last = r.evaluations[-1][0]
@@ -424,7 +452,13 @@ def _verdict_text(cur: str, head: Mapping[str, Any], tol: float) -> str:
         if not loads:
             continue
         cells = [c for c in head["by_load"] if c["outcome"] == kind and c["pct"] is not None]
-        where = loads[0] if len(loads) == 1 else f"{loads[0]} to {loads[-1]}"
+        pos = [i for i, c in enumerate(head["by_load"]) if c["outcome"] == kind]
+        if len(loads) == 1:
+            where = loads[0]
+        elif pos == list(range(pos[0], pos[0] + len(pos))):  # neighbouring loads: a range
+            where = f"{loads[0]} to {loads[-1]}"
+        else:
+            where = ", ".join(loads[:-1]) + f" and {loads[-1]}"
         span = f" (mean TTFT {_pct_range(cells)})" if cells else ""
         parts.append(f"{word} at {where}{span}")
     return f"Against {cur}: LMetric " + "; ".join(parts) + "."
@@ -573,24 +607,77 @@ def _confirm(workload: Workload, config: SimConfig, mode: str, value: float, loa
     return {"load": load, "requests": len(w), "seed": 0, "policies": table, "changes": changes}
 
 
-def _router_state(workload: Workload, config: SimConfig, mode: str, value: float, load: str,
-                  s: AdviseSettings, names: Sequence[str], specs: Mapping[str, PolicySpec],
-                  ex: Executor, slo: Slo | None) -> dict[str, Any]:
-    if not s.router_state:
-        return {"run": False, "supported": router_state_supported(),
-                "text": "not run" + ("" if router_state_supported() else
-                                     ": the simulator has no router replicas or KV-event lag yet")}
-    if not router_state_supported():  # the CLI refuses before this
-        raise ValueError("router replicas and KV-event lag need the router-state support")
-    over = {ROUTER_STATE_FIELDS[k]: v for k, v in s.router_state.items()}
-    cfg = dataclasses.replace(config, **over)
-    tasks = [_task(workload, cfg, mode, value, specs[n], sd,
-                   {"load": load, "name": n, "rate_scale": value, "workload": "w"}, "fast")
-             for sd in range(s.seeds) for n in names]
-    rows = run_chunked(tasks, ex, None, max(1, len(tasks)), slo)
+def _setup(config: SimConfig) -> dict[str, Any]:
+    """The router set-up of ``config`` (docs/router_state.md), JSON-ready."""
+    return {"router_replicas": int(config.router_replicas),
+            "replica_assignment": config.replica_assignment.value,
+            "kv_event_lag_s": float(config.kv_event_lag_s),
+            "signal_delay_s": float(config.signal_delay_s), "index": config.index.text}
+
+
+def _router_state(make: Callable[[int], Workload], config: SimConfig, mode: str, value: float,
+                  load: str, s: AdviseSettings, names: Sequence[str],
+                  specs: Mapping[str, PolicySpec], ex: Executor, slo: Slo | None,
+                  sweep_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sensitivity at the focus load: ``lmetric`` and the current policies at every
+    (router replicas R, KV-event lag) setting of
+    :func:`~lmetric_theory.experiments.router_state.router_state_settings` (the two axes
+    and the corner), every seed, the rest of the router set-up as in ``config``. The
+    setting equal to ``config``'s own reuses the sweep's rows."""
+    from lmetric_theory.experiments.router_state import router_state_settings
+
+    setup = _setup(config)
+    if not s.router_sensitivity:
+        return {"run": False, "setup": setup, "text": "not run"}
+    settings = router_state_settings(s.router_replicas, s.router_lags_s)
+    own = (setup["router_replicas"], setup["kv_event_lag_s"])
+    n_seeds = s.router_seeds
+
+    def label(r: int, lag: float) -> str:
+        return f"R={r}, lag={lag:g}s"
+
+    rows: list[dict[str, Any]] = []
+    tasks = []
+    for r, lag in settings:
+        lab = label(r, lag)
+        if (r, lag) == own:
+            for row in sweep_rows:
+                if row["load"] == load and row["name"] in names and int(row["seed"]) < n_seeds:
+                    rows.append({**{k: v for k, v in row.items() if k != "detail"}, "load": lab,
+                                 "replicas": r, "lag_s": lag})
+            continue
+        cfg = dataclasses.replace(config, router_replicas=int(r), kv_event_lag_s=float(lag))
+        tasks += [_task(make(sd), cfg, mode, value, specs[n], sd,
+                        {"load": lab, "name": n, "rate_scale": value, "workload": "w",
+                         "replicas": int(r), "lag_s": float(lag)}, "fast")
+                  for sd in range(n_seeds) for n in names]
+    if tasks:
+        chunk = max(1, 2 * int(getattr(ex, "workers", 1) or 1))
+        rows += run_chunked(tasks, ex, None, chunk, slo)
     comps = _comparisons(rows, [n for n in names if n != "lmetric"], slo, s.tolerance_pct)
-    return {"run": True, "supported": True, "settings": dict(s.router_state), "load": load,
-            "comparisons": [c for c in comps if c["metric"] == "ttft_mean_s"]}
+    order = [label(r, lag) for r, lag in settings]
+    summary = sorted(_summary(rows, slo), key=lambda e: order.index(e["load"]))
+    for e in summary:
+        r, lag = settings[order.index(e["load"])]
+        e["replicas"], e["lag_s"] = r, lag
+    heads = sorted((c for c in comps if c["metric"] == "ttft_mean_s"),
+                   key=lambda c: order.index(c["load"]))
+    for c in comps:
+        r, lag = settings[order.index(c["load"])]
+        c["replicas"], c["lag_s"] = r, lag
+    parts = []
+    for o in [n for n in names if n != "lmetric"]:
+        cells = [c for c in heads if c["other"] == o]
+        kinds = {c["outcome"] for c in cells} - {"n/a"}
+        if len(kinds) == 1:
+            parts.append(f"vs {o} {next(iter(kinds))} at every setting")
+        else:
+            parts.append(f"vs {o} " + ", ".join(f"{c['outcome']} at {c['load']}" for c in cells))
+    words = "lmetric's mean TTFT " + "; ".join(parts)
+    return {"run": True, "setup": setup, "load": load, "seeds": list(range(n_seeds)),
+            "policies": list(names), "settings": [[int(r), float(lag)] for r, lag in settings],
+            "summary": summary, "comparisons": sorted(comps, key=lambda c: order.index(c["load"])),
+            "text": f"{len(settings)} settings of R and lag at {load}: {words}."}
 
 
 # ----------------------------------------------------------------------------- the study
@@ -618,7 +705,7 @@ def advise(workload: Workload | Callable[[int], Workload], config: SimConfig,
         Sweep executor (:func:`lmetric_theory.experiments.tasks.get_executor`).
     progress : callable, optional
         ``progress(stage, done, total)``: stage ``"saturation"``, ``"sweep"``, ``"hotspots"``,
-        ``"counterfactual"``, ``"confirm"``, ``"done"``.
+        ``"counterfactual"``, ``"confirm"``, ``"router state"``, ``"done"``.
 
     Returns
     -------
@@ -643,7 +730,7 @@ def advise(workload: Workload | Callable[[int], Workload], config: SimConfig,
     sat = None
     if s.concurrency is None:
         step("saturation", 0, 1)
-        sat = _saturation(w0, config, mode, s, source)
+        sat = _saturation(w0, config, mode, s, source, ex)
     timings["saturation"] = time.perf_counter() - t0
     loads = _load_points(mode, sat, s)
     focus_label = (f"{s.focus:g}x sat" if s.concurrency is None else loads[-1]["label"])
@@ -705,8 +792,12 @@ def advise(workload: Workload | Callable[[int], Workload], config: SimConfig,
                            ["lmetric", *[c for c in current if c != "lmetric"]], specs,
                            s.confirm_vllm, ex)
         timings["confirm_vllm"] = time.perf_counter() - t4
-    router = _router_state(w0, config, mode, focus_value, focus_label, s,
-                           ["lmetric", *[c for c in current if c != "lmetric"]], specs, ex, s.slo)
+    t5 = time.perf_counter()
+    step("router state", 0, 1)
+    router = _router_state(make, config, mode, focus_value, focus_label, s,
+                           ["lmetric", *[c for c in current if c != "lmetric"]], specs, ex, s.slo,
+                           rows)
+    timings["router_state"] = time.perf_counter() - t5
     step("done", 1, 1)
     for r in rows:
         r.pop("detail", None)

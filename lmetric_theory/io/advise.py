@@ -38,6 +38,7 @@ __all__ = [
     "figures",
     "instance_figure",
     "load_figure",
+    "router_state_figure",
     "render_html",
     "verdict_headline",
     "write_advice",
@@ -154,6 +155,23 @@ def instance_figure(doc: Mapping[str, Any], key: str = "requests") -> Any:
     return _layout(fig, f"Per-instance load at {d['load']}: {label}", "instance", label)
 
 
+def router_state_figure(doc: Mapping[str, Any]) -> Any:
+    """Mean TTFT (s, mean over seeds) per policy at each router-state setting of the
+    sensitivity (``R, lag`` on the x axis, in the document's order)."""
+    import plotly.graph_objects as go
+
+    rs = doc["router_state"]
+    fig = go.Figure()
+    labels = [f"R={r}, lag={lag:g}s" for r, lag in rs["settings"]]
+    by = {(e["replicas"], e["lag_s"], e["policy"]): e for e in rs["summary"]}
+    for name in rs["policies"]:
+        ys = [by[(r, lag, name)]["ttft_mean_s"]["mean"] for r, lag in rs["settings"]]
+        fig.add_trace(go.Bar(x=labels, y=ys, name=name))
+    fig.update_layout(barmode="group")
+    return _layout(fig, f"Mean TTFT against router replicas and KV-event lag at {rs['load']}",
+                   "router replicas R, KV-event lag", "mean TTFT (s)")
+
+
 def figures(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """Every figure of the report, ``(id, figure)``, in page order."""
     figs: list[tuple[str, Any]] = [("cdf-ttft", cdf_figure(doc, "ttft")),
@@ -165,6 +183,8 @@ def figures(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
         figs.append((f"load-{key}", load_figure(doc, key)))
     figs += [("instances-requests", instance_figure(doc, "requests")),
              ("instances-prefill", instance_figure(doc, "prefill_tokens_computed"))]
+    if doc["router_state"].get("run"):
+        figs.append(("router-state", router_state_figure(doc)))
     return figs
 
 
@@ -262,10 +282,18 @@ def render_html(doc: Mapping[str, Any]) -> str:
                   None if ch["vllm_pct"] is None else f"{ch['vllm_pct']:+.1f}%"]
                  for ch in c["changes"]]))
     rs = doc["router_state"]
-    router = (f"<p>{html.escape(rs.get('text', ''))}</p>" if not rs.get("run") else
-              _grid(["load", "vs", "change (mean)", "seed range", "outcome"],
-                    [[x["load"], x["other"], x["pct"], f"{x['pct_min']} .. {x['pct_max']}",
-                      x["outcome"]] for x in rs["comparisons"]]))
+    su = rs["setup"]
+    router = (f"<p>The sweep ran with R = {su['router_replicas']} router replica(s) "
+              f"({html.escape(su['replica_assignment'])}), KV-event lag {su['kv_event_lag_s']:g} s, "
+              f"signal delay {su['signal_delay_s']:g} s, index {html.escape(su['index'])}.</p>"
+              f"<p>{html.escape(rs.get('text', ''))}</p>")
+    if rs.get("run"):
+        router += _grid(["setting", "vs", "metric", "change (mean)", "seed range", "outcome"],
+                        [[x["load"], x["other"], x["metric"],
+                          None if x["pct"] is None else f"{x['pct']:+.1f}%",
+                          "-" if x["pct_min"] is None else
+                          f"{x['pct_min']:+.1f}% .. {x['pct_max']:+.1f}%", x["outcome"]]
+                         for x in rs["comparisons"]])
     style = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
              "th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}"

@@ -37,6 +37,7 @@ sat = doc["saturation"]
 m3.metric("Saturation point", "-" if sat is None else f"{sat['scale']:g}")
 st.caption(f"Hot-prefix risk: {doc['hotspots']['text']}")
 st.caption(f"Harm: {doc['harm']['text']}")
+st.caption(f"Router replicas and KV-event lag: {doc['router_state'].get('text', 'not run')}")
 st.dataframe(advice_rows(doc), hide_index=True)
 figs = figures(doc)
 for k in range(0, len(figs), 2):

@@ -107,6 +107,23 @@ def test_event_fed_index_with_a_vanishing_lag_is_the_precise_index(scheduler):
     assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
 
 
+def test_event_fed_index_under_preemption_is_the_precise_index():
+    """The same mirror through the preemption path (a KV pool small enough to preempt):
+    a preempted request's blocks are registered back as events, and the mirror still holds
+    what the caches hold (whole private blocks travel as ranges inside the pool)."""
+    w = select(default_workload(seed=1), count=400)
+    pre = load_preset("h100-llama3-8b")
+    cfg = dataclasses.replace(SimConfig.from_preset(pre, 2), kv_capacity_tokens=120_000)
+    a = Simulator(w, cfg, "lmetric").run()
+    assert int(np.sum(a.preemptions)) > 0
+    sim = Simulator(w, dataclasses.replace(cfg, kv_event_lag_s=1e-12), "lmetric")
+    b = sim.run()
+    sim.check_invariants()
+    assert np.array_equal(a.snapshots.hit_blocks, b.snapshots.hit_blocks)
+    assert np.array_equal(a.instance, b.instance)
+    assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
+
+
 # ---------------------------------------------------------------------------- replicas
 
 

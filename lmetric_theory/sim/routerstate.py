@@ -138,6 +138,12 @@ def parse_index(text: str) -> IndexSpec:
 # ---------------------------------------------------------------------- KV event sources
 
 
+def _shared_keys(held: list[Any]) -> list[Any]:
+    """The chain keys among a request's held items (private blocks are tuples, runs of
+    private whole blocks are ``range`` objects; neither is ever looked up by a router)."""
+    return [k for k in held if type(k) is not tuple and type(k) is not range]
+
+
 class _LoggedPool(BlockPool):
     """A :class:`BlockPool` that reports every chain whose cached extent may have changed
     (the engine's block stored/removed events) to ``sink`` as ``(key, extent)``."""
@@ -182,17 +188,17 @@ class _LoggedPool(BlockPool):
     def cache_blocks(self, rid: int, held: list[Any], *args: Any) -> tuple[int, int]:
         start = max(len(held) - 1, 0)
         out = super().cache_blocks(rid, held, *args)
-        self._note([k for k in held[start:] if type(k) is not tuple])
+        self._note(_shared_keys(held[start:]))
         return out
 
     def release_blocks(self, rid: int, held: list[Any], hashless: int) -> None:
-        keys = [k for k in held if type(k) is not tuple]
+        keys = _shared_keys(held)
         super().release_blocks(rid, held, hashless)
         self._note(keys)
 
-    def register_blocks(self, rid: int, held: list[Any]) -> tuple[list[Any], int]:
-        out = super().register_blocks(rid, held)
-        self._note([k for k in out[0] if type(k) is not tuple])
+    def register_blocks(self, rid: int, held: list[Any], *args: Any) -> tuple[list[Any], int]:
+        out = super().register_blocks(rid, held, *args)
+        self._note(_shared_keys(out[0]))
         return out
 
     def clone(self) -> BlockPool:

@@ -123,3 +123,27 @@ def test_one_router_never_herds():
                                n_boot=50, workers=1)
     assert res.summary["population"]["flagged"] == 0 and res.flagged_decisions == ()
     assert res.summary["precedence"]["first_flag_time_s"] is None
+
+
+def test_cli_flag_herding_reports_precedence(tmp_path, capsys):
+    import json
+
+    from lmetric_theory.cli import main
+
+    lines, h = [], 0
+    for k in range(6):
+        for _ in range(8):
+            lines.append({"timestamp": k * 2000, "input_length": 6 * 512, "output_length": 20,
+                          "hash_ids": list(range(h, h + 6))})
+            h += 6
+    trace = tmp_path / "bursts.jsonl"
+    trace.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    args = ["counterfactual", str(trace), "--instances", "4", "--flag", "herding", "--samples", "3",
+            "--e2e-seeds", "0", "--workers", "1", "--json"]
+    assert main([*args, "--router-replicas", "4"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["flag"] == "herding" and doc["config"]["router_replicas"] == 4
+    assert doc["population"]["flagged"] > 0 and doc["precedence"]["first_flag_time_s"] == 0.0
+    assert main([*args, "--router-replicas", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["population"]["flagged"] == 0  # one router never herds

@@ -188,3 +188,15 @@ def test_index_error_flips_at_result_o_threshold(spec, lam):
         assert want == 21  # P_2 - P_1 + lam (B_2 - B_1) = 2000 tokens: a tie at 20 blocks
     else:
         assert want == 40  # 3984 tokens: beyond the 40-block prefix, linear(16) never flips
+
+
+def test_lagged_index_survives_preemption():
+    """A lagged KV index under the paged scheduler with preemptions (the engine registers a
+    preempted request's blocks; the logged pool must take the same arguments)."""
+    reqs = [(0.01 * j, 8 * 64, 400, list(range(10 * j, 10 * j + 8))) for j in range(40)]
+    w = requests_workload(reqs, 64)  # the paged engine's 16-token blocks divide 64
+    cfg = SimConfig(n_instances=2, latency=LAT, kv_capacity_tokens=4_000, scheduler="vllm-v1",
+                    kv_event_lag_s=0.5)
+    res = Simulator(w, cfg, parse_spec("round-robin"), seed=0).run()
+    assert int(np.asarray(res.preemptions).sum()) > 0
+    assert np.isfinite(res.ttft_s).all()

@@ -190,8 +190,8 @@ class _LoggedPool(BlockPool):
         super().release_blocks(rid, held, hashless)
         self._note(keys)
 
-    def register_blocks(self, rid: int, held: list[Any]) -> tuple[list[Any], int]:
-        out = super().register_blocks(rid, held)
+    def register_blocks(self, rid: int, held: list[Any], *args: Any) -> tuple[list[Any], int]:
+        out = super().register_blocks(rid, held, *args)
         self._note([k for k in out[0] if type(k) is not tuple])
         return out
 

@@ -21,9 +21,10 @@ import numpy as np
 from lmetric_theory.core.definitions import ScoreDefinition
 from lmetric_theory.core.signals import score_inputs
 from lmetric_theory.detector import RouterStateSettings, router_state_findings
+from lmetric_theory.detector.findings import ROUTER_STATE_KINDS
 
-__all__ = ["RouterStateEntry", "replay_router_state_settings", "router_state_entries",
-           "router_state_from_log"]
+__all__ = ["RouterStateDecisions", "RouterStateEntry", "replay_router_state_settings",
+           "router_state_decisions", "router_state_entries", "router_state_from_log"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,16 @@ def router_state_from_log(
     settings : RouterStateSettings, optional
         Thresholds; by default ``replicas`` is the number of distinct replicas in the log.
     """
+    inputs = _log_inputs(log, result, score, settings)
+    if inputs is None:
+        return None
+    return router_state_entries(**inputs)
+
+
+def _log_inputs(log: Any, result: Any, score: ScoreDefinition,
+                settings: RouterStateSettings | None) -> dict[str, Any] | None:
+    """Keyword arguments of :func:`router_state_entries` for a replay's log (None when the
+    log lacks the router-state fields); parameters as in :func:`router_state_from_log`."""
     fields = ("replica", "true_batch", "true_queued_tokens")
     if any(getattr(log, f, None) is None for f in fields):
         return None
@@ -166,8 +177,53 @@ def router_state_from_log(
         actual = np.asarray(result.cached_tokens, dtype=np.float64)[req]
         actual[actual < 0] = np.nan  # never admitted: no hit to compare
         pred[~np.isfinite(actual)] = np.nan
-    return router_state_entries(
-        log.time_s, log.chosen, P, B, replica=replica, true_prefill=TP, true_batch=TB,
-        predicted_cached=pred, actual_cached=actual, settings=settings,
-        p0=score.p0, b0=score.b0,
-    )
+    return {"time_s": log.time_s, "chosen": log.chosen, "prefill_tokens": P, "batch_size": B,
+            "replica": replica, "true_prefill": TP, "true_batch": TB,
+            "predicted_cached": pred, "actual_cached": actual, "settings": settings,
+            "p0": score.p0, "b0": score.b0}
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStateDecisions:
+    """Per-decision router-state conditions of a replay (the counterfactual study's flags).
+
+    Attributes
+    ----------
+    events : dict of str to np.ndarray of bool, shape (D,)
+        Per kind, the decisions that meet the kind's condition by themselves
+        (:attr:`RouterStateMonitor.last_events
+        <lmetric_theory.detector.RouterStateMonitor.last_events>`).
+    active : dict of str to np.ndarray of bool, shape (D,)
+        Per kind, the decisions after which the kind's finding is active (its share over
+        the window reached).
+    first_decision : dict of str to int or None
+        Per kind, the decision at which the finding was first raised.
+    """
+
+    events: dict[str, np.ndarray]
+    active: dict[str, np.ndarray]
+    first_decision: dict[str, int | None]
+
+
+def router_state_decisions(
+    log: Any, result: Any, score: ScoreDefinition, *,
+    settings: RouterStateSettings | None = None,
+) -> RouterStateDecisions | None:
+    """Per-decision conditions and active findings of a replay (None when its log lacks
+    the router-state fields); parameters as in :func:`router_state_from_log`."""
+    inputs = _log_inputs(log, result, score, settings)
+    if inputs is None:
+        return None
+    D = len(np.asarray(log.chosen))
+    events = {k: np.zeros(D, dtype=bool) for k in ROUTER_STATE_KINDS}
+    active = {k: np.zeros(D, dtype=bool) for k in ROUTER_STATE_KINDS}
+
+    def note(d: int, act: tuple[str, ...], mon: Any) -> None:
+        for k in mon.last_events:
+            events[k][d] = True
+        for k in act:
+            active[k][d] = True
+
+    _, mon = router_state_findings(**inputs, on_decision=note)
+    return RouterStateDecisions(events, active,
+                                {k: mon.first_decision(k) for k in ROUTER_STATE_KINDS})

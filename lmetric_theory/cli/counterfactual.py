@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="linear reference: lam (the preset-derived rate, no band), band (that "
                    "rate with its x/2..x2 band, default) or tuned (tuned with the simulator)")
     p.add_argument("--flag", choices=FLAG_DEFINITIONS, default=DEFAULTS["flag"],
-                   help="what counts as flagged (default disagreement)")
+                   help="what counts as flagged (default disagreement; herding, replica_skew, "
+                   "stale_index: the router-state monitor, with --router-replicas etc., and "
+                   "whether the finding precedes the TTFT loss against round-robin)")
     p.add_argument("--samples", type=int, default=DEFAULTS["samples"], metavar="K",
                    help=f"flagged decisions sampled, and as many controls (default {DEFAULTS['samples']})")
     p.add_argument("--horizon", type=float, default=DEFAULTS["horizon_s"], metavar="S",
@@ -325,6 +327,17 @@ def _print(doc: dict[str, Any]) -> None:
         for name, x in doc["mitigations"].items():
             m.add_row(name, str(x["n"]), str(x["changed"]), _ci(x["mean_gain_s"], x["ci95"]))
         con.print(m)
+    pr = doc.get("precedence")
+    if pr:
+        def _t(x: Any) -> str:
+            return "-" if x is None else f"{x:.1f} s"
+
+        con.print(f"precedence vs {pr['baseline']}: mean TTFT {pr['policy_ttft_mean_s']:.3f} s vs "
+                  f"{pr['baseline_ttft_mean_s']:.3f} s; cumulative excess "
+                  f"{pr['final_excess_s']:.1f} s; loss onset {_t(pr['onset_time_s'])} (10% at "
+                  f"{_t(pr['t10_time_s'])}, 50% at {_t(pr['t50_time_s'])}); first flagged "
+                  f"decision {_t(pr['first_flag_time_s'])}, finding first active "
+                  f"{_t(pr['first_finding_time_s'])}", highlight=False)
     e = doc["end_to_end"]
     if e.get("replicates"):
         con.print(f"end to end ({e['how']}): mean TTFT {e['policy_ttft_mean_s']:.3f} s (policy) vs "

@@ -30,6 +30,7 @@ the decision's vectors (argmins, one score vector). No history is scanned.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,8 @@ class RouterStateMonitor:
         self._hits = self._stale_n = self._flipping = self._over = 0
         self._true_b = self._router_b = 0.0
         self._err_blocks = 0.0
+        #: Per-decision conditions of the last observed decision (see :meth:`observe`).
+        self.last_events: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ observing
 
@@ -178,6 +181,12 @@ class RouterStateMonitor:
         tuple of str
             Kinds among :data:`~lmetric_theory.detector.findings.ROUTER_STATE_KINDS` whose
             finding is active after this decision.
+
+        Notes
+        -----
+        :attr:`last_events` then holds the kinds whose per-decision condition this decision
+        meets by itself (its pick differs from the engines' counters' pick; it herds; its
+        hit is off by ``>= stale_blocks``), whether or not the finding's share is reached.
         """
         st = self.settings
         d = self._decisions
@@ -185,6 +194,7 @@ class RouterStateMonitor:
         P = np.asarray(prefill_tokens)
         B = np.asarray(batch_size)
         raised: list[str] = []
+        events: list[str] = []
         S = None  # the view's product scores, computed at most once
         # ------------------------------------------------------------ replica_skew
         if true_batch is not None:
@@ -198,6 +208,8 @@ class RouterStateMonitor:
             self._skew.push(differs)
             self._skew_checked += 1
             self._skew_differs += differs
+            if differs:
+                events.append("replica_skew")
             self._true_b += float(TB.sum())
             self._router_b += float(B.sum())
             if self._skew.n >= st.min_decisions and self._skew.share >= st.skew_share:
@@ -218,6 +230,8 @@ class RouterStateMonitor:
         own[chosen] += 1
         self._herd.push(herds)
         self._herded += herds
+        if herds:
+            events.append("herding")
         if self._herd.n >= st.min_decisions and self._herd.share >= st.herding_share:
             raised.append("herding")
         # ------------------------------------------------------------- stale_index
@@ -228,6 +242,7 @@ class RouterStateMonitor:
             self._hits += 1
             self._stale.push(stale)
             if stale:
+                events.append("stale_index")
                 self._stale_n += 1
                 self._over += err > 0
                 self._err_blocks += blocks
@@ -246,6 +261,7 @@ class RouterStateMonitor:
                 raised.append("stale_index")
         for kind in raised:
             self._first.setdefault(kind, d)
+        self.last_events = tuple(events)
         return tuple(raised)
 
     def moved(self, instance: int) -> None:
@@ -340,6 +356,7 @@ def router_state_findings(
     settings: RouterStateSettings | None = None,
     p0: Any = 0,
     b0: Any = 1,
+    on_decision: Callable[[int, tuple[str, ...], RouterStateMonitor], None] | None = None,
 ) -> tuple[tuple[Finding, ...], RouterStateMonitor]:
     """The router-state findings of ``D`` logged decisions (the audit's path): the
     decisions fed, in order, through one :class:`RouterStateMonitor`.
@@ -362,6 +379,10 @@ def router_state_findings(
         when both are given; NaN where unknown, e.g. a request never admitted).
     settings, p0, b0
         As in :class:`RouterStateMonitor`.
+    on_decision : callable, optional
+        ``on_decision(d, active, monitor)`` after decision ``d`` is observed (``active``:
+        the kinds :meth:`RouterStateMonitor.observe` returned; the decision's own conditions
+        are ``monitor.last_events``).
 
     Returns
     -------
@@ -390,11 +411,13 @@ def router_state_findings(
     known = (np.isfinite(pc) & np.isfinite(ac)) if pc is not None and ac is not None else None
     mon = RouterStateMonitor(P.shape[1], settings, p0=p0, b0=b0)
     for d in range(D):
-        mon.observe(
+        active = mon.observe(
             float(t[d]), int(c[d]), P[d], B[d], replica=int(rep[d]),
             true_prefill=None if TP is None else TP[d],
             true_batch=None if TB is None else TB[d],
             predicted_cached=None if pc is None or not known[d] else pc[d],
             actual_cached=None if ac is None or not known[d] else ac[d],
         )
+        if on_decision is not None:
+            on_decision(d, active, mon)
     return mon.findings, mon

@@ -13,9 +13,11 @@ from lmetric_theory.experiments.counterfactual.forks import (
     reseed_policy,
     run_fork_task,
 )
+from lmetric_theory.experiments.counterfactual.precedence import LossOnset, loss_onset, precedence
 from lmetric_theory.experiments.counterfactual.sampling import (
     FLAG_DEFINITIONS,
     FLAG_TEXT,
+    ROUTER_STATE_FLAGS,
     Sample,
     decision_load,
     flag_mask,
@@ -37,10 +39,12 @@ __all__ = [
     "FLAG_DEFINITIONS",
     "FLAG_TEXT",
     "HARM_RULE",
+    "ROUTER_STATE_FLAGS",
     "SIGNALS",
     "CounterfactualStudy",
     "DecisionForks",
     "ForkTask",
+    "LossOnset",
     "Sample",
     "counterfactual_study",
     "decision_load",
@@ -48,8 +52,10 @@ __all__ = [
     "fork_decision",
     "hotspot_phase",
     "load_deciles",
+    "loss_onset",
     "matched_sample",
     "policy_score",
+    "precedence",
     "reseed_policy",
     "run_fork_task",
 ]

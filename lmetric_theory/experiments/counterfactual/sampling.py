@@ -14,6 +14,13 @@ Flag definitions (:data:`FLAG_DEFINITIONS`, on the detector's verdicts)
 ``any-but-ties``
     Any finding except the tie findings (``exact_tie``, ``idle_tie``): disagreement,
     fragile, hot spot or extreme operating point.
+``herding``, ``replica_skew``, ``stale_index``
+    The router-state monitor (:class:`~lmetric_theory.detector.RouterStateMonitor`, fed
+    the replay's decisions in order with the thresholds that fit the replay, as the audit
+    does) finds the decision meets the kind's own condition: it lands, within one lag
+    window, on an instance other replicas just picked; its pick differs from the pick on
+    the engines' counters; its predicted hit is off by at least one block
+    (docs/router_state.md). Needs a replay that records the router-state fields.
 
 Load and matching
 -----------------
@@ -37,11 +44,15 @@ from lmetric_theory.detector import Verdicts
 from lmetric_theory.sim import SnapshotLog
 from lmetric_theory.workload import Workload
 
-__all__ = ["FLAG_DEFINITIONS", "FLAG_TEXT", "Sample", "decision_load", "flag_mask", "hotspot_phase",
+__all__ = ["FLAG_DEFINITIONS", "FLAG_TEXT", "ROUTER_STATE_FLAGS", "Sample", "decision_load", "flag_mask", "hotspot_phase",
            "load_deciles", "matched_sample"]
 
 #: Flag definitions the study accepts.
-FLAG_DEFINITIONS: tuple[str, ...] = ("disagreement", "fragile", "hotspot", "any-but-ties")
+FLAG_DEFINITIONS: tuple[str, ...] = ("disagreement", "fragile", "hotspot", "any-but-ties",
+                                     "herding", "replica_skew", "stale_index")
+
+#: The flags read from the router-state monitor rather than the detector's verdicts.
+ROUTER_STATE_FLAGS: tuple[str, ...] = ("herding", "replica_skew", "stale_index")
 
 #: One-line statement of each flag definition (recorded in the results).
 FLAG_TEXT: dict[str, str] = {
@@ -50,14 +61,28 @@ FLAG_TEXT: dict[str, str] = {
     "hotspot": "the hot-prefix-class monitor is in phase 1 (alarm) or 2 (confirmed) for the "
                "request's class, or a loaded instance has P + p0 == 0 (zero-prefill hot spot)",
     "any-but-ties": "any detector finding except exact_tie and idle_tie",
+    "herding": "the decision lands, within one lag window, on an instance >= herd_size - 1 "
+               "other router replicas just picked (result (n))",
+    "replica_skew": "the replica's pick differs from the pick on the engines' counters "
+                    "(result (m))",
+    "stale_index": "the replica's predicted hit on the chosen instance is off by >= "
+                   "stale_blocks blocks (result (o))",
 }
 
 
-def flag_mask(v: Verdicts, flag: str, phase: np.ndarray | None = None) -> np.ndarray:
+def flag_mask(v: Verdicts, flag: str, phase: np.ndarray | None = None,
+              router_events: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Boolean mask (D,) of the decisions flagged under ``flag`` (see the module docstring).
 
-    ``phase`` is the hot-spot phase per decision (:func:`hotspot_phase`), used by ``hotspot``.
+    ``phase`` is the hot-spot phase per decision (:func:`hotspot_phase`), used by ``hotspot``;
+    ``router_events`` the router-state conditions per kind
+    (:attr:`~lmetric_theory.audit.router_state.RouterStateDecisions.events`), used by the
+    router-state flags.
     """
+    if flag in ROUTER_STATE_FLAGS:
+        if router_events is None:
+            raise ValueError(f"flag {flag}: the replay has no router-state fields")
+        return np.asarray(router_events[flag], dtype=bool)
     if flag == "disagreement":
         return np.asarray(v.disagrees, dtype=bool)
     if flag == "fragile":

@@ -61,6 +61,7 @@ from lmetric_theory.experiments.counterfactual.forks import DecisionForks, ForkT
 from lmetric_theory.experiments.counterfactual.sampling import (
     FLAG_DEFINITIONS,
     FLAG_TEXT,
+    ROUTER_STATE_FLAGS,
     decision_load,
     flag_mask,
     hotspot_phase,
@@ -438,6 +439,13 @@ def counterfactual_study(
     precision, recall, U = _flag_precision_recall(out, base, n_boot, seed)
     mitigations = _mitigation_gains(out, base, n_boot, seed) if out.kf.size else {}
 
+    prec: dict[str, Any] | None = None
+    if base.router is not None:
+        from lmetric_theory.experiments.counterfactual.precedence import precedence
+
+        prec = precedence(workload, config, base.result, base.log, flagged=base.flagged,
+                          active=base.router.active[flag], seed=seed)
+
     t_e2e0 = time.perf_counter()
     e2e: dict[str, Any] = {"replicates": 0}
     if end_to_end_seeds:
@@ -456,6 +464,7 @@ def counterfactual_study(
         "recall": recall,
         "mitigations": mitigations,
         "end_to_end": e2e,
+        **({"precedence": prec} if prec is not None else {}),
         "population": _population(out, base, U),
         "runtime_s": {"replay": t_base, "forks": t_forks, "end_to_end": t_e2e,
                       "total": time.perf_counter() - t_start},
@@ -546,6 +555,8 @@ class _Base:
     p0: int | float
     b0: int | float
     arrival: np.ndarray | None = None  # closed loop: the replay's actual arrivals, seconds
+    result: Any = None  # the replay's SimResult
+    router: Any = None  # RouterStateDecisions of a router-state flag, else None
 
 
 def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
@@ -567,12 +578,23 @@ def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
     Pm, Bm, Um = _signals(log, d)
     v: Verdicts = det.check_many(Pm, Bm, validate=False)
     phase = hotspot_phase(workload, log, d)
-    flagged = flag_mask(v, flag, phase)
+    router = None
+    if flag in ROUTER_STATE_FLAGS:
+        from lmetric_theory.audit.router_state import (
+            replay_router_state_settings,
+            router_state_decisions,
+        )
+
+        router = router_state_decisions(log, res, d,
+                                        settings=replay_router_state_settings(config, block))
+        if router is None:
+            raise ValueError(f"flag {flag}: the replay recorded no router-state fields")
+    flagged = flag_mask(v, flag, phase, None if router is None else router.events)
     rng = np.random.default_rng([seed, 0xCF])
     smp = matched_sample(flagged, decision_load(log), samples, rng)
     return _Base(spec, d, tie, block, det, log, Pm, Bm, Um, v, phase, flagged, smp,
                  np.asarray(log.chosen, dtype=np.int64), p0, b0,
-                 res.arrival_s if _closed(workload, config) else None)
+                 res.arrival_s if _closed(workload, config) else None, res, router)
 
 
 def _closed(workload: Workload, config: SimConfig) -> bool:

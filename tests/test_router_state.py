@@ -128,6 +128,17 @@ def test_event_fed_index_under_preemption_is_the_precise_index():
     assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
 
 
+def test_event_fed_index_keeps_dynamo_active_blocks():
+    """``dynamo-kv`` reads the router's active prompt blocks; the router-state view must
+    feed that counter at dispatch as the plain view does (a vanishing lag changes nothing)."""
+    w = select(default_workload(seed=1), count=500)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    a = Simulator(w, cfg, "dynamo-kv").run()
+    b = Simulator(w, dataclasses.replace(cfg, kv_event_lag_s=1e-12), "dynamo-kv").run()
+    assert np.array_equal(a.instance, b.instance)
+    assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
+
+
 # ---------------------------------------------------------------------------- replicas
 
 

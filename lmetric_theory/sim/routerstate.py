@@ -411,7 +411,10 @@ class ReplicatedRouterView(RouterView):
                 for h in keys:
                     sent[h] = now
                     sent.move_to_end(h)
-        self.counters.dispatch(i, req.inp[rid], est)
+        c = self.counters
+        c.dispatch(i, req.inp[rid], est)
+        if c.blocks is not None:  # Dynamo's active sequences, as RouterView.dispatched
+            c.blocks.add(i, rid, req.sent_keys(rid), self.ratio, req.inp[rid] // self.bs, est)
         return est
 
     def _hits(self, rid: int) -> list[int]:

@@ -384,7 +384,7 @@ def test_simulate_page_shows_the_library_metrics():
 
 def test_router_state_rows_read_the_audit_entries():
     from lmetric_theory.app.support import router_state_rows
-    from lmetric_theory.audit.router_state import RouterStateEntry
+    from lmetric_theory.experiments.router_state_log import RouterStateEntry
 
     rows = router_state_rows([
         RouterStateEntry("replica_skew", "warning", "12 of 80 decisions", "counter_sync", 4.0,

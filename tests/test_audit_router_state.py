@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from lmetric_theory.audit import audit_snapshots
-from lmetric_theory.audit.router_state import router_state_from_log
 from lmetric_theory.core.definitions import ScoreDefinition
 from lmetric_theory.detector import LinearReference
+from lmetric_theory.experiments.router_state_log import router_state_from_log
 from lmetric_theory.io.report import render_html, write_report
 
 REF = LinearReference.fixed(100)

@@ -175,7 +175,7 @@ def audit_workload(
 
     hot = run_hotspots(workload, log, score).entries
     # router replicas, lag, index: only when the log carries the router-state fields
-    from lmetric_theory.audit.router_state import (
+    from lmetric_theory.experiments.router_state_log import (
         replay_router_state_settings,
         router_state_from_log,
     )
@@ -292,7 +292,7 @@ def audit_snapshots(
     }
     rstate = None
     if replica is not None:
-        from lmetric_theory.audit.router_state import router_state_entries
+        from lmetric_theory.experiments.router_state_log import router_state_entries
 
         rstate = router_state_entries(
             t, v.product_choice if chosen is None else chosen, v.prefill_tokens,

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from lmetric_theory.audit.evidence import _pct, mitigation_evidence, worst_decisions
-from lmetric_theory.audit.router_state import RouterStateEntry
 from lmetric_theory.core.fileio import json_safe  # re-exported: the audit's strict JSON
 from lmetric_theory.detector import (
     DEGENERATE_KINDS,
@@ -26,6 +25,7 @@ from lmetric_theory.detector import (
     Verdicts,
 )
 from lmetric_theory.experiments.hotspots import HotspotEntry
+from lmetric_theory.experiments.router_state_log import RouterStateEntry
 
 __all__ = ["REPORT_ALIASES", "WORST_ALIASES", "AuditReport", "AuditResult", "json_safe"]
 

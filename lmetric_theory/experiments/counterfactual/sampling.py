@@ -76,7 +76,7 @@ def flag_mask(v: Verdicts, flag: str, phase: np.ndarray | None = None,
 
     ``phase`` is the hot-spot phase per decision (:func:`hotspot_phase`), used by ``hotspot``;
     ``router_events`` the router-state conditions per kind
-    (:attr:`~lmetric_theory.audit.router_state.RouterStateDecisions.events`), used by the
+    (:attr:`~lmetric_theory.experiments.router_state_log.RouterStateDecisions.events`), used by the
     router-state flags.
     """
     if flag in ROUTER_STATE_FLAGS:

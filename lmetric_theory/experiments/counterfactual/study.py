@@ -580,7 +580,7 @@ def _replay(workload: Workload, config: SimConfig, reference: LinearReference,
     phase = hotspot_phase(workload, log, d)
     router = None
     if flag in ROUTER_STATE_FLAGS:
-        from lmetric_theory.audit.router_state import (
+        from lmetric_theory.experiments.router_state_log import (
             replay_router_state_settings,
             router_state_decisions,
         )

@@ -191,6 +191,8 @@ class Simulator:
         self._delay = float(config.signal_delay_s)
         if isinstance(self._router, ReplicatedRouterView) and self._router.needs_record():
             self._delay = 1.0
+        # a lagged index: a decode stretch's evictions are stamped at their iterations
+        self._stamp_plans = isinstance(self._router, ReplicatedRouterView) and bool(self._router.sinks)
         self._n = int(config.n_instances)
         self._setup_arrivals(workload, arr)
 
@@ -548,6 +550,8 @@ class Simulator:
 
     def _on_plan_end(self, ins: Scheduler) -> list[Entry]:
         t = ins.plan_end
+        if self._stamp_plans:
+            self._router.before_plan_end(ins)
         ins.finish_plan()
         if self._closed:
             if ins.fin_log:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -330,6 +331,36 @@ class PagedScheduler:
         if c_to > self.rep_upto:
             self.rt.emit(self.idx, self.plan_n * (c_to - self.rep_upto))
             self.rep_upto = c_to
+
+    def alloc_events(self, t: float, stamp: Callable[[float], None]) -> None:
+        """Allocate a decode stretch's blocks up to ``t`` as they happened, for a KV event stream.
+
+        A decode stretch allocates its blocks lazily, when it is next read (:meth:`sync`,
+        :meth:`finish_plan`); a lagged KV event stream needs each eviction at the start of
+        the iteration that caused it. Where the allocation up to ``t`` would evict cached
+        blocks, the iterations' blocks are allocated one iteration at a time and ``stamp(s)``
+        runs after each that allocates (``s``: the iteration's start, seconds); otherwise
+        nothing happens here. Allocating in pieces leaves the pool as one allocation would
+        (hashless blocks first, then the same LRU order), so results are unchanged.
+        """
+        if self.plan is not PlanKind.DECODE or t < self.sync_t:
+            return
+        s0 = self.plan_S0
+        a_to = s0 + self.iterations_started(t)
+        upto = self.alloc_upto
+        if a_to <= upto or self._need(upto, a_to - upto) <= self.pool.hfree:
+            return  # no eviction: nothing to report
+        run = self.lat.decode_run
+        n, k0, start = self.plan_n, self.plan_K0, self.plan_start
+        alloc = self.pool.alloc
+        need_of = self._need
+        while upto < a_to:
+            need = need_of(upto, 1)  # iteration upto - s0 (0-based) allocates clock ``upto``
+            upto += 1
+            self.alloc_upto = upto
+            if need:
+                alloc(need)
+                stamp(start + run(n, k0, upto - 1 - s0))
 
     # ------------------------------------------------------------------ timing
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -170,6 +171,9 @@ class ReserveScheduler:
 
     def sync(self, t: float) -> None:
         """Nothing to bring up to date (signals change only at plan boundaries)."""
+
+    def alloc_events(self, t: float, stamp: Callable[[float], None]) -> None:
+        """Nothing allocated lazily (blocks change only at plan boundaries)."""
 
     def dispatch_estimate(self, rid: int, seen_uncached: int) -> int:
         """Predicted new tokens of ``rid``: from this instance's cache as it is, whatever the

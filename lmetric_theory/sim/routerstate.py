@@ -350,6 +350,13 @@ class ReplicatedRouterView(RouterView):
         if self.sinks:
             self._stamp(ins.idx, t)
 
+    def before_plan_end(self, ins: Scheduler) -> None:
+        """Stamp the block changes of a decode stretch ending now at the starts of the
+        iterations that made them (the engine calls this before ``finish_plan``)."""
+        if ins.plan is PlanKind.DECODE:
+            i = ins.idx
+            ins.alloc_events(ins.plan_end, lambda s: self._stamp(i, s))
+
     def _stamp(self, i: int, t: float) -> None:
         sink = self.sinks[i]
         if sink:
@@ -458,8 +465,11 @@ class ReplicatedRouterView(RouterView):
         self._now = t
         self.cur = r = self.pick_replica(d, rid)
         if self.sinks:
+            stamp = self._stamp
             for ins in self.inst:
                 if ins.plan is PlanKind.DECODE:
+                    i = ins.idx
+                    ins.alloc_events(t, lambda s, i=i: stamp(i, s))
                     ins.sync(t)
             self._catch_up(t)
         view = super().snapshot(t, rid, d) if self.R == 1 else self._replica_snapshot(t, rid, d, r)

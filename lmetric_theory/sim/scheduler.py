@@ -10,6 +10,7 @@ per-instance bookkeeping, fed by both fast-engine schedulers and by the vLLM eng
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from lmetric_theory.sim.events import PlanKind
@@ -183,6 +184,11 @@ class Scheduler(Protocol):
 
     def sync(self, t: float) -> None:
         """Bring a decode stretch's state up to ``t`` (before the router reads it)."""
+        ...
+
+    def alloc_events(self, t: float, stamp: Callable[[float], None]) -> None:
+        """Apply a decode stretch's block allocations up to ``t``, calling ``stamp(s)`` after
+        the block changes of the iteration started at ``s`` (a lagged KV event stream)."""
         ...
 
     def load(self) -> tuple[int, int, int, float]:

@@ -139,6 +139,46 @@ def test_event_fed_index_keeps_dynamo_active_blocks():
     assert np.array_equal(a.ttft_s, b.ttft_s, equal_nan=True)
 
 
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_replicas_track_their_own_dynamo_active_sequences(replicas):
+    """Under R replicas each ``dynamo-kv`` replica's active prompt blocks and prefill tokens
+    are those of the requests it routed itself and has not seen finish (Dynamo without
+    replica sync), recounted here from the result at every decision."""
+    from lmetric_theory.policies import make_policy
+    from lmetric_theory.sim.active_blocks import ActivePromptBlocks
+
+    w = select(default_workload(seed=1), count=300)
+    cfg = dataclasses.replace(SimConfig.from_preset(load_preset("h100-llama3-8b"), 4),
+                              router_replicas=replicas)
+    pol = make_policy("dynamo-kv")
+    seen = []
+    choose = pol.choose
+
+    def record(view):
+        seen.append((view.decision, view.time_s, view.router_active_prompt_blocks.copy(),
+                     view.router_active_prefill_tokens.copy()))
+        return choose(view)
+
+    pol.choose = record
+    res = Simulator(w, cfg, pol).run()
+    ratio = int(w.block_size) // int(cfg.block_size)
+    bs = int(cfg.block_size)
+    done = res.arrival_s + res.e2e_s
+    first = res.arrival_s + res.ttft_s
+    est = res.input_tokens - res.predicted_cached_tokens
+    assert len(seen) == len(w)
+    for d, t, active, prefill in seen:  # open loop: decision d routes request d
+        r = int(res.replica[d])
+        fresh = ActivePromptBlocks(cfg.n_instances)
+        for x in range(d):
+            if res.replica[x] == r and done[x] > t:
+                fresh.add(int(res.instance[x]), x, w.blocks(x).tolist(), ratio,
+                          int(res.input_tokens[x]) // bs,
+                          int(est[x]) if first[x] > t else 0)
+        assert active.tolist() == fresh.unique, d
+        assert prefill.tolist() == fresh.prefill_tokens(), d
+
+
 # ---------------------------------------------------------------------------- replicas
 
 

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from lmetric_theory.policies.base import DecisionView
+from lmetric_theory.sim.active_blocks import ActivePromptBlocks
 from lmetric_theory.sim.events import PlanKind
 from lmetric_theory.sim.kvcache import BlockPool, KVCache
 from lmetric_theory.sim.requests import Requests
-from lmetric_theory.sim.router import RouterView
+from lmetric_theory.sim.router import RouterView, active_sequence_view
 from lmetric_theory.sim.scheduler import RouterCounters, Scheduler
 
 __all__ = ["INDEX_KINDS", "IndexSpec", "ReplicaAssignment", "ReplicatedRouterView",
@@ -307,6 +308,11 @@ class ReplicatedRouterView(RouterView):
         self.mirror: list[dict[int, int]] = [{} for _ in range(n)]
         self.sinks: list[list[tuple[int, int]]] = []
         self.due: list[deque[tuple[float, int, int]]] = [deque() for _ in range(n)]
+        # Dynamo's active sequences per replica: each replica tracks only the requests it
+        # routed (no replica sync); ``counters.blocks`` stays the one-router truth
+        self.rblocks: list[ActivePromptBlocks] | None = None
+        if counters.blocks is not None and self.R > 1:
+            self.rblocks = [ActivePromptBlocks(n) for _ in range(self.R)]
         if self.lag > 0 and not self.approximate:
             self.sinks = [_install_sink(ins) for ins in instances]
             # what is cached already at the start is known
@@ -328,6 +334,7 @@ class ReplicatedRouterView(RouterView):
         c.sent = [[d.copy() for d in rep] for rep in self.sent]
         c.mirror = [m.copy() for m in self.mirror]
         c.due = [d.copy() for d in self.due]
+        c.rblocks = None if self.rblocks is None else [b.clone() for b in self.rblocks]
         if self.sinks:
             c.sinks = []
             for ins, old in zip(instances, self.sinks, strict=True):
@@ -422,6 +429,9 @@ class ReplicatedRouterView(RouterView):
         c.dispatch(i, req.inp[rid], est)
         if c.blocks is not None:  # Dynamo's active sequences, as RouterView.dispatched
             c.blocks.add(i, rid, req.sent_keys(rid), self.ratio, req.inp[rid] // self.bs, est)
+            if self.rblocks is not None:  # and the deciding replica's own
+                self.rblocks[r].add(i, rid, req.sent_keys(rid), self.ratio,
+                                    req.inp[rid] // self.bs, est)
         return est
 
     def _hits(self, rid: int) -> list[int]:
@@ -497,7 +507,15 @@ class ReplicatedRouterView(RouterView):
         else:
             q, run, w, kv = self._delayed(t)
         rq, rb, ra, rn = self._own_counters(r)
-        return self._rows(t, rid, d, inp, unc, q, run, w, kv, hb, rq, rb, ra, rn)
+        view = self._rows(t, rid, d, inp, unc, q, run, w, kv, hb, rq, rb, ra, rn)
+        if self.rblocks is not None:
+            blocks = self.rblocks[r]
+            done = self.req.done
+            for x in [x for x in blocks.req if not math.isnan(done[x])]:
+                blocks.remove(x)  # the replica saw its request finish
+            view = active_sequence_view(view, blocks, self.req.first, t,
+                                        self.req.sent_keys(rid), self.ratio, inp // bs)
+        return view
 
     def _own_counters(self, r: int) -> tuple[list[int], list[int], list[int], list[int]]:
         """Replica ``r``'s queued tokens, in-flight requests, tokens in flight and new tokens

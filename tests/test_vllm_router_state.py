@@ -145,6 +145,17 @@ def test_kv_event_lag_routes_the_same_on_both_engines(replicas):
     assert _moved(w, cfg, dataclasses.replace(CFG, router_replicas=replicas)) > 0
 
 
+def test_a_policy_reading_tokens_in_flight_routes_the_same_on_both_engines():
+    """``dynamo-deterministic`` reads ``router_all_tokens`` (prompts plus outputs reported):
+    the replicas' token counts agree too, with and without fast-forwarded decode stretches."""
+    w = _families(11, 36, 3.0)
+    for ff in (True, False):
+        cfg = dataclasses.replace(CFG, router_replicas=2, fast_forward=ff)
+        _agree(w, cfg, "dynamo-deterministic")
+        assert _moved(w, cfg, dataclasses.replace(CFG, fast_forward=ff),
+                      "dynamo-deterministic") > 0
+
+
 # ---------------------------------------------------------------------------- exactness
 
 
@@ -259,6 +270,32 @@ def test_per_replica_counters_by_hand():
         assert r.predicted_cached_tokens.tolist() == [0, 0, 160, 0, 0]
         assert r.cached_tokens[2] == 160 and r.cached_tokens[3] == 160
     assert runs["vllm"][1] == runs["fast"][1]
+
+
+class _Engine(_Recorder):
+    """Keeps the engine-reported signals each decision was shown."""
+
+    def choose(self, view):
+        self.seen.append([getattr(view, k).tolist() for k in ("queued", "running", "waiting",
+                                                               "kv_usage")])
+        return self.targets[view.decision]
+
+
+def test_signal_delay_ages_the_engine_signals():
+    """A delay longer than the run shows every decision the signals of before the first
+    record (all zero); without a delay later decisions see the busy instances. The router's
+    own counters are never delayed."""
+    from lmetric_theory.sim.vllm_engine import simulate_vllm
+
+    w = _families(16, 20, 1.0)
+    seen = {}
+    for delay in (0.0, 1e6):
+        pol = _Engine([i % 3 for i in range(20)])
+        r = simulate_vllm(w, dataclasses.replace(CFG, signal_delay_s=delay), pol)
+        assert r.instance.tolist() == [i % 3 for i in range(20)]
+        seen[delay] = pol.seen
+    assert all(v == [[0, 0, 0], [0, 0, 0], [0, 0, 0], [0.0, 0.0, 0.0]] for v in seen[1e6])
+    assert any(sum(v[1]) + sum(v[2]) > 0 for v in seen[0.0])
 
 
 # ---------------------------------------------------------------------------- CLI

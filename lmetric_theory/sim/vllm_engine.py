@@ -38,6 +38,8 @@ Semantics
   schedulers' state at the arrival (running, waiting, KV usage, each instance's prefix hit
   from its KV cache manager) and the router's own counters (a
   :class:`~lmetric_theory.sim.scheduler.RouterCounters`, updated as the fast engine updates it).
+  Router replicas, a KV event lag, approximate indexes and delayed signals replace that view
+  by :class:`~lmetric_theory.sim.vllm_routerstate.VllmRouterState` (docs/router_state.md).
 """
 
 from __future__ import annotations

@@ -360,7 +360,6 @@ def test_cli_sessions_that_never_saturate(tmp_path, capsys) -> None:
     (["--sensitivity-lags", "0,-0.2"], "--sensitivity-lags"),
     (["--sensitivity-replicas", "0,2"], "--sensitivity-replicas"),
     (["--sensitivity-seeds", "3"], "--sensitivity-seeds"),
-    (["--router-replicas", "2", "--engine", "vllm"], "--engine vllm"),
 ])
 def test_cli_router_state_flags_bad_values(tmp_path, capsys, flags, words) -> None:
     out = tmp_path / "out"

@@ -363,11 +363,20 @@ def test_bad_router_state_options_exit_2_with_one_line(command, flags, needle, c
     assert not out.exists()
 
 
-def test_vllm_engine_refuses_replicas_with_one_line(capsys):
-    rc = main(["simulate", "--count", "20", "-n", "2", "--engine", "vllm", "--router-replicas",
-               "2"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "not expressed by the vLLM engine" in err[0]
+def test_router_state_options_are_read_the_same_for_the_vllm_engine():
+    """The vLLM engine expresses replicas, lags and approximate indexes too
+    (tests/test_vllm_router_state.py): the options are checked, not refused."""
+    import argparse
+
+    from lmetric_theory.cli.common import check_router_state_arguments
+
+    args = argparse.Namespace(router_replicas=4, replica_assignment="random", signal_delay=0.0,
+                              kv_event_lag=0.05, index="approximate:lru=8", engine="vllm")
+    assert check_router_state_arguments(args) is None
+    assert args.router_state["router_replicas"] == 4
+    assert args.router_state["index"] == IndexSpec("approximate", lru_blocks=8)
+    args.router_replicas = 0
+    assert check_router_state_arguments(args).startswith("--router-replicas")
 
 
 def test_simulate_cli_writes_the_router_state(capsys, tmp_path):

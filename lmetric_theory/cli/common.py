@@ -198,9 +198,8 @@ def check_router_state_arguments(args: argparse.Namespace) -> str | None:
     """The one-line usage error of the router-state options, or ``None``.
 
     On success sets ``args.router_state``: the :class:`~lmetric_theory.sim.SimConfig`
-    keyword arguments (typed: ``ReplicaAssignment``, ``IndexSpec``). With ``--engine vllm``
-    anything but one router with exact state is an error (the vLLM engine's router view
-    cannot express it).
+    keyword arguments (typed: ``ReplicaAssignment``, ``IndexSpec``). Both the fast and the
+    vLLM engine express every setting (docs/router_state.md).
     """
     from lmetric_theory.sim.routerstate import ReplicaAssignment, parse_index
 
@@ -225,10 +224,5 @@ def check_router_state_arguments(args: argparse.Namespace) -> str | None:
         state["signal_delay_s"] = float(args.signal_delay)
     if getattr(args, "view", "precise") == "approximate" and index.kind != "precise":
         return "--view approximate and --index: give one of them"
-    default = r == 1 and state["kv_event_lag_s"] == 0 and index.kind == "precise"
-    if getattr(args, "engine", "fast") == "vllm" and not default:
-        return ("--engine vllm: --router-replicas > 1, --kv-event-lag and an approximate --index "
-                "are not expressed by the vLLM engine (its router view is one router with exact "
-                "state); use --engine fast")
     args.router_state = state
     return None

@@ -45,7 +45,7 @@ from lmetric_theory.sim.router import RouterView, active_sequence_view
 from lmetric_theory.sim.scheduler import RouterCounters, Scheduler
 
 __all__ = ["INDEX_KINDS", "IndexSpec", "ReplicaAssignment", "ReplicatedRouterView",
-           "parse_index"]
+           "parse_index", "pick_replica", "record_sent", "sent_hit"]
 
 #: Index kinds of ``--index``.
 INDEX_KINDS: tuple[str, ...] = ("precise", "approximate")
@@ -134,6 +134,79 @@ def parse_index(text: str) -> IndexSpec:
     except ValueError:
         raise ValueError(f"index: lru must be an integer number of blocks, got {val!r}") from None
     return IndexSpec(kind, lru_blocks=lru)
+
+
+# ---------------------------------------------------------------------- engine-independent parts
+# (used by this module's view and by the vLLM engine's router state, sim/vllm_routerstate.py)
+
+
+def pick_replica(d: int, rid: int, replicas: int, assignment: ReplicaAssignment,
+                 rng: random.Random, sessions: Sequence[int] | None) -> int:
+    """The replica taking decision ``d`` (request ``rid``).
+
+    Parameters
+    ----------
+    d, rid : int
+        Decision number and request.
+    replicas : int
+        Router replicas R.
+    assignment : ReplicaAssignment
+        How decisions are spread.
+    rng : random.Random
+        The run's replica draw (``random``: one ``randrange(R)`` per decision when R > 1).
+    sessions : sequence of int or None
+        Session of each request (-1: none), for the ``session`` assignment.
+    """
+    R = replicas
+    if R == 1:
+        return 0
+    if assignment is ReplicaAssignment.ROUND_ROBIN:
+        return d % R
+    if assignment is ReplicaAssignment.RANDOM:
+        return rng.randrange(R)
+    s = -1 if sessions is None else sessions[rid]
+    return s % R if s >= 0 else d % R
+
+
+def record_sent(sent: OrderedDict, keys: Sequence[Any], index: IndexSpec, now: float) -> None:
+    """Record in one replica's approximate index of one instance that ``keys`` were sent
+    at ``now`` (seconds): an LRU bound keeps the ``index.lru_blocks`` most recently sent
+    keys; otherwise each key keeps its last send time."""
+    if index.lru_blocks is not None:
+        bound = index.lru_blocks
+        for h in keys:
+            sent[h] = None
+            sent.move_to_end(h)
+        while len(sent) > bound:
+            sent.popitem(last=False)
+    else:
+        for h in keys:
+            sent[h] = now
+            sent.move_to_end(h)
+
+
+def sent_hit(sent: OrderedDict, keys: Sequence[Any], ratio: int, limit: int,
+             ttl: float | None, now: float) -> int:
+    """Predicted prefix hit of ``keys`` in one approximate index, engine blocks.
+
+    Keys last sent ``ttl`` seconds or more before ``now`` are forgotten first (oldest
+    first; ``ttl`` None: never). The hit is the leading keys still recorded, ``ratio``
+    engine blocks each, at most ``limit`` blocks.
+    """
+    if ttl is not None:
+        old = now - ttl
+        while sent:
+            k0 = next(iter(sent))
+            if sent[k0] > old:
+                break
+            del sent[k0]
+    k = 0
+    for h in keys:
+        if h not in sent:
+            break
+        k += 1
+    k *= ratio
+    return k if k < limit else limit
 
 
 # ---------------------------------------------------------------------- KV event sources
@@ -390,18 +463,7 @@ class ReplicatedRouterView(RouterView):
 
     def pick_replica(self, d: int, rid: int) -> int:
         """The replica taking decision ``d`` (request ``rid``)."""
-        R = self.R
-        a = self.assignment
-        if R == 1:
-            r = 0
-        elif a is ReplicaAssignment.ROUND_ROBIN:
-            r = d % R
-        elif a is ReplicaAssignment.RANDOM:
-            r = self.rng.randrange(R)
-        else:
-            s = -1 if self.sessions is None else self.sessions[rid]
-            r = s % R if s >= 0 else d % R
-        return r
+        return pick_replica(d, rid, self.R, self.assignment, self.rng, self.sessions)
 
     def dispatched(self, ins: Scheduler, rid: int, view: DecisionView) -> int:
         req = self.req
@@ -411,20 +473,7 @@ class ReplicatedRouterView(RouterView):
         self.replica_of[rid] = r
         self.own[r][i].append(rid)
         if self.approximate:
-            sent = self.sent[r][i]
-            keys = req.sent_keys(rid)
-            if self.index.lru_blocks is not None:
-                bound = self.index.lru_blocks
-                for h in keys:
-                    sent[h] = None
-                    sent.move_to_end(h)
-                while len(sent) > bound:
-                    sent.popitem(last=False)
-            else:
-                now = view.time_s
-                for h in keys:
-                    sent[h] = now
-                    sent.move_to_end(h)
+            record_sent(self.sent[r][i], req.sent_keys(rid), self.index, view.time_s)
         c = self.counters
         c.dispatch(i, req.inp[rid], est)
         if c.blocks is not None:  # Dynamo's active sequences, as RouterView.dispatched
@@ -440,23 +489,8 @@ class ReplicatedRouterView(RouterView):
         out = []
         if self.approximate:
             ttl = self.index.ttl_s
-            for sent in self.sent[self.cur]:
-                if ttl is not None:
-                    # forget blocks last sent more than ttl ago (oldest first)
-                    old = self._now - ttl
-                    while sent:
-                        k0 = next(iter(sent))
-                        if sent[k0] > old:
-                            break
-                        del sent[k0]
-                k = 0
-                for h in keys:
-                    if h not in sent:
-                        break
-                    k += 1
-                k *= ratio
-                out.append(k if k < limit else limit)
-            return out
+            return [sent_hit(sent, keys, ratio, limit, ttl, self._now)
+                    for sent in self.sent[self.cur]]
         if not self.sinks:
             return [ins.cache.hit(keys, ratio, limit) for ins in self.inst]
         for m in self.mirror:

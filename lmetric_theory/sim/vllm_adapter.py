@@ -144,9 +144,15 @@ def _vllm() -> dict[str, Any]:
             SchedulerConfig,
             VllmConfig,
         )
+        from vllm.config.kv_events import KVEventsConfig
+        from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
         from vllm.sampling_params import SamplingParams
         from vllm.utils.hashing import sha256
-        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+        from vllm.v1.core.kv_cache_utils import (
+            get_request_block_hasher,
+            init_none_hash,
+            maybe_convert_block_hash,
+        )
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
         from vllm.v1.outputs import ModelRunnerOutput
@@ -164,7 +170,9 @@ def _vllm() -> dict[str, Any]:
         init_none_hash=init_none_hash, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
         KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec,
         ModelRunnerOutput=ModelRunnerOutput, Request=Request,
-        StructuredOutputManager=StructuredOutputManager,
+        StructuredOutputManager=StructuredOutputManager, KVEventsConfig=KVEventsConfig,
+        BlockStored=BlockStored, BlockRemoved=BlockRemoved, AllBlocksCleared=AllBlocksCleared,
+        maybe_convert_block_hash=maybe_convert_block_hash,
     )
     return _IMPORTED
 
@@ -183,6 +191,19 @@ def _model_dir(max_model_len: int) -> str:
     return d
 
 
+class _Collector:
+    """Stands in for the scheduler's KV event publisher: keeps the events it is given."""
+
+    def __init__(self, sink: list[Any]) -> None:
+        self.sink = sink
+
+    def publish(self, batch: Any) -> None:
+        self.sink.extend(batch.events)
+
+    def shutdown(self) -> None:
+        pass
+
+
 class VllmInstance:
     """One serving instance driven by a real vLLM v1 ``Scheduler``.
 
@@ -198,10 +219,14 @@ class VllmInstance:
         Tokens scheduled per step.
     max_model_len : int
         Longest request (prompt + output) the instance must accept, tokens.
+    kv_events : bool
+        Turn on vLLM's KV cache events (``enable_kv_cache_events``) and collect them for
+        :meth:`take_block_events` instead of publishing them.
     """
 
     def __init__(self, *, num_blocks: int, block_size: int, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_model_len: int) -> None:
+                 max_num_batched_tokens: int, max_model_len: int,
+                 kv_events: bool = False) -> None:
         global _NONE_HASH_READY
         v = _vllm()
         self.block_size = int(block_size)
@@ -216,8 +241,12 @@ class VllmInstance:
             max_num_seqs=int(max_num_seqs), max_num_batched_tokens=int(max_num_batched_tokens),
             enable_chunked_prefill=True, max_model_len=max_model_len, is_encoder_decoder=False,
         )
+        extra = {}
+        if kv_events:
+            extra["kv_events_config"] = v["KVEventsConfig"](enable_kv_cache_events=True,
+                                                            publisher="null")
         vc = v["VllmConfig"](model_config=mc, cache_config=cc, scheduler_config=sc,
-                             device_config=v["DeviceConfig"](device="cpu"))
+                             device_config=v["DeviceConfig"](device="cpu"), **extra)
         spec = v["FullAttentionSpec"](block_size=self.block_size, num_kv_heads=1, head_size=16,
                                       dtype=v["torch"].float16)
         kcc = v["KVCacheConfig"](num_blocks=self.num_blocks, kv_cache_tensors=[],
@@ -237,6 +266,12 @@ class VllmInstance:
         self._requests: dict[str, Any] = {}
         self._seen: set[str] = set()
         self._out_ids: dict[str, list[int]] = {}
+        self._published: list[Any] = []
+        if kv_events:
+            # update_from_output hands the step's remaining events to the publisher: keep them
+            self.scheduler.kv_event_publisher = _Collector(self._published)
+        self._convert = v["maybe_convert_block_hash"]
+        self._ev = (v["BlockStored"], v["BlockRemoved"], v["AllBlocksCleared"])
 
     # ------------------------------------------------------------------ requests
 
@@ -280,6 +315,33 @@ class VllmInstance:
         _, n, _ = mgr.coordinator.find_longest_cache_hit(request.block_hashes,
                                                          request.num_tokens - 1)
         return int(n)
+
+    def lookup_keys(self, request: Any) -> tuple[list[Any], int]:
+        """The keys of ``request``'s blocks as KV events name them (vLLM's chained block
+        hashes, in order), and the most blocks a hit may cover (``(prompt - 1) //
+        block_size``, as :meth:`cached_prefix_tokens`)."""
+        conv = self._convert
+        keys = [conv(h) for h in request.block_hashes]
+        return keys, (int(request.num_tokens) - 1) // self.block_size
+
+    def take_block_events(self) -> list[tuple[Any, int]]:
+        """The KV cache events since the last call, in order, as ``(key, +1)`` (a block
+        with that hash stored), ``(key, -1)`` (one removed) or ``(None, 0)`` (every block
+        cleared). Needs ``kv_events=True``."""
+        events = self._published + self.scheduler.kv_cache_manager.take_events()
+        self._published.clear()
+        stored, removed, cleared = self._ev
+        out: list[tuple[Any, int]] = []
+        for e in events:
+            if isinstance(e, stored):
+                out.extend((h, 1) for h in e.block_hashes)
+            elif isinstance(e, removed):
+                out.extend((h, -1) for h in e.block_hashes)
+            elif isinstance(e, cleared):
+                out.append((None, 0))
+            else:
+                raise ValueError(f"unexpected KV cache event {type(e).__name__}")
+        return out
 
     def preemptions(self, rid: int) -> int:
         """Times request ``rid`` was preempted (0 if never added)."""

@@ -38,6 +38,8 @@ Semantics
   schedulers' state at the arrival (running, waiting, KV usage, each instance's prefix hit
   from its KV cache manager) and the router's own counters (a
   :class:`~lmetric_theory.sim.scheduler.RouterCounters`, updated as the fast engine updates it).
+  Router replicas, a KV event lag, approximate indexes and delayed signals replace that view
+  by :class:`~lmetric_theory.sim.vllm_routerstate.VllmRouterState` (docs/router_state.md).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from lmetric_theory.sim.vllm_adapter import (
     VllmInstance,
     require_vllm,
 )
+from lmetric_theory.sim.vllm_routerstate import VllmRouterState
 from lmetric_theory.workload.base import Workload
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "output_token_ids", "simulate_vllm", "step_time", "token_ids"]
@@ -208,8 +211,10 @@ class _Replay:
     """Event loop over ``instances`` (indices into ``config``'s cluster) of one replay."""
 
     def __init__(self, workload: Workload, config: Any, block_size: int, rids: list[int],
-                 assignment: np.ndarray | None, policy: Any, instances: list[int]) -> None:
+                 assignment: np.ndarray | None, policy: Any, instances: list[int],
+                 state: VllmRouterState | None = None) -> None:
         self.w = workload
+        self.state = state
         self.cfg = config
         self.bs = int(block_size)
         self.rids = rids
@@ -226,7 +231,8 @@ class _Replay:
             i: VllmInstance(num_blocks=self.num_blocks, block_size=self.bs,
                             max_num_seqs=config.max_batch,
                             max_num_batched_tokens=config.token_budget,
-                            max_model_len=longest + 1)
+                            max_model_len=longest + 1,
+                            kv_events=state is not None and state.events)
             for i in instances
         }
         self.arrivals = _Arrivals(workload, rids, config.concurrency)
@@ -239,6 +245,7 @@ class _Replay:
         self.cached = np.full(n, -1, dtype=np.int64)
         self.where = np.full(n, -1, dtype=np.int32)
         self.est = np.zeros(n, dtype=np.int64)
+        self.pred = np.full(n, -1, dtype=np.int64)  # predicted prefix hit at dispatch, tokens
         self.iterations = 0
         self.pf = dict.fromkeys(instances, 0)
         self.dec = dict.fromkeys(instances, 0)
@@ -261,19 +268,29 @@ class _Replay:
         from lmetric_theory.policies.base import DecisionView
 
         inp = int(self.w.input_tokens[rid])
-        hits = [self.inst[i].cached_prefix_tokens(req) // self.bs for i in self.ids]
-        r = self.router
-        running = [self.inst[i].running for i in self.ids]
-        # Routed requests not yet handed to their scheduler (they join at the next step) wait.
-        waiting = [self.inst[i].waiting + len(self.pending[i]) for i in self.ids]
-        queued = [self._engine_queued(i) for i in self.ids]
+        st = self.state
+        if st is None:
+            hits = [self.inst[i].cached_prefix_tokens(req) // self.bs for i in self.ids]
+            r = self.router
+            sig = [self._signals(i) for i in self.ids]
+        else:  # replicas, a lagged or approximate index, delayed signals
+            st.begin(d, rid, t)
+            if st.approximate:
+                hits = st.approximate_hits(self._trace_keys(rid), (inp - 1) // self.bs)
+            elif st.events:
+                hits = st.mirror_hits(*self.inst[self.ids[0]].lookup_keys(req))
+            else:
+                hits = [self.inst[i].cached_prefix_tokens(req) // self.bs for i in self.ids]
+            r = st.own_counters()
+            sig = st.engine_signals(t, [self._signals(i) for i in self.ids])
+        queued, running, waiting, kv = zip(*sig, strict=True)
         vals = {
             "decision": d, "time_s": t, "input_tokens": inp,
             "uncached": np.asarray([inp - h * self.bs for h in hits], dtype=np.int32),
             "queued": np.asarray(queued, dtype=np.int32),
             "running": np.asarray(running, dtype=np.int32),
             "waiting": np.asarray(waiting, dtype=np.int32),
-            "kv_usage": np.asarray([self.inst[i].kv_usage for i in self.ids], dtype=np.float32),
+            "kv_usage": np.asarray(kv, dtype=np.float32),
             "hit_blocks": np.asarray(hits, dtype=np.int32),
             "block_size": self.bs,
             "router_queued": np.asarray([max(q, 0) for q in r.queued], dtype=np.int64),
@@ -295,11 +312,35 @@ class _Replay:
             if isinstance(v, np.ndarray):
                 v.flags.writeable = False
         view = DecisionView(**vals)
-        if r.blocks is not None:
+        blocks = self.router.blocks
+        # As on the fast engine, replicas (R > 1) keep no active-sequence record.
+        if blocks is not None and (st is None or st.R == 1):
             from lmetric_theory.sim.router import active_sequence_view
-            view = active_sequence_view(view, r.blocks, self.first, t, self.w.blocks(rid).tolist(),
+            view = active_sequence_view(view, blocks, self.first, t, self.w.blocks(rid).tolist(),
                                         self.ratio, inp // self.bs)
         return view
+
+    def _signals(self, i: int) -> tuple[int, int, int, float]:
+        """Instance ``i``'s engine-reported signals now: queued prefill tokens, running and
+        waiting requests (routed ones not yet handed to the scheduler wait: they join at the
+        next step), KV usage."""
+        ins = self.inst[i]
+        return (self._engine_queued(i), ins.running, ins.waiting + len(self.pending[i]),
+                ins.kv_usage)
+
+    def _trace_keys(self, rid: int) -> list[int]:
+        """The workload block keys the router records as sent with ``rid`` and looks it up
+        by (its approximate index): the prompt's block hashes, then its output's."""
+        keys = self.w.blocks(rid).tolist()
+        if self.w.output_hash_ids is not None:
+            keys += self.w.output_blocks(rid).tolist()
+        return keys
+
+    def _record(self, i: int, t: float) -> None:
+        """Keep instance ``i``'s engine signals at ``t`` for a delayed view."""
+        st = self.state
+        if st is not None and st.delay > 0:
+            st.record(self.pos[i], t, self._signals(i))
 
     def _engine_queued(self, i: int) -> int:
         """The engine's queued prefill tokens, as the fast engine counts them, tokens.
@@ -343,7 +384,10 @@ class _Replay:
         j = self.pos[target]
         est = len(toks) - hit
         self.est[rid] = est
+        self.pred[rid] = hit
         self.router.dispatch(j, len(toks), est)
+        if self.state is not None:
+            self.state.dispatched(j, rid, len(toks), est, self._trace_keys(rid), t)
         if self.router.blocks is not None:
             self.router.blocks.add(j, rid, self.w.blocks(rid).tolist(), self.ratio,
                                    len(toks) // self.bs, est)
@@ -400,11 +444,17 @@ class _Replay:
             _, rid = heapq.heappop(heap)
             target, req = self._route(d, rid, t)
             self.pending[target].append(req)
+            self._record(target, t)
             d += 1
         return d
 
     def _start(self, i: int, t: float, pending: dict[int, list[Any]],
                busy: dict[int, tuple[float, Any, StepBatch]]) -> None:
+        self._step(i, t, pending, busy)
+        self._record(i, t)
+
+    def _step(self, i: int, t: float, pending: dict[int, list[Any]],
+              busy: dict[int, tuple[float, Any, StepBatch]]) -> None:
         ins = self.inst[i]
         for req in pending[i]:
             ins.add(req, output_token_ids(self.w, int(req.request_id)))
@@ -412,6 +462,15 @@ class _Replay:
         if not ins.unfinished:
             return
         so, batch = ins.schedule()
+        st = self.state
+        if st is not None:
+            j = self.pos[i]
+            inp = self.w.input_tokens
+            # the router learns a request's real hit when the step admitting it is scheduled
+            for rid, hit in batch.first_scheduled:
+                st.admitted(j, rid, (int(inp[rid]) - hit) - int(self.est[rid]))
+            if st.events:
+                st.block_events(j, ins.take_block_events(), t)
         if not batch.chunks and not batch.decode_seqs:
             if ins.running == 0:
                 rid = min(int(r) for r in ins.scheduler.requests)
@@ -419,6 +478,8 @@ class _Replay:
                     f"request {rid}: cannot be scheduled on instance {i} "
                     f"(KV pool of {self.num_blocks} blocks of {self.bs} tokens too small?)")
             ins.finish_step(so, batch)
+            if st is not None and st.events:
+                st.block_events(self.pos[i], ins.take_block_events(), t)
             return
         used = int(round(ins.kv_usage * (self.num_blocks - 1))) * self.bs
         if used > self.peak[i]:
@@ -451,12 +512,21 @@ class _Replay:
                 itl[g] = itl.get(g, 0) + 1
             last[rid] = t
         arrivals = self.arrivals
+        st = self.state
+        if st is not None:
+            st.step_end(j, batch.chunks, batch.emitted)
         for rid in ins.finish_step(so, batch):
             self.done[rid] = t
-            r.finish(j, int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid]),
-                     int(self.est[rid]), rid)
+            total = int(self.w.input_tokens[rid]) + int(self.w.output_tokens[rid])
+            r.finish(j, total, int(self.est[rid]), rid)
+            if st is not None:
+                st.finished(j, rid, total, int(self.est[rid]))
             if arrivals.closed:
                 arrivals.release(rid, t)
+        if st is not None:
+            if st.events:
+                st.block_events(j, ins.take_block_events(), t)
+            self._record(i, t)
 
     def preemptions(self) -> np.ndarray:
         p = np.zeros(len(self.w), dtype=np.int64)
@@ -480,7 +550,7 @@ def _worker(instances: list[int]) -> dict[str, Any]:
 
 def _collect(rep: _Replay) -> dict[str, Any]:
     return dict(first=rep.first, done=rep.done, cached=rep.cached, where=rep.where,
-                pre=rep.preemptions(), iterations=rep.iterations, now=rep.now, pf=rep.pf,
+                pre=rep.preemptions(), pred=rep.pred, iterations=rep.iterations, now=rep.now, pf=rep.pf,
                 dec=rep.dec, peak=rep.peak, arrival=rep.arrivals.arrival, itl=rep.itl,
                 busy=rep.busy_s, bint=rep.batch_integral)
 
@@ -529,10 +599,6 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     ``config.concurrency`` (at most that many sessions active; see the module docstring)
     is read with ``getattr`` and may be absent (no cap).
     """
-    if not getattr(config, "default_router_state", True):
-        raise ValueError("vllm engine: router replicas, a KV event lag and an approximate "
-                         "index are not expressed by this engine (its router view is one router "
-                         "with exact state); use the fast engine")
     from lmetric_theory.sim.engine import SimResult
 
     version = require_vllm()
@@ -549,6 +615,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         raise ValueError("concurrency must be >= 1")
     closed = cap is not None or workload.closed_loop
     spec = "fixed"
+    replica = None
     if assignment is not None:
         assignment = np.asarray(assignment, dtype=np.int64)
         if assignment.shape != (n,) or assignment.min() < 0 or assignment.max() >= N:
@@ -575,9 +642,13 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         if bind is not None:  # a latency-predicting policy (predictor) gets the cluster's model
             bind(config.latency, config.token_budget)
         spec = policy.spec
-        rep = _Replay(workload, config, block_size, list(range(n)), None, policy, list(range(N)))
+        state = router_state(workload, config, block_size, seed)
+        rep = _Replay(workload, config, block_size, list(range(n)), None, policy, list(range(N)),
+                      state)
         rep.run()
         parts = [_collect(rep)]
+        if state is not None:
+            replica = np.asarray(state.replica_of, dtype=np.int32)
     first = np.full(n, np.nan)
     done = np.full(n, np.nan)
     cached = np.full(n, -1, dtype=np.int64)
@@ -587,6 +658,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     dec = np.zeros(N, dtype=np.int64)
     peak = np.zeros(N, dtype=np.int64)
     arrival = np.full(n, np.nan)
+    pred = np.full(n, -1, dtype=np.int64)
     busy_s = np.zeros(N)
     bint = np.zeros(N)
     itl: dict[float, int] = {}
@@ -597,6 +669,7 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
         first[m], done[m], cached[m], where[m], pre[m], arrival[m] = (
             p["first"][m], p["done"][m], p["cached"][m], p["where"][m], p["pre"][m],
             p["arrival"][m])
+        pred[m] = p["pred"][m]
         for i in p["pf"]:
             pf[i], dec[i], peak[i] = p["pf"][i], p["dec"][i], p["peak"][i]
             busy_s[i], bint[i] = p["busy"][i], p["bint"][i]
@@ -625,7 +698,9 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
                                              minlength=N).astype(np.int64),
         first_token_s=first, finish_s=done, session=session, turn=turn, itl_gap_s=gaps,
         itl_count=counts, batch_integral=bint, busy_s=busy_s,
-        replica=np.where(where >= 0, 0, -1).astype(np.int32),  # one router
+        replica=(np.where(where >= 0, 0, -1).astype(np.int32) if replica is None  # one router
+                 else replica),
+        predicted_cached_tokens=pred,
     )
     names = {f.name for f in dataclasses.fields(SimResult)}
     missing = names - set(vals) - {f.name for f in dataclasses.fields(SimResult)
@@ -636,6 +711,35 @@ def simulate_vllm(workload: Workload, config: Any, policy: Any = None, *,
     # Until SimResult carries per-request preemptions, the total rides in the config.
     cfg["preemptions_total"] = int(pre.sum())
     return SimResult(**{k: v for k, v in vals.items() if k in names})
+
+
+def router_state(workload: Workload, config: Any, block_size: int,
+                 seed: int) -> VllmRouterState | None:
+    """The router state of a policy-routed replay, or None for one router with exact state
+    and current signals (the engine's own counters and the schedulers' caches).
+
+    A view other than that (replicas, a KV event lag, an approximate index, including
+    ``view="approximate"``, or delayed engine signals) gets a :class:`VllmRouterState`
+    with the fast engine's semantics (docs/router_state.md). Config fields it lacks read as
+    the defaults.
+    """
+    from lmetric_theory.sim.routerstate import IndexSpec, ReplicaAssignment
+
+    replicas = int(getattr(config, "router_replicas", 1))
+    lag = float(getattr(config, "kv_event_lag_s", 0.0))
+    delay = float(getattr(config, "signal_delay_s", 0.0))
+    index = getattr(config, "index", IndexSpec())
+    if getattr(config, "view", "precise") == "approximate":
+        index = IndexSpec("approximate")
+    if replicas == 1 and lag == 0 and delay == 0 and index.kind == "precise":
+        return None
+    sess = workload.sessions
+    return VllmRouterState(
+        int(config.n_instances), len(workload), replicas=replicas,
+        assignment=getattr(config, "replica_assignment", ReplicaAssignment.ROUND_ROBIN),
+        index=index, lag=lag, delay=delay,
+        sessions=None if sess is None else np.asarray(sess.session).tolist(), seed=int(seed),
+        ratio=max(int(workload.block_size) // int(block_size), 1))
 
 
 def _vllm_preload() -> None:

@@ -156,6 +156,27 @@ def test_a_policy_reading_tokens_in_flight_routes_the_same_on_both_engines():
                       "dynamo-deterministic") > 0
 
 
+@pytest.mark.parametrize("kv_pool_blocks", [30, 40])
+def test_kv_event_lag_under_preemption_routes_the_same_on_both_engines(kv_pool_blocks):
+    """A lagged index on a pool small enough to preempt: the fast engine's mirror (evictions
+    of a decode stretch stamped at their iterations) and vLLM's own KV events agree."""
+    w = _families(13, 40, 2.0)
+    cfg = dataclasses.replace(CFG, kv_capacity_tokens=16 * kv_pool_blocks, router_replicas=2,
+                              kv_event_lag_s=0.25)
+    b = _agree(w, cfg)
+    assert int(b.preemptions.sum()) > 0
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_dynamo_kv_replicas_route_the_same_on_both_engines(replicas):
+    """``dynamo-kv`` reads Dynamo's active sequences; under R replicas each replica keeps
+    those of its own requests (no replica sync), the same on both engines."""
+    w = _families(11, 36, 3.0, sessions=7)
+    cfg = dataclasses.replace(CFG, router_replicas=replicas)
+    _agree(w, cfg, "dynamo-kv")
+    assert _moved(w, cfg, policy="dynamo-kv") > 0
+
+
 # ---------------------------------------------------------------------------- exactness
 
 

@@ -255,6 +255,9 @@ class _Replay:
         if getattr(policy, "active_sequences", False):  # Dynamo's (dynamo-kv only)
             from lmetric_theory.sim.active_blocks import ActivePromptBlocks
             self.router.blocks = ActivePromptBlocks(k)
+            if state is not None and state.R > 1:  # each replica's own (no replica sync)
+                for c in state.counters:
+                    c.blocks = ActivePromptBlocks(k)
         self.ratio = max(int(workload.block_size) // self.bs, 1)  # engine blocks per trace block
         self.pos = {i: j for j, i in enumerate(instances)}
         self.now = 0.0
@@ -313,8 +316,9 @@ class _Replay:
                 v.flags.writeable = False
         view = DecisionView(**vals)
         blocks = self.router.blocks
-        # As on the fast engine, replicas (R > 1) keep no active-sequence record.
-        if blocks is not None and (st is None or st.R == 1):
+        if blocks is not None and st is not None and st.R > 1:
+            blocks = r.blocks  # the deciding replica's own active sequences
+        if blocks is not None:
             from lmetric_theory.sim.router import active_sequence_view
             view = active_sequence_view(view, blocks, self.first, t, self.w.blocks(rid).tolist(),
                                         self.ratio, inp // self.bs)
@@ -389,8 +393,11 @@ class _Replay:
         if self.state is not None:
             self.state.dispatched(j, rid, len(toks), est, self._trace_keys(rid), t)
         if self.router.blocks is not None:
-            self.router.blocks.add(j, rid, self.w.blocks(rid).tolist(), self.ratio,
-                                   len(toks) // self.bs, est)
+            keys = self.w.blocks(rid).tolist()
+            self.router.blocks.add(j, rid, keys, self.ratio, len(toks) // self.bs, est)
+            if self.state is not None and self.state.R > 1:  # and the deciding replica's
+                self.state.own_counters().blocks.add(j, rid, keys, self.ratio,
+                                                     len(toks) // self.bs, est)
         self.where[rid] = target
         return target, req
 

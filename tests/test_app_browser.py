@@ -10,6 +10,7 @@ when no Chromium binary or no Playwright package is available.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -386,3 +387,86 @@ def test_simulate_page_router_state_settings(server, page, more):
     page.get_by_text("ttl must be a finite number > 0").wait_for()
     _no_exception(page)
     page.screenshot(path=str(more / "simulate_router_state.png"))
+
+
+#: JavaScript: the Router state table as drawn (the data grid's accessible DOM): its column
+#: headers and its cells row by row; null while no table with those headers is on the page.
+ROUTER_STATE_CELLS_JS = """() => {
+  for (const t of document.querySelectorAll('[data-testid="stDataFrame"]')) {
+    const head = [...t.querySelectorAll('[role="columnheader"]')].map(c => c.innerText.trim());
+    if (head[0] !== 'finding') continue;
+    const rows = [...t.querySelectorAll('tr')].map(
+        r => [...r.querySelectorAll('[role="gridcell"]')].map(c => c.innerText.trim()))
+      .filter(r => r.length);
+    return {head, rows};
+  }
+  return null;
+}"""
+
+
+def _set_number(pg, label: str, value: str) -> None:  # noqa: ANN001
+    box = pg.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_trace_audit_page_router_state_findings(server, page, more, tmp_path, capsys):
+    """The planted burst trace of the end-to-end test, uploaded on the trace-audit page with
+    4 instances: one router with exact state says it has no finding; one router with a
+    0.5 s KV event lag shows ``stale_index``; two replicas with that lag show all three
+    kinds. Every row on screen is the audit's own JSON (``lmetric-theory audit --json``,
+    the page's defaults) passed through ``router_state_rows``."""
+    from test_router_state_e2e import _trace
+
+    from lmetric_theory.app.support import router_state_rows
+    from lmetric_theory.cli import main
+    from lmetric_theory.experiments.router_state_log import RouterStateEntry
+
+    trace = _trace(tmp_path / "burst.jsonl")
+
+    def expected(replicas: int, lag_s: float) -> dict[str, list] | None:
+        assert main(["audit", str(trace), "--instances", "4", "--json",
+                     "--router-replicas", str(replicas), "--kv-event-lag", str(lag_s)]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        rows = router_state_rows([RouterStateEntry(**e) for e in doc["router_state"]])
+        assert [r["finding"] for r in rows] == [e["kind"].replace("_", " ")
+                                                 for e in doc["router_state"]]
+        if not rows:
+            return None
+        return {"head": list(rows[0]), "rows": [[str(v) for v in r.values()] for r in rows]}
+
+    page.goto(f"{server}/audit")
+    _settle(page)
+    page.get_by_text("Worst decisions").wait_for()
+    page.get_by_text("Upload a JSONL trace").click()
+    page.get_by_text("Upload a trace to audit it.").wait_for()
+    _set_number(page, "instances", "4")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(trace))
+
+    # R = 1, lag 0: the section is there and says there is nothing to report.
+    assert expected(1, 0.0) is None
+    page.get_by_text("No router-state finding").wait_for()
+    _settle(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
+        ".some(e => e.innerText.trim() === '640')"
+    )
+    assert page.evaluate(ROUTER_STATE_CELLS_JS) is None
+    _no_exception(page)
+
+    for replicas, lag, kinds in ((1, 0.5, ["stale index"]),
+                                 (2, 0.5, ["replica skew", "herding", "stale index"])):
+        want = expected(replicas, lag)
+        assert want is not None and [r[0] for r in want["rows"]] == kinds
+        _set_number(page, "router replicas", str(replicas))
+        _set_number(page, "KV event lag (s)", str(lag))
+        page.wait_for_function(f"(want) => JSON.stringify(({ROUTER_STATE_CELLS_JS})()) === "
+                               "JSON.stringify(want)", arg=want)
+        _settle(page)
+        assert page.evaluate(ROUTER_STATE_CELLS_JS) == want
+        assert page.get_by_text("No router-state finding").count() == 0
+        assert page.get_by_text("Cannot audit").count() == 0
+        _no_exception(page)
+    page.get_by_role("heading", name="Router state").evaluate("e => e.scrollIntoView()")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(more / "trace_audit_router_state.png"))

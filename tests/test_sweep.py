@@ -123,3 +123,30 @@ def test_dask_imap_streams_and_raises():
         assert got == {k: k * k for k in range(9)}
         with pytest.raises(ValueError, match="negative item -2"):
             list(ex.imap(_square, [3, -2, 5], window=2))
+
+
+def _slow_first(x: int) -> dict[str, int]:
+    """A row; the first items take longest (completion order differs from task order)."""
+    import time
+
+    time.sleep(0.02 * max(0, 4 - x))
+    return {"x": x, "sq": x * x}
+
+
+class _MapOnly:
+    """An executor with ``map`` and no ``imap`` (the chunked path)."""
+
+    workers = 2
+
+    def map(self, fn, items):  # noqa: ANN001
+        return [fn(x) for x in items]
+
+
+@pytest.mark.parametrize("executor", [LocalExecutor(1), LocalExecutor(2), _MapOnly()])
+def test_run_chunked_rows_in_task_order_and_progress_for_every_task(executor) -> None:
+    from lmetric_theory.experiments.study import run_chunked
+
+    seen: list[int] = []
+    rows = run_chunked(list(range(9)), executor, seen.append, 4, fn=_slow_first)
+    assert rows == [{"x": x, "sq": x * x} for x in range(9)]
+    assert sum(seen) == 9

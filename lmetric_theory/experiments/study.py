@@ -321,10 +321,25 @@ def simulator_evaluator(workload: Workload, config: SimConfig,
 def run_chunked(tasks: Sequence[SimTask], executor: Executor, progress: Callable[[int], None] | None,
                 chunk: int, slo: Slo | None = None,
                 fn: Callable[..., dict[str, Any]] = study_task) -> list[dict[str, Any]]:
-    """``fn(task, slo=slo)`` (default :func:`study_task`) of every task through ``executor``,
-    ``chunk`` tasks at a time, in task order; ``progress(n)`` after each chunk of ``n``."""
+    """``fn(task, slo=slo)`` (default :func:`study_task`) of every task through ``executor``;
+    the rows in task order.
+
+    An executor with ``imap`` (one pool, results as they finish) keeps at most ``chunk``
+    tasks pending and starts the next as soon as one ends, so a slow task never leaves the
+    other workers idle at a chunk boundary; ``progress(1)`` after each task. Otherwise the
+    tasks go ``chunk`` at a time through ``executor.map``, ``progress(n)`` after each chunk.
+    """
     rows: list[dict[str, Any]] = []
     fn = fn if slo is None else functools.partial(fn, slo=slo)
+    imap = getattr(executor, "imap", None)
+    if imap is not None and len(tasks) > 1:
+        out: list[dict[str, Any] | None] = [None] * len(tasks)
+        for k, row in imap(fn, tasks, window=max(1, chunk)):
+            out[k] = row
+            if progress is not None:
+                progress(1)
+        assert all(r is not None for r in out), "imap returned fewer rows than tasks"
+        return out  # type: ignore[return-value]
     for i in range(0, len(tasks), chunk):
         part = list(tasks[i:i + chunk])
         rows += list(executor.map(fn, part))

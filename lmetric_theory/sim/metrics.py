@@ -150,7 +150,8 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float | np.nd
     if np.any(c < 0):
         raise ValueError("counts must be >= 0")
     keep = c > 0
-    v, c = v[keep], c[keep]
+    if not keep.all():  # (a run's ITL counts are all positive: no copy of millions then)
+        v, c = v[keep], c[keep]
     m = int(c.sum())
     if m == 0:
         return np.full(qa.shape, np.nan)

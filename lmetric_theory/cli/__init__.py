@@ -70,11 +70,15 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 for usage errors)."""
     from lmetric_theory.cli.common import join_negative_values
+    from lmetric_theory.core.gcpause import cyclic_gc_paused
 
     tokens = join_negative_values(sys.argv[1:] if argv is None else list(argv))
     # The top-level parser has no options but -h: the first other token names the command.
     command = next((t for t in tokens if not t.startswith("-")), None)
-    parser = build_parser([command] if command in COMMANDS else [])
+    # the command's imports build long-lived objects only: the collector's passes over them
+    # during start-up free nothing
+    with cyclic_gc_paused():
+        parser = build_parser([command] if command in COMMANDS else [])
     args, extra = parser.parse_known_args(tokens)
     if getattr(args, "passes_unknown_args", False):  # `app`: the rest goes to Streamlit
         args.extra_args = extra

@@ -38,6 +38,7 @@ from lmetric_theory.cli.common import (
     workload_from_args,
 )
 from lmetric_theory.core.fileio import json_safe
+from lmetric_theory.core.gcpause import cyclic_gc_paused
 
 DEFAULT_POLICIES = ("lmetric", "round-robin")
 PROGRESS_MIN_REQUESTS = 2000
@@ -169,7 +170,16 @@ def _list_policies(as_json: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler: simulate every policy, print a table or JSON, optionally write results."""
+    """Handler: simulate every policy, print a table or JSON, optionally write results.
+
+    The cyclic garbage collector is paused for the command (imports, the trace's rows, the
+    simulators' tables, the metrics: many objects, few cycles); it runs again after.
+    """
+    with cyclic_gc_paused():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.list_policies:
         return _list_policies(args.json)
     from lmetric_theory.experiments.tuning import resolve_policy

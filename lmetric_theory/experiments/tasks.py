@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +30,8 @@ from lmetric_theory.workload import Workload
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
+# concurrent.futures (threading, queues) is imported where a pool is used: a single
+# simulation (``simulate``'s tuning check) never waits on futures
 
 __all__ = [
     "DaskExecutor",
@@ -250,6 +251,8 @@ def _bounded_imap(submit: Callable[[Any, Any], Any], items: Iterable[Any], windo
 
 def _wait_any(futures: list[Any]) -> list[Any]:
     """The finished ones among ``futures``, waiting for at least one."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
     if all(isinstance(f, Future) for f in futures):
         return list(wait(futures, return_when=FIRST_COMPLETED).done)
     from dask.distributed import wait as dask_wait  # Dask futures

@@ -246,14 +246,15 @@ class BlockPool:
     def hit(self, keys: list[int], ratio: int, limit: int) -> int:
         """Longest cached prefix of the trace blocks ``keys`` (``ratio`` engine blocks each),
         at most ``limit`` blocks."""
-        groups = self.groups
+        get = self.groups.get
         hit = 0
-        for key in keys:
-            g = groups.get(key)
+        for key in keys:  # once per trace block per instance per routing decision
+            g = get(key)
             if g is None:
                 break
-            hit += g.k
-            if g.k < ratio:
+            k = g.k
+            hit += k
+            if k < ratio:
                 break
         return hit if hit < limit else limit
 
@@ -278,21 +279,26 @@ class BlockPool:
             the request takes them).
         """
         groups = self.groups
+        get = groups.get
         hit = 0
         ev = 0
         for key in keys:
             if hit >= limit:
                 return limit, ev
-            g = groups.get(key)
+            g = get(key)
             if g is None:
                 return hit, ev
-            e = min(g.k, limit - hit)
+            k = g.k
+            e = limit - hit
+            if k < e:
+                e = k
             if e:
-                f = max(g.refs.values()) if g.refs else 0
+                refs = g.refs
+                f = max(refs.values()) if refs else 0
                 if e > f:
                     ev += e - f
             hit += e
-            if g.k < ratio:
+            if k < ratio:
                 return hit, ev
         if own is not None and hit < limit:
             g = groups.get(own)
@@ -326,33 +332,31 @@ class BlockPool:
         self.lru_n -= n
         lru = self.lru
         popleft = lru.popleft
+        groups = self.groups
+        # Once per eviction of every allocation of a full pool: each run's fields are read
+        # once, and the anonymous and chain runs share the path (a chain run also shortens
+        # its chain).
         while n:
             run = lru[0]
             lo = run[1]
-            size = run[2] - lo
-            if size <= 0:
+            hi = run[2]
+            if hi <= lo:  # dead (taken back by a hit)
                 popleft()
                 continue
             g = run[3]
-            if g is None:  # anonymous run (blocks nobody will look up again)
-                if n < size:
-                    run[2] -= n
-                    return
-                n -= size
-                run[2] = lo
-                popleft()
-                continue
-            if n < size:
-                run[2] -= n
-                g.k -= n
+            if n < hi - lo:
+                run[2] = hi - n
+                if g is not None:
+                    g.k -= n
                 return
-            g.k -= size
-            n -= size
+            n -= hi - lo
             run[2] = lo
             popleft()
-            del g.runs[0]
-            if not g.k and not g.refs:
-                del self.groups[run[0]]
+            if g is not None:  # None: an anonymous run (blocks nobody will look up again)
+                g.k -= hi - lo
+                del g.runs[0]
+                if not g.k and not g.refs:
+                    del groups[run[0]]
 
     def take(self, key: int, extent: int, rid: int) -> None:
         """Request ``rid`` takes positions ``[0, extent)`` of chain ``key`` (a prefix hit)."""

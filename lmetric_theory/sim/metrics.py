@@ -150,7 +150,8 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float | np.nd
     if np.any(c < 0):
         raise ValueError("counts must be >= 0")
     keep = c > 0
-    v, c = v[keep], c[keep]
+    if not keep.all():  # (a run's ITL counts are all positive: no copy of millions then)
+        v, c = v[keep], c[keep]
     m = int(c.sum())
     if m == 0:
         return np.full(qa.shape, np.nan)
@@ -191,7 +192,13 @@ def _expanded_at(v: np.ndarray, c: np.ndarray, pos: np.ndarray) -> np.ndarray:
     top = sample[int(0.99 * (sample.size - 1))]
     if not top > lo:
         top = hi
-    k = np.minimum((v - lo) * (4096.0 / (top - lo)), 4096.0).astype(np.int64)  # non-decreasing in v
+    # k = min((v - lo) * 4096 / (top - lo), 4096) as int, non-decreasing in v; computed in
+    # place (the same ufuncs, so the same values) to spare three arrays of millions
+    x = v - lo
+    x *= 4096.0 / (top - lo)
+    np.minimum(x, 4096.0, out=x)
+    k = x.astype(np.int64)
+    del x
     before = np.concatenate(([0], np.cumsum(np.bincount(k, weights=c).astype(np.int64))))
     out = np.empty(pos.size, dtype=np.float64)
     sorted_buckets: dict[int, tuple[np.ndarray, np.ndarray]] = {}

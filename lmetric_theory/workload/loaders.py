@@ -77,6 +77,7 @@ from typing import Any
 import numpy as np
 
 from lmetric_theory.core.fileio import TextFileError, read_text
+from lmetric_theory.core.gcpause import cyclic_gc_paused
 from lmetric_theory.core.limits import ID_MAX, ID_MIN, TIME_MAX_S, TOKENS_MAX
 from lmetric_theory.workload.base import Sessions, Workload
 from lmetric_theory.workload.errors import TraceError, TraceOrderWarning
@@ -206,16 +207,18 @@ def load_trace(
         raise TraceError(source, exc.line, None, exc.reason) from None
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    return parse_trace(
-        text.split("\n"),
-        source=source,
-        format=format,
-        block_size=block_size,
-        skip_bad_lines=skip_bad_lines,
-        suffix=p.suffix,
-        trace_format=trace_format,
-        closed_loop=closed_loop,
-    )
+    # one dict and a few lists per line, no cycles: the collector's passes free nothing
+    with cyclic_gc_paused():
+        return parse_trace(
+            text.split("\n"),
+            source=source,
+            format=format,
+            block_size=block_size,
+            skip_bad_lines=skip_bad_lines,
+            suffix=p.suffix,
+            trace_format=trace_format,
+            closed_loop=closed_loop,
+        )
 
 
 def detect_format(

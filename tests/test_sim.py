@@ -479,3 +479,38 @@ def test_simulate_cli_imports_no_heavy_optional_packages() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        check=True)
     assert p.stdout.split("\n")[0] == "0 []", p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("policy", ["round-robin", "random"])
+@pytest.mark.parametrize("scheduler", ["vllm-v1", "reserve"])
+@pytest.mark.parametrize("case", ["open", "preempting", "closed"])
+def test_blind_policies_skip_the_view_with_the_same_result(policy, scheduler, case):
+    """Round-robin and random read no view: without a snapshot log the engine looks up only
+    the chosen instance (``Policy.blind``). Recording snapshots forces the full view on
+    every decision; every array of the result but the log itself is the same either way."""
+    import dataclasses
+
+    from lmetric_theory.sim import load_preset
+
+    if case == "closed":
+        w = synthetic("agent", n_requests=300, rate_rps=6.0, seed=3)
+    else:
+        w = synthetic("chat", n_requests=600, rate_rps=12.0, seed=5)
+    cfg = SimConfig.from_preset(load_preset("h100-llama3-8b"), 4)
+    cfg = dataclasses.replace(cfg, scheduler=scheduler)
+    if case == "preempting":
+        cfg = dataclasses.replace(cfg, n_instances=2, kv_capacity_tokens=40_000)
+    blind = Simulator(w, dataclasses.replace(cfg, record_snapshots=False), policy, seed=7)
+    assert blind._blind
+    a = blind.run()
+    full = Simulator(w, dataclasses.replace(cfg, record_snapshots=True), policy, seed=7)
+    assert not full._blind
+    b = full.run()
+    if case == "preempting" and scheduler == "vllm-v1":  # (reserve never preempts)
+        assert int(np.sum(a.preemptions)) > 0
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, y, equal_nan=True), f.name
+    assert a.snapshots is None and b.snapshots is not None
+    assert (a.iterations, a.events, a.end_time_s) == (b.iterations, b.events, b.end_time_s)

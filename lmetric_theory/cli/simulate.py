@@ -210,9 +210,10 @@ def _run(args: argparse.Namespace) -> int:
         for t in typed.values():
             make_policy(t, seed=args.seed)  # a check inside the policy fails before any run
         preset = preset_from_arg(args.preset)
+        # the snapshot log is only written out (--out); without it nothing reads it
         cfg = SimConfig.from_preset(preset, args.instances, view=args.view,
                                     scheduler=args.scheduler, concurrency=args.concurrency,
-                                    **args.router_state)
+                                    record_snapshots=args.out is not None, **args.router_state)
         workload = workload_from_args(args)
         if args.replay_arrivals is not None:
             from lmetric_theory.workload import open_loop_at

@@ -179,8 +179,17 @@ class Policy:
         the counterfactual study check such a policy's decisions against that score)."""
         return self._definition
 
+    #: A blind policy reads nothing of the view but the instance count; the fast engine then
+    #: calls :meth:`choose_blind` and builds no view (it still dispatches as for any view).
+    blind: ClassVar[bool] = False
+
     def choose(self, view: DecisionView) -> int:
         """Instance index for the request described by ``view``."""
+        raise NotImplementedError
+
+    def choose_blind(self, n_instances: int) -> int:
+        """A blind policy's choice among ``n_instances`` (the same as :meth:`choose` on any
+        view of that many instances, with the same effect on the policy's state)."""
         raise NotImplementedError
 
     def bind_cluster(self, latency: Any, token_budget: int) -> None:

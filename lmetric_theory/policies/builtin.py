@@ -196,8 +196,13 @@ class RoundRobin(Policy):
         super().__init__(params, seed)
         self.next = 0
 
+    blind = True
+
     def choose(self, view: DecisionView) -> int:
-        i = self.next % view.uncached.shape[0]
+        return self.choose_blind(view.uncached.shape[0])
+
+    def choose_blind(self, n_instances: int) -> int:
+        i = self.next % n_instances
         self.next = i + 1
         return i
 
@@ -210,8 +215,13 @@ class Random(Policy):
     source = 'classic'
     Params = TieOnlyParams
 
+    blind = True
+
     def choose(self, view: DecisionView) -> int:
-        return int(self.rng.integers(view.uncached.shape[0]))
+        return self.choose_blind(view.uncached.shape[0])
+
+    def choose_blind(self, n_instances: int) -> int:
+        return int(self.rng.integers(n_instances))
 
 
 class LeastLoaded(Policy):

@@ -203,6 +203,9 @@ class Simulator:
         self._delay = float(config.signal_delay_s)
         if isinstance(self._router, ReplicatedRouterView) and self._router.needs_record():
             self._delay = 1.0
+        # a blind policy (round-robin, random) on one exact router without a log builds no
+        # view: the decision is the same, and only the chosen instance's hit is looked up
+        self._blind = bool(getattr(self.policy, "blind", False)) and self._router.serves_blind()
         # a lagged index: a decode stretch's evictions are stamped at their iterations
         self._stamp_plans = isinstance(self._router, ReplicatedRouterView) and bool(self._router.sinks)
         self._n = int(config.n_instances)
@@ -581,18 +584,28 @@ class Simulator:
         d = self._next_decision
         self._next_decision = d + 1
         router = self._router
-        view = router.snapshot(t, rid, d)
-        target = self._forced.pop(d, None)
-        if target is None:
-            target = self.policy.choose(view)
-            if not 0 <= target < self._n:
-                raise ValueError(f"policy {self.policy.name!r} returned instance {target} out of range")
-        if router.log is not None:
-            router.log.chosen[d] = target
-        ins = self._inst[target]
-        self._req.where[rid] = target
-        self._pred[rid] = view.input_tokens - int(view.uncached[target])
-        ins.enqueue(rid, router.dispatched(ins, rid, view))
+        if self._blind:  # the policy reads no view: only the chosen instance is looked up
+            target = self._forced.pop(d, None)
+            if target is None:
+                target = self.policy.choose_blind(self._n)
+            ins = self._inst[target]
+            unc = router.uncached_on(t, rid, ins)
+            self._req.where[rid] = target
+            self._pred[rid] = self._req.inp[rid] - unc
+            ins.enqueue(rid, router.dispatched_uncached(ins, rid, unc))
+        else:
+            view = router.snapshot(t, rid, d)
+            target = self._forced.pop(d, None)
+            if target is None:
+                target = self.policy.choose(view)
+                if not 0 <= target < self._n:
+                    raise ValueError(f"policy {self.policy.name!r} returned instance {target} out of range")
+            if router.log is not None:
+                router.log.chosen[d] = target
+            ins = self._inst[target]
+            self._req.where[rid] = target
+            self._pred[rid] = view.input_tokens - int(view.uncached[target])
+            ins.enqueue(rid, router.dispatched(ins, rid, view))
         out: list[Entry] = []
         if ins.plan is _IDLE:
             if ins.batches_arrivals:

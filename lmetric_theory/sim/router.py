@@ -123,9 +123,13 @@ class RouterView:
     def dispatched(self, ins: Scheduler, rid: int, view: DecisionView) -> int:
         """Record that ``rid`` went to ``ins`` (counters, sent blocks); its predicted new
         (uncached) tokens."""
+        return self.dispatched_uncached(ins, rid, int(view.uncached[ins.idx]))
+
+    def dispatched_uncached(self, ins: Scheduler, rid: int, uncached: int) -> int:
+        """:meth:`dispatched` for a router view that showed ``uncached`` tokens on ``ins``."""
         req = self.req
         i = ins.idx
-        est = ins.dispatch_estimate(rid, int(view.uncached[i]))
+        est = ins.dispatch_estimate(rid, uncached)
         if self.approximate:
             self.approx[i].update(req.sent_keys(rid))
         c = self.counters
@@ -157,6 +161,22 @@ class RouterView:
             k *= ratio
             out.append(k if k < limit else limit)
         return out
+
+    def uncached_on(self, t: float, rid: int, ins: Scheduler) -> int:
+        """The uncached tokens of ``rid`` on ``ins`` in the view :meth:`snapshot` would build
+        at ``t`` (a blind policy's decision: only the chosen instance is read). Only for the
+        exact view without a log, a delay or Dynamo's active sequences (see
+        :meth:`serves_blind`)."""
+        if ins.plan is PlanKind.DECODE:
+            ins.sync(t)  # as snapshot() does; the other instances catch up later, unchanged
+        keys, limit = self.req.lookup_keys(rid)
+        return self.req.inp[rid] - ins.cache.hit(keys, self.ratio, limit) * self.bs
+
+    def serves_blind(self) -> bool:
+        """Whether a blind policy may skip the view here: one exact router, no snapshot log,
+        no signal delay, the precise index, no active-sequence counter."""
+        return (type(self) is RouterView and self.log is None and self.delay == 0
+                and not self.approximate and self.counters.blocks is None)
 
     def snapshot(self, t: float, rid: int, d: int) -> DecisionView:
         """The view of decision ``d`` (request ``rid`` at time ``t``), written to the log."""
